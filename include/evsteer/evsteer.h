@@ -1,0 +1,233 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * evsteer: a connection listener with libevent's evconnlistener semantics.
+ *
+ * The native API. Programs written for <event2/listener.h> use
+ * <evsteer/compat.h> instead, which maps the evconnlistener names onto this.
+ *
+ * Conventions (libbpf's): int functions return 0 or -errno and also set errno;
+ * pointer functions return NULL and set errno; options structs start with
+ * `size_t sz` and are declared with their *_OPTS() macro so they can grow.
+ */
+#ifndef EVSTEER_EVSTEER_H
+#define EVSTEER_EVSTEER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EVSTEER_API __attribute__((visibility("default")))
+
+struct event_base;
+struct evsteer_listener;
+
+/*
+ * Listener flags. Values and meaning are libevent 2.1's LEV_OPT_* exactly.
+ */
+/* Accepted sockets stay blocking (default: they are made non-blocking). */
+#define EVSTEER_OPT_LEAVE_SOCKETS_BLOCKING (1u << 0)
+/* evsteer_listener_free() closes the listening socket. */
+#define EVSTEER_OPT_CLOSE_ON_FREE          (1u << 1)
+/* Listening socket (new_bind) and accepted sockets get FD_CLOEXEC. */
+#define EVSTEER_OPT_CLOSE_ON_EXEC          (1u << 2)
+/* new_bind sets SO_REUSEADDR. */
+#define EVSTEER_OPT_REUSEABLE              (1u << 3)
+/*
+ * The listener takes a recursive lock, so enable, disable, set_cb and free
+ * may be called from any thread. The lock is never held while user callbacks
+ * run, and free from another thread waits (without the lock) for a running
+ * accept callback to return, so it cannot deadlock with it. As with libevent,
+ * the event_base must be thread-aware (evthread_use_pthreads() before
+ * event_base_new()) for cross-thread calls.
+ */
+#define EVSTEER_OPT_THREADSAFE             (1u << 4)
+/* Created disabled; call evsteer_listener_enable() to start accepting. */
+#define EVSTEER_OPT_DISABLED               (1u << 5)
+/* new_bind sets TCP_DEFER_ACCEPT (TCP only: fails on AF_UNIX, as libevent). */
+#define EVSTEER_OPT_DEFERRED_ACCEPT        (1u << 6)
+/* new_bind sets SO_REUSEPORT, so several listeners can share the address. */
+#define EVSTEER_OPT_REUSEABLE_PORT         (1u << 7)
+/* new_bind sets IPV6_V6ONLY (IPv6 only: fails on other families, as libevent). */
+#define EVSTEER_OPT_BIND_IPV6ONLY          (1u << 8)
+/* Every flag this version knows; any other bit is rejected with EINVAL. */
+#define EVSTEER_OPT_ALL                    0x1ffu
+
+/*
+ * Called with each accepted connection: its fd (now owned by the callback),
+ * the peer address and its length, and the user pointer. The callback may
+ * disable or free its own listener; delivery stops at once.
+ */
+typedef void (*evsteer_accept_cb)(struct evsteer_listener *lev, int fd,
+				  struct sockaddr *addr, int socklen, void *arg);
+/*
+ * Called when accepting fails for a reason other than EAGAIN, EINTR or
+ * ECONNABORTED; errno holds the error. Descriptor exhaustion (EMFILE,
+ * ENFILE, ENOBUFS, ENOMEM) is reported once per episode: the listener then
+ * pauses with a bounded back-off and resumes by itself, leaving the
+ * connections queued in the kernel. Without an error callback a warning is
+ * logged instead.
+ */
+typedef void (*evsteer_error_cb)(struct evsteer_listener *lev, void *arg);
+
+/*
+ * Options for listener creation. Declare with EVSTEER_LISTENER_OPTS(); a
+ * zero field means "the default". NULL opts means all defaults.
+ */
+struct evsteer_listener_opts {
+	size_t sz;
+	/* Accepts per wake-up before yielding to the loop. 0: 128. */
+	unsigned int max_accepts_per_wakeup;
+	/* Back-off cap (ms) while descriptors are exhausted. 0: 250 ms. */
+	unsigned int backoff_max_ms;
+};
+#define EVSTEER_LISTENER_OPTS(NAME, ...)                                       \
+	struct evsteer_listener_opts NAME = {                                  \
+		.sz = sizeof(struct evsteer_listener_opts), __VA_ARGS__}
+
+/* listen() backlog for backlog < 0; the kernel clamps it to net.core.somaxconn. */
+#define EVSTEER_DEFAULT_BACKLOG SOMAXCONN
+#define EVSTEER_DEFAULT_MAX_ACCEPTS 128
+#define EVSTEER_DEFAULT_BACKOFF_MAX_MS 250
+
+/*
+ * Listen on an existing socket fd. backlog > 0 calls listen(fd, backlog),
+ * backlog < 0 calls listen(fd, EVSTEER_DEFAULT_BACKLOG) (libevent uses
+ * 128, which drops SYNs under bursts), 0 means the caller
+ * already listened. A blocking fd is made non-blocking. cb may be NULL: the
+ * listener then accepts nothing until evsteer_listener_set_cb() arms it.
+ * Errors: EINVAL (NULL base, fd < 0, unknown flags, bad opts), EBADF,
+ * ENOTSOCK, whatever listen() says. The fd is not closed on failure.
+ */
+EVSTEER_API struct evsteer_listener *
+evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
+		     unsigned int flags, int backlog, int fd,
+		     const struct evsteer_listener_opts *opts);
+
+/*
+ * Create a non-blocking stream socket (SO_KEEPALIVE, plus the options the
+ * flags ask for), bind it to addr and listen. addr may be NULL with len 0:
+ * like libevent, the socket is then AF_INET and the kernel picks the port
+ * when listen() runs. backlog 0 is EINVAL (nothing would listen). On any
+ * failure the socket is closed and NULL returned with errno set.
+ */
+EVSTEER_API struct evsteer_listener *
+evsteer_listener_new_bind(struct event_base *base, evsteer_accept_cb cb,
+			  void *arg, unsigned int flags, int backlog,
+			  const struct sockaddr *addr, socklen_t len,
+			  const struct evsteer_listener_opts *opts);
+
+/*
+ * Disable and release. Closes the socket only with EVSTEER_OPT_CLOSE_ON_FREE.
+ * May be called from the listener's own callbacks. NULL is a no-op.
+ */
+EVSTEER_API void evsteer_listener_free(struct evsteer_listener *lev);
+
+/* Start (or resume) accepting. Returns 0 or -errno. */
+EVSTEER_API int evsteer_listener_enable(struct evsteer_listener *lev);
+/*
+ * Stop accepting; queued connections stay in the kernel's backlog. Once every
+ * listener on a base is disabled or freed, event_base_dispatch() returns.
+ */
+EVSTEER_API int evsteer_listener_disable(struct evsteer_listener *lev);
+
+/* Replace the accept callback and its argument (NULL cb disarms). */
+EVSTEER_API void evsteer_listener_set_cb(struct evsteer_listener *lev,
+					 evsteer_accept_cb cb, void *arg);
+/* Replace the error callback (it gets the accept callback's argument). */
+EVSTEER_API void evsteer_listener_set_error_cb(struct evsteer_listener *lev,
+					       evsteer_error_cb errcb);
+
+/* The listener's event_base, or NULL (errno EINVAL) for NULL. */
+EVSTEER_API struct event_base *
+evsteer_listener_get_base(const struct evsteer_listener *lev);
+/* The listening socket, or -1 (errno EINVAL) for NULL. */
+EVSTEER_API int evsteer_listener_get_fd(const struct evsteer_listener *lev);
+
+/*
+ * The path a listener uses: how connections are steered between worker
+ * sockets and which engine accepts them, with the reason for each fallback.
+ */
+enum evsteer_steering {
+	EVSTEER_STEER_NONE = 0,   /* one socket, nothing to steer */
+	EVSTEER_STEER_KERNEL_HASH, /* SO_REUSEPORT: the kernel's flow hash */
+	EVSTEER_STEER_BPF,         /* our SK_REUSEPORT program */
+};
+enum evsteer_engine {
+	EVSTEER_ENGINE_EVENT = 0, /* event_base + accept4(), libevent's way */
+	EVSTEER_ENGINE_URING,     /* io_uring multishot accept into fds */
+	EVSTEER_ENGINE_URING_DIRECT, /* io_uring multishot accept, direct slots */
+};
+struct evsteer_path {
+	size_t sz;
+	enum evsteer_steering steering;
+	enum evsteer_engine engine;
+	/* Short name: "event" for the plain event_base path. */
+	const char *name;
+	/* Why steering is not BPF / the engine is not io_uring ("" if it is).
+	 * Static strings, valid for the life of the process. */
+	const char *steering_reason;
+	const char *engine_reason;
+};
+#define EVSTEER_PATH_OPTS(NAME) \
+	struct evsteer_path NAME = {.sz = sizeof(struct evsteer_path)}
+
+/* Fill *out (out->sz set by the caller). Returns 0 or -errno. */
+EVSTEER_API int evsteer_listener_get_path(const struct evsteer_listener *lev,
+					  struct evsteer_path *out);
+/* The path's short name ("event", ...), "" for NULL. */
+EVSTEER_API const char *
+evsteer_listener_path_name(const struct evsteer_listener *lev);
+
+/*
+ * Counters, cheap to read from any thread at any time (relaxed atomics).
+ */
+struct evsteer_listener_stats {
+	size_t sz;
+	uint64_t accepted;        /* connections handed to the callback */
+	uint64_t wakeups;         /* times the engine found the socket ready */
+	uint64_t capped_wakeups;  /* wake-ups that stopped at the accept cap */
+	uint64_t accept_errors;   /* failed accepts other than EAGAIN */
+	uint64_t exhausted_episodes; /* descriptor-exhaustion episodes */
+	uint64_t exhausted_retries;  /* back-off retries during those */
+};
+#define EVSTEER_STATS_OPTS(NAME) \
+	struct evsteer_listener_stats NAME = { \
+		.sz = sizeof(struct evsteer_listener_stats)}
+
+/* Fill *out (out->sz set by the caller). Returns 0 or -errno. */
+EVSTEER_API int
+evsteer_listener_get_stats(const struct evsteer_listener *lev,
+			   struct evsteer_listener_stats *out);
+
+/*
+ * Logging. One process-wide callback for evsteer's own messages (never
+ * libevent's or libbpf's). Messages carry no trailing newline. The default
+ * writes "evsteer: <level>: <msg>" to stderr for levels up to WARN.
+ */
+enum evsteer_log_level {
+	EVSTEER_LOG_ERROR = 0,
+	EVSTEER_LOG_WARN,
+	EVSTEER_LOG_INFO,
+	EVSTEER_LOG_DEBUG,
+};
+typedef void (*evsteer_log_fn)(enum evsteer_log_level level, const char *msg,
+			       void *arg);
+/*
+ * Install fn (NULL restores the default) with arg; messages above max_level
+ * are not formatted at all. Returns the previous callback (NULL if it was the
+ * default).
+ */
+EVSTEER_API evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
+					   enum evsteer_log_level max_level);
+
+/* The library's version string, e.g. "0.1.0". */
+EVSTEER_API const char *evsteer_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EVSTEER_EVSTEER_H */

@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The event engine: the listening socket is a persistent read event in the
+ * user's event_base and an accept4() loop drains it, exactly as libevent's
+ * listener does, with two changes: a cap on accepts per wake-up (the socket
+ * is level-triggered, so what is left is picked up on the next loop pass,
+ * after the loop's other events), and a paused back-off instead of a spin
+ * when accept() fails (EMFILE leaves the socket readable forever).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "internal.h"
+
+struct event_engine {
+	struct event *ev;    /* the listening socket, EV_READ|EV_PERSIST */
+	struct event *timer; /* back-off after a failed accept */
+};
+
+static inline struct event_engine *engine_of(struct evsteer_listener *lev)
+{
+	return lev->engine;
+}
+
+static void start_backoff(struct evsteer_listener *lev)
+{
+	struct event_engine *e = engine_of(lev);
+	unsigned int ms = evst_next_backoff_ms(lev);
+	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+
+	event_del_noblock(e->ev);
+	evtimer_add(e->timer, &tv);
+}
+
+/* Lock held, reference taken. */
+static void accept_loop(struct evsteer_listener *lev)
+{
+	if (!evst_active(lev))
+		return;
+	evst_count(lev, wakeups);
+
+	for (unsigned int n = 0; n < lev->max_accepts; n++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int fd = accept4(lev->fd, (struct sockaddr *)&ss, &len,
+				 lev->accept4_flags);
+		if (fd < 0) {
+			int err = errno;
+			switch (evst_classify_accept_errno(err)) {
+			case EVST_ERR_AGAIN:
+				evst_end_episode(lev);
+				return;
+			case EVST_ERR_RETRY:
+				continue;
+			case EVST_ERR_EXHAUSTED:
+			case EVST_ERR_OTHER:
+				/* The connection stays queued in the kernel;
+				 * retrying at once would only spin. */
+				start_backoff(lev);
+				evst_report_accept_error(lev, err);
+				return;
+			}
+		}
+		evst_end_episode(lev);
+		if (len == 0) {
+			/* old kernels answered some scans this way (libevent) */
+			close(fd);
+			continue;
+		}
+		if (!evst_deliver(lev, fd, (struct sockaddr *)&ss, len))
+			return;
+	}
+	evst_count(lev, capped_wakeups);
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct evsteer_listener *lev = arg;
+	(void)fd;
+	(void)what;
+
+	evst_lock(lev);
+	lev->refcnt++;
+	accept_loop(lev);
+	evst_decref_and_unlock(lev);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct evsteer_listener *lev = arg;
+	(void)fd;
+	(void)what;
+
+	evst_lock(lev);
+	lev->refcnt++;
+	if (evst_active(lev)) {
+		evst_count(lev, exhausted_retries);
+		event_add(engine_of(lev)->ev, NULL);
+		accept_loop(lev);
+	}
+	evst_decref_and_unlock(lev);
+}
+
+static int event_init(struct evsteer_listener *lev)
+{
+	struct event_engine *e = calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	e->ev = event_new(lev->base, lev->fd, EV_READ | EV_PERSIST, read_cb,
+			  lev);
+	e->timer = evtimer_new(lev->base, timer_cb, lev);
+	if (!e->ev || !e->timer) {
+		if (e->ev)
+			event_free(e->ev);
+		if (e->timer)
+			event_free(e->timer);
+		free(e);
+		return -ENOMEM;
+	}
+	lev->engine = e;
+	return 0;
+}
+
+static int event_enable(struct evsteer_listener *lev)
+{
+	struct event_engine *e = engine_of(lev);
+
+	/* Retry at once: the caller may have freed descriptors. A failure
+	 * continues the episode (doubling back-off, no second report). */
+	event_del_noblock(e->timer);
+	return event_add(e->ev, NULL) < 0 ? -EINVAL : 0;
+}
+
+static int event_disable(struct evsteer_listener *lev)
+{
+	struct event_engine *e = engine_of(lev);
+
+	/* noblock: we hold the listener lock, and the accept callback may be
+	 * waiting for it on the loop thread (libevent #1224). */
+	event_del_noblock(e->timer);
+	return event_del_noblock(e->ev) < 0 ? -EINVAL : 0;
+}
+
+static void event_quiesce(struct evsteer_listener *lev)
+{
+	struct event_engine *e = engine_of(lev);
+
+	/* Blocks only when another thread runs one of these callbacks right
+	 * now (libevent waits for it); on the loop thread it returns at once. */
+	event_del_block(e->ev);
+	event_del_block(e->timer);
+}
+
+static void event_destroy(struct evsteer_listener *lev)
+{
+	struct event_engine *e = engine_of(lev);
+
+	event_free(e->ev);
+	event_free(e->timer);
+	free(e);
+	lev->engine = NULL;
+}
+
+const struct evst_engine_ops evst_event_engine = {
+	.kind = EVSTEER_ENGINE_EVENT,
+	.name = "event",
+	.init = event_init,
+	.enable = event_enable,
+	.disable = event_disable,
+	.quiesce = event_quiesce,
+	.destroy = event_destroy,
+};

@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef EVSTEER_INTERNAL_H
+#define EVSTEER_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include <evsteer/evsteer.h>
+
+#define EVST_HIDDEN __attribute__((visibility("hidden")))
+
+/* log.c */
+EVST_HIDDEN void evst_log(enum evsteer_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+#define evst_err(...) evst_log(EVSTEER_LOG_ERROR, __VA_ARGS__)
+#define evst_warn(...) evst_log(EVSTEER_LOG_WARN, __VA_ARGS__)
+#define evst_info(...) evst_log(EVSTEER_LOG_INFO, __VA_ARGS__)
+#define evst_debug(...) evst_log(EVSTEER_LOG_DEBUG, __VA_ARGS__)
+
+/*
+ * An accept engine, libevent's evconnlistener_ops. The listener's lock is held
+ * for every op but quiesce, and the listener is alive for all of them.
+ */
+struct evst_engine_ops {
+	enum evsteer_engine kind;
+	const char *name;
+	/* Allocate engine state on lev->engine; -errno on failure. */
+	int (*init)(struct evsteer_listener *lev);
+	/* Start delivering (enabled with a callback). 0 or -errno. */
+	int (*enable)(struct evsteer_listener *lev);
+	/* Stop delivering; must not block. 0 or -errno. */
+	int (*disable)(struct evsteer_listener *lev);
+	/*
+	 * Called without the lock after a final disable: return only once no
+	 * engine callback for lev runs on another thread, so that dropping the
+	 * last reference is safe.
+	 */
+	void (*quiesce)(struct evsteer_listener *lev);
+	/* Release engine state (last reference dropped). */
+	void (*destroy)(struct evsteer_listener *lev);
+};
+
+struct evst_counters {
+	atomic_uint_fast64_t accepted;
+	atomic_uint_fast64_t wakeups;
+	atomic_uint_fast64_t capped_wakeups;
+	atomic_uint_fast64_t accept_errors;
+	atomic_uint_fast64_t exhausted_episodes;
+	atomic_uint_fast64_t exhausted_retries;
+};
+
+#define evst_count(lev, field) \
+	atomic_fetch_add_explicit(&(lev)->counters.field, 1, memory_order_relaxed)
+
+struct evsteer_listener {
+	const struct evst_engine_ops *ops;
+	void *engine;
+	struct event_base *base;
+	int fd;
+	unsigned int flags;
+	int accept4_flags;
+	unsigned int max_accepts;
+	unsigned int backoff_max_ms;
+
+	/* Everything below is guarded by lock (with EVSTEER_OPT_THREADSAFE). */
+	pthread_mutex_t lock;
+	bool locking;
+	int refcnt;
+	bool enabled;   /* what the user asked for */
+	bool freeing;   /* evsteer_listener_free() has been called */
+	bool in_episode; /* a run of failed accepts; errcb told once */
+	unsigned int backoff_ms; /* current back-off within the episode */
+	evsteer_accept_cb cb;
+	evsteer_error_cb errcb;
+	void *arg;
+
+	struct evst_counters counters;
+};
+
+static inline void evst_lock(struct evsteer_listener *lev)
+{
+	if (lev->locking)
+		pthread_mutex_lock(&lev->lock);
+}
+
+static inline void evst_unlock(struct evsteer_listener *lev)
+{
+	if (lev->locking)
+		pthread_mutex_unlock(&lev->lock);
+}
+
+/* listener.c: what every engine shares. */
+
+/* Drop one reference, destroying lev at zero; the lock is released. */
+EVST_HIDDEN void evst_decref_and_unlock(struct evsteer_listener *lev);
+
+/*
+ * Hand one accepted connection to the user callback. Called with the lock
+ * held and a reference taken; releases the lock around the callback. Returns
+ * true when delivery may go on, false when the callback disabled or freed the
+ * listener (or there is no callback any more).
+ */
+EVST_HIDDEN bool evst_deliver(struct evsteer_listener *lev, int fd,
+			      struct sockaddr *sa, socklen_t len);
+
+/* True while the listener should be delivering. Lock held. */
+static inline bool evst_active(const struct evsteer_listener *lev)
+{
+	return lev->enabled && lev->cb && !lev->freeing;
+}
+
+/* Classify an accept errno. */
+enum evst_accept_err {
+	EVST_ERR_AGAIN,     /* nothing queued: stop the loop */
+	EVST_ERR_RETRY,     /* EINTR, ECONNABORTED: try the next one */
+	EVST_ERR_EXHAUSTED, /* out of descriptors or memory: back off */
+	EVST_ERR_OTHER,     /* report and back off */
+};
+EVST_HIDDEN enum evst_accept_err evst_classify_accept_errno(int err);
+
+/*
+ * A failed accept (not AGAIN/RETRY): count it, start or continue an episode,
+ * and tell the error callback (or log) once per episode with errno = err.
+ * Lock held and reference taken; the lock is released around the callback.
+ */
+EVST_HIDDEN void evst_report_accept_error(struct evsteer_listener *lev, int err);
+/* An accept went through (or found the queue empty): the episode is over. */
+EVST_HIDDEN void evst_end_episode(struct evsteer_listener *lev);
+/* Double the episode's back-off (1 ms first), capped at backoff_max_ms. */
+EVST_HIDDEN unsigned int evst_next_backoff_ms(struct evsteer_listener *lev);
+
+/* sockutil.c */
+EVST_HIDDEN int evst_validate_sockaddr(const struct sockaddr *sa, socklen_t len);
+
+/* accept_event.c */
+extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;
+
+/* Options struct helpers (libbpf's rule: bytes past what we know are zero). */
+EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_sz);
+#define EVST_OPT(opts, type, field, def)                                      \
+	(((opts) && (opts)->sz >= offsetof(type, field) + sizeof((opts)->field) && \
+	  (opts)->field) ? (opts)->field : (def))
+
+#endif /* EVSTEER_INTERNAL_H */

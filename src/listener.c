@@ -1,0 +1,463 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The public listener object: refcount, optional lock, enabled state, user
+ * callbacks, and an accept engine behind an ops table (libevent's listener.c
+ * shape). The engine never calls user code directly: it goes through
+ * evst_deliver() and evst_report_accept_error(), which drop the lock around
+ * the callback while the engine's reference keeps the listener alive.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static const char *const steering_reason_none =
+	"single socket: no worker group to steer across";
+static const char *const steering_reason_hash =
+	"kernel SO_REUSEPORT hash: BPF steering is not part of this build yet";
+static const char *const engine_reason_event =
+	"io_uring accept engine is not part of this build yet";
+
+static int fail(int err)
+{
+	errno = err;
+	return -err;
+}
+
+static void *fail_null(int err)
+{
+	errno = err;
+	return NULL;
+}
+
+static bool common_args_ok(const char *fn, struct event_base *base,
+			   unsigned int flags,
+			   const struct evsteer_listener_opts *opts)
+{
+	if (!base) {
+		evst_warn("%s: NULL event_base", fn);
+		return false;
+	}
+	if (flags & ~EVSTEER_OPT_ALL) {
+		evst_warn("%s: unknown flags 0x%x", fn, flags & ~EVSTEER_OPT_ALL);
+		return false;
+	}
+	if (!evst_opts_valid(opts, sizeof(*opts))) {
+		evst_warn("%s: bad options struct (sz or unknown non-zero fields)",
+			  fn);
+		return false;
+	}
+	return true;
+}
+
+/* Everything after the argument checks: shared by new and new_bind. */
+static struct evsteer_listener *
+listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
+		unsigned int flags, int backlog, int fd,
+		const struct evsteer_listener_opts *opts)
+{
+	int err;
+
+	if (backlog != 0 &&
+	    listen(fd, backlog > 0 ? backlog : EVSTEER_DEFAULT_BACKLOG) < 0)
+		return NULL;
+
+	/* The accept loop drains until EAGAIN: a blocking socket would hang
+	 * the whole event loop on the last accept. */
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return NULL;
+	if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return NULL;
+
+	struct evsteer_listener *lev = calloc(1, sizeof(*lev));
+	if (!lev)
+		return fail_null(ENOMEM);
+	lev->base = base;
+	lev->fd = fd;
+	lev->flags = flags;
+	lev->cb = cb;
+	lev->arg = arg;
+	lev->refcnt = 1;
+	lev->accept4_flags =
+		(flags & EVSTEER_OPT_LEAVE_SOCKETS_BLOCKING ? 0 : SOCK_NONBLOCK) |
+		(flags & EVSTEER_OPT_CLOSE_ON_EXEC ? SOCK_CLOEXEC : 0);
+	lev->max_accepts = EVST_OPT(opts, struct evsteer_listener_opts,
+				    max_accepts_per_wakeup,
+				    EVSTEER_DEFAULT_MAX_ACCEPTS);
+	lev->backoff_max_ms = EVST_OPT(opts, struct evsteer_listener_opts,
+				       backoff_max_ms,
+				       EVSTEER_DEFAULT_BACKOFF_MAX_MS);
+	lev->ops = &evst_event_engine;
+
+	if (flags & EVSTEER_OPT_THREADSAFE) {
+		pthread_mutexattr_t attr;
+		pthread_mutexattr_init(&attr);
+		pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+		err = pthread_mutex_init(&lev->lock, &attr);
+		pthread_mutexattr_destroy(&attr);
+		if (err) {
+			free(lev);
+			return fail_null(err);
+		}
+		lev->locking = true;
+	}
+
+	err = lev->ops->init(lev);
+	if (err < 0)
+		goto err_lock;
+
+	if (!(flags & EVSTEER_OPT_DISABLED)) {
+		err = evsteer_listener_enable(lev);
+		if (err < 0)
+			goto err_engine;
+	}
+	evst_info("listener fd %d: path %s (%s; %s)", fd, lev->ops->name,
+		  flags & EVSTEER_OPT_REUSEABLE_PORT ? steering_reason_hash :
+						       steering_reason_none,
+		  engine_reason_event);
+	return lev;
+
+err_engine:
+	lev->ops->destroy(lev);
+err_lock:
+	if (lev->locking)
+		pthread_mutex_destroy(&lev->lock);
+	free(lev);
+	return fail_null(-err);
+}
+
+struct evsteer_listener *
+evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
+		     unsigned int flags, int backlog, int fd,
+		     const struct evsteer_listener_opts *opts)
+{
+	if (!common_args_ok("evsteer_listener_new", base, flags, opts))
+		return fail_null(EINVAL);
+	if (fd < 0) {
+		evst_warn("evsteer_listener_new: invalid fd %d", fd);
+		return fail_null(EINVAL);
+	}
+	int type;
+	socklen_t tlen = sizeof(type);
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0) {
+		int err = errno;
+		evst_warn("evsteer_listener_new: fd %d is not a socket: %s", fd,
+			  strerror(err));
+		return fail_null(err);
+	}
+	return listener_create(base, cb, arg, flags, backlog, fd, opts);
+}
+
+static int setsockopt_on(int fd, int level, int name)
+{
+	int on = 1;
+	return setsockopt(fd, level, name, &on, sizeof(on));
+}
+
+struct evsteer_listener *
+evsteer_listener_new_bind(struct event_base *base, evsteer_accept_cb cb,
+			  void *arg, unsigned int flags, int backlog,
+			  const struct sockaddr *sa, socklen_t len,
+			  const struct evsteer_listener_opts *opts)
+{
+	static const char fn[] = "evsteer_listener_new_bind";
+
+	if (!common_args_ok(fn, base, flags, opts))
+		return fail_null(EINVAL);
+	if (backlog == 0) {
+		evst_warn("%s: backlog 0 would leave the socket not listening",
+			  fn);
+		return fail_null(EINVAL);
+	}
+	int err = evst_validate_sockaddr(sa, len);
+	if (err < 0) {
+		evst_warn("%s: bad address (family %d, length %u)", fn,
+			  sa ? sa->sa_family : -1, (unsigned int)len);
+		return fail_null(-err);
+	}
+
+	int family = sa ? sa->sa_family : AF_INET;
+	int type = SOCK_STREAM | SOCK_NONBLOCK |
+		   (flags & EVSTEER_OPT_CLOSE_ON_EXEC ? SOCK_CLOEXEC : 0);
+	int fd = socket(family, type, 0);
+	if (fd < 0)
+		return NULL;
+
+	const char *step = "SO_KEEPALIVE";
+	if (setsockopt_on(fd, SOL_SOCKET, SO_KEEPALIVE) < 0)
+		goto err;
+	step = "SO_REUSEADDR";
+	if ((flags & EVSTEER_OPT_REUSEABLE) &&
+	    setsockopt_on(fd, SOL_SOCKET, SO_REUSEADDR) < 0)
+		goto err;
+	step = "SO_REUSEPORT";
+	if ((flags & EVSTEER_OPT_REUSEABLE_PORT) &&
+	    setsockopt_on(fd, SOL_SOCKET, SO_REUSEPORT) < 0)
+		goto err;
+	step = "TCP_DEFER_ACCEPT";
+	if ((flags & EVSTEER_OPT_DEFERRED_ACCEPT) &&
+	    setsockopt_on(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT) < 0)
+		goto err;
+	step = "IPV6_V6ONLY";
+	if ((flags & EVSTEER_OPT_BIND_IPV6ONLY) &&
+	    setsockopt_on(fd, IPPROTO_IPV6, IPV6_V6ONLY) < 0)
+		goto err;
+	step = "bind";
+	if (sa && bind(fd, sa, len) < 0)
+		goto err;
+	step = "listen";
+	struct evsteer_listener *lev =
+		listener_create(base, cb, arg, flags, backlog, fd, opts);
+	if (lev)
+		return lev;
+err:
+	err = errno;
+	evst_debug("%s: %s failed: %s", fn, step, strerror(err));
+	close(fd);
+	return fail_null(err);
+}
+
+void evst_decref_and_unlock(struct evsteer_listener *lev)
+{
+	if (--lev->refcnt > 0) {
+		evst_unlock(lev);
+		return;
+	}
+	lev->ops->destroy(lev);
+	if (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)
+		close(lev->fd);
+	evst_unlock(lev);
+	if (lev->locking)
+		pthread_mutex_destroy(&lev->lock);
+	free(lev);
+}
+
+void evsteer_listener_free(struct evsteer_listener *lev)
+{
+	if (!lev)
+		return;
+	evst_lock(lev);
+	if (lev->freeing) {
+		evst_unlock(lev);
+		evst_warn("evsteer_listener_free: listener freed twice");
+		return;
+	}
+	lev->freeing = true;
+	lev->enabled = false;
+	lev->cb = NULL;
+	lev->errcb = NULL;
+	lev->ops->disable(lev);
+	evst_unlock(lev);
+
+	/*
+	 * libevent issue #1224: freeing from another thread while the accept
+	 * callback runs deadlocked, because event_del() waited for the callback
+	 * with the listener lock held while the callback waited for that lock.
+	 * Here the wait happens without the lock; the callback sees `freeing`,
+	 * stops, and drops its reference.
+	 */
+	lev->ops->quiesce(lev);
+
+	evst_lock(lev);
+	evst_decref_and_unlock(lev);
+}
+
+int evsteer_listener_enable(struct evsteer_listener *lev)
+{
+	if (!lev)
+		return fail(EINVAL);
+	int r = 0;
+	evst_lock(lev);
+	if (lev->freeing) {
+		r = -EINVAL;
+	} else {
+		lev->enabled = true;
+		if (lev->cb)
+			r = lev->ops->enable(lev);
+	}
+	evst_unlock(lev);
+	return r < 0 ? fail(-r) : 0;
+}
+
+int evsteer_listener_disable(struct evsteer_listener *lev)
+{
+	if (!lev)
+		return fail(EINVAL);
+	evst_lock(lev);
+	lev->enabled = false;
+	int r = lev->ops->disable(lev);
+	evst_unlock(lev);
+	return r < 0 ? fail(-r) : 0;
+}
+
+void evsteer_listener_set_cb(struct evsteer_listener *lev, evsteer_accept_cb cb,
+			     void *arg)
+{
+	if (!lev)
+		return;
+	evst_lock(lev);
+	if (!lev->freeing) {
+		evsteer_accept_cb old = lev->cb;
+		lev->cb = cb;
+		lev->arg = arg;
+		/*
+		 * libevent keeps a listener armed when cb becomes NULL and then
+		 * accepts-and-closes connections; we disarm instead so nothing
+		 * queued is lost.
+		 */
+		if (lev->enabled && !old && cb)
+			lev->ops->enable(lev);
+		else if (lev->enabled && old && !cb)
+			lev->ops->disable(lev);
+	}
+	evst_unlock(lev);
+}
+
+void evsteer_listener_set_error_cb(struct evsteer_listener *lev,
+				   evsteer_error_cb errcb)
+{
+	if (!lev)
+		return;
+	evst_lock(lev);
+	if (!lev->freeing)
+		lev->errcb = errcb;
+	evst_unlock(lev);
+}
+
+struct event_base *evsteer_listener_get_base(const struct evsteer_listener *lev)
+{
+	return lev ? lev->base : fail_null(EINVAL);
+}
+
+int evsteer_listener_get_fd(const struct evsteer_listener *lev)
+{
+	if (!lev) {
+		errno = EINVAL;
+		return -1;
+	}
+	return lev->fd;
+}
+
+int evsteer_listener_get_path(const struct evsteer_listener *lev,
+			      struct evsteer_path *out)
+{
+	if (!lev || !out || out->sz < sizeof(out->sz))
+		return fail(EINVAL);
+	struct evsteer_path p = {
+		.sz = out->sz,
+		.steering = lev->flags & EVSTEER_OPT_REUSEABLE_PORT ?
+				    EVSTEER_STEER_KERNEL_HASH :
+				    EVSTEER_STEER_NONE,
+		.engine = lev->ops->kind,
+		.name = lev->ops->name,
+		.steering_reason = lev->flags & EVSTEER_OPT_REUSEABLE_PORT ?
+					   steering_reason_hash :
+					   steering_reason_none,
+		.engine_reason = engine_reason_event,
+	};
+	memcpy(out, &p, out->sz < sizeof(p) ? out->sz : sizeof(p));
+	return 0;
+}
+
+const char *evsteer_listener_path_name(const struct evsteer_listener *lev)
+{
+	return lev ? lev->ops->name : "";
+}
+
+int evsteer_listener_get_stats(const struct evsteer_listener *lev,
+			       struct evsteer_listener_stats *out)
+{
+	if (!lev || !out || out->sz < sizeof(out->sz))
+		return fail(EINVAL);
+#define LOAD(f) atomic_load_explicit(&lev->counters.f, memory_order_relaxed)
+	struct evsteer_listener_stats s = {
+		.sz = out->sz,
+		.accepted = LOAD(accepted),
+		.wakeups = LOAD(wakeups),
+		.capped_wakeups = LOAD(capped_wakeups),
+		.accept_errors = LOAD(accept_errors),
+		.exhausted_episodes = LOAD(exhausted_episodes),
+		.exhausted_retries = LOAD(exhausted_retries),
+	};
+#undef LOAD
+	memcpy(out, &s, out->sz < sizeof(s) ? out->sz : sizeof(s));
+	return 0;
+}
+
+bool evst_deliver(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
+		  socklen_t len)
+{
+	evsteer_accept_cb cb = lev->cb;
+	void *arg = lev->arg;
+
+	evst_count(lev, accepted);
+	evst_unlock(lev);
+	cb(lev, fd, sa, (int)len, arg);
+	evst_lock(lev);
+	return evst_active(lev);
+}
+
+enum evst_accept_err evst_classify_accept_errno(int err)
+{
+	switch (err) {
+	case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+	case EWOULDBLOCK:
+#endif
+		return EVST_ERR_AGAIN;
+	case EINTR:
+	case ECONNABORTED:
+		return EVST_ERR_RETRY;
+	case EMFILE:
+	case ENFILE:
+	case ENOBUFS:
+	case ENOMEM:
+		return EVST_ERR_EXHAUSTED;
+	default:
+		return EVST_ERR_OTHER;
+	}
+}
+
+unsigned int evst_next_backoff_ms(struct evsteer_listener *lev)
+{
+	lev->backoff_ms = lev->backoff_ms ? lev->backoff_ms * 2 : 1;
+	if (lev->backoff_ms > lev->backoff_max_ms)
+		lev->backoff_ms = lev->backoff_max_ms;
+	return lev->backoff_ms;
+}
+
+void evst_end_episode(struct evsteer_listener *lev)
+{
+	lev->in_episode = false;
+	lev->backoff_ms = 0;
+}
+
+void evst_report_accept_error(struct evsteer_listener *lev, int err)
+{
+	evst_count(lev, accept_errors);
+	if (lev->in_episode)
+		return;
+	lev->in_episode = true;
+	bool exhausted = evst_classify_accept_errno(err) == EVST_ERR_EXHAUSTED;
+	if (exhausted)
+		evst_count(lev, exhausted_episodes);
+
+	evsteer_error_cb errcb = lev->errcb;
+	void *arg = lev->arg;
+	if (!errcb) {
+		evst_warn("listener fd %d: accept: %s%s", lev->fd, strerror(err),
+			  exhausted ? " (pausing with back-off; connections stay queued)" :
+				      "");
+		return;
+	}
+	evst_unlock(lev);
+	errno = err;
+	errcb(lev, arg);
+	evst_lock(lev);
+}

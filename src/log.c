@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "internal.h"
+
+/*
+ * One process-wide sink, guarded by a mutex: messages are rare (errors,
+ * fallbacks, episodes), so a lock costs nothing that matters and keeps a
+ * callback swap from racing with a message on another thread.
+ */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static evsteer_log_fn log_fn;
+static void *log_arg;
+static enum evsteer_log_level log_max = EVSTEER_LOG_WARN;
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
+			       enum evsteer_log_level max_level)
+{
+	pthread_mutex_lock(&log_lock);
+	evsteer_log_fn old = log_fn;
+	log_fn = fn;
+	log_arg = arg;
+	log_max = max_level;
+	pthread_mutex_unlock(&log_lock);
+	return old;
+}
+
+void evst_log(enum evsteer_log_level level, const char *fmt, ...)
+{
+	pthread_mutex_lock(&log_lock);
+	evsteer_log_fn fn = log_fn;
+	void *arg = log_arg;
+	enum evsteer_log_level max = log_max;
+	pthread_mutex_unlock(&log_lock);
+
+	if (level > max)
+		return;
+
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+
+	if (fn) {
+		fn(level, msg, arg);
+		return;
+	}
+	unsigned int idx = (unsigned int)level;
+	fprintf(stderr, "evsteer: %s: %s\n",
+		idx < sizeof(level_names) / sizeof(level_names[0]) ?
+			level_names[idx] : "?",
+		msg);
+}
+
+const char *evsteer_version(void)
+{
+	return EVSTEER_VERSION;
+}

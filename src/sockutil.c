@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include "internal.h"
+
+/*
+ * bind() would reject most of these too, but only after we made a socket of
+ * the wrong family; checking first gives the caller a precise message.
+ */
+int evst_validate_sockaddr(const struct sockaddr *sa, socklen_t len)
+{
+	if (!sa)
+		return len == 0 ? 0 : -EINVAL;
+	if (len < sizeof(sa_family_t) || len > sizeof(struct sockaddr_storage))
+		return -EINVAL;
+	switch (sa->sa_family) {
+	case AF_INET:
+		return len >= sizeof(struct sockaddr_in) ? 0 : -EINVAL;
+	case AF_INET6:
+		return len >= sizeof(struct sockaddr_in6) ? 0 : -EINVAL;
+	case AF_UNIX:
+		/* abstract or path: at least one byte after the family */
+		return len > offsetof(struct sockaddr_un, sun_path) ? 0 : -EINVAL;
+	default:
+		return -EAFNOSUPPORT;
+	}
+}
+
+bool evst_opts_valid(const void *opts, size_t known_sz)
+{
+	if (!opts)
+		return true;
+	size_t sz = *(const size_t *)opts;
+	if (sz < sizeof(size_t))
+		return false;
+	/* a newer caller's struct: fine as long as what we don't know is zero */
+	const unsigned char *p = opts;
+	for (size_t i = known_sz; i < sz; i++)
+		if (p[i])
+			return false;
+	return true;
+}
