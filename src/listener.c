@@ -147,7 +147,7 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 	socklen_t tlen = sizeof(type);
 	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0) {
 		int err = errno;
-		evst_warn("evsteer_listener_new: fd %d is not a socket: %s", fd,
+		evst_warn("evsteer_listener_new: fd %d is not a usable socket: %s", fd,
 			  strerror(err));
 		return fail_null(err);
 	}

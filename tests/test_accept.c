@@ -1,0 +1,250 @@
+/* SPDX-License-Identifier: MIT */
+/* Accepting: peer addresses, accepted-socket flags, draining, the cap. */
+#include "tlib.h"
+
+#include <string.h>
+#include <unistd.h>
+
+static void check_peers(struct tl_srv *s, int *clients, int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct sockaddr_storage want;
+		socklen_t wlen = tl_sockname(clients[i], &want);
+		assert_int_equal(s->peerlen[i], (int)wlen);
+		assert_memory_equal(&s->peer[i], &want, wlen);
+	}
+}
+
+static void accept_family(int family)
+{
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = family == AF_UNIX ? tl_addr_unix(&ss) :
+					     tl_addr_loopback(family, &ss);
+	struct tl_srv s = {0};
+	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s, EVSTEER_OPT_CLOSE_ON_FREE,
+			    -1, (struct sockaddr *)&ss, len);
+	assert_non_null(s.lev);
+	assert_string_equal(evsteer_listener_path_name(s.lev), tl_path->name);
+	assert_ptr_equal(evsteer_listener_get_base(s.lev), base);
+
+	int lfd = evsteer_listener_get_fd(s.lev);
+	int c[3];
+	tl_connect_n(lfd, c, 3);
+	assert_true(tl_loop_until(base, &s.n, 3));
+	assert_ptr_equal(s.arg_seen, &s);
+	assert_false(s.wrong_listener);
+	/* TCP delivers in queue order; compare each with its client */
+	if (family == AF_UNIX) {
+		for (int i = 0; i < 3; i++) {
+			/* unbound clients: the peer is just the family */
+			assert_int_equal(s.peerlen[i], (int)sizeof(sa_family_t));
+			assert_int_equal(s.peer[i].ss_family, AF_UNIX);
+		}
+	} else {
+		check_peers(&s, c, 3);
+	}
+	tl_close_n(c, 3);
+	tl_srv_close(&s);
+	evsteer_listener_free(s.lev);
+	if (family == AF_UNIX)
+		unlink(((struct sockaddr_un *)&ss)->sun_path);
+	event_base_free(base);
+}
+
+static void test_accept_ipv4(void **state)
+{
+	(void)state;
+	accept_family(AF_INET);
+}
+
+static void test_accept_ipv6(void **state)
+{
+	(void)state;
+	int fd = socket(AF_INET6, SOCK_STREAM, 0);
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET6, &ss);
+	bool have = fd >= 0 && bind(fd, (struct sockaddr *)&ss, len) == 0;
+	if (fd >= 0)
+		close(fd);
+	tl_skip_unless(have, "ipv6", "no IPv6 loopback on this machine");
+	accept_family(AF_INET6);
+}
+
+static void test_accept_unix(void **state)
+{
+	(void)state;
+	accept_family(AF_UNIX);
+}
+
+/* The listener struct for unix-bound clients: a named client is reported. */
+static void test_accept_unix_named_peer(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss, cs;
+	socklen_t len = tl_addr_unix(&ss);
+	socklen_t clen = tl_addr_unix(&cs);
+	struct tl_srv s = {0};
+	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s, EVSTEER_OPT_CLOSE_ON_FREE,
+			    8, (struct sockaddr *)&ss, len);
+	assert_non_null(s.lev);
+	int c = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(c, (struct sockaddr *)&cs, clen), 0);
+	assert_int_equal(connect(c, (struct sockaddr *)&ss, len), 0);
+	assert_true(tl_loop_until(base, &s.n, 1));
+	assert_int_equal(s.peerlen[0], (int)clen);
+	assert_memory_equal(&s.peer[0], &cs, clen);
+	close(c);
+	tl_srv_close(&s);
+	evsteer_listener_free(s.lev);
+	unlink(((struct sockaddr_un *)&ss)->sun_path);
+	unlink(((struct sockaddr_un *)&cs)->sun_path);
+	event_base_free(base);
+}
+
+static void accepted_flags(unsigned int flags, bool want_nonblock,
+			   bool want_cloexec)
+{
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct tl_srv s = {0};
+	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s,
+			    flags | EVSTEER_OPT_CLOSE_ON_FREE, -1,
+			    (struct sockaddr *)&ss, len);
+	assert_non_null(s.lev);
+	int c = tl_connect_to(evsteer_listener_get_fd(s.lev));
+	assert_true(tl_loop_until(base, &s.n, 1));
+	assert_int_equal(tl_is_nonblocking(s.fds[0]), want_nonblock);
+	assert_int_equal(tl_is_cloexec(s.fds[0]), want_cloexec);
+	close(c);
+	tl_srv_close(&s);
+	evsteer_listener_free(s.lev);
+	event_base_free(base);
+}
+
+static void test_accepted_default_flags(void **state)
+{
+	(void)state;
+	accepted_flags(0, true, false);
+}
+
+static void test_accepted_leave_blocking(void **state)
+{
+	(void)state;
+	accepted_flags(EVSTEER_OPT_LEAVE_SOCKETS_BLOCKING, false, false);
+}
+
+static void test_accepted_cloexec(void **state)
+{
+	(void)state;
+	accepted_flags(EVSTEER_OPT_CLOSE_ON_EXEC, true, true);
+	accepted_flags(EVSTEER_OPT_CLOSE_ON_EXEC |
+			       EVSTEER_OPT_LEAVE_SOCKETS_BLOCKING,
+		       false, true);
+}
+
+/* One wake-up drains everything queued (below the cap), like libevent. */
+static void test_drain_until_eagain(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct tl_srv s = {0};
+	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s,
+			    EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_DISABLED, -1,
+			    (struct sockaddr *)&ss, len);
+	assert_non_null(s.lev);
+	int lfd = evsteer_listener_get_fd(s.lev);
+	int c[20];
+	tl_connect_n(lfd, c, 20);
+	tl_wait_queued(lfd, 20);
+	assert_int_equal(evsteer_listener_enable(s.lev), 0);
+	event_base_loop(base, EVLOOP_ONCE);
+	assert_int_equal(s.n, 20);
+	EVSTEER_STATS_OPTS(st);
+	assert_int_equal(evsteer_listener_get_stats(s.lev, &st), 0);
+	assert_int_equal(st.accepted, 20);
+	assert_int_equal(st.capped_wakeups, 0);
+	check_peers(&s, c, 20);
+	tl_close_n(c, 20);
+	tl_srv_close(&s);
+	evsteer_listener_free(s.lev);
+	event_base_free(base);
+}
+
+/* With a cap, one wake-up takes at most `cap` and yields to the loop. */
+static void test_accept_cap(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct tl_srv s = {0};
+	EVSTEER_LISTENER_OPTS(o, .max_accepts_per_wakeup = 4);
+	s.lev = tl_new_bind_opts(base, tl_srv_accept_cb, &s,
+				 EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_DISABLED,
+				 -1, (struct sockaddr *)&ss, len, &o);
+	assert_non_null(s.lev);
+	int lfd = evsteer_listener_get_fd(s.lev);
+	int c[10];
+	tl_connect_n(lfd, c, 10);
+	tl_wait_queued(lfd, 10);
+	evsteer_listener_enable(s.lev);
+	event_base_loop(base, EVLOOP_ONCE);
+	assert_int_equal(s.n, 4);
+	assert_int_equal(tl_queued(lfd), 6);
+	assert_true(tl_loop_until(base, &s.n, 10));
+	EVSTEER_STATS_OPTS(st);
+	evsteer_listener_get_stats(s.lev, &st);
+	assert_true(st.capped_wakeups >= 2);
+	assert_true(st.wakeups >= 3);
+	check_peers(&s, c, 10);
+	tl_close_n(c, 10);
+	tl_srv_close(&s);
+	evsteer_listener_free(s.lev);
+	event_base_free(base);
+}
+
+/* Many connections, then nothing left open but what we started with. */
+static void test_no_fd_leak(void **state)
+{
+	(void)state;
+	int before = tl_count_fds();
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct tl_srv s = {.close_now = true};
+	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s, EVSTEER_OPT_CLOSE_ON_FREE,
+			    -1, (struct sockaddr *)&ss, len);
+	assert_non_null(s.lev);
+	int lfd = evsteer_listener_get_fd(s.lev);
+	for (int round = 0; round < 10; round++) {
+		int c[50];
+		tl_connect_n(lfd, c, 50);
+		assert_true(tl_loop_until(base, &s.n, (round + 1) * 50));
+		tl_close_n(c, 50);
+	}
+	evsteer_listener_free(s.lev);
+	event_base_free(base);
+	assert_int_equal(tl_count_fds(), before);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_accept_ipv4),
+		cmocka_unit_test(test_accept_ipv6),
+		cmocka_unit_test(test_accept_unix),
+		cmocka_unit_test(test_accept_unix_named_peer),
+		cmocka_unit_test(test_accepted_default_flags),
+		cmocka_unit_test(test_accepted_leave_blocking),
+		cmocka_unit_test(test_accepted_cloexec),
+		cmocka_unit_test(test_drain_until_eagain),
+		cmocka_unit_test(test_accept_cap),
+		cmocka_unit_test(test_no_fd_leak),
+	};
+	return tl_run_paths("accept", tests, sizeof(tests) / sizeof(tests[0]));
+}

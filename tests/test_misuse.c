@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: MIT */
+/* Misuse gets a clear error (NULL/-1 + errno, -errno), a log line, no crash,
+ * no leaked descriptor. */
+#include "tlib.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+static void dummy_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
+		     int len, void *arg)
+{
+	(void)l;
+	(void)sa;
+	(void)len;
+	(void)arg;
+	close(fd);
+}
+
+#define EXPECT_NULL_ERRNO(call, err)                                           \
+	do {                                                                   \
+		errno = 0;                                                     \
+		assert_null(call);                                             \
+		assert_int_equal(errno, (err));                                \
+	} while (0)
+
+static void test_bad_create_args(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct sockaddr *sa = (struct sockaddr *)&ss;
+	int before = tl_count_fds();
+
+	tl_log_capture_start();
+	EXPECT_NULL_ERRNO(tl_new_bind(NULL, dummy_cb, NULL, 0, -1, sa, len),
+			  EINVAL);
+	assert_int_equal(tl_log_capture_count("NULL event_base"), 1);
+	EXPECT_NULL_ERRNO(tl_new_bind(base, dummy_cb, NULL, 1u << 20, -1, sa,
+				      len),
+			  EINVAL);
+	assert_int_equal(tl_log_capture_count("unknown flags 0x100000"), 1);
+	/* NULL address with a length, short lengths, oversize lengths */
+	EXPECT_NULL_ERRNO(tl_new_bind(base, dummy_cb, NULL, 0, -1, NULL, len),
+			  EINVAL);
+	EXPECT_NULL_ERRNO(tl_new_bind(base, dummy_cb, NULL, 0, -1, sa, 4),
+			  EINVAL);
+	EXPECT_NULL_ERRNO(tl_new_bind(base, dummy_cb, NULL, 0, -1, sa, 1),
+			  EINVAL);
+	EXPECT_NULL_ERRNO(tl_new_bind(base, dummy_cb, NULL, 0, -1, sa,
+				      sizeof(ss) + 1),
+			  EINVAL);
+	assert_true(tl_log_capture_count("bad address") >= 4);
+	ss.ss_family = AF_APPLETALK;
+	EXPECT_NULL_ERRNO(tl_new_bind(base, dummy_cb, NULL, 0, -1, sa, len),
+			  EAFNOSUPPORT);
+	tl_addr_loopback(AF_INET, &ss);
+
+	EXPECT_NULL_ERRNO(tl_new(base, dummy_cb, NULL, 0, -1, -1), EINVAL);
+	assert_int_equal(tl_log_capture_count("invalid fd -1"), 1);
+	EXPECT_NULL_ERRNO(tl_new(NULL, dummy_cb, NULL, 0, -1, 0), EINVAL);
+	EXPECT_NULL_ERRNO(tl_new(base, dummy_cb, NULL, 0, -1, 987654), EBADF);
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	EXPECT_NULL_ERRNO(tl_new(base, dummy_cb, NULL, 0, -1, p[0]), ENOTSOCK);
+	assert_int_equal(tl_log_capture_count("is not a usable socket"), 2);
+	close(p[0]);
+	close(p[1]);
+	tl_log_capture_stop();
+
+	assert_int_equal(tl_count_fds(), before);
+	event_base_free(base);
+}
+
+static void test_bad_opts(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct sockaddr *sa = (struct sockaddr *)&ss;
+
+	struct evsteer_listener_opts small = {.sz = 1};
+	EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL, 0, -1,
+						    sa, len, &small),
+			  EINVAL);
+	/* a newer caller's struct with a field we do not know set */
+	struct {
+		struct evsteer_listener_opts o;
+		unsigned long future;
+	} big = {.o.sz = sizeof(big), .future = 1};
+	EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL, 0, -1,
+						    sa, len, &big.o),
+			  EINVAL);
+	/* ...and the same with the unknown field zero is fine */
+	big.future = 0;
+	struct evsteer_listener *lev = evsteer_listener_new_bind(
+		base, dummy_cb, NULL, EVSTEER_OPT_CLOSE_ON_FREE, -1, sa, len,
+		&big.o);
+	assert_non_null(lev);
+	/* an older caller's struct (only sz) gets the defaults */
+	struct evsteer_listener_opts old = {.sz = sizeof(size_t)};
+	struct evsteer_listener *lev2 = evsteer_listener_new_bind(
+		base, dummy_cb, NULL, EVSTEER_OPT_CLOSE_ON_FREE, -1, sa, len, &old);
+	assert_non_null(lev2);
+
+	struct evsteer_path small_path = {.sz = 1};
+	assert_int_equal(evsteer_listener_get_path(lev, &small_path), -EINVAL);
+	assert_int_equal(errno, EINVAL);
+	/* an older caller's path struct: only what fits is written */
+	struct evsteer_path part = {.sz = offsetof(struct evsteer_path, name)};
+	part.name = (const char *)&part;
+	assert_int_equal(evsteer_listener_get_path(lev, &part), 0);
+	assert_ptr_equal(part.name, (const char *)&part);
+	assert_int_equal(part.engine, EVSTEER_ENGINE_EVENT);
+
+	EVSTEER_PATH_OPTS(path);
+	assert_int_equal(evsteer_listener_get_path(lev, &path), 0);
+	assert_string_equal(path.name, "event");
+	assert_int_equal(path.steering, EVSTEER_STEER_NONE);
+	assert_non_null(path.steering_reason);
+	assert_non_null(path.engine_reason);
+
+	evsteer_listener_free(lev);
+	evsteer_listener_free(lev2);
+	event_base_free(base);
+}
+
+static void test_null_listener(void **state)
+{
+	(void)state;
+	evsteer_listener_free(NULL);
+	assert_int_equal(evsteer_listener_enable(NULL), -EINVAL);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(evsteer_listener_disable(NULL), -EINVAL);
+	errno = 0;
+	assert_int_equal(evsteer_listener_get_fd(NULL), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_null(evsteer_listener_get_base(NULL));
+	evsteer_listener_set_cb(NULL, dummy_cb, NULL);
+	evsteer_listener_set_error_cb(NULL, NULL);
+	assert_string_equal(evsteer_listener_path_name(NULL), "");
+	EVSTEER_STATS_OPTS(st);
+	assert_int_equal(evsteer_listener_get_stats(NULL, &st), -EINVAL);
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_listener_get_path(NULL, &p), -EINVAL);
+	assert_string_equal(evsteer_version(), "0.1.0");
+}
+
+/* The default log sink and a replaced one: set_log returns the previous. */
+static void test_log_callback(void **state)
+{
+	(void)state;
+	tl_log_capture_start();
+	evsteer_log_fn prev = evsteer_set_log(NULL, NULL, EVSTEER_LOG_WARN);
+	assert_non_null(prev);
+	assert_null(evsteer_set_log(NULL, NULL, EVSTEER_LOG_WARN));
+	tl_log_capture_stop();
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_bad_create_args),
+		cmocka_unit_test(test_bad_opts),
+		cmocka_unit_test(test_null_listener),
+		cmocka_unit_test(test_log_callback),
+	};
+	return tl_run_paths("misuse", tests, sizeof(tests) / sizeof(tests[0]));
+}

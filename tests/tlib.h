@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Test helpers shared by every test file: the path table (each behaviour
+ * test runs once per path: event now; io_uring and BPF-steered groups add
+ * rows), loopback clients, bounded event-loop waits, fd accounting.
+ */
+#ifndef EVSTEER_TLIB_H
+#define EVSTEER_TLIB_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <event2/event.h>
+#include <evsteer/evsteer.h>
+
+/* Generous: CI machines are shared 2-core boxes. */
+#define TL_TIMEOUT_MS 10000
+
+struct tl_path {
+	const char *name;     /* what evsteer_listener_path_name() reports */
+	const char *feature;  /* EVSTEER_TEST_REQUIRE token: "bpf", "uring" */
+	/* NULL when the path can run here, else why not (a skip). */
+	const char *(*unavailable)(void);
+	/* Adjust creation options for this path. */
+	void (*opts)(struct evsteer_listener_opts *o);
+};
+
+/* The path the current group of tests runs on. */
+extern const struct tl_path *tl_path;
+
+/*
+ * Run `tests` once per path in the table (EVSTEER_TEST_PATHS=a,b limits it).
+ * A path that cannot run here is skipped, or fails when EVSTEER_TEST_REQUIRE
+ * names its feature or "all". Returns the process exit code.
+ */
+int tl_run_paths(const char *file, const struct CMUnitTest *tests, size_t n);
+/* Same, for tests that do not depend on the path: run them once. */
+int tl_run_once(const char *file, const struct CMUnitTest *tests, size_t n);
+
+/* Skip (or fail under EVSTEER_TEST_REQUIRE) a test whose feature is absent. */
+void tl_skip_unless(bool have, const char *feature, const char *why);
+
+/* Listener creation through the current path's options. */
+struct evsteer_listener *tl_new_bind(struct event_base *base,
+				     evsteer_accept_cb cb, void *arg,
+				     unsigned int flags, int backlog,
+				     const struct sockaddr *sa, socklen_t len);
+struct evsteer_listener *tl_new_bind_opts(struct event_base *base,
+					  evsteer_accept_cb cb, void *arg,
+					  unsigned int flags, int backlog,
+					  const struct sockaddr *sa,
+					  socklen_t len,
+					  struct evsteer_listener_opts *o);
+struct evsteer_listener *tl_new(struct event_base *base, evsteer_accept_cb cb,
+				void *arg, unsigned int flags, int backlog,
+				int fd);
+
+/* Addresses. */
+socklen_t tl_addr_loopback(int family, struct sockaddr_storage *ss);
+socklen_t tl_addr_unix(struct sockaddr_storage *ss); /* fresh path in /tmp */
+/* The address a listener (or any socket) is bound to. */
+socklen_t tl_sockname(int fd, struct sockaddr_storage *ss);
+
+/* Blocking connect to the address `fd` listens on; returns the client fd. */
+int tl_connect_to(int listen_fd);
+/* n clients at once; fds written to out. */
+void tl_connect_n(int listen_fd, int *out, int n);
+void tl_close_n(int *fds, int n);
+
+/*
+ * Run the loop until *counter >= want or TL_TIMEOUT_MS passes; returns true
+ * when reached. Waits for events, never sleeps.
+ */
+bool tl_loop_until(struct event_base *base, const int *counter, int want);
+/* Run the loop for ms milliseconds of wall time (to observe idleness). */
+void tl_loop_for(struct event_base *base, int ms);
+/* event_base_dispatch() with a watchdog; false if the watchdog fired. */
+bool tl_dispatch_returns(struct event_base *base);
+
+/* Open descriptors of this process (from /proc/self/fd). */
+int tl_count_fds(void);
+
+/* fd properties */
+bool tl_is_nonblocking(int fd);
+bool tl_is_cloexec(int fd);
+int tl_sockopt_int(int fd, int level, int name);
+
+/* Log capture through evsteer_set_log(). */
+void tl_log_capture_start(void);
+/* How many times `needle` occurs in what was captured so far. */
+int tl_log_capture_count(const char *needle);
+void tl_log_capture_stop(void);
+
+/* A fresh (thread-aware) event_base. */
+struct event_base *tl_base(void);
+
+#endif
+
+/*
+ * A recording server: the accept callback stores each fd and peer, and can
+ * act on the listener when the count reaches a mark.
+ */
+#define TL_MAX 256
+struct tl_srv {
+	struct evsteer_listener *lev;
+	int n;                 /* connections delivered */
+	int fds[TL_MAX];       /* kept open unless close_now */
+	struct sockaddr_storage peer[TL_MAX];
+	int peerlen[TL_MAX];
+	void *arg_seen;
+	bool wrong_listener;   /* callback got a listener other than lev */
+	bool close_now;        /* close each fd at once (long runs) */
+	int disable_at, free_at, setnull_at; /* act when n reaches this */
+	int errors, last_errno;
+	int free_on_error;     /* free the listener from the error callback */
+};
+void tl_srv_accept_cb(struct evsteer_listener *lev, int fd,
+		      struct sockaddr *sa, int len, void *arg);
+void tl_srv_error_cb(struct evsteer_listener *lev, void *arg);
+void tl_srv_close(struct tl_srv *s);
+
+/* Wait (bounded) until a TCP listener has n connections queued; no-op for
+ * other families, whose connect() queues synchronously. */
+void tl_wait_queued(int listen_fd, int n);
+/* Connections queued on a TCP listener right now. */
+int tl_queued(int listen_fd);
