@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian 12 machine needs, then one job:
+#   deploy/setup.sh demo      install, build, run the demo
+#   deploy/setup.sh test      install, build, run the whole test suite
+#   deploy/setup.sh asan      the same suite built with ASan+UBSan
+#   deploy/setup.sh summary DIR...  one "N passed, N failed" line over builds
+# Extra arguments go to the demo or to `meson test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+job=${1:-demo}
+shift || true
+
+packages=(
+	gcc libc6-dev meson ninja-build pkg-config python3
+	libevent-dev libcmocka-dev
+	# the fast paths: BPF steering and io_uring accept (probed at run time)
+	clang llvm bpftool libbpf-dev liburing-dev
+	# forcing fallbacks in tests: seccomp filters, capability sets
+	libseccomp-dev util-linux libcap2-bin
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
+		missing+=("$p")
+done
+if ((${#missing[@]})); then
+	sudo=
+	[ "$(id -u)" -eq 0 ] || sudo=sudo
+	echo "setup: installing ${missing[*]}" >&2
+	$sudo apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
+		--no-install-recommends "${missing[@]}"
+fi
+
+# build DIR [meson options...]
+build() {
+	local dir=$1
+	shift
+	if [ -f "$dir/build.ninja" ]; then
+		meson setup --reconfigure "$dir" "$@" >/dev/null
+	else
+		meson setup "$dir" "$@"
+	fi
+	ninja -C "$dir"
+}
+
+# The closing line CI reads: "N passed, N failed, N skipped", over the
+# meson test logs of the build dirs given.
+summary() {
+	python3 - "$@" <<'PY'
+import json, os, sys
+n = {"OK": 0, "FAIL": 0, "SKIP": 0}
+for d in sys.argv[1:]:
+    log = os.path.join(d, "meson-logs", "testlog.json")
+    if not os.path.exists(log):
+        n["FAIL"] += 1  # the suite never ran
+        continue
+    for line in open(log):
+        r = json.loads(line)["result"]
+        key = "OK" if r in ("OK", "EXPECTEDFAIL") else "SKIP" if r == "SKIP" else "FAIL"
+        n[key] += 1
+print(f"{n['OK']} passed, {n['FAIL']} failed, {n['SKIP']} skipped")
+PY
+}
+
+run_tests() {
+	local dir=$1
+	shift
+	local rc=0
+	meson test -C "$dir" --print-errorlogs "$@" || rc=$?
+	summary "$dir"
+	return $rc
+}
+
+# Install into a scratch root and build the demo from the installed headers,
+# library and evsteer.pc, as a user of the package would.
+install_check() {
+	local root
+	root=$(mktemp -d)
+	DESTDIR=$root meson install -C build --quiet
+	local pc
+	pc=$(dirname "$(find "$root" -name evsteer.pc | head -n1)")
+	PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$pc \
+		cc -o "$root/demo" examples/demo.c \
+		$(PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$pc \
+			pkg-config --cflags --libs evsteer libevent_pthreads)
+	LD_LIBRARY_PATH=$(dirname "$(find "$root" -name 'libevsteer.so' | head -n1)") \
+		"$root/demo" --connections 200 >/dev/null
+	rm -rf "$root"
+	echo "install check: headers, library and evsteer.pc work from an install"
+}
+
+case $job in
+demo)
+	build build
+	./build/examples/evsteer-demo "$@"
+	;;
+test)
+	build build
+	install_check
+	run_tests build "$@"
+	;;
+asan)
+	build build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+		-Dbuildtype=debug
+	run_tests build-asan "$@"
+	;;
+summary)
+	summary "$@"
+	;;
+*)
+	echo "usage: $0 demo|test|asan|summary [args]" >&2
+	exit 2
+	;;
+esac
