@@ -41,6 +41,7 @@ static void accept_loop(struct evsteer_listener *lev)
 	if (!evst_active(lev))
 		return;
 	evst_count(lev, wakeups);
+	uint64_t now = lev->ws ? evst_now_ns() : 0;
 
 	for (unsigned int n = 0; n < lev->max_accepts; n++) {
 		struct sockaddr_storage ss;
@@ -52,6 +53,8 @@ static void accept_loop(struct evsteer_listener *lev)
 			switch (evst_classify_accept_errno(err)) {
 			case EVST_ERR_AGAIN:
 				evst_end_episode(lev);
+				if (lev->ws)
+					evst_ws_empty(lev->ws, now);
 				return;
 			case EVST_ERR_RETRY:
 				continue;
@@ -65,6 +68,10 @@ static void accept_loop(struct evsteer_listener *lev)
 			}
 		}
 		evst_end_episode(lev);
+		if (lev->ws) {
+			evst_ws_dequeued(lev->ws, now);
+			evst_group_count_accept(lev);
+		}
 		if (len == 0) {
 			/* old kernels answered some scans this way (libevent) */
 			close(fd);
@@ -85,6 +92,9 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 	evst_lock(lev);
 	lev->refcnt++;
 	accept_loop(lev);
+	/* a wake-up is the cheap moment to look at stalled siblings */
+	if (lev->group)
+		evst_group_steal(lev);
 	evst_decref_and_unlock(lev);
 }
 
@@ -167,6 +177,7 @@ static void event_destroy(struct evsteer_listener *lev)
 const struct evst_engine_ops evst_event_engine = {
 	.kind = EVSTEER_ENGINE_EVENT,
 	.name = "event",
+	.bpf_name = "bpf+event",
 	.init = event_init,
 	.enable = event_enable,
 	.disable = event_disable,

@@ -7,6 +7,9 @@
 #include <stdbool.h>
 
 #include <evsteer/evsteer.h>
+#include <event2/util.h>
+
+struct evst_worker;
 
 #define EVST_HIDDEN __attribute__((visibility("hidden")))
 
@@ -24,7 +27,8 @@ EVST_HIDDEN void evst_log(enum evsteer_log_level level, const char *fmt, ...)
  */
 struct evst_engine_ops {
 	enum evsteer_engine kind;
-	const char *name;
+	const char *name;     /* path name without BPF steering */
+	const char *bpf_name; /* path name with it */
 	/* Allocate engine state on lev->engine; -errno on failure. */
 	int (*init)(struct evsteer_listener *lev);
 	/* Start delivering (enabled with a callback). 0 or -errno. */
@@ -76,6 +80,12 @@ struct evsteer_listener {
 	void *arg;
 
 	struct evst_counters counters;
+
+	/* Worker-group membership (group.c); NULL group: a lone listener. */
+	struct evsteer_group *group;
+	unsigned int slot;
+	struct evst_worker *ws;     /* this socket's shared counters */
+	struct event *steal_timer;  /* looks at stalled siblings */
 };
 
 static inline void evst_lock(struct evsteer_listener *lev)
@@ -132,6 +142,38 @@ EVST_HIDDEN unsigned int evst_next_backoff_ms(struct evsteer_listener *lev);
 
 /* sockutil.c */
 EVST_HIDDEN int evst_validate_sockaddr(const struct sockaddr *sa, socklen_t len);
+/* SO_KEEPALIVE and the options the LEV_OPT flags ask for. 0 or -errno. */
+EVST_HIDDEN int evst_apply_sockopts(int fd, unsigned int flags);
+
+/* listener.c */
+EVST_HIDDEN struct evsteer_listener *
+evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
+		     unsigned int flags, int backlog, int fd,
+		     const struct evsteer_listener_opts *opts,
+		     struct evsteer_group *g, unsigned int slot);
+EVST_HIDDEN int evst_fill_path(const struct evsteer_group *g,
+			       const struct evst_engine_ops *ops,
+			       struct evsteer_path *out);
+
+/* group.c: what the engines call for a listener in a group. */
+#define EVST_SLOT_CLAIMED ((struct evsteer_listener *)1)
+EVST_HIDDEN int evst_group_join(struct evsteer_listener *lev,
+				struct evsteer_group *g, unsigned int slot,
+				const struct evsteer_listener_opts *opts);
+/* Leave; close_fd false keeps the socket open whoever owns it. */
+EVST_HIDDEN void evst_group_leave(struct evsteer_listener *lev, bool close_fd);
+EVST_HIDDEN void evst_group_sync_live(struct evsteer_listener *lev);
+/* Out of the steering table and no stealing timer (disable, free). */
+EVST_HIDDEN void evst_member_stop(struct evsteer_listener *lev);
+EVST_HIDDEN void evst_group_count_accept(struct evsteer_listener *lev);
+EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
+EVST_HIDDEN void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg);
+EVST_HIDDEN bool evst_group_has_bpf(const struct evsteer_group *g);
+EVST_HIDDEN const char *evst_group_steer_reason(const struct evsteer_group *g);
+EVST_HIDDEN const char *evst_policy_name(unsigned int p);
+EVST_HIDDEN uint64_t evst_now_ns(void);
+EVST_HIDDEN void evst_ws_dequeued(struct evst_worker *w, uint64_t now);
+EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
 
 /* accept_event.c */
 extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;

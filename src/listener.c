@@ -14,12 +14,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "internal.h"
 
 static const char *const steering_reason_none =
 	"single socket: no worker group to steer across";
-static const char *const steering_reason_hash =
-	"kernel SO_REUSEPORT hash: BPF steering is not part of this build yet";
 static const char *const engine_reason_event =
 	"io_uring accept engine is not part of this build yet";
 
@@ -55,11 +55,13 @@ static bool common_args_ok(const char *fn, struct event_base *base,
 	return true;
 }
 
-/* Everything after the argument checks: shared by new and new_bind. */
-static struct evsteer_listener *
-listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
-		unsigned int flags, int backlog, int fd,
-		const struct evsteer_listener_opts *opts)
+/* Everything after the argument checks: shared by new, new_bind and
+ * evsteer_group_attach() (g != NULL). */
+struct evsteer_listener *
+evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
+		     unsigned int flags, int backlog, int fd,
+		     const struct evsteer_listener_opts *opts,
+		     struct evsteer_group *g, unsigned int slot)
 {
 	int err;
 
@@ -112,17 +114,27 @@ listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 	if (err < 0)
 		goto err_lock;
 
-	if (!(flags & EVSTEER_OPT_DISABLED)) {
-		err = evsteer_listener_enable(lev);
+	if (g || (flags & EVSTEER_OPT_REUSEABLE_PORT)) {
+		err = evst_group_join(lev, g, slot, opts);
 		if (err < 0)
 			goto err_engine;
 	}
-	evst_info("listener fd %d: path %s (%s; %s)", fd, lev->ops->name,
-		  flags & EVSTEER_OPT_REUSEABLE_PORT ? steering_reason_hash :
-						       steering_reason_none,
-		  engine_reason_event);
+
+	if (!(flags & EVSTEER_OPT_DISABLED)) {
+		err = evsteer_listener_enable(lev);
+		if (err < 0)
+			goto err_group;
+	}
+	EVSTEER_PATH_OPTS(path);
+	evst_fill_path(lev->group, lev->ops, &path);
+	evst_info("listener fd %d: path %s (%s%s%s)", fd, path.name,
+		  *path.steering_reason ? path.steering_reason : "bpf steering",
+		  *path.engine_reason ? "; " : "", path.engine_reason);
 	return lev;
 
+err_group:
+	if (lev->group)
+		evst_group_leave(lev, false);
 err_engine:
 	lev->ops->destroy(lev);
 err_lock:
@@ -151,13 +163,8 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 			  strerror(err));
 		return fail_null(err);
 	}
-	return listener_create(base, cb, arg, flags, backlog, fd, opts);
-}
-
-static int setsockopt_on(int fd, int level, int name)
-{
-	int on = 1;
-	return setsockopt(fd, level, name, &on, sizeof(on));
+	return evst_listener_create(base, cb, arg, flags, backlog, fd, opts, NULL,
+				    0);
 }
 
 struct evsteer_listener *
@@ -189,36 +196,20 @@ evsteer_listener_new_bind(struct event_base *base, evsteer_accept_cb cb,
 	if (fd < 0)
 		return NULL;
 
-	const char *step = "SO_KEEPALIVE";
-	if (setsockopt_on(fd, SOL_SOCKET, SO_KEEPALIVE) < 0)
+	err = evst_apply_sockopts(fd, flags);
+	if (err < 0) {
+		errno = -err;
 		goto err;
-	step = "SO_REUSEADDR";
-	if ((flags & EVSTEER_OPT_REUSEABLE) &&
-	    setsockopt_on(fd, SOL_SOCKET, SO_REUSEADDR) < 0)
-		goto err;
-	step = "SO_REUSEPORT";
-	if ((flags & EVSTEER_OPT_REUSEABLE_PORT) &&
-	    setsockopt_on(fd, SOL_SOCKET, SO_REUSEPORT) < 0)
-		goto err;
-	step = "TCP_DEFER_ACCEPT";
-	if ((flags & EVSTEER_OPT_DEFERRED_ACCEPT) &&
-	    setsockopt_on(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT) < 0)
-		goto err;
-	step = "IPV6_V6ONLY";
-	if ((flags & EVSTEER_OPT_BIND_IPV6ONLY) &&
-	    setsockopt_on(fd, IPPROTO_IPV6, IPV6_V6ONLY) < 0)
-		goto err;
-	step = "bind";
+	}
 	if (sa && bind(fd, sa, len) < 0)
 		goto err;
-	step = "listen";
-	struct evsteer_listener *lev =
-		listener_create(base, cb, arg, flags, backlog, fd, opts);
+	struct evsteer_listener *lev = evst_listener_create(
+		base, cb, arg, flags, backlog, fd, opts, NULL, 0);
 	if (lev)
 		return lev;
 err:
 	err = errno;
-	evst_debug("%s: %s failed: %s", fn, step, strerror(err));
+	evst_debug("%s: %s", fn, strerror(err));
 	close(fd);
 	return fail_null(err);
 }
@@ -230,7 +221,9 @@ void evst_decref_and_unlock(struct evsteer_listener *lev)
 		return;
 	}
 	lev->ops->destroy(lev);
-	if (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)
+	if (lev->group)
+		evst_group_leave(lev, true); /* closes as the group says */
+	else if (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)
 		close(lev->fd);
 	evst_unlock(lev);
 	if (lev->locking)
@@ -253,6 +246,7 @@ void evsteer_listener_free(struct evsteer_listener *lev)
 	lev->cb = NULL;
 	lev->errcb = NULL;
 	lev->ops->disable(lev);
+	evst_member_stop(lev);
 	evst_unlock(lev);
 
 	/*
@@ -263,6 +257,8 @@ void evsteer_listener_free(struct evsteer_listener *lev)
 	 * stops, and drops its reference.
 	 */
 	lev->ops->quiesce(lev);
+	if (lev->steal_timer)
+		event_del_block(lev->steal_timer);
 
 	evst_lock(lev);
 	evst_decref_and_unlock(lev);
@@ -280,6 +276,7 @@ int evsteer_listener_enable(struct evsteer_listener *lev)
 		lev->enabled = true;
 		if (lev->cb)
 			r = lev->ops->enable(lev);
+		evst_group_sync_live(lev);
 	}
 	evst_unlock(lev);
 	return r < 0 ? fail(-r) : 0;
@@ -292,6 +289,7 @@ int evsteer_listener_disable(struct evsteer_listener *lev)
 	evst_lock(lev);
 	lev->enabled = false;
 	int r = lev->ops->disable(lev);
+	evst_member_stop(lev);
 	evst_unlock(lev);
 	return r < 0 ? fail(-r) : 0;
 }
@@ -311,10 +309,13 @@ void evsteer_listener_set_cb(struct evsteer_listener *lev, evsteer_accept_cb cb,
 		 * accepts-and-closes connections; we disarm instead so nothing
 		 * queued is lost.
 		 */
-		if (lev->enabled && !old && cb)
+		if (lev->enabled && !old && cb) {
 			lev->ops->enable(lev);
-		else if (lev->enabled && old && !cb)
+			evst_group_sync_live(lev);
+		} else if (lev->enabled && old && !cb) {
 			lev->ops->disable(lev);
+			evst_member_stop(lev);
+		}
 	}
 	evst_unlock(lev);
 }
@@ -344,30 +345,40 @@ int evsteer_listener_get_fd(const struct evsteer_listener *lev)
 	return lev->fd;
 }
 
-int evsteer_listener_get_path(const struct evsteer_listener *lev,
-			      struct evsteer_path *out)
+int evst_fill_path(const struct evsteer_group *g,
+		   const struct evst_engine_ops *ops, struct evsteer_path *out)
 {
-	if (!lev || !out || out->sz < sizeof(out->sz))
-		return fail(EINVAL);
+	bool bpf = evst_group_has_bpf(g);
 	struct evsteer_path p = {
 		.sz = out->sz,
-		.steering = lev->flags & EVSTEER_OPT_REUSEABLE_PORT ?
-				    EVSTEER_STEER_KERNEL_HASH :
-				    EVSTEER_STEER_NONE,
-		.engine = lev->ops->kind,
-		.name = lev->ops->name,
-		.steering_reason = lev->flags & EVSTEER_OPT_REUSEABLE_PORT ?
-					   steering_reason_hash :
-					   steering_reason_none,
+		.steering = bpf ? EVSTEER_STEER_BPF :
+			    g   ? EVSTEER_STEER_KERNEL_HASH :
+				  EVSTEER_STEER_NONE,
+		.engine = ops->kind,
+		.name = bpf ? ops->bpf_name : ops->name,
+		.steering_reason = bpf ? "" :
+				   g   ? evst_group_steer_reason(g) :
+					 steering_reason_none,
 		.engine_reason = engine_reason_event,
 	};
 	memcpy(out, &p, out->sz < sizeof(p) ? out->sz : sizeof(p));
 	return 0;
 }
 
+int evsteer_listener_get_path(const struct evsteer_listener *lev,
+			      struct evsteer_path *out)
+{
+	if (!lev || !out || out->sz < sizeof(out->sz))
+		return fail(EINVAL);
+	return evst_fill_path(lev->group, lev->ops, out);
+}
+
 const char *evsteer_listener_path_name(const struct evsteer_listener *lev)
 {
-	return lev ? lev->ops->name : "";
+	if (!lev)
+		return "";
+	return evst_group_has_bpf(lev->group) ? lev->ops->bpf_name :
+						lev->ops->name;
 }
 
 int evsteer_listener_get_stats(const struct evsteer_listener *lev,

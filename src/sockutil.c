@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/un.h>
 
@@ -42,4 +43,24 @@ bool evst_opts_valid(const void *opts, size_t known_sz)
 		if (p[i])
 			return false;
 	return true;
+}
+
+static int on(int fd, int level, int name)
+{
+	int one = 1;
+	return setsockopt(fd, level, name, &one, sizeof(one)) < 0 ? -errno : 0;
+}
+
+int evst_apply_sockopts(int fd, unsigned int flags)
+{
+	int err = on(fd, SOL_SOCKET, SO_KEEPALIVE);
+	if (!err && (flags & EVSTEER_OPT_REUSEABLE))
+		err = on(fd, SOL_SOCKET, SO_REUSEADDR);
+	if (!err && (flags & EVSTEER_OPT_REUSEABLE_PORT))
+		err = on(fd, SOL_SOCKET, SO_REUSEPORT);
+	if (!err && (flags & EVSTEER_OPT_DEFERRED_ACCEPT))
+		err = on(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT);
+	if (!err && (flags & EVSTEER_OPT_BIND_IPV6ONLY))
+		err = on(fd, IPPROTO_IPV6, IPV6_V6ONLY);
+	return err;
 }

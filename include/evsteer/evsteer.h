@@ -74,6 +74,30 @@ typedef void (*evsteer_accept_cb)(struct evsteer_listener *lev, int fd,
 typedef void (*evsteer_error_cb)(struct evsteer_listener *lev, void *arg);
 
 /*
+ * Steering policies for a worker group (see evsteer_group_new()).
+ */
+enum evsteer_policy {
+	/* The worker with the fewest connections steered to it but not yet
+	 * accepted (weighted); ties rotate. The default. */
+	EVSTEER_POLICY_LEAST_PENDING = 0,
+	/* Flow hash over live workers (weighted). */
+	EVSTEER_POLICY_HASH = 1,
+	/* Exact rotation over live workers (weighted). */
+	EVSTEER_POLICY_ROUND_ROBIN = 2,
+	/* The worker assigned to the CPU the connection arrived on
+	 * (evsteer_group_set_cpu(); default cpu % workers), else least-pending. */
+	EVSTEER_POLICY_CPU = 3,
+};
+
+/* Whether to use BPF steering. The EVSTEER_BPF environment variable
+ * (auto|off|require) applies when the option is AUTO. */
+enum evsteer_bpf_mode {
+	EVSTEER_BPF_AUTO = 0,    /* BPF if the kernel allows, else kernel hash */
+	EVSTEER_BPF_OFF,         /* kernel SO_REUSEPORT hash */
+	EVSTEER_BPF_REQUIRE,     /* creation fails if BPF cannot be used */
+};
+
+/*
  * Options for listener creation. Declare with EVSTEER_LISTENER_OPTS(); a
  * zero field means "the default". NULL opts means all defaults.
  */
@@ -83,6 +107,16 @@ struct evsteer_listener_opts {
 	unsigned int max_accepts_per_wakeup;
 	/* Back-off cap (ms) while descriptors are exhausted. 0: 250 ms. */
 	unsigned int backoff_max_ms;
+	/*
+	 * For a listener with EVSTEER_OPT_REUSEABLE_PORT on a TCP address: the
+	 * listeners of this process on the same address form one group (the
+	 * one-base-per-thread pattern); the first one's settings apply.
+	 * bpf: EVSTEER_BPF env when AUTO; policy: EVSTEER_POLICY env
+	 * (least-pending|hash|round-robin|cpu) when 0; stall_us: see groups.
+	 */
+	enum evsteer_bpf_mode bpf;
+	enum evsteer_policy policy;
+	int stall_us;
 };
 #define EVSTEER_LISTENER_OPTS(NAME, ...)                                       \
 	struct evsteer_listener_opts NAME = {                                  \
@@ -202,6 +236,117 @@ struct evsteer_listener_stats {
 EVSTEER_API int
 evsteer_listener_get_stats(const struct evsteer_listener *lev,
 			   struct evsteer_listener_stats *out);
+
+/*
+ * Worker groups: N listening sockets on one address, one per worker
+ * event_base (thread), with a BPF SK_REUSEPORT program choosing the socket
+ * for each new connection by policy. Workers that stall (connections
+ * pending, no progress for stall_us) get no new connections, and their
+ * queued ones are accepted by healthy siblings ("stolen") and handed to the
+ * sibling's callback. A worker that leaves has its queued connections
+ * migrated to the others instead of reset. Without BPF (no CAP_BPF,
+ * seccomp, EVSTEER_BPF=off, not built) the group runs on the kernel's
+ * SO_REUSEPORT hash; evsteer_group_get_path() says which, and why.
+ *
+ * Listeners made by evsteer_listener_new_bind() with
+ * EVSTEER_OPT_REUSEABLE_PORT on the same TCP address form such a group by
+ * themselves, so evconnlistener code with one base per thread is steered
+ * unchanged.
+ */
+struct evsteer_group;
+
+struct evsteer_group_opts {
+	size_t sz;
+	enum evsteer_policy policy;
+	enum evsteer_bpf_mode bpf;
+	/* A worker with pending connections and no progress for this long is
+	 * stalled. 0: 2000 us; < 0: stall detection off. */
+	int stall_us;
+	/* Passed to each worker's listener (see evsteer_listener_opts). */
+	unsigned int max_accepts_per_wakeup;
+	unsigned int backoff_max_ms;
+};
+#define EVSTEER_GROUP_OPTS(NAME, ...)                                          \
+	struct evsteer_group_opts NAME = {                                     \
+		.sz = sizeof(struct evsteer_group_opts), __VA_ARGS__}
+
+#define EVSTEER_MAX_WORKERS 64
+#define EVSTEER_DEFAULT_STALL_US 2000
+
+/*
+ * Bind nworkers sockets (SO_REUSEPORT, plus what flags ask for, as new_bind)
+ * to addr (TCP over IPv4 or IPv6), listen, and set up steering. Connections
+ * queue on the sockets until workers attach. flags are applied to every
+ * worker's listener; the group owns the sockets (CLOSE_ON_FREE is implied).
+ * Errors: EINVAL, EAFNOSUPPORT, socket/bind errors, and with
+ * EVSTEER_BPF_REQUIRE the BPF error (EPERM without CAP_BPF, ENOSYS...).
+ */
+EVSTEER_API struct evsteer_group *
+evsteer_group_new(const struct sockaddr *addr, socklen_t len,
+		  unsigned int nworkers, unsigned int flags, int backlog,
+		  const struct evsteer_group_opts *opts);
+
+/*
+ * Serve slot with a listener on base (call it from the worker's thread or
+ * before starting it). Freeing the listener makes the worker leave: its
+ * socket closes and what was queued on it migrates to the others.
+ * Errors: EINVAL (bad slot), EBUSY (slot already served), ENOENT (slot left).
+ */
+EVSTEER_API struct evsteer_listener *
+evsteer_group_attach(struct evsteer_group *g, unsigned int slot,
+		     struct event_base *base, evsteer_accept_cb cb, void *arg);
+
+/* Add a worker socket at run time; returns its slot, or -errno (ENOSPC). */
+EVSTEER_API int evsteer_group_add_worker(struct evsteer_group *g);
+
+/*
+ * Drop the creator's reference: slots no listener serves are closed (their
+ * queues migrate); the group lives on while listeners are attached.
+ */
+EVSTEER_API void evsteer_group_free(struct evsteer_group *g);
+
+/* Switch policy while running (no re-attach). 0 or -errno. */
+EVSTEER_API int evsteer_group_set_policy(struct evsteer_group *g,
+					 enum evsteer_policy policy);
+/* Relative weight of a worker, 1..16 (default 1). 0 or -errno. */
+EVSTEER_API int evsteer_group_set_weight(struct evsteer_group *g,
+					 unsigned int slot, unsigned int weight);
+/* Route connections arriving on cpu to slot (EVSTEER_POLICY_CPU). */
+EVSTEER_API int evsteer_group_set_cpu(struct evsteer_group *g,
+				      unsigned int cpu, unsigned int slot);
+
+/* The group's listening socket for slot, or -1 (errno). */
+EVSTEER_API int evsteer_group_get_fd(const struct evsteer_group *g,
+				     unsigned int slot);
+/* Number of slots (used or not) so far. */
+EVSTEER_API unsigned int evsteer_group_size(const struct evsteer_group *g);
+/* The group a listener belongs to, or NULL. */
+EVSTEER_API struct evsteer_group *
+evsteer_listener_get_group(const struct evsteer_listener *lev);
+
+/* Steering in use and why (engine fields describe the worker default). */
+EVSTEER_API int evsteer_group_get_path(const struct evsteer_group *g,
+				       struct evsteer_path *out);
+
+struct evsteer_worker_stats {
+	size_t sz;
+	uint64_t steered;   /* connections the program chose this socket for */
+	uint64_t accepted;  /* accepted by this worker from its own socket */
+	uint64_t pending;   /* steered but not yet taken off the socket */
+	uint64_t stolen;    /* accepted by this worker from stalled siblings */
+	uint64_t stolen_from; /* taken off this socket by siblings */
+	uint64_t migrated;  /* moved here from a sibling that left */
+	uint64_t heartbeat_age_ns; /* since this worker last made progress */
+	int live;           /* attached, enabled, in the steering table */
+};
+#define EVSTEER_WORKER_STATS_OPTS(NAME) \
+	struct evsteer_worker_stats NAME = { \
+		.sz = sizeof(struct evsteer_worker_stats)}
+
+/* Per-worker counters; cheap (no system call). 0 or -errno. */
+EVSTEER_API int evsteer_group_worker_stats(const struct evsteer_group *g,
+					   unsigned int slot,
+					   struct evsteer_worker_stats *out);
 
 /*
  * Logging. One process-wide callback for evsteer's own messages (never
