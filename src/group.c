@@ -561,8 +561,16 @@ int evst_group_join(struct evsteer_listener *lev, struct evsteer_group *g,
 			g->slots[r].lev = lev;
 		pthread_mutex_unlock(&g->lock);
 		if (r < 0) {
+			/* e.g. SO_REUSEPORT set after bind: no kernel group to
+			 * steer in. A lone listener is still a listener. */
+			bool need = g->steer && env_bpf_mode(EVST_OPT(
+				opts, struct evsteer_listener_opts, bpf,
+				EVSTEER_BPF_AUTO)) == EVSTEER_BPF_REQUIRE;
+			evst_log(need ? EVSTEER_LOG_WARN : EVSTEER_LOG_DEBUG,
+				 "listener fd %d: cannot join a steering group: %s",
+				 lev->fd, strerror(-r));
 			group_unref(g);
-			return r;
+			return need ? r : 0;
 		}
 		slot = (unsigned int)r;
 	} else {

@@ -19,12 +19,43 @@ const struct tl_path *tl_path;
 
 static void opts_event(struct evsteer_listener_opts *o)
 {
-	(void)o;
+	/* REUSEABLE_PORT listeners must not pick up BPF on this path */
+	o->bpf = EVSTEER_BPF_OFF;
 }
 
+static void opts_bpf(struct evsteer_listener_opts *o)
+{
+	o->bpf = EVSTEER_BPF_REQUIRE;
+}
+
+static char bpf_why[256];
+
+const char *tl_bpf_unavailable(void)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	EVSTEER_GROUP_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE);
+	struct evsteer_group *g =
+		evsteer_group_new((struct sockaddr *)&ss, len, 1, 0, -1, &o);
+	if (g) {
+		evsteer_group_free(g);
+		return NULL;
+	}
+	snprintf(bpf_why, sizeof(bpf_why), "BPF steering unavailable: %s",
+		 strerror(errno));
+	return bpf_why;
+}
+
+/*
+ * "bpf": every inet listener is a REUSEABLE_PORT listener, so it forms a
+ * (one-socket) BPF-steered group with its whole accounting path, and must
+ * report "bpf+event".
+ */
 static const struct tl_path paths[] = {
 	{.name = "event", .feature = NULL, .unavailable = NULL,
-	 .opts = opts_event},
+	 .opts = opts_event, .extra_flags = 0},
+	{.name = "bpf+event", .feature = "bpf", .unavailable = tl_bpf_unavailable,
+	 .opts = opts_bpf, .extra_flags = EVSTEER_OPT_REUSEABLE_PORT},
 };
 
 static bool required(const char *feature)
@@ -132,6 +163,8 @@ struct evsteer_listener *tl_new_bind_opts(struct event_base *base,
 					  struct evsteer_listener_opts *o)
 {
 	tl_path->opts(o);
+	if (sa && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6))
+		flags |= tl_path->extra_flags;
 	return evsteer_listener_new_bind(base, cb, arg, flags, backlog, sa, len,
 					 o);
 }
@@ -235,6 +268,18 @@ bool tl_loop_until(struct event_base *base, const int *counter, int want)
 		event_base_loop(base, EVLOOP_ONCE);
 	event_free(wd);
 	return *counter >= want;
+}
+
+bool tl_loop_until_fn(struct event_base *base, bool (*done)(void *), void *arg)
+{
+	bool fired = false;
+	struct timeval tv = {TL_TIMEOUT_MS / 1000, (TL_TIMEOUT_MS % 1000) * 1000};
+	struct event *wd = evtimer_new(base, watchdog_cb, &fired);
+	evtimer_add(wd, &tv);
+	while (!done(arg) && !fired)
+		event_base_loop(base, EVLOOP_ONCE);
+	event_free(wd);
+	return done(arg);
 }
 
 void tl_loop_for(struct event_base *base, int ms)

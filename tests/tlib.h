@@ -31,7 +31,12 @@ struct tl_path {
 	const char *(*unavailable)(void);
 	/* Adjust creation options for this path. */
 	void (*opts)(struct evsteer_listener_opts *o);
+	/* Flags added to every inet new_bind on this path. */
+	unsigned int extra_flags;
 };
+
+/* NULL when BPF steering works here, else why not. */
+const char *tl_bpf_unavailable(void);
 
 /* The path the current group of tests runs on. */
 extern const struct tl_path *tl_path;
@@ -80,6 +85,8 @@ void tl_close_n(int *fds, int n);
  * when reached. Waits for events, never sleeps.
  */
 bool tl_loop_until(struct event_base *base, const int *counter, int want);
+/* Same, until done(arg) is true. */
+bool tl_loop_until_fn(struct event_base *base, bool (*done)(void *), void *arg);
 /* Run the loop for ms milliseconds of wall time (to observe idleness). */
 void tl_loop_for(struct event_base *base, int ms);
 /* event_base_dispatch() with a watchdog; false if the watchdog fired. */

@@ -1,0 +1,556 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Worker groups with BPF steering: policies, stall avoidance and stealing,
+ * join/leave, zero-loss drain, and the kernel-hash fallback for comparison.
+ * Real connections on loopback; steering is decided at SYN time, so once a
+ * blocking connect() returns its worker's `steered` counter has moved.
+ */
+#include "tlib.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define NW 4
+
+struct worker {
+	struct tl_srv s;
+	struct event_base *base;
+};
+
+struct fx {
+	struct evsteer_group *g;
+	struct worker w[NW];
+	int n;
+	struct sockaddr_storage addr;
+	socklen_t len;
+};
+
+static void need_bpf(void)
+{
+	const char *why = tl_bpf_unavailable();
+	tl_skip_unless(why == NULL, "bpf", why ? why : "");
+}
+
+/* n workers; each on its own base when separate, else all on w[0].base */
+static void fx_open(struct fx *f, int n, enum evsteer_policy policy,
+		    int stall_us, enum evsteer_bpf_mode mode, bool separate)
+{
+	memset(f, 0, sizeof(*f));
+	f->n = n;
+	f->len = tl_addr_loopback(AF_INET, &f->addr);
+	EVSTEER_GROUP_OPTS(o, .policy = policy, .stall_us = stall_us, .bpf = mode);
+	f->g = evsteer_group_new((struct sockaddr *)&f->addr, f->len, (unsigned)n,
+				 EVSTEER_OPT_REUSEABLE, -1, &o);
+	assert_non_null(f->g);
+	f->len = tl_sockname(evsteer_group_get_fd(f->g, 0), &f->addr);
+	for (int i = 0; i < n; i++) {
+		f->w[i].base = separate || i == 0 ? tl_base() : f->w[0].base;
+		f->w[i].s.close_now = true;
+		f->w[i].s.lev = evsteer_group_attach(f->g, (unsigned)i,
+						     f->w[i].base,
+						     tl_srv_accept_cb, &f->w[i].s);
+		assert_non_null(f->w[i].s.lev);
+	}
+}
+
+static void fx_close(struct fx *f)
+{
+	for (int i = 0; i < f->n; i++)
+		evsteer_listener_free(f->w[i].s.lev);
+	evsteer_group_free(f->g);
+	for (int i = 0; i < f->n; i++)
+		if (i == 0 || f->w[i].base != f->w[0].base)
+			event_base_free(f->w[i].base);
+}
+
+static struct evsteer_worker_stats wstats(struct fx *f, int i)
+{
+	EVSTEER_WORKER_STATS_OPTS(st);
+	assert_int_equal(evsteer_group_worker_stats(f->g, (unsigned)i, &st), 0);
+	return st;
+}
+
+static int client(struct fx *f)
+{
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(c >= 0);
+	if (connect(c, (struct sockaddr *)&f->addr, f->len) < 0)
+		fail_msg("connect: %s", strerror(errno));
+	return c;
+}
+
+static int total(struct fx *f)
+{
+	int t = 0;
+	for (int i = 0; i < f->n; i++)
+		t += f->w[i].s.n;
+	return t;
+}
+
+struct want {
+	struct fx *f;
+	int n;
+};
+
+static bool reached(void *arg)
+{
+	struct want *w = arg;
+	return total(w->f) >= w->n;
+}
+
+/* run w[0]'s base (shared by all) until the workers delivered `want` */
+static void serve_shared(struct fx *f, int want)
+{
+	struct want w = {f, want};
+	if (!tl_loop_until_fn(f->w[0].base, reached, &w))
+		fail_msg("served %d of %d", total(f), want);
+}
+
+static void test_round_robin_exact(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 4, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_group_get_path(f.g, &p), 0);
+	assert_int_equal(p.steering, EVSTEER_STEER_BPF);
+	assert_string_equal(evsteer_listener_path_name(f.w[0].s.lev), "bpf+event");
+
+	for (int batch = 0; batch < 100; batch++) {
+		int c[40];
+		for (int i = 0; i < 40; i++)
+			c[i] = client(&f);
+		serve_shared(&f, (batch + 1) * 40);
+		tl_close_n(c, 40);
+	}
+	for (int i = 0; i < 4; i++)
+		print_message("worker %d: %d delivered, %llu steered\n", i,
+			      f.w[i].s.n,
+			      (unsigned long long)wstats(&f, i).steered);
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(f.w[i].s.n, 1000);
+		struct evsteer_worker_stats st = wstats(&f, i);
+		assert_int_equal(st.steered, 1000);
+		assert_int_equal(st.accepted, 1000);
+		assert_int_equal(st.pending, 0);
+		assert_true(st.live);
+	}
+	fx_close(&f);
+}
+
+/* One worker never runs its loop: after at most one connection (a tie at
+ * pending 0), least-pending sends everything to the worker that accepts. */
+static void test_least_pending_avoids_busy(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_LEAST_PENDING, -1, EVSTEER_BPF_REQUIRE, true);
+	int c[100];
+	for (int i = 0; i < 100; i++) {
+		c[i] = client(&f);
+		int want = f.w[1].s.n + 1;
+		if (wstats(&f, 1).steered == (uint64_t)want)
+			assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n, want));
+	}
+	struct evsteer_worker_stats s0 = wstats(&f, 0);
+	print_message("busy worker got %llu of 100\n",
+		      (unsigned long long)s0.steered);
+	assert_true(s0.steered <= 1);
+	assert_int_equal(f.w[1].s.n, 100 - (int)s0.steered);
+	assert_int_equal(s0.pending, s0.steered);
+	tl_close_n(c, 100);
+	fx_close(&f);
+}
+
+struct pinned {
+	struct fx *f;
+	int cpu, n, fds[20], err;
+};
+
+static void *pinned_client(void *arg)
+{
+	struct pinned *p = arg;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(p->cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set) < 0) {
+		p->err = errno;
+		return NULL;
+	}
+	for (int i = 0; i < p->n; i++) {
+		p->fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (connect(p->fds[i], (struct sockaddr *)&p->f->addr,
+			    p->f->len) < 0)
+			p->err = errno;
+	}
+	return NULL;
+}
+
+/* Loopback SYNs are processed on the sending CPU: a client pinned to CPU k
+ * lands on the worker mapped to k. */
+static void test_cpu_policy(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_CPU, -1, EVSTEER_BPF_REQUIRE, false);
+	cpu_set_t mine;
+	assert_int_equal(sched_getaffinity(0, sizeof(mine), &mine), 0);
+	int ncpu = CPU_COUNT(&mine), cpus[2], k = 0;
+	for (int c = 0; c < CPU_SETSIZE && k < 2; c++)
+		if (CPU_ISSET(c, &mine))
+			cpus[k++] = c;
+	/* crossed on purpose, so the default cpu % n map cannot pass */
+	assert_int_equal(evsteer_group_set_cpu(f.g, (unsigned)cpus[0], 1), 0);
+	if (ncpu > 1)
+		assert_int_equal(evsteer_group_set_cpu(f.g, (unsigned)cpus[1], 0), 0);
+
+	for (int j = 0; j < k; j++) {
+		int slot = j == 0 ? 1 : 0;
+		uint64_t before = wstats(&f, slot).steered;
+		struct pinned p = {.f = &f, .cpu = cpus[j], .n = 20};
+		pthread_t t;
+		assert_int_equal(pthread_create(&t, NULL, pinned_client, &p), 0);
+		pthread_join(t, NULL);
+		assert_int_equal(p.err, 0);
+		assert_int_equal(wstats(&f, slot).steered - before, 20);
+		serve_shared(&f, (j + 1) * 20);
+		tl_close_n(p.fds, 20);
+	}
+	fx_close(&f);
+}
+
+/* Switch policy at run time: round-robin, then cpu (every CPU -> slot 1). */
+static void test_policy_switch(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
+	int c[40];
+	for (int i = 0; i < 40; i++)
+		c[i] = client(&f);
+	serve_shared(&f, 40);
+	tl_close_n(c, 40);
+	assert_int_equal(f.w[0].s.n, 20);
+	assert_int_equal(f.w[1].s.n, 20);
+
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+	for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
+		assert_int_equal(evsteer_group_set_cpu(f.g, (unsigned)cpu, 1), 0);
+	assert_int_equal(evsteer_group_set_policy(f.g, EVSTEER_POLICY_CPU), 0);
+	for (int i = 0; i < 20; i++)
+		c[i] = client(&f);
+	serve_shared(&f, 60);
+	tl_close_n(c, 20);
+	assert_int_equal(f.w[0].s.n, 20);
+	assert_int_equal(f.w[1].s.n, 40);
+	assert_int_equal(evsteer_group_set_policy(f.g, (enum evsteer_policy)9),
+			 -EINVAL);
+	fx_close(&f);
+}
+
+/* Workers join and leave while the group runs. */
+static void test_join_leave(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
+	int slot = evsteer_group_add_worker(f.g);
+	assert_int_equal(slot, 2);
+	f.n = 3;
+	f.w[2].base = f.w[0].base;
+	f.w[2].s.close_now = true;
+	/* before it attaches, the new socket is not steered to */
+	int c[30];
+	for (int i = 0; i < 6; i++)
+		c[i] = client(&f);
+	serve_shared(&f, 6);
+	tl_close_n(c, 6);
+	assert_int_equal(wstats(&f, 2).steered, 0);
+	f.w[2].s.lev = evsteer_group_attach(f.g, 2, f.w[2].base, tl_srv_accept_cb,
+					    &f.w[2].s);
+	assert_non_null(f.w[2].s.lev);
+	assert_null(evsteer_group_attach(f.g, 2, f.w[2].base, tl_srv_accept_cb,
+					 NULL));
+	assert_int_equal(errno, EBUSY);
+
+	for (int i = 0; i < 30; i++)
+		c[i] = client(&f);
+	serve_shared(&f, 36);
+	tl_close_n(c, 30);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(wstats(&f, i).steered, i < 2 ? 3 + 10 : 10);
+
+	/* worker 1 leaves: the others share what follows */
+	evsteer_listener_free(f.w[1].s.lev);
+	f.w[1].s.lev = NULL;
+	assert_false(wstats(&f, 1).live);
+	int before0 = f.w[0].s.n, before2 = f.w[2].s.n;
+	for (int i = 0; i < 20; i++)
+		c[i] = client(&f);
+	serve_shared(&f, 56);
+	tl_close_n(c, 20);
+	assert_int_equal(f.w[0].s.n - before0, 10);
+	assert_int_equal(f.w[2].s.n - before2, 10);
+	assert_null(evsteer_group_attach(f.g, 1, f.w[0].base, tl_srv_accept_cb,
+					 NULL));
+	assert_int_equal(errno, ENOENT);
+	fx_close(&f);
+}
+
+/*
+ * A worker that stalls (its loop does not run) with a connection pending:
+ * past the threshold it gets nothing new, and its queued connection is
+ * stolen by the healthy worker when that one next wakes.
+ */
+static void test_stall_steal(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	/* 20 ms, so that this test does not depend on the machine's speed */
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000, EVSTEER_BPF_REQUIRE,
+		true);
+	int c[12], n = 0;
+	/* until one lands on the stalled worker 0 (round-robin: within 2) */
+	while (wstats(&f, 0).steered == 0 && n < 4) {
+		c[n++] = client(&f);
+		if (wstats(&f, 1).steered > (uint64_t)f.w[1].s.n)
+			assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n,
+						  f.w[1].s.n + 1));
+	}
+	assert_int_equal(wstats(&f, 0).steered, 1);
+	int served1 = f.w[1].s.n;
+	/* let worker 0's silence pass the threshold */
+	tl_loop_for(f.w[1].base, 60);
+	for (int i = 0; i < 10; i++)
+		c[n++] = client(&f);
+	assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n, served1 + 11));
+	struct evsteer_worker_stats s0 = wstats(&f, 0), s1 = wstats(&f, 1);
+	assert_int_equal(s0.steered, 1);      /* nothing new for the stalled */
+	assert_int_equal(s0.stolen_from, 1);  /* its queue was taken */
+	assert_int_equal(s0.pending, 0);
+	assert_int_equal(s1.stolen, 1);
+	assert_int_equal(f.w[0].s.n, 0);
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
+/* read "ok" or see the reset */
+static int read_reply(int c)
+{
+	char buf[4];
+	ssize_t r = read(c, buf, sizeof(buf));
+	if (r < 0)
+		return -errno;
+	return r == 2 && !memcmp(buf, "ok", 2) ? 0 : -EPROTO;
+}
+
+static void reply_cb(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
+		     int len, void *arg)
+{
+	(void)lev;
+	(void)sa;
+	(void)len;
+	if (write(fd, "ok", 2) != 2)
+		abort();
+	close(fd);
+	(*(int *)arg)++;
+}
+
+/*
+ * 200 connections queued on a worker that never accepts; it leaves. With
+ * the migrate program they move to the other worker, none is reset. With
+ * BPF off the kernel resets them (unless net.ipv4.tcp_migrate_req=1).
+ */
+static void drain(enum evsteer_bpf_mode mode, int *queued, int *served,
+		  int *resets)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	EVSTEER_GROUP_OPTS(o, .policy = EVSTEER_POLICY_CPU, .stall_us = -1,
+			   .bpf = mode);
+	struct evsteer_group *g =
+		evsteer_group_new((struct sockaddr *)&ss, len, 2, 0, 512, &o);
+	assert_non_null(g);
+	len = tl_sockname(evsteer_group_get_fd(g, 0), &ss);
+	struct event_base *a = tl_base(), *b = tl_base();
+	int na = 0, nb = 0;
+	struct evsteer_listener *la = evsteer_group_attach(g, 0, a, reply_cb, &na);
+	struct evsteer_listener *lb = evsteer_group_attach(g, 1, b, reply_cb, &nb);
+	assert_non_null(la);
+	assert_non_null(lb);
+	evsteer_group_free(g); /* the listeners keep it */
+	/* every CPU -> worker 0 (with BPF); the kernel hash ignores this */
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+	for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
+		evsteer_group_set_cpu(g, (unsigned)cpu, 0);
+
+	int c[200];
+	for (int i = 0; i < 200; i++) {
+		c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_int_equal(connect(c[i], (struct sockaddr *)&ss, len), 0);
+	}
+	int fd0 = evsteer_group_get_fd(g, 0);
+	tl_wait_queued(fd0, 1);
+	*queued = tl_queued(fd0);
+	int on_b = 200 - *queued;
+	/* worker 0 leaves without having accepted anything */
+	evsteer_listener_free(la);
+	/* worker 1 serves what was its own, plus what migrated */
+	*served = 0;
+	*resets = 0;
+	int want = mode == EVSTEER_BPF_OFF ? on_b : 200;
+	assert_true(tl_loop_until(b, &nb, want));
+	for (int i = 0; i < 200; i++) {
+		int r = read_reply(c[i]);
+		if (r == 0)
+			(*served)++;
+		else if (r == -ECONNRESET)
+			(*resets)++;
+		close(c[i]);
+	}
+	EVSTEER_WORKER_STATS_OPTS(st);
+	evsteer_group_worker_stats(g, 1, &st);
+	print_message("%s: %d queued on the leaving worker, %d served, "
+		      "%d reset, %llu migrated\n",
+		      mode == EVSTEER_BPF_OFF ? "bpf off" : "bpf", *queued,
+		      *served, *resets, (unsigned long long)st.migrated);
+	evsteer_listener_free(lb);
+	event_base_free(a);
+	event_base_free(b);
+}
+
+static int migrate_req_sysctl(void)
+{
+	FILE *fp = fopen("/proc/sys/net/ipv4/tcp_migrate_req", "r");
+	int v = 0;
+	if (fp) {
+		if (fscanf(fp, "%d", &v) != 1)
+			v = 0;
+		fclose(fp);
+	}
+	return v;
+}
+
+static void test_drain_zero_resets(void **state)
+{
+	(void)state;
+	need_bpf();
+	int queued, served, resets;
+	drain(EVSTEER_BPF_REQUIRE, &queued, &served, &resets);
+	assert_int_equal(queued, 200);
+	assert_int_equal(served, 200);
+	assert_int_equal(resets, 0);
+}
+
+static void test_drain_without_bpf_resets(void **state)
+{
+	(void)state;
+	int queued, served, resets;
+	drain(EVSTEER_BPF_OFF, &queued, &served, &resets);
+	assert_int_equal(served + resets, 200);
+	if (migrate_req_sysctl())
+		assert_int_equal(resets, 0);
+	else
+		assert_int_equal(resets, queued);
+}
+
+/* With BPF off the group still works, on the kernel's hash, and says so. */
+static void test_bpf_off_reports(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_OFF, false);
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_listener_get_path(f.w[0].s.lev, &p), 0);
+	assert_int_equal(p.steering, EVSTEER_STEER_KERNEL_HASH);
+	assert_string_equal(p.name, "event");
+	assert_non_null(strstr(p.steering_reason, "off"));
+	int c[20];
+	for (int i = 0; i < 20; i++)
+		c[i] = client(&f);
+	serve_shared(&f, 20);
+	tl_close_n(c, 20);
+	fx_close(&f);
+}
+
+struct three {
+	struct tl_srv *s;
+	int n;
+};
+
+static bool three_reached(void *arg)
+{
+	struct three *t = arg;
+	return t->s[0].n + t->s[1].n + t->s[2].n >= t->n;
+}
+
+/* Plain evconnlistener code: REUSEABLE_PORT listeners on one address join
+ * one group by themselves. */
+static void test_implicit_group(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct tl_srv s[3] = {{.close_now = true}, {.close_now = true},
+			      {.close_now = true}};
+	EVSTEER_LISTENER_OPTS(o, .policy = EVSTEER_POLICY_ROUND_ROBIN,
+			      .stall_us = -1);
+	unsigned int fl = EVSTEER_OPT_REUSEABLE_PORT | EVSTEER_OPT_CLOSE_ON_FREE;
+	s[0].lev = evsteer_listener_new_bind(base, tl_srv_accept_cb, &s[0], fl, -1,
+					     (struct sockaddr *)&ss, len, &o);
+	assert_non_null(s[0].lev);
+	len = tl_sockname(evsteer_listener_get_fd(s[0].lev), &ss);
+	for (int i = 1; i < 3; i++) {
+		s[i].lev = evsteer_listener_new_bind(base, tl_srv_accept_cb, &s[i],
+						     fl, -1,
+						     (struct sockaddr *)&ss, len,
+						     NULL);
+		assert_non_null(s[i].lev);
+	}
+	struct evsteer_group *g = evsteer_listener_get_group(s[0].lev);
+	assert_non_null(g);
+	assert_ptr_equal(evsteer_listener_get_group(s[2].lev), g);
+	assert_string_equal(evsteer_listener_path_name(s[1].lev), "bpf+event");
+	int c[30];
+	for (int i = 0; i < 30; i++) {
+		c[i] = tl_connect_to(evsteer_listener_get_fd(s[0].lev));
+		struct three t = {s, i + 1};
+		assert_true(tl_loop_until_fn(base, three_reached, &t));
+	}
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(s[i].n, 10);
+	tl_close_n(c, 30);
+	for (int i = 0; i < 3; i++)
+		evsteer_listener_free(s[i].lev);
+	event_base_free(base);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_round_robin_exact),
+		cmocka_unit_test(test_least_pending_avoids_busy),
+		cmocka_unit_test(test_cpu_policy),
+		cmocka_unit_test(test_policy_switch),
+		cmocka_unit_test(test_join_leave),
+		cmocka_unit_test(test_stall_steal),
+		cmocka_unit_test(test_drain_zero_resets),
+		cmocka_unit_test(test_drain_without_bpf_resets),
+		cmocka_unit_test(test_bpf_off_reports),
+		cmocka_unit_test(test_implicit_group),
+	};
+	return tl_run_once("group", tests, sizeof(tests) / sizeof(tests[0]));
+}
