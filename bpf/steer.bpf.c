@@ -51,17 +51,16 @@ static __always_inline int stale(struct evst_worker *w, __u64 now)
 	return st && pending(w) && now - w->progress_ns > st;
 }
 
-/* A global function: the verifier checks it once, not at every call site. */
-__attribute__((noinline)) int try_select(struct sk_reuseport_md *md, __u32 wi,
-					 __u64 now, int migrating)
+/*
+ * Steer to worker wi: put the connection on its socket and count it.
+ * Called once per connection, so the verifier walks the helper call once.
+ */
+static __always_inline int steer_to(struct sk_reuseport_md *md, __u32 wi,
+				    __u64 now, int migrating)
 {
-	if (!md)
-		return 0;
 	if (wi >= EVST_MAX_WORKERS)
 		return 0;
 	struct evst_worker *w = &workers[BOUND(wi, EVST_MAX_WORKERS)];
-	if (!w->live)
-		return 0;
 	if (bpf_sk_select_reuseport(md, &socks, &wi, 0))
 		return 0;
 	/* Work arriving on an idle worker starts its progress clock, so an
@@ -74,58 +73,86 @@ __attribute__((noinline)) int try_select(struct sk_reuseport_md *md, __u32 wi,
 	return 1;
 }
 
-/* Walk the weighted table from `start` for a few entries; skip stale
- * workers on the first pass, take anyone live on the second. */
-#define PROBES 8
-static __always_inline int select_from_table(struct sk_reuseport_md *md,
-					     __u32 start, __u32 n, __u64 now,
-					     int migrating)
+static __always_inline int usable(__u32 wi, __u64 now)
 {
-	for (int pass = 0; pass < 2; pass++) {
-		for (__u32 k = 0; k < PROBES; k++) {
-			if (k >= n)
-				break;
-			__u32 ti = BOUND((start + k) % n, EVST_TABLE_SIZE);
-			__u32 wi = table[ti];
-			if (wi >= EVST_MAX_WORKERS)
-				continue;
-			if (pass == 0 && stale(&workers[wi], now))
-				continue;
-			if (try_select(md, wi, now, migrating))
-				return 1;
-		}
+	struct evst_worker *w = &workers[BOUND(wi, EVST_MAX_WORKERS)];
+	return w->live && !stale(w, now);
+}
+
+/* From the weighted table at `start`: the first usable of a few entries,
+ * else the entry at `start` (every worker stale: take one anyway). */
+#define PROBES 8
+struct probe {
+	__u64 now;
+	__u32 start, n, found;
+};
+
+static long probe_one(__u32 k, void *arg)
+{
+	struct probe *pr = arg;
+	__u32 n = pr->n;
+	if (!n || k >= n)
+		return 1;
+	__u32 wi = table[BOUND((pr->start + k) % n, EVST_TABLE_SIZE)];
+	if (wi < EVST_MAX_WORKERS && usable(wi, pr->now)) {
+		pr->found = wi;
+		return 1;
 	}
 	return 0;
 }
 
-static __always_inline int select_least_pending(struct sk_reuseport_md *md,
-						__u64 now, int migrating)
+static __always_inline __u32 pick_from_table(__u32 start, __u32 n, __u64 now)
+{
+	struct probe pr = {.now = now, .start = start, .n = n,
+			   .found = EVST_MAX_WORKERS};
+	bpf_loop(PROBES, probe_one, &pr, 0);
+	if (pr.found < EVST_MAX_WORKERS)
+		return pr.found;
+	return table[BOUND(start % n, EVST_TABLE_SIZE)];
+}
+
+struct scan {
+	__u64 now;
+	__u64 best_score;
+	__u32 best;
+	__u32 off;
+	__u32 ns;
+};
+
+/* bpf_loop body: the verifier checks it once, whatever the worker count,
+ * which keeps the program loadable with CAP_BPF alone (without
+ * CAP_PERFMON the verifier also walks every speculative branch). */
+static long scan_one(__u32 k, void *arg)
+{
+	struct scan *sc = arg;
+	__u32 ns = sc->ns;
+	if (!ns)
+		return 1;
+	__u32 wi = BOUND((sc->off + k) % ns, EVST_MAX_WORKERS);
+	struct evst_worker *w = &workers[wi];
+	if (!w->live || stale(w, sc->now))
+		return 0;
+	__u32 weight = w->weight ? w->weight : 1;
+	__u64 score = (pending(w) << 10) / weight;
+	if (score < sc->best_score) {
+		sc->best_score = score;
+		sc->best = wi;
+	}
+	return 0;
+}
+
+static __always_inline __u32 pick_least_pending(__u64 now)
 {
 	/* Rotate the starting point so ties (all idle) spread evenly. */
-	__u32 off = (__u32)__sync_fetch_and_add(&rr, 1);
-	__u64 best_score = ~0ULL;
-	__u32 best = EVST_MAX_WORKERS;
-
-	__u32 ns = nslots;
-	if (ns > EVST_MAX_WORKERS)
-		ns = EVST_MAX_WORKERS;
-	for (__u32 k = 0; k < EVST_MAX_WORKERS; k++) {
-		if (k >= ns)
-			break;
-		__u32 wi = BOUND((off + k) % ns, EVST_MAX_WORKERS);
-		struct evst_worker *w = &workers[wi];
-		if (!w->live || stale(w, now))
-			continue;
-		__u32 weight = w->weight ? w->weight : 1;
-		__u64 score = (pending(w) << 10) / weight;
-		if (score < best_score) {
-			best_score = score;
-			best = wi;
-		}
-	}
-	if (best < EVST_MAX_WORKERS && try_select(md, best, now, migrating))
-		return 1;
-	return 0;
+	struct scan sc = {
+		.now = now,
+		.best_score = ~0ULL,
+		.best = EVST_MAX_WORKERS,
+		.off = (__u32)__sync_fetch_and_add(&rr, 1),
+		.ns = nslots < EVST_MAX_WORKERS ? nslots : EVST_MAX_WORKERS,
+	};
+	bpf_loop(sc.ns, scan_one, &sc, 0);
+	return sc.best;
 }
 
 SEC("sk_reuseport/migrate")
@@ -136,33 +163,31 @@ int evsteer_select(struct sk_reuseport_md *md)
 		return SK_PASS;
 
 	__u64 now = bpf_ktime_get_ns();
-	int migrating = md->migrating_sk != 0;
-	__u32 start;
+	__u32 wi = EVST_MAX_WORKERS;
 
 	switch (policy) {
 	case EVST_POLICY_HASH:
-		start = md->hash % n;
+		wi = pick_from_table(md->hash % n, n, now);
 		break;
 	case EVST_POLICY_ROUND_ROBIN:
-		start = (__u32)(__sync_fetch_and_add(&rr, 1) % n);
+		wi = pick_from_table((__u32)__sync_fetch_and_add(&rr, 1) % n, n,
+				     now);
 		break;
 	case EVST_POLICY_CPU: {
 		__u32 cpu = bpf_get_smp_processor_id();
-		if (cpu < EVST_MAX_CPUS) {
-			__u32 w1 = cpu_map[BOUND(cpu, EVST_MAX_CPUS)];
-			if (w1 && w1 <= EVST_MAX_WORKERS &&
-			    !stale(&workers[(w1 - 1) & (EVST_MAX_WORKERS - 1)], now) &&
-			    try_select(md, w1 - 1, now, migrating))
-				return SK_PASS;
-		}
+		__u32 w1 = cpu < EVST_MAX_CPUS ? cpu_map[BOUND(cpu, EVST_MAX_CPUS)] : 0;
+		if (w1 && w1 <= EVST_MAX_WORKERS && usable(w1 - 1, now))
+			wi = w1 - 1;
 	}
 		/* fall through: the CPU's worker is unset or stalled */
 	default:
-		if (select_least_pending(md, now, migrating))
-			return SK_PASS;
-		start = md->hash % n;
+		if (wi >= EVST_MAX_WORKERS)
+			wi = pick_least_pending(now);
+		if (wi >= EVST_MAX_WORKERS) /* all stale */
+			wi = pick_from_table(md->hash % n, n, now);
 		break;
 	}
-	select_from_table(md, start, n, now, migrating);
+	/* No selection (a slot going away under us): the kernel's hash. */
+	steer_to(md, wi, now, md->migrating_sk != 0);
 	return SK_PASS;
 }

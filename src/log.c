@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "config.h"
 #include "internal.h"
@@ -10,16 +12,30 @@
  * fallbacks, episodes), so a lock costs nothing that matters and keeps a
  * callback swap from racing with a message on another thread.
  */
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static evsteer_log_fn log_fn;
 static void *log_arg;
 static enum evsteer_log_level log_max = EVSTEER_LOG_WARN;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 
-static const char *const level_names[] = {"error", "warn", "info", "debug"};
+/* EVSTEER_LOG=error|warn|info|debug sets the default sink's level. */
+static void read_env(void)
+{
+	const char *e = getenv("EVSTEER_LOG");
+	if (!e)
+		return;
+	for (unsigned int i = 0; i < sizeof(level_names) / sizeof(level_names[0]);
+	     i++)
+		if (!strcmp(e, level_names[i]))
+			log_max = (enum evsteer_log_level)i;
+}
+
 
 evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
 			       enum evsteer_log_level max_level)
 {
+	pthread_once(&env_once, read_env);
 	pthread_mutex_lock(&log_lock);
 	evsteer_log_fn old = log_fn;
 	log_fn = fn;
@@ -31,6 +47,7 @@ evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
 
 void evst_log(enum evsteer_log_level level, const char *fmt, ...)
 {
+	pthread_once(&env_once, read_env);
 	pthread_mutex_lock(&log_lock);
 	evsteer_log_fn fn = log_fn;
 	void *arg = log_arg;

@@ -58,7 +58,7 @@ static const struct tl_path paths[] = {
 	 .opts = opts_bpf, .extra_flags = EVSTEER_OPT_REUSEABLE_PORT},
 };
 
-static bool required(const char *feature)
+bool tl_required(const char *feature)
 {
 	const char *req = getenv("EVSTEER_TEST_REQUIRE");
 	if (!req || !*req)
@@ -82,7 +82,7 @@ void tl_skip_unless(bool have, const char *feature, const char *why)
 {
 	if (have)
 		return;
-	if (required(feature))
+	if (tl_required(feature))
 		fail_msg("%s is required (EVSTEER_TEST_REQUIRE) but: %s",
 			 feature ? feature : "feature", why);
 	print_message("skip: %s\n", why);
@@ -125,7 +125,7 @@ int tl_run_paths(const char *file, const struct CMUnitTest *tests, size_t n)
 			continue;
 		const char *why = p->unavailable ? p->unavailable() : NULL;
 		if (why) {
-			if (required(p->feature)) {
+			if (tl_required(p->feature)) {
 				fprintf(stderr, "%s: path %s required but: %s\n",
 					file, p->name, why);
 				failed++;

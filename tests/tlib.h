@@ -50,6 +50,8 @@ int tl_run_paths(const char *file, const struct CMUnitTest *tests, size_t n);
 /* Same, for tests that do not depend on the path: run them once. */
 int tl_run_once(const char *file, const struct CMUnitTest *tests, size_t n);
 
+/* Does EVSTEER_TEST_REQUIRE name this feature (or "all")? */
+bool tl_required(const char *feature);
 /* Skip (or fail under EVSTEER_TEST_REQUIRE) a test whose feature is absent. */
 void tl_skip_unless(bool have, const char *feature, const char *why);
 

@@ -1,0 +1,307 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * BPF unavailable, forced rather than assumed: a seccomp filter in a forked
+ * child makes bpf() fail with EPERM or ENOSYS; setpriv runs this binary
+ * again with chosen capability sets (CAP_BPF alone must be enough, as uid 0
+ * and as an unprivileged uid with ambient CAP_BPF; without it: fallback).
+ * In each child the group must keep working on the kernel's hash, report
+ * why, and fail creation with a clear error under "require".
+ */
+#include "tlib.h"
+
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/thread.h>
+
+#if defined(__x86_64__)
+#define ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define ARCH AUDIT_ARCH_AARCH64
+#else
+#define ARCH 0
+#endif
+
+/* ---- the child side: plain C, no cmocka (its state belongs to the parent) */
+
+static void child_fail(int code, const char *what)
+{
+	fprintf(stderr, "child: %s (errno %d: %s)\n", what, errno,
+		strerror(errno));
+	_exit(code);
+}
+
+static int deny_bpf(int err)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ARCH, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bpf, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K,
+			 SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
+struct count {
+	int n, want;
+};
+
+static bool count_reached(void *arg)
+{
+	struct count *c = arg;
+	return c->n >= c->want;
+}
+
+static void count_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
+		     int len, void *arg)
+{
+	(void)l;
+	(void)sa;
+	(void)len;
+	close(fd);
+	((struct count *)arg)->n++;
+}
+
+/*
+ * expect_bpf: BPF must steer (round-robin exact); otherwise the group must
+ * run on the kernel hash with a reason containing `reason`, and "require"
+ * must fail with `require_errno`.
+ */
+static void child_check(bool expect_bpf, const char *reason, int require_errno)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	EVSTEER_GROUP_OPTS(o, .policy = EVSTEER_POLICY_ROUND_ROBIN, .stall_us = -1);
+	struct evsteer_group *g =
+		evsteer_group_new((struct sockaddr *)&ss, len, 2, 0, -1, &o);
+	if (!g)
+		child_fail(10, "group_new (auto) failed");
+	EVSTEER_PATH_OPTS(p);
+	evsteer_group_get_path(g, &p);
+	fprintf(stderr, "child: steering %d, reason \"%s\"\n", p.steering,
+		p.steering_reason);
+	if (expect_bpf && p.steering != EVSTEER_STEER_BPF)
+		child_fail(11, "expected BPF steering");
+	if (!expect_bpf && (p.steering != EVSTEER_STEER_KERNEL_HASH ||
+			    !strstr(p.steering_reason, reason)))
+		child_fail(12, "expected kernel hash with the reason");
+
+	/* the group serves connections either way */
+	struct event_base *base = event_base_new();
+	struct count c = {.want = 20};
+	struct evsteer_listener *l[2];
+	for (unsigned int i = 0; i < 2; i++)
+		if (!(l[i] = evsteer_group_attach(g, i, base, count_cb, &c)))
+			child_fail(13, "attach");
+	len = sizeof(ss);
+	getsockname(evsteer_group_get_fd(g, 0), (struct sockaddr *)&ss, &len);
+	int fds[20];
+	for (int i = 0; i < 20; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+		if (connect(fds[i], (struct sockaddr *)&ss, len) < 0)
+			child_fail(14, "connect");
+	}
+	if (!tl_loop_until_fn(base, count_reached, &c))
+		child_fail(15, "connections not served");
+	if (expect_bpf) {
+		EVSTEER_WORKER_STATS_OPTS(st);
+		evsteer_group_worker_stats(g, 0, &st);
+		if (st.steered != 10)
+			child_fail(16, "round-robin not exact under CAP_BPF");
+	}
+	for (int i = 0; i < 20; i++)
+		close(fds[i]);
+	evsteer_listener_free(l[0]);
+	evsteer_listener_free(l[1]);
+	evsteer_group_free(g);
+	event_base_free(base);
+
+	/* require: a clear error instead of a fallback */
+	if (!expect_bpf) {
+		tl_addr_loopback(AF_INET, &ss);
+		len = sizeof(struct sockaddr_in);
+		EVSTEER_GROUP_OPTS(r, .bpf = EVSTEER_BPF_REQUIRE);
+		errno = 0;
+		g = evsteer_group_new((struct sockaddr *)&ss, len, 2, 0, -1, &r);
+		if (g || errno != require_errno)
+			child_fail(17, "require did not fail as expected");
+		/* the environment says the same for plain evconnlistener code */
+		setenv("EVSTEER_BPF", "require", 1);
+		errno = 0;
+		struct evsteer_listener *x = evsteer_listener_new_bind(
+			base = event_base_new(), count_cb, &c,
+			EVSTEER_OPT_REUSEABLE_PORT | EVSTEER_OPT_CLOSE_ON_FREE, -1,
+			(struct sockaddr *)&ss, len, NULL);
+		if (x || errno != require_errno)
+			child_fail(18, "EVSTEER_BPF=require did not fail");
+		event_base_free(base);
+	}
+	_exit(0);
+}
+
+static int run_forked(int seccomp_err, bool expect_bpf, const char *reason,
+		      int require_errno)
+{
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		if (seccomp_err && deny_bpf(seccomp_err) < 0)
+			child_fail(2, "seccomp");
+		child_check(expect_bpf, reason, require_errno);
+	}
+	int st;
+	if (waitpid(pid, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* ---- the parent side: cmocka tests */
+
+static void test_seccomp_eperm(void **state)
+{
+	(void)state;
+	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
+	assert_int_equal(run_forked(EPERM, false, "CAP_BPF", EPERM), 0);
+}
+
+static void test_seccomp_enosys(void **state)
+{
+	(void)state;
+	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
+	assert_int_equal(run_forked(ENOSYS, false, "unavailable", ENOSYS), 0);
+}
+
+static void test_env_off(void **state)
+{
+	(void)state;
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		setenv("EVSTEER_BPF", "off", 1);
+		struct sockaddr_storage ss;
+		socklen_t len = tl_addr_loopback(AF_INET, &ss);
+		struct evsteer_group *g =
+			evsteer_group_new((struct sockaddr *)&ss, len, 2, 0, -1,
+					  NULL);
+		EVSTEER_PATH_OPTS(p);
+		if (!g || evsteer_group_get_path(g, &p) < 0 ||
+		    p.steering != EVSTEER_STEER_KERNEL_HASH ||
+		    !strstr(p.steering_reason, "off"))
+			_exit(1);
+		evsteer_group_free(g);
+		_exit(0);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* Run this binary again under setpriv with `args`, in child mode `mode`. */
+static int run_setpriv(const char *const *args, const char *mode)
+{
+	char self[4096];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	assert_true(n > 0);
+	self[n] = '\0';
+	const char *argv[32];
+	int k = 0;
+	argv[k++] = "setpriv";
+	for (int i = 0; args[i]; i++)
+		argv[k++] = args[i];
+	argv[k++] = "--";
+	argv[k++] = self;
+	argv[k++] = "--child";
+	argv[k++] = mode;
+	argv[k] = NULL;
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		execvp("setpriv", (char *const *)argv);
+		_exit(127);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static bool have_setpriv(void)
+{
+	return system("setpriv --version >/dev/null 2>&1") == 0 && geteuid() == 0;
+}
+
+static void test_cap_bpf_alone_as_root(void **state)
+{
+	(void)state;
+	tl_skip_unless(have_setpriv(), "bpf", "needs root and setpriv");
+	const char *a[] = {"--bounding-set=-all,+bpf", "--inh-caps=-all,+bpf",
+			   "--ambient-caps=-all,+bpf", NULL};
+	assert_int_equal(run_setpriv(a, "expect-bpf"), 0);
+}
+
+static void test_cap_bpf_ambient_unprivileged(void **state)
+{
+	(void)state;
+	tl_skip_unless(have_setpriv(), "bpf", "needs root and setpriv");
+	const char *a[] = {"--reuid=65534", "--regid=65534", "--clear-groups",
+			   "--bounding-set=-all,+bpf", "--inh-caps=-all,+bpf",
+			   "--ambient-caps=-all,+bpf", NULL};
+	assert_int_equal(run_setpriv(a, "expect-bpf"), 0);
+}
+
+static void test_no_cap_bpf_falls_back(void **state)
+{
+	(void)state;
+	tl_skip_unless(have_setpriv(), "bpf", "needs root and setpriv");
+	/* root without CAP_BPF and CAP_SYS_ADMIN (either would allow it) */
+	const char *a[] = {"--bounding-set=-all", "--inh-caps=-all", NULL};
+	assert_int_equal(run_setpriv(a, "expect-fallback"), 0);
+	const char *b[] = {"--reuid=65534", "--regid=65534", "--clear-groups",
+			   "--bounding-set=-all", "--inh-caps=-all", NULL};
+	assert_int_equal(run_setpriv(b, "expect-fallback"), 0);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && !strcmp(argv[1], "--child")) {
+		evthread_use_pthreads();
+		child_check(!strcmp(argv[2], "expect-bpf"), "CAP_BPF", EPERM);
+	}
+	const char *why = tl_bpf_unavailable();
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_seccomp_eperm),
+		cmocka_unit_test(test_seccomp_enosys),
+		cmocka_unit_test(test_env_off),
+		cmocka_unit_test(test_cap_bpf_alone_as_root),
+		cmocka_unit_test(test_cap_bpf_ambient_unprivileged),
+		cmocka_unit_test(test_no_cap_bpf_falls_back),
+	};
+	if (why) {
+		/* the forced fallbacks only mean something where BPF works */
+		fprintf(stderr, "fallback: %s\n", why);
+		return tl_required("bpf") ? 1 : 77;
+	}
+	return tl_run_once("fallback", tests, sizeof(tests) / sizeof(tests[0]));
+}
