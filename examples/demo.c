@@ -157,10 +157,13 @@ int main(int argc, char **argv)
 	printf("evsteer %s demo: %d workers on 127.0.0.1:%d\n", evsteer_version(),
 	       nworkers, ntohs(sin.sin_port));
 	printf("path: %s\n", path.name);
-	printf("  steering: %s\n",
-	       path.steering == EVSTEER_STEER_BPF ? "bpf" :
-	       path.steering == EVSTEER_STEER_KERNEL_HASH ? "kernel hash" :
-							    "none");
+	if (path.steering == EVSTEER_STEER_BPF)
+		printf("  steering: bpf, policy %s (EVSTEER_POLICY=...)\n",
+		       evsteer_policy_name(path.policy));
+	else
+		printf("  steering: %s\n",
+		       path.steering == EVSTEER_STEER_KERNEL_HASH ? "kernel hash" :
+								    "none");
 	if (*path.steering_reason)
 		printf("    why: %s\n", path.steering_reason);
 	printf("  accept engine: %s\n",
@@ -199,10 +202,18 @@ int main(int argc, char **argv)
 
 	printf("client: %d connections in %.3f s = %.0f conn/s, %d failed\n",
 	       nconn, dt, nconn / dt, failed);
+	struct evsteer_group *g = evsteer_listener_get_group(workers[0].lev);
 	for (int i = 0; i < nworkers; i++) {
 		int n = atomic_load(&workers[i].accepted);
-		printf("  worker %d accepted %6d (%4.1f%%)\n", i, n,
+		printf("  worker %d accepted %6d (%4.1f%%)", i, n,
 		       100.0 * n / (nconn ? nconn : 1));
+		EVSTEER_WORKER_STATS_OPTS(ws);
+		if (g && path.steering == EVSTEER_STEER_BPF &&
+		    evsteer_group_worker_stats(g, (unsigned)i, &ws) == 0)
+			printf("  steered %6llu, stolen %llu",
+			       (unsigned long long)ws.steered,
+			       (unsigned long long)ws.stolen);
+		printf("\n");
 		evconnlistener_free(workers[i].lev);
 		event_base_free(workers[i].base);
 	}

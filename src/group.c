@@ -149,6 +149,16 @@ static enum evsteer_policy env_policy(enum evsteer_policy opt)
 	return (enum evsteer_policy)p;
 }
 
+const char *evsteer_policy_name(enum evsteer_policy policy)
+{
+	return evst_policy_name((unsigned int)policy);
+}
+
+unsigned int evst_group_policy(const struct evsteer_group *g)
+{
+	return __atomic_load_n(g->v.policy, __ATOMIC_RELAXED);
+}
+
 const char *evst_policy_name(unsigned int p)
 {
 	static const char *const names[] = {"least-pending", "hash",
@@ -308,7 +318,7 @@ static int slot_add(struct evsteer_group *g, int fd, bool owned)
 	memset(w, 0, sizeof(*w));
 	w->weight = 1;
 	if (i >= g->nslots)
-		g->nslots = i + 1;
+		__atomic_store_n(&g->nslots, i + 1, __ATOMIC_RELAXED);
 	/* default CPU map: cpu % used slots */
 	unsigned int used = 0;
 	for (unsigned int k = 0; k < g->nslots; k++)
@@ -661,9 +671,22 @@ void evst_group_steal(struct evsteer_listener *lev)
 	uint64_t now = mono_ns();
 	uint64_t next = 0;
 	int budget = STEAL_BUDGET;
-	for (unsigned int i = 0; i < g->nslots && budget > 0; i++) {
+	unsigned int nslots = __atomic_load_n(&g->nslots, __ATOMIC_RELAXED);
+	for (unsigned int i = 0; i < nslots && budget > 0; i++) {
 		if (i == lev->slot)
 			continue;
+		/* Look without the lock (shared memory, relaxed): this runs
+		 * on every wake-up and must stay cheap. Lock only to take. */
+		struct evst_worker *w = &g->v.workers[i];
+		if (!__atomic_load_n(&w->live, __ATOMIC_RELAXED) || !ws_pending(w))
+			continue;
+		uint64_t age = now - ld(&w->progress_ns);
+		if ((int64_t)age < 0 || age <= stall) {
+			uint64_t left = (int64_t)age < 0 ? stall : stall - age + 1;
+			if (!next || left < next)
+				next = left;
+			continue;
+		}
 		while (budget > 0) {
 			struct sockaddr_storage ss;
 			socklen_t len = sizeof(ss);
@@ -671,16 +694,8 @@ void evst_group_steal(struct evsteer_listener *lev)
 
 			pthread_mutex_lock(&g->lock);
 			struct evst_slot *s = &g->slots[i];
-			struct evst_worker *w = &g->v.workers[i];
-			uint64_t p = s->used && ld((const __u64 *)&w->live) ?
-					     ws_pending(w) :
-					     0;
-			uint64_t age = now - ld(&w->progress_ns);
-			if (p && (int64_t)age >= 0 && age <= stall) {
-				uint64_t left = stall - age + 1;
-				if (!next || left < next)
-					next = left;
-			} else if (p) {
+			if (s->used && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
+			    ws_pending(w)) {
 				fd = accept4(s->fd, (struct sockaddr *)&ss, &len,
 					     lev->accept4_flags);
 				if (fd >= 0) {

@@ -171,6 +171,7 @@ EVST_HIDDEN void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg);
 EVST_HIDDEN bool evst_group_has_bpf(const struct evsteer_group *g);
 EVST_HIDDEN const char *evst_group_steer_reason(const struct evsteer_group *g);
 EVST_HIDDEN const char *evst_policy_name(unsigned int p);
+EVST_HIDDEN unsigned int evst_group_policy(const struct evsteer_group *g);
 EVST_HIDDEN uint64_t evst_now_ns(void);
 EVST_HIDDEN void evst_ws_dequeued(struct evst_worker *w, uint64_t now);
 EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);

@@ -360,6 +360,8 @@ int evst_fill_path(const struct evsteer_group *g,
 				   g   ? evst_group_steer_reason(g) :
 					 steering_reason_none,
 		.engine_reason = engine_reason_event,
+		.policy = g ? (enum evsteer_policy)evst_group_policy(g) :
+			      EVSTEER_POLICY_LEAST_PENDING,
 	};
 	memcpy(out, &p, out->sz < sizeof(p) ? out->sz : sizeof(p));
 	return 0;

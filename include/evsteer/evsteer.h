@@ -205,6 +205,8 @@ struct evsteer_path {
 	 * Static strings, valid for the life of the process. */
 	const char *steering_reason;
 	const char *engine_reason;
+	/* The group's policy (meaningful with EVSTEER_STEER_BPF). */
+	enum evsteer_policy policy;
 };
 #define EVSTEER_PATH_OPTS(NAME) \
 	struct evsteer_path NAME = {.sz = sizeof(struct evsteer_path)}
@@ -212,7 +214,7 @@ struct evsteer_path {
 /* Fill *out (out->sz set by the caller). Returns 0 or -errno. */
 EVSTEER_API int evsteer_listener_get_path(const struct evsteer_listener *lev,
 					  struct evsteer_path *out);
-/* The path's short name ("event", ...), "" for NULL. */
+/* The path's short name ("event", "bpf+event", ...), "" for NULL. */
 EVSTEER_API const char *
 evsteer_listener_path_name(const struct evsteer_listener *lev);
 
@@ -304,6 +306,9 @@ EVSTEER_API int evsteer_group_add_worker(struct evsteer_group *g);
  * queues migrate); the group lives on while listeners are attached.
  */
 EVSTEER_API void evsteer_group_free(struct evsteer_group *g);
+
+/* A policy's name ("least-pending", "hash", "round-robin", "cpu"). */
+EVSTEER_API const char *evsteer_policy_name(enum evsteer_policy policy);
 
 /* Switch policy while running (no re-attach). 0 or -errno. */
 EVSTEER_API int evsteer_group_set_policy(struct evsteer_group *g,
