@@ -257,6 +257,27 @@ static void test_policy_switch(void **state)
 	fx_close(&f);
 }
 
+/* Weights: round-robin over a table where worker 0 appears 3 times. */
+static void test_weights(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
+	assert_int_equal(evsteer_group_set_weight(f.g, 0, 3), 0);
+	assert_int_equal(evsteer_group_set_weight(f.g, 0, 0), -EINVAL);
+	assert_int_equal(evsteer_group_set_weight(f.g, 0, 17), -EINVAL);
+	assert_int_equal(evsteer_group_set_weight(f.g, 9, 1), -ENOENT);
+	int c[40];
+	for (int i = 0; i < 40; i++)
+		c[i] = client(&f);
+	serve_shared(&f, 40);
+	tl_close_n(c, 40);
+	assert_int_equal(f.w[0].s.n, 30);
+	assert_int_equal(f.w[1].s.n, 10);
+	fx_close(&f);
+}
+
 /* Workers join and leave while the group runs. */
 static void test_join_leave(void **state)
 {
@@ -545,6 +566,7 @@ int main(void)
 		cmocka_unit_test(test_least_pending_avoids_busy),
 		cmocka_unit_test(test_cpu_policy),
 		cmocka_unit_test(test_policy_switch),
+		cmocka_unit_test(test_weights),
 		cmocka_unit_test(test_join_leave),
 		cmocka_unit_test(test_stall_steal),
 		cmocka_unit_test(test_drain_zero_resets),
