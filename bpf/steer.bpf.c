@@ -48,7 +48,7 @@ static __always_inline __u64 pending(struct evst_worker *w)
 static __always_inline int stale(struct evst_worker *w, __u64 now)
 {
 	__u64 st = stall_ns;
-	return st && pending(w) && now - w->progress_ns > st;
+	return st && (pending(w) || w->stalled) && now - w->progress_ns > st;
 }
 
 /*
@@ -65,7 +65,7 @@ static __always_inline int steer_to(struct sk_reuseport_md *md, __u32 wi,
 		return 0;
 	/* Work arriving on an idle worker starts its progress clock, so an
 	 * idle worker is never judged stale by an old timestamp. */
-	if (!pending(w))
+	if (!pending(w) && !w->stalled)
 		w->progress_ns = now;
 	__sync_fetch_and_add(&w->steered, 1);
 	if (migrating)

@@ -29,7 +29,12 @@ struct evst_worker {
 	__u64 migrated;    /* program: moved here from a closing sibling */
 	__u32 live;        /* user: in the sockarray and served */
 	__u32 weight;      /* user: >= 1 */
-	__u64 pad[3];
+	/* user: a sibling stole from this worker; it stays stalled until it
+	 * makes progress itself (stealing empties its queue, and an empty
+	 * queue alone would make it look healthy again) */
+	__u32 stalled;
+	__u32 pad32;
+	__u64 pad[2];
 };
 
 #endif

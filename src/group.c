@@ -90,6 +90,8 @@ void evst_ws_dequeued(struct evst_worker *w, uint64_t now)
 {
 	__atomic_fetch_add(&w->dequeued, 1, __ATOMIC_RELAXED);
 	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
+	if (__atomic_load_n(&w->stalled, __ATOMIC_RELAXED))
+		__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
 }
 
 /*
@@ -102,6 +104,8 @@ void evst_ws_empty(struct evst_worker *w, uint64_t now)
 {
 	__atomic_store_n(&w->dequeued, ld(&w->steered), __ATOMIC_RELAXED);
 	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
+	if (__atomic_load_n(&w->stalled, __ATOMIC_RELAXED))
+		__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
 }
 
 uint64_t evst_now_ns(void)
@@ -424,6 +428,8 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 						   max_accepts_per_wakeup, 0),
 		.backoff_max_ms = EVST_OPT(opts, struct evsteer_group_opts,
 					   backoff_max_ms, 0),
+		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
+				   EVSTEER_ACCEPT_AUTO),
 	};
 	enum evsteer_bpf_mode mode = env_bpf_mode(
 		EVST_OPT(opts, struct evsteer_group_opts, bpf, EVSTEER_BPF_AUTO));
@@ -701,6 +707,8 @@ void evst_group_steal(struct evsteer_listener *lev)
 				if (fd >= 0) {
 					__atomic_fetch_add(&w->dequeued, 1,
 							   __ATOMIC_RELAXED);
+					__atomic_store_n(&w->stalled, 1,
+							 __ATOMIC_RELAXED);
 					atomic_fetch_add_explicit(
 						&s->stolen_from, 1,
 						memory_order_relaxed);
@@ -850,7 +858,8 @@ int evsteer_group_get_path(const struct evsteer_group *g,
 {
 	if (!g || !out || out->sz < sizeof(out->sz))
 		return -(errno = EINVAL);
-	return evst_fill_path(g, &evst_event_engine, out);
+	return evst_fill_path(g, &evst_event_engine,
+			      "a group's listeners each report their engine", out);
 }
 
 int evsteer_group_worker_stats(const struct evsteer_group *g, unsigned int slot,

@@ -52,6 +52,8 @@ struct evst_counters {
 	atomic_uint_fast64_t accept_errors;
 	atomic_uint_fast64_t exhausted_episodes;
 	atomic_uint_fast64_t exhausted_retries;
+	atomic_uint_fast64_t closed_on_free;
+	atomic_int_fast64_t held; /* a gauge */
 };
 
 #define evst_count(lev, field) \
@@ -60,6 +62,7 @@ struct evst_counters {
 struct evsteer_listener {
 	const struct evst_engine_ops *ops;
 	void *engine;
+	const char *engine_reason; /* why not io_uring ("" if it is) */
 	struct event_base *base;
 	int fd;
 	unsigned int flags;
@@ -153,7 +156,7 @@ evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     struct evsteer_group *g, unsigned int slot);
 EVST_HIDDEN int evst_fill_path(const struct evsteer_group *g,
 			       const struct evst_engine_ops *ops,
-			       struct evsteer_path *out);
+			       const char *engine_reason, struct evsteer_path *out);
 
 /* group.c: what the engines call for a listener in a group. */
 #define EVST_SLOT_CLAIMED ((struct evsteer_listener *)1)
@@ -176,8 +179,9 @@ EVST_HIDDEN uint64_t evst_now_ns(void);
 EVST_HIDDEN void evst_ws_dequeued(struct evst_worker *w, uint64_t now);
 EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
 
-/* accept_event.c */
+/* accept_event.c, accept_uring.c */
 extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;
+extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
 
 /* Options struct helpers (libbpf's rule: bytes past what we know are zero). */
 EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_sz);

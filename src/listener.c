@@ -16,12 +16,63 @@
 
 #include <event2/event.h>
 
+#include "config.h"
 #include "internal.h"
 
 static const char *const steering_reason_none =
 	"single socket: no worker group to steer across";
-static const char *const engine_reason_event =
-	"io_uring accept engine is not part of this build yet";
+/* EVSTEER_ACCEPT when the option says AUTO. */
+static enum evsteer_accept_mode accept_mode(enum evsteer_accept_mode opt)
+{
+	if (opt != EVSTEER_ACCEPT_AUTO)
+		return opt;
+	const char *e = getenv("EVSTEER_ACCEPT");
+	if (!e || !*e || !strcmp(e, "auto"))
+		return EVSTEER_ACCEPT_AUTO;
+	if (!strcmp(e, "event"))
+		return EVSTEER_ACCEPT_EVENT;
+	if (!strcmp(e, "uring"))
+		return EVSTEER_ACCEPT_URING;
+	evst_warn("EVSTEER_ACCEPT=%s: expected auto, event or uring; using auto",
+		  e);
+	return EVSTEER_ACCEPT_AUTO;
+}
+
+/*
+ * Pick and start the engine. io_uring when asked for, or in auto mode when
+ * BPF steers the listener's group (the design rule: whenever BPF is
+ * unavailable, the plain event_base path); the event engine otherwise, or
+ * when the ring cannot be had, with the reason recorded.
+ */
+static int start_engine(struct evsteer_listener *lev,
+			const struct evsteer_listener_opts *opts)
+{
+	enum evsteer_accept_mode mode = accept_mode(EVST_OPT(
+		opts, struct evsteer_listener_opts, accept, EVSTEER_ACCEPT_AUTO));
+	bool bpf = evst_group_has_bpf(lev->group);
+
+	if (mode == EVSTEER_ACCEPT_EVENT) {
+		lev->engine_reason = "accept: event (EVSTEER_ACCEPT=event or the option)";
+	} else if (mode == EVSTEER_ACCEPT_AUTO && !bpf) {
+		lev->engine_reason =
+			"accept: auto mode uses io_uring only with BPF steering "
+			"(EVSTEER_ACCEPT=uring to use it anyway)";
+	} else {
+#if EVSTEER_HAVE_LIBURING
+		lev->ops = &evst_uring_engine;
+		lev->engine_reason = "";
+		int err = lev->ops->init(lev);
+		if (!err)
+			return 0;
+		/* init left the reason in lev->engine_reason */
+		evst_debug("listener fd %d: %s", lev->fd, lev->engine_reason);
+#else
+		lev->engine_reason = "accept: io_uring engine not built (meson -During)";
+#endif
+	}
+	lev->ops = &evst_event_engine;
+	return lev->ops->init(lev);
+}
 
 static int fail(int err)
 {
@@ -110,33 +161,33 @@ evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		lev->locking = true;
 	}
 
-	err = lev->ops->init(lev);
-	if (err < 0)
-		goto err_lock;
-
 	if (g || (flags & EVSTEER_OPT_REUSEABLE_PORT)) {
 		err = evst_group_join(lev, g, slot, opts);
 		if (err < 0)
-			goto err_engine;
+			goto err_lock;
 	}
+
+	err = start_engine(lev, opts);
+	if (err < 0)
+		goto err_group;
 
 	if (!(flags & EVSTEER_OPT_DISABLED)) {
 		err = evsteer_listener_enable(lev);
 		if (err < 0)
-			goto err_group;
+			goto err_engine;
 	}
 	EVSTEER_PATH_OPTS(path);
-	evst_fill_path(lev->group, lev->ops, &path);
+	evst_fill_path(lev->group, lev->ops, lev->engine_reason, &path);
 	evst_info("listener fd %d: path %s (%s%s%s)", fd, path.name,
 		  *path.steering_reason ? path.steering_reason : "bpf steering",
 		  *path.engine_reason ? "; " : "", path.engine_reason);
 	return lev;
 
+err_engine:
+	lev->ops->destroy(lev);
 err_group:
 	if (lev->group)
 		evst_group_leave(lev, false);
-err_engine:
-	lev->ops->destroy(lev);
 err_lock:
 	if (lev->locking)
 		pthread_mutex_destroy(&lev->lock);
@@ -346,7 +397,8 @@ int evsteer_listener_get_fd(const struct evsteer_listener *lev)
 }
 
 int evst_fill_path(const struct evsteer_group *g,
-		   const struct evst_engine_ops *ops, struct evsteer_path *out)
+		   const struct evst_engine_ops *ops, const char *engine_reason,
+		   struct evsteer_path *out)
 {
 	bool bpf = evst_group_has_bpf(g);
 	struct evsteer_path p = {
@@ -359,7 +411,7 @@ int evst_fill_path(const struct evsteer_group *g,
 		.steering_reason = bpf ? "" :
 				   g   ? evst_group_steer_reason(g) :
 					 steering_reason_none,
-		.engine_reason = engine_reason_event,
+		.engine_reason = engine_reason ? engine_reason : "",
 		.policy = g ? (enum evsteer_policy)evst_group_policy(g) :
 			      EVSTEER_POLICY_LEAST_PENDING,
 	};
@@ -372,7 +424,7 @@ int evsteer_listener_get_path(const struct evsteer_listener *lev,
 {
 	if (!lev || !out || out->sz < sizeof(out->sz))
 		return fail(EINVAL);
-	return evst_fill_path(lev->group, lev->ops, out);
+	return evst_fill_path(lev->group, lev->ops, lev->engine_reason, out);
 }
 
 const char *evsteer_listener_path_name(const struct evsteer_listener *lev)
@@ -397,6 +449,8 @@ int evsteer_listener_get_stats(const struct evsteer_listener *lev,
 		.accept_errors = LOAD(accept_errors),
 		.exhausted_episodes = LOAD(exhausted_episodes),
 		.exhausted_retries = LOAD(exhausted_retries),
+		.closed_on_free = LOAD(closed_on_free),
+		.held = (uint64_t)LOAD(held),
 	};
 #undef LOAD
 	memcpy(out, &s, out->sz < sizeof(s) ? out->sz : sizeof(s));

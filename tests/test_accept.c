@@ -26,8 +26,10 @@ static void accept_family(int family)
 			    -1, (struct sockaddr *)&ss, len);
 	assert_non_null(s.lev);
 	/* paths steer TCP; AF_UNIX listeners are always plain event ones */
-	assert_string_equal(evsteer_listener_path_name(s.lev),
-			    family == AF_UNIX ? "event" : tl_path->name);
+	const char *want = tl_path->name;
+	if (family == AF_UNIX) /* no group: io_uring only if asked for */
+		want = strcmp(tl_path->name, "uring") ? "event" : "uring";
+	assert_string_equal(evsteer_listener_path_name(s.lev), want);
 	assert_ptr_equal(evsteer_listener_get_base(s.lev), base);
 
 	int lfd = evsteer_listener_get_fd(s.lev);
@@ -147,6 +149,14 @@ static void test_accepted_cloexec(void **state)
 		       false, true);
 }
 
+/* Run the loop until the first wake-up that delivers something (the
+ * io_uring engine spends one pass arming its multishot accept). */
+static void first_delivery(struct event_base *base, struct tl_srv *s)
+{
+	for (int i = 0; i < 100 && s->n == 0; i++)
+		event_base_loop(base, EVLOOP_ONCE);
+}
+
 /* One wake-up drains everything queued (below the cap), like libevent. */
 static void test_drain_until_eagain(void **state)
 {
@@ -164,7 +174,7 @@ static void test_drain_until_eagain(void **state)
 	tl_connect_n(lfd, c, 20);
 	tl_wait_queued(lfd, 20);
 	assert_int_equal(evsteer_listener_enable(s.lev), 0);
-	event_base_loop(base, EVLOOP_ONCE);
+	first_delivery(base, &s);
 	assert_int_equal(s.n, 20);
 	EVSTEER_STATS_OPTS(st);
 	assert_int_equal(evsteer_listener_get_stats(s.lev, &st), 0);
@@ -195,9 +205,9 @@ static void test_accept_cap(void **state)
 	tl_connect_n(lfd, c, 10);
 	tl_wait_queued(lfd, 10);
 	evsteer_listener_enable(s.lev);
-	event_base_loop(base, EVLOOP_ONCE);
+	first_delivery(base, &s);
 	assert_int_equal(s.n, 4);
-	assert_int_equal(tl_queued(lfd), 6);
+	assert_int_equal(tl_waiting(s.lev), 6);
 	assert_true(tl_loop_until(base, &s.n, 10));
 	EVSTEER_STATS_OPTS(st);
 	evsteer_listener_get_stats(s.lev, &st);

@@ -64,7 +64,7 @@ static void test_opt_disabled(void **state)
 	fx_connect(&f, 3);
 	assert_true(tl_dispatch_returns(f.base));
 	assert_int_equal(f.s.n, 0);
-	assert_int_equal(tl_queued(f.lfd), 3);
+	assert_int_equal(tl_waiting(f.s.lev), 3);
 	assert_int_equal(evsteer_listener_enable(f.s.lev), 0);
 	assert_true(tl_loop_until(f.base, &f.s.n, 3));
 	fx_close(&f);
@@ -79,7 +79,7 @@ static void test_null_cb_until_set(void **state)
 	assert_int_equal(evsteer_listener_enable(f.s.lev), 0);
 	fx_connect(&f, 3);
 	assert_true(tl_dispatch_returns(f.base));
-	assert_int_equal(tl_queued(f.lfd), 3);
+	assert_int_equal(tl_waiting(f.s.lev), 3);
 	evsteer_listener_set_cb(f.s.lev, tl_srv_accept_cb, &f.s);
 	assert_true(tl_loop_until(f.base, &f.s.n, 3));
 	fx_close(&f);
@@ -97,7 +97,7 @@ static void test_set_cb_null_keeps_queue(void **state)
 	evsteer_listener_enable(f.s.lev);
 	assert_true(tl_dispatch_returns(f.base));
 	assert_int_equal(f.s.n, 1);
-	assert_int_equal(tl_queued(f.lfd), 3);
+	assert_int_equal(tl_waiting(f.s.lev), 3);
 	f.s.setnull_at = 0;
 	evsteer_listener_set_cb(f.s.lev, tl_srv_accept_cb, &f.s);
 	assert_true(tl_loop_until(f.base, &f.s.n, 4));
@@ -115,7 +115,7 @@ static void test_disable_in_callback(void **state)
 	evsteer_listener_enable(f.s.lev);
 	assert_true(tl_dispatch_returns(f.base));
 	assert_int_equal(f.s.n, 1);
-	assert_int_equal(tl_queued(f.lfd), 9);
+	assert_int_equal(tl_waiting(f.s.lev), 9);
 	assert_int_equal(evsteer_listener_enable(f.s.lev), 0);
 	assert_true(tl_loop_until(f.base, &f.s.n, 10));
 	fx_close(&f);
@@ -136,7 +136,10 @@ static void free_in_callback(unsigned int flags)
 	if (flags & EVSTEER_OPT_CLOSE_ON_FREE) {
 		assert_int_equal(fcntl(f.lfd, F_GETFD), -1);
 	} else {
-		assert_int_equal(tl_queued(f.lfd), 9);
+		/* io_uring: what it had accepted was closed and counted by
+		 * free; the rest is still queued on the socket we kept */
+		if (!tl_uring())
+			assert_int_equal(tl_queued(f.lfd), 9);
 		close(f.lfd);
 	}
 	fx_close(&f);

@@ -21,11 +21,60 @@ static void opts_event(struct evsteer_listener_opts *o)
 {
 	/* REUSEABLE_PORT listeners must not pick up BPF on this path */
 	o->bpf = EVSTEER_BPF_OFF;
+	o->accept = EVSTEER_ACCEPT_EVENT;
 }
 
 static void opts_bpf(struct evsteer_listener_opts *o)
 {
 	o->bpf = EVSTEER_BPF_REQUIRE;
+	o->accept = EVSTEER_ACCEPT_EVENT;
+}
+
+static void opts_uring(struct evsteer_listener_opts *o)
+{
+	o->bpf = EVSTEER_BPF_OFF;
+	o->accept = EVSTEER_ACCEPT_URING;
+}
+
+static void opts_bpf_uring(struct evsteer_listener_opts *o)
+{
+	/* auto: io_uring because BPF steers (the design rule) */
+	o->bpf = EVSTEER_BPF_REQUIRE;
+	o->accept = EVSTEER_ACCEPT_AUTO;
+}
+
+static char uring_why[256];
+
+const char *tl_uring_unavailable(void)
+{
+	struct event_base *b = event_base_new();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING,
+			      .bpf = EVSTEER_BPF_OFF);
+	struct evsteer_listener *l = evsteer_listener_new_bind(
+		b, NULL, NULL, EVSTEER_OPT_CLOSE_ON_FREE, -1,
+		(struct sockaddr *)&ss, len, &o);
+	EVSTEER_PATH_OPTS(p);
+	const char *why = NULL;
+	if (!l) {
+		snprintf(uring_why, sizeof(uring_why), "listener: %s",
+			 strerror(errno));
+		why = uring_why;
+	} else if (evsteer_listener_get_path(l, &p) < 0 ||
+		   p.engine != EVSTEER_ENGINE_URING) {
+		snprintf(uring_why, sizeof(uring_why), "%s", p.engine_reason);
+		why = uring_why;
+	}
+	evsteer_listener_free(l);
+	event_base_free(b);
+	return why;
+}
+
+static const char *bpf_uring_unavailable(void)
+{
+	const char *why = tl_bpf_unavailable();
+	return why ? why : tl_uring_unavailable();
 }
 
 static char bpf_why[256];
@@ -56,6 +105,10 @@ static const struct tl_path paths[] = {
 	 .opts = opts_event, .extra_flags = 0},
 	{.name = "bpf+event", .feature = "bpf", .unavailable = tl_bpf_unavailable,
 	 .opts = opts_bpf, .extra_flags = EVSTEER_OPT_REUSEABLE_PORT},
+	{.name = "uring", .feature = "uring", .unavailable = tl_uring_unavailable,
+	 .opts = opts_uring, .extra_flags = 0},
+	{.name = "bpf+uring", .feature = "bpf", .unavailable = bpf_uring_unavailable,
+	 .opts = opts_bpf_uring, .extra_flags = EVSTEER_OPT_REUSEABLE_PORT},
 };
 
 bool tl_required(const char *feature)
@@ -487,4 +540,16 @@ void tl_wait_queued(int listen_fd, int n)
 	}
 	fail_msg("listener never had %d queued (has %d)", n,
 		 tl_queued(listen_fd));
+}
+
+bool tl_uring(void)
+{
+	return strstr(tl_path->name, "uring") != NULL;
+}
+
+int tl_waiting(struct evsteer_listener *lev)
+{
+	EVSTEER_STATS_OPTS(st);
+	assert_int_equal(evsteer_listener_get_stats(lev, &st), 0);
+	return tl_queued(evsteer_listener_get_fd(lev)) + (int)st.held;
 }

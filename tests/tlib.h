@@ -35,8 +35,14 @@ struct tl_path {
 	unsigned int extra_flags;
 };
 
-/* NULL when BPF steering works here, else why not. */
+/* NULL when BPF steering / the io_uring engine works here, else why not. */
 const char *tl_bpf_unavailable(void);
+const char *tl_uring_unavailable(void);
+/* The current path accepts with io_uring. */
+bool tl_uring(void);
+/* Connections waiting for a listener: queued in the kernel, or (io_uring)
+ * accepted and held for delivery. Either way not lost. */
+int tl_waiting(struct evsteer_listener *lev);
 
 /* The path the current group of tests runs on. */
 extern const struct tl_path *tl_path;

@@ -97,6 +97,16 @@ enum evsteer_bpf_mode {
 	EVSTEER_BPF_REQUIRE,     /* creation fails if BPF cannot be used */
 };
 
+/* Which engine accepts. The EVSTEER_ACCEPT environment variable
+ * (auto|event|uring) applies when the option is AUTO. */
+enum evsteer_accept_mode {
+	/* io_uring together with BPF steering; the plain event path otherwise
+	 * (a lone listener, or BPF unavailable) */
+	EVSTEER_ACCEPT_AUTO = 0,
+	EVSTEER_ACCEPT_EVENT,  /* event_base + accept4() */
+	EVSTEER_ACCEPT_URING,  /* io_uring, also without BPF */
+};
+
 /*
  * Options for listener creation. Declare with EVSTEER_LISTENER_OPTS(); a
  * zero field means "the default". NULL opts means all defaults.
@@ -117,6 +127,10 @@ struct evsteer_listener_opts {
 	enum evsteer_bpf_mode bpf;
 	enum evsteer_policy policy;
 	int stall_us;
+	/* The accept engine; if io_uring cannot be used (no io_uring_setup
+	 * under the container's seccomp profile, kernel.io_uring_disabled...),
+	 * the event engine, with the reason in the path report. */
+	enum evsteer_accept_mode accept;
 };
 #define EVSTEER_LISTENER_OPTS(NAME, ...)                                       \
 	struct evsteer_listener_opts NAME = {                                  \
@@ -229,6 +243,10 @@ struct evsteer_listener_stats {
 	uint64_t accept_errors;   /* failed accepts other than EAGAIN */
 	uint64_t exhausted_episodes; /* descriptor-exhaustion episodes */
 	uint64_t exhausted_retries;  /* back-off retries during those */
+	uint64_t closed_on_free;  /* accepted by io_uring, never delivered,
+				     closed by free */
+	uint64_t held;   /* now: accepted by io_uring, waiting for delivery
+			    (e.g. while disabled) */
 };
 #define EVSTEER_STATS_OPTS(NAME) \
 	struct evsteer_listener_stats NAME = { \
@@ -267,6 +285,7 @@ struct evsteer_group_opts {
 	/* Passed to each worker's listener (see evsteer_listener_opts). */
 	unsigned int max_accepts_per_wakeup;
 	unsigned int backoff_max_ms;
+	enum evsteer_accept_mode accept;
 };
 #define EVSTEER_GROUP_OPTS(NAME, ...)                                          \
 	struct evsteer_group_opts NAME = {                                     \

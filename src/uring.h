@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * One io_uring per event_base, driven by the base: the ring's eventfd is an
+ * event in it, so applications keep calling event_base_dispatch() and
+ * nothing else.
+ *
+ * Threads. The ring's lock guards the submission and completion queues, so
+ * any thread may submit a cancel or reap completions. Requests that live
+ * long (multishot accept) are armed only from the base's loop thread: the
+ * kernel runs a request's completion work on the task that submitted it,
+ * and cancels its requests when that task exits. Completions are routed
+ * under the ring lock to their owner's queue, never to user code; owners
+ * deliver from the loop thread (ring_ready()).
+ */
+#ifndef EVSTEER_URING_H
+#define EVSTEER_URING_H
+
+#include <liburing.h>
+
+#include "internal.h"
+
+struct evst_ring;
+
+/* What a request's user_data points to. */
+struct evst_uop {
+	/* Ring lock held: record the completion, never call user code.
+	 * Return true to have the owner's ready() run in the loop thread. */
+	bool (*complete)(struct evst_uop *op, const struct io_uring_cqe *cqe);
+	/* Loop thread, no ring lock: deliver what complete() recorded. */
+	void (*ready)(struct evst_uop *op);
+	/* ready() wanted and not yet run (ring lock). */
+	bool queued;
+	/* Being worked on by ready() outside the ring lock (ring lock). */
+	int busy;
+	/* Owner destroyed during its own ready(): release() once it returns. */
+	bool dead;
+	void (*release)(struct evst_uop *op);
+	struct evst_uop *next_ready;
+};
+
+/*
+ * The ring of base, created on first use (refcounted). NULL with errno and
+ * *why set when io_uring is unavailable (ENOSYS, EPERM from a seccomp
+ * profile, io_uring_disabled, missing opcodes); the probe runs once per
+ * process.
+ */
+EVST_HIDDEN struct evst_ring *evst_ring_get(struct event_base *base,
+					    const char **why);
+EVST_HIDDEN void evst_ring_put(struct evst_ring *r);
+
+EVST_HIDDEN void evst_ring_lock(struct evst_ring *r);
+EVST_HIDDEN void evst_ring_unlock(struct evst_ring *r);
+/* Ring lock held. An SQE (submitting what is queued if the SQ is full). */
+EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe(struct evst_ring *r);
+/* Ring lock held. Submit; `long_lived` requests count as in flight, which
+ * keeps the ring's event in the base. */
+EVST_HIDDEN int evst_ring_submit(struct evst_ring *r, int long_lived);
+/* Ring lock held: a long-lived request finished. */
+EVST_HIDDEN void evst_ring_done(struct evst_ring *r);
+/* Ring lock held. Route every completion available; with wait_us > 0 wait
+ * that long for one first. */
+EVST_HIDDEN void evst_ring_reap(struct evst_ring *r, unsigned int wait_us);
+/* Ring lock held: have op->ready() run in the loop thread soon. */
+EVST_HIDDEN void evst_ring_mark_ready(struct evst_ring *r, struct evst_uop *op);
+/* Ring lock held: forget op (it is being destroyed). */
+EVST_HIDDEN void evst_ring_unready(struct evst_ring *r, struct evst_uop *op);
+/* Ring lock held. Wait until no ready() runs on op in another thread. */
+EVST_HIDDEN void evst_ring_wait_idle(struct evst_ring *r, struct evst_uop *op);
+/* Ring lock held. Release op now, or after its running ready() returns
+ * (when the owner is destroyed from inside it). */
+EVST_HIDDEN void evst_ring_release(struct evst_ring *r, struct evst_uop *op);
+EVST_HIDDEN struct io_uring *evst_ring_uring(struct evst_ring *r);
+EVST_HIDDEN struct event_base *evst_ring_base(struct evst_ring *r);
+
+/* user_data of requests whose completion nobody needs (cancels). */
+#define EVST_UDATA_IGNORE 0
+
+extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
+
+#endif
