@@ -17,12 +17,11 @@
 
 #include "uring.h"
 
-#define HELD_MAX 1024
 
 struct uring_engine {
 	struct evst_uop op;          /* the multishot accept's user_data */
 	struct evsteer_listener *lev;
-	struct evst_ring *r;
+	struct evsteer_uring *r;
 	struct event *timer;         /* back-off before re-arming */
 
 	/* ring lock */
@@ -30,9 +29,12 @@ struct uring_engine {
 	bool armed;       /* a multishot accept is in flight */
 	bool cancel_sent;
 	bool backing_off;
+	bool ended;       /* the kernel ended the last one (not our cancel) */
 	int err;          /* an accept error for ready() to report */
-	int held[HELD_MAX]; /* accepted, not yet delivered */
-	unsigned int head, count;
+	/* accepted, not yet delivered: a ring buffer that grows, so a burst
+	 * larger than any fixed size (or a CQ overflow) loses nothing */
+	int *held;
+	unsigned int cap, head, count;
 	uint64_t closed_on_free;
 };
 
@@ -49,8 +51,12 @@ static void arm(struct uring_engine *e)
 		evst_ring_mark_ready(e->r, &e->op); /* try again next pass */
 		return;
 	}
-	io_uring_prep_multishot_accept(sqe, e->lev->fd, NULL, NULL,
-				       e->lev->accept4_flags);
+	if (e->lev->direct_table)
+		io_uring_prep_multishot_accept_direct(sqe, e->lev->fd, NULL, NULL,
+						      e->lev->accept4_flags);
+	else
+		io_uring_prep_multishot_accept(sqe, e->lev->fd, NULL, NULL,
+					       e->lev->accept4_flags);
 	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&e->op);
 	if (evst_ring_submit(e->r, 1) < 0) {
 		evst_ring_mark_ready(e->r, &e->op);
@@ -58,6 +64,9 @@ static void arm(struct uring_engine *e)
 	}
 	e->armed = true;
 	e->cancel_sent = false;
+	if (e->ended)
+		evst_count(e->lev, rearms);
+	e->ended = false;
 }
 
 /* Ring lock held; any thread (a cancel completes at once). */
@@ -74,20 +83,43 @@ static void cancel(struct uring_engine *e)
 		e->cancel_sent = true;
 }
 
+/* Ring lock held. */
+static int held_grow(struct uring_engine *e)
+{
+	unsigned int ncap = e->cap ? e->cap * 2 : 256;
+	int *n = malloc(ncap * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	for (unsigned int i = 0; i < e->count; i++)
+		n[i] = e->held[(e->head + i) % e->cap];
+	free(e->held);
+	e->held = n;
+	e->cap = ncap;
+	e->head = 0;
+	return 0;
+}
+
 static bool accept_complete(struct evst_uop *op, const struct io_uring_cqe *cqe)
 {
 	struct uring_engine *e = (struct uring_engine *)op;
 	bool wake = false;
 
+	if (cqe->res >= 0 && e->lev->direct_table)
+		evst_ring_slot_opened(e->r);
+	if (cqe->res == -ENFILE && e->lev->direct_table)
+		/* the table is full and the kernel closed that connection */
+		evst_count(e->lev, table_full);
 	if (cqe->res >= 0) {
-		if (e->count < HELD_MAX) {
-			e->held[(e->head + e->count++) % HELD_MAX] = cqe->res;
+		if (e->count < e->cap || held_grow(e) == 0) {
+			e->held[(e->head + e->count++) % e->cap] = cqe->res;
 			atomic_fetch_add_explicit(&e->lev->counters.held, 1,
 						  memory_order_relaxed);
 		} else {
-			/* cannot happen with delivery keeping up; never lose
-			 * the fd silently */
-			close(cqe->res);
+			/* out of memory: close it, but never silently */
+			if (e->lev->direct_table)
+				evst_ring_close_slot(e->r, cqe->res);
+			else
+				close(cqe->res);
 			evst_count(e->lev, accept_errors);
 		}
 		wake = true;
@@ -98,6 +130,7 @@ static bool accept_complete(struct evst_uop *op, const struct io_uring_cqe *cqe)
 	if (!(cqe->flags & IORING_CQE_F_MORE)) {
 		/* the multishot ended: cancelled, an error (-EMFILE...), or
 		 * the kernel's own reasons; ready() re-arms if still wanted */
+		e->ended = !e->cancel_sent;
 		e->armed = false;
 		e->cancel_sent = false;
 		evst_ring_done(e->r);
@@ -126,7 +159,7 @@ static void accept_ready(struct evst_uop *op)
 			int fd = -1;
 			if (e->count) {
 				fd = e->held[e->head];
-				e->head = (e->head + 1) % HELD_MAX;
+				e->head = (e->head + 1) % e->cap;
 				e->count--;
 				atomic_fetch_sub_explicit(&lev->counters.held, 1,
 							  memory_order_relaxed);
@@ -138,6 +171,11 @@ static void accept_ready(struct evst_uop *op)
 			if (lev->ws) {
 				evst_ws_dequeued(lev->ws, now);
 				evst_group_count_accept(lev);
+			}
+			if (lev->direct_table) {
+				if (!evst_deliver_direct(lev, e->r, fd))
+					break;
+				continue;
 			}
 			/* multishot accept shares one address buffer between
 			 * completions, so ask the socket itself */
@@ -204,6 +242,7 @@ static void backoff_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static void engine_release(struct evst_uop *op)
 {
+	free(((struct uring_engine *)op)->held);
 	free(op);
 }
 
@@ -219,6 +258,18 @@ static int uring_init(struct evsteer_listener *lev)
 		free(e);
 		lev->engine_reason = why;
 		return -err;
+	}
+	if (lev->direct_table) {
+		evst_ring_lock(e->r);
+		int err = evst_ring_direct_table(e->r, lev->direct_table);
+		evst_ring_unlock(e->r);
+		if (err < 0) {
+			lev->engine_reason =
+				"io_uring: cannot register the fixed-file table";
+			evst_ring_put(e->r);
+			free(e);
+			return err;
+		}
 	}
 	e->timer = evtimer_new(lev->base, backoff_timer_cb, lev);
 	if (!e->timer) {
@@ -289,13 +340,16 @@ static void uring_quiesce(struct evsteer_listener *lev)
 static void uring_destroy(struct evsteer_listener *lev)
 {
 	struct uring_engine *e = engine_of(lev);
-	struct evst_ring *r = e->r;
+	struct evsteer_uring *r = e->r;
 	event_free(e->timer);
 	evst_ring_lock(r);
 	/* accepted but never delivered: closed and counted, not leaked */
 	while (e->count) {
-		close(e->held[e->head]);
-		e->head = (e->head + 1) % HELD_MAX;
+		if (lev->direct_table)
+			evst_ring_close_slot(r, e->held[e->head]);
+		else
+			close(e->held[e->head]);
+		e->head = (e->head + 1) % e->cap;
 		e->count--;
 		atomic_fetch_sub_explicit(&lev->counters.held, 1,
 					  memory_order_relaxed);
@@ -317,3 +371,12 @@ const struct evst_engine_ops evst_uring_engine = {
 	.quiesce = uring_quiesce,
 	.destroy = uring_destroy,
 };
+
+struct evsteer_uring *evsteer_listener_get_uring(const struct evsteer_listener *lev)
+{
+	if (!lev || lev->ops != &evst_uring_engine) {
+		errno = EINVAL;
+		return NULL;
+	}
+	return ((struct uring_engine *)lev->engine)->r;
+}

@@ -65,8 +65,10 @@ static struct evsteer_group *registry;
 
 /* A failed load is not retried: the process's privileges do not grow, and
  * the reason is logged once. */
+#if EVSTEER_HAVE_BPF
 static int probe_err;
 static char probe_reason[192];
+#endif
 
 static uint64_t mono_ns(void)
 {
@@ -510,7 +512,7 @@ struct evsteer_listener *evsteer_group_attach(struct evsteer_group *g,
 	}
 	struct evsteer_listener *lev = evst_listener_create(
 		base, cb, arg, g->flags & ~EVSTEER_OPT_CLOSE_ON_FREE, 0, fd,
-		&g->lopts, g, slot);
+		&g->lopts, g, slot, 0);
 	if (!lev) {
 		err = errno;
 		pthread_mutex_lock(&g->lock);

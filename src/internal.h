@@ -10,6 +10,7 @@
 #include <event2/util.h>
 
 struct evst_worker;
+struct evsteer_uring;
 
 #define EVST_HIDDEN __attribute__((visibility("hidden")))
 
@@ -54,6 +55,8 @@ struct evst_counters {
 	atomic_uint_fast64_t exhausted_retries;
 	atomic_uint_fast64_t closed_on_free;
 	atomic_int_fast64_t held; /* a gauge */
+	atomic_uint_fast64_t table_full;
+	atomic_uint_fast64_t rearms;
 };
 
 #define evst_count(lev, field) \
@@ -63,6 +66,7 @@ struct evsteer_listener {
 	const struct evst_engine_ops *ops;
 	void *engine;
 	const char *engine_reason; /* why not io_uring ("" if it is) */
+	unsigned int direct_table; /* direct listener: fixed-table size; else 0 */
 	struct event_base *base;
 	int fd;
 	unsigned int flags;
@@ -153,7 +157,11 @@ EVST_HIDDEN struct evsteer_listener *
 evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     unsigned int flags, int backlog, int fd,
 		     const struct evsteer_listener_opts *opts,
-		     struct evsteer_group *g, unsigned int slot);
+		     struct evsteer_group *g, unsigned int slot,
+		     unsigned int direct_table);
+/* evst_deliver() for a direct listener: the slot on ring. */
+EVST_HIDDEN bool evst_deliver_direct(struct evsteer_listener *lev,
+				     struct evsteer_uring *ring, int slot);
 EVST_HIDDEN int evst_fill_path(const struct evsteer_group *g,
 			       const struct evst_engine_ops *ops,
 			       const char *engine_reason, struct evsteer_path *out);

@@ -51,6 +51,20 @@ static int start_engine(struct evsteer_listener *lev,
 		opts, struct evsteer_listener_opts, accept, EVSTEER_ACCEPT_AUTO));
 	bool bpf = evst_group_has_bpf(lev->group);
 
+	if (lev->direct_table) {
+#if EVSTEER_HAVE_LIBURING
+		lev->ops = &evst_uring_engine;
+		lev->engine_reason = "";
+		int err = lev->ops->init(lev);
+		if (err < 0)
+			evst_warn("direct listener: %s", lev->engine_reason);
+		return err;
+#else
+		evst_warn("direct listener: io_uring engine not built");
+		return -EOPNOTSUPP;
+#endif
+	}
+
 	if (mode == EVSTEER_ACCEPT_EVENT) {
 		lev->engine_reason = "accept: event (EVSTEER_ACCEPT=event or the option)";
 	} else if (mode == EVSTEER_ACCEPT_AUTO && !bpf) {
@@ -112,7 +126,8 @@ struct evsteer_listener *
 evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     unsigned int flags, int backlog, int fd,
 		     const struct evsteer_listener_opts *opts,
-		     struct evsteer_group *g, unsigned int slot)
+		     struct evsteer_group *g, unsigned int slot,
+		     unsigned int direct_table)
 {
 	int err;
 
@@ -147,6 +162,9 @@ evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 				       backoff_max_ms,
 				       EVSTEER_DEFAULT_BACKOFF_MAX_MS);
 	lev->ops = &evst_event_engine;
+	lev->direct_table = direct_table;
+	if (direct_table) /* the kernel rejects CLOEXEC for direct accept */
+		lev->accept4_flags &= ~SOCK_CLOEXEC;
 
 	if (flags & EVSTEER_OPT_THREADSAFE) {
 		pthread_mutexattr_t attr;
@@ -215,17 +233,15 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		return fail_null(err);
 	}
 	return evst_listener_create(base, cb, arg, flags, backlog, fd, opts, NULL,
-				    0);
+				    0, 0);
 }
 
-struct evsteer_listener *
-evsteer_listener_new_bind(struct event_base *base, evsteer_accept_cb cb,
-			  void *arg, unsigned int flags, int backlog,
-			  const struct sockaddr *sa, socklen_t len,
-			  const struct evsteer_listener_opts *opts)
+static struct evsteer_listener *
+bind_and_create(const char *fn, struct event_base *base, evsteer_accept_cb cb,
+		void *arg, unsigned int flags, int backlog,
+		const struct sockaddr *sa, socklen_t len,
+		const struct evsteer_listener_opts *opts, unsigned int direct_table)
 {
-	static const char fn[] = "evsteer_listener_new_bind";
-
 	if (!common_args_ok(fn, base, flags, opts))
 		return fail_null(EINVAL);
 	if (backlog == 0) {
@@ -255,7 +271,7 @@ evsteer_listener_new_bind(struct event_base *base, evsteer_accept_cb cb,
 	if (sa && bind(fd, sa, len) < 0)
 		goto err;
 	struct evsteer_listener *lev = evst_listener_create(
-		base, cb, arg, flags, backlog, fd, opts, NULL, 0);
+		base, cb, arg, flags, backlog, fd, opts, NULL, 0, direct_table);
 	if (lev)
 		return lev;
 err:
@@ -264,6 +280,32 @@ err:
 	close(fd);
 	return fail_null(err);
 }
+
+struct evsteer_listener *
+evsteer_listener_new_bind(struct event_base *base, evsteer_accept_cb cb,
+			  void *arg, unsigned int flags, int backlog,
+			  const struct sockaddr *sa, socklen_t len,
+			  const struct evsteer_listener_opts *opts)
+{
+	return bind_and_create("evsteer_listener_new_bind", base, cb, arg, flags,
+			       backlog, sa, len, opts, 0);
+}
+
+#if EVSTEER_HAVE_LIBURING
+struct evsteer_listener *
+evsteer_listener_new_bind_direct(struct event_base *base, evsteer_direct_cb cb,
+				 void *arg, unsigned int flags, int backlog,
+				 const struct sockaddr *sa, socklen_t len,
+				 unsigned int table_size,
+				 const struct evsteer_listener_opts *opts)
+{
+	/* stored as the accept callback; evst_deliver_direct() casts back */
+	return bind_and_create("evsteer_listener_new_bind_direct", base,
+			       (evsteer_accept_cb)(void (*)(void))cb, arg,
+			       flags, backlog, sa,
+			       len, opts, table_size ? table_size : 4096);
+}
+#endif
 
 void evst_decref_and_unlock(struct evsteer_listener *lev)
 {
@@ -451,6 +493,8 @@ int evsteer_listener_get_stats(const struct evsteer_listener *lev,
 		.exhausted_retries = LOAD(exhausted_retries),
 		.closed_on_free = LOAD(closed_on_free),
 		.held = (uint64_t)LOAD(held),
+		.table_full = LOAD(table_full),
+		.rearms = LOAD(rearms),
 	};
 #undef LOAD
 	memcpy(out, &s, out->sz < sizeof(s) ? out->sz : sizeof(s));
@@ -466,6 +510,19 @@ bool evst_deliver(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
 	evst_count(lev, accepted);
 	evst_unlock(lev);
 	cb(lev, fd, sa, (int)len, arg);
+	evst_lock(lev);
+	return evst_active(lev);
+}
+
+bool evst_deliver_direct(struct evsteer_listener *lev,
+			 struct evsteer_uring *ring, int slot)
+{
+	evsteer_direct_cb cb = (evsteer_direct_cb)(void (*)(void))lev->cb;
+	void *arg = lev->arg;
+
+	evst_count(lev, accepted);
+	evst_unlock(lev);
+	cb(lev, ring, slot, arg);
 	evst_lock(lev);
 	return evst_active(lev);
 }

@@ -3,7 +3,10 @@
 #ifndef EVSTEER_STEER_H
 #define EVSTEER_STEER_H
 
+#include <errno.h>
 #include <stddef.h>
+
+#include "config.h"
 
 #include "../bpf/steer_shared.h"
 #include "internal.h"
@@ -22,6 +25,7 @@ struct evst_shared_view {
 
 struct evst_steer;
 
+#if EVSTEER_HAVE_BPF
 /*
  * Load the sk_reuseport/migrate program and its maps. On failure returns
  * NULL with errno set and `reason` holding a sentence for the user.
@@ -36,5 +40,29 @@ EVST_HIDDEN int evst_steer_set_slot(struct evst_steer *s, unsigned int slot,
 EVST_HIDDEN void evst_steer_view(struct evst_steer *s,
 				 struct evst_shared_view *v);
 EVST_HIDDEN void evst_steer_destroy(struct evst_steer *s);
+#else
+/* Built without BPF: a group never has a program (setup_steering says
+ * why), so these are never reached. */
+static inline int evst_steer_attach(struct evst_steer *s, int fd)
+{
+	(void)s, (void)fd;
+	return -EOPNOTSUPP;
+}
+static inline int evst_steer_set_slot(struct evst_steer *s, unsigned int slot,
+				      int fd)
+{
+	(void)s, (void)slot, (void)fd;
+	return -EOPNOTSUPP;
+}
+static inline void evst_steer_view(struct evst_steer *s,
+				   struct evst_shared_view *v)
+{
+	(void)s, (void)v;
+}
+static inline void evst_steer_destroy(struct evst_steer *s)
+{
+	(void)s;
+}
+#endif
 
 #endif

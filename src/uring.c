@@ -11,13 +11,18 @@
 
 #include "uring.h"
 
+/* An enum value in newer headers (so #ifdef cannot see it); liburing 2.3
+ * has neither the opcode nor a helper. Linux 6.8+. */
+#define EVST_OP_FIXED_FD_INSTALL 54
+#define EVST_FIXED_FD_NO_CLOEXEC (1U << 0)
+
 #define RING_ENTRIES 64
 #define CQ_ENTRIES 4096
 #define READY_BATCH 64
 
 static __thread struct evst_uop *running_op;
 
-struct evst_ring {
+struct evsteer_uring {
 	struct io_uring ring;
 	pthread_mutex_t lock;
 	pthread_cond_t idle; /* an op's busy count dropped */
@@ -29,38 +34,42 @@ struct evst_ring {
 	int inflight;
 	bool collecting; /* run_loop_work() takes the ready list next */
 	struct evst_uop *ready_head, **ready_tail;
+	unsigned int table_size; /* registered fixed-file table, 0: none */
+	unsigned int slots;      /* direct slots open */
+	bool have_install;       /* IORING_OP_FIXED_FD_INSTALL */
+	unsigned long overflows; /* times the CQ was found overflowed */
 	int users;             /* registry_lock */
-	struct evst_ring *next;
+	struct evsteer_uring *next;
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct evst_ring *rings;
+static struct evsteer_uring *rings;
 /* A failed set-up is not retried: seccomp and sysctls do not loosen. */
 static const char *probe_fail;
 static int probe_errno;
 static char probe_buf[160];
 
-void evst_ring_lock(struct evst_ring *r)
+void evst_ring_lock(struct evsteer_uring *r)
 {
 	pthread_mutex_lock(&r->lock);
 }
 
-void evst_ring_unlock(struct evst_ring *r)
+void evst_ring_unlock(struct evsteer_uring *r)
 {
 	pthread_mutex_unlock(&r->lock);
 }
 
-struct io_uring *evst_ring_uring(struct evst_ring *r)
+struct io_uring *evst_ring_uring(struct evsteer_uring *r)
 {
 	return &r->ring;
 }
 
-struct event_base *evst_ring_base(struct evst_ring *r)
+struct event_base *evst_ring_base(struct evsteer_uring *r)
 {
 	return r->base;
 }
 
-struct io_uring_sqe *evst_ring_sqe(struct evst_ring *r)
+struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
 	if (!sqe) {
@@ -70,7 +79,7 @@ struct io_uring_sqe *evst_ring_sqe(struct evst_ring *r)
 	return sqe;
 }
 
-int evst_ring_submit(struct evst_ring *r, int long_lived)
+int evst_ring_submit(struct evsteer_uring *r, int long_lived)
 {
 	int n = io_uring_submit(&r->ring);
 	if (n < 0)
@@ -80,7 +89,7 @@ int evst_ring_submit(struct evst_ring *r, int long_lived)
 	return 0;
 }
 
-void evst_ring_done(struct evst_ring *r)
+void evst_ring_done(struct evsteer_uring *r)
 {
 	/* noblock: the loop thread may be waiting for this lock inside the
 	 * event's callback (the same trap as libevent #1224) */
@@ -88,9 +97,9 @@ void evst_ring_done(struct evst_ring *r)
 		event_del_noblock(r->efd_ev);
 }
 
-void evst_ring_mark_ready(struct evst_ring *r, struct evst_uop *op)
+void evst_ring_mark_ready(struct evsteer_uring *r, struct evst_uop *op)
 {
-	if (op->queued)
+	if (op->queued || op->detached)
 		return;
 	op->queued = true;
 	op->next_ready = NULL;
@@ -109,7 +118,7 @@ void evst_ring_mark_ready(struct evst_ring *r, struct evst_uop *op)
 	}
 }
 
-void evst_ring_unready(struct evst_ring *r, struct evst_uop *op)
+void evst_ring_unready(struct evsteer_uring *r, struct evst_uop *op)
 {
 	if (!op->queued)
 		return;
@@ -125,15 +134,18 @@ void evst_ring_unready(struct evst_ring *r, struct evst_uop *op)
 }
 
 
-void evst_ring_wait_idle(struct evst_ring *r, struct evst_uop *op)
+void evst_ring_wait_idle(struct evsteer_uring *r, struct evst_uop *op)
 {
 	/* the loop thread freeing from inside op's own ready() must not
 	 * wait for itself: its reference keeps the listener alive */
 	while (op->busy > 0 && running_op != op)
 		pthread_cond_wait(&r->idle, &r->lock);
+	/* from here to its destroy, the loop thread must not pick it up */
+	op->detached = true;
+	evst_ring_unready(r, op);
 }
 
-void evst_ring_release(struct evst_ring *r, struct evst_uop *op)
+void evst_ring_release(struct evsteer_uring *r, struct evst_uop *op)
 {
 	evst_ring_unready(r, op);
 	if (op->busy > 0)
@@ -142,7 +154,7 @@ void evst_ring_release(struct evst_ring *r, struct evst_uop *op)
 		op->release(op);
 }
 
-void evst_ring_reap(struct evst_ring *r, unsigned int wait_us)
+void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us)
 {
 	struct io_uring_cqe *cqes[64];
 
@@ -156,10 +168,14 @@ void evst_ring_reap(struct evst_ring *r, unsigned int wait_us)
 		unsigned int n = io_uring_peek_batch_cqe(&r->ring, cqes, 64);
 		if (!n) {
 			/* completions the kernel held back on a full CQ */
-			if (io_uring_cq_has_overflow(&r->ring) &&
-			    io_uring_get_events(&r->ring) == 0 &&
-			    io_uring_cq_ready(&r->ring))
-				continue;
+			if (io_uring_cq_has_overflow(&r->ring)) {
+				r->overflows++;
+				evst_debug("ring: the CQ overflowed; flushing the "
+					   "kernel's backlog");
+				if (io_uring_get_events(&r->ring) == 0 &&
+				    io_uring_cq_ready(&r->ring))
+					continue;
+			}
 			return;
 		}
 		for (unsigned int i = 0; i < n; i++) {
@@ -173,7 +189,7 @@ void evst_ring_reap(struct evst_ring *r, unsigned int wait_us)
 	}
 }
 
-static void ring_ref(struct evst_ring *r)
+static void ring_ref(struct evsteer_uring *r)
 {
 	pthread_mutex_lock(&registry_lock);
 	r->users++;
@@ -181,7 +197,7 @@ static void ring_ref(struct evst_ring *r)
 }
 
 /* Loop thread: reap, then run ready() of the ops that want it. */
-static void run_loop_work(struct evst_ring *r)
+static void run_loop_work(struct evsteer_uring *r)
 {
 	struct evst_uop *batch[READY_BATCH];
 	int n = 0;
@@ -256,7 +272,7 @@ static const char *explain(int err)
 	}
 }
 
-static int ring_init(struct evst_ring *r)
+static int ring_init(struct evsteer_uring *r)
 {
 	struct io_uring_params p = {
 		/* No COOP/DEFER_TASKRUN: listeners are enabled and freed from
@@ -275,8 +291,11 @@ static int ring_init(struct evst_ring *r)
 	    !io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL) ||
 	    !io_uring_opcode_supported(probe, IORING_OP_SOCKET))
 		err = -EOPNOTSUPP;
-	if (probe)
+	if (probe) {
+		r->have_install = io_uring_opcode_supported(probe,
+							    EVST_OP_FIXED_FD_INSTALL);
 		io_uring_free_probe(probe);
+	}
 	if (!err) {
 		r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (r->efd < 0)
@@ -289,10 +308,10 @@ static int ring_init(struct evst_ring *r)
 	return err;
 }
 
-struct evst_ring *evst_ring_get(struct event_base *base, const char **why)
+struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 {
 	pthread_mutex_lock(&registry_lock);
-	struct evst_ring *r;
+	struct evsteer_uring *r;
 	for (r = rings; r; r = r->next)
 		if (r->base == base)
 			break;
@@ -335,20 +354,42 @@ struct evst_ring *evst_ring_get(struct event_base *base, const char **why)
 	return r;
 }
 
-void evst_ring_put(struct evst_ring *r)
+void evst_ring_put(struct evsteer_uring *r)
 {
 	pthread_mutex_lock(&registry_lock);
 	if (--r->users > 0) {
 		pthread_mutex_unlock(&registry_lock);
 		return;
 	}
-	struct evst_ring **pp = &rings;
+	struct evsteer_uring **pp = &rings;
 	while (*pp != r)
 		pp = &(*pp)->next;
 	*pp = r->next;
 	pthread_mutex_unlock(&registry_lock);
 
-	/* no user left: nothing is in flight (their quiesce saw to it) */
+	/*
+	 * No listener is left. Direct I/O may still be in flight: cancel it
+	 * and reap, then release every request object without its callback
+	 * (documented: outstanding direct I/O ends with the last listener).
+	 */
+	evst_ring_lock(r);
+	if (r->inflight) {
+		struct io_uring_sqe *sqe = evst_ring_sqe(r);
+		if (sqe) {
+			io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+			io_uring_sqe_set_data64(sqe, EVST_UDATA_IGNORE);
+			io_uring_submit(&r->ring);
+		}
+		for (int i = 0; r->inflight > 0 && i < 1000; i++)
+			evst_ring_reap(r, 1000);
+	}
+	r->collecting = true; /* no more kicks */
+	while (r->ready_head) {
+		struct evst_uop *op = r->ready_head;
+		evst_ring_unready(r, op);
+		op->release(op);
+	}
+	evst_ring_unlock(r);
 	event_free(r->efd_ev);
 	event_free(r->kick_ev);
 	event_free(r->yield_ev);
@@ -357,4 +398,154 @@ void evst_ring_put(struct evst_ring *r)
 	pthread_cond_destroy(&r->idle);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
+}
+
+int evst_ring_direct_table(struct evsteer_uring *r, unsigned int size)
+{
+	if (r->table_size)
+		return 0;
+	int err = io_uring_register_files_sparse(&r->ring, size);
+	if (err < 0)
+		return err;
+	r->table_size = size;
+	return 0;
+}
+
+void evst_ring_slot_opened(struct evsteer_uring *r)
+{
+	r->slots++;
+}
+
+void evst_ring_close_slot(struct evsteer_uring *r, int slot)
+{
+	struct io_uring_sqe *sqe = evst_ring_sqe(r);
+	if (!sqe)
+		return;
+	io_uring_prep_close_direct(sqe, (unsigned int)slot);
+	io_uring_sqe_set_data64(sqe, EVST_UDATA_IGNORE);
+	if (evst_ring_submit(r, 0) == 0 && r->slots)
+		r->slots--;
+}
+
+unsigned int evsteer_uring_slots_in_use(const struct evsteer_uring *r)
+{
+	return r ? __atomic_load_n(&r->slots, __ATOMIC_RELAXED) : 0;
+}
+
+/* ---- the direct I/O API: one small request object per operation */
+
+enum io_kind { IO_SEND, IO_RECV, IO_CLOSE, IO_INSTALL };
+
+struct io_op {
+	struct evst_uop op;
+	struct evsteer_uring *r;
+	evsteer_io_cb cb;
+	void *arg;
+	int slot, res;
+	enum io_kind kind;
+};
+
+static bool io_complete(struct evst_uop *op, const struct io_uring_cqe *cqe)
+{
+	struct io_op *io = (struct io_op *)op;
+	io->res = cqe->res;
+	evst_ring_done(io->r);
+	if (io->kind == IO_CLOSE && cqe->res == 0 && io->r->slots)
+		io->r->slots--;
+	return true;
+}
+
+static void io_ready(struct evst_uop *op)
+{
+	struct io_op *io = (struct io_op *)op;
+	if (io->cb)
+		io->cb(io->r, io->slot, io->res, io->arg);
+	/* freed by run_loop_work() once this returns */
+	evst_ring_lock(io->r);
+	io->op.dead = true;
+	evst_ring_unlock(io->r);
+}
+
+static void io_release(struct evst_uop *op)
+{
+	free(op);
+}
+
+static int io_submit(struct evsteer_uring *r, enum io_kind kind, int slot,
+		     void *buf, size_t len, int flags, evsteer_io_cb cb,
+		     void *arg)
+{
+	if (!r || slot < 0 || (r->table_size && (unsigned int)slot >= r->table_size) ||
+	    len > INT32_MAX)
+		return -(errno = EINVAL);
+	if (kind == IO_INSTALL && !r->have_install)
+		return -(errno = EOPNOTSUPP);
+	struct io_op *io = calloc(1, sizeof(*io));
+	if (!io)
+		return -(errno = ENOMEM);
+	*io = (struct io_op){
+		.op = {.complete = io_complete, .ready = io_ready,
+		       .release = io_release},
+		.r = r, .cb = cb, .arg = arg, .slot = slot, .kind = kind};
+
+	evst_ring_lock(r);
+	struct io_uring_sqe *sqe = evst_ring_sqe(r);
+	if (!sqe) {
+		evst_ring_unlock(r);
+		free(io);
+		return -(errno = EBUSY);
+	}
+	switch (kind) {
+	case IO_SEND:
+		io_uring_prep_send(sqe, slot, buf, len, MSG_NOSIGNAL);
+		sqe->flags |= IOSQE_FIXED_FILE;
+		break;
+	case IO_RECV:
+		io_uring_prep_recv(sqe, slot, buf, len, 0);
+		sqe->flags |= IOSQE_FIXED_FILE;
+		break;
+	case IO_CLOSE:
+		io_uring_prep_close_direct(sqe, (unsigned int)slot);
+		break;
+	case IO_INSTALL:
+		/* by hand: IORING_OP_FIXED_FD_INSTALL on the fixed file */
+		io_uring_prep_rw(EVST_OP_FIXED_FD_INSTALL, sqe, slot, NULL, 0, 0);
+		sqe->flags |= IOSQE_FIXED_FILE;
+		sqe->rw_flags = flags ? 0 : EVST_FIXED_FD_NO_CLOEXEC;
+		break;
+	}
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&io->op);
+	/* counted as in flight: the ring's event must stay in the base
+	 * until the completion comes back */
+	int err = evst_ring_submit(r, 1);
+	evst_ring_unlock(r);
+	if (err < 0) {
+		free(io);
+		return -(errno = -err);
+	}
+	return 0;
+}
+
+int evsteer_uring_send(struct evsteer_uring *r, int slot, const void *buf,
+		       size_t len, evsteer_io_cb cb, void *arg)
+{
+	return io_submit(r, IO_SEND, slot, (void *)buf, len, 0, cb, arg);
+}
+
+int evsteer_uring_recv(struct evsteer_uring *r, int slot, void *buf, size_t len,
+		       evsteer_io_cb cb, void *arg)
+{
+	return io_submit(r, IO_RECV, slot, buf, len, 0, cb, arg);
+}
+
+int evsteer_uring_close(struct evsteer_uring *r, int slot, evsteer_io_cb cb,
+			void *arg)
+{
+	return io_submit(r, IO_CLOSE, slot, NULL, 0, 0, cb, arg);
+}
+
+int evsteer_uring_fd_install(struct evsteer_uring *r, int slot, int cloexec,
+			     evsteer_io_cb cb, void *arg)
+{
+	return io_submit(r, IO_INSTALL, slot, NULL, 0, cloexec, cb, arg);
 }

@@ -19,7 +19,7 @@
 
 #include "internal.h"
 
-struct evst_ring;
+struct evsteer_uring;
 
 /* What a request's user_data points to. */
 struct evst_uop {
@@ -34,6 +34,8 @@ struct evst_uop {
 	int busy;
 	/* Owner destroyed during its own ready(): release() once it returns. */
 	bool dead;
+	/* Its owner is going away: no more ready() (ring lock). */
+	bool detached;
 	void (*release)(struct evst_uop *op);
 	struct evst_uop *next_ready;
 };
@@ -44,33 +46,45 @@ struct evst_uop {
  * profile, io_uring_disabled, missing opcodes); the probe runs once per
  * process.
  */
-EVST_HIDDEN struct evst_ring *evst_ring_get(struct event_base *base,
+EVST_HIDDEN struct evsteer_uring *evst_ring_get(struct event_base *base,
 					    const char **why);
-EVST_HIDDEN void evst_ring_put(struct evst_ring *r);
+EVST_HIDDEN void evst_ring_put(struct evsteer_uring *r);
 
-EVST_HIDDEN void evst_ring_lock(struct evst_ring *r);
-EVST_HIDDEN void evst_ring_unlock(struct evst_ring *r);
+EVST_HIDDEN void evst_ring_lock(struct evsteer_uring *r);
+EVST_HIDDEN void evst_ring_unlock(struct evsteer_uring *r);
 /* Ring lock held. An SQE (submitting what is queued if the SQ is full). */
-EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe(struct evst_ring *r);
+EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r);
 /* Ring lock held. Submit; `long_lived` requests count as in flight, which
  * keeps the ring's event in the base. */
-EVST_HIDDEN int evst_ring_submit(struct evst_ring *r, int long_lived);
+EVST_HIDDEN int evst_ring_submit(struct evsteer_uring *r, int long_lived);
 /* Ring lock held: a long-lived request finished. */
-EVST_HIDDEN void evst_ring_done(struct evst_ring *r);
+EVST_HIDDEN void evst_ring_done(struct evsteer_uring *r);
 /* Ring lock held. Route every completion available; with wait_us > 0 wait
  * that long for one first. */
-EVST_HIDDEN void evst_ring_reap(struct evst_ring *r, unsigned int wait_us);
+EVST_HIDDEN void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us);
 /* Ring lock held: have op->ready() run in the loop thread soon. */
-EVST_HIDDEN void evst_ring_mark_ready(struct evst_ring *r, struct evst_uop *op);
+EVST_HIDDEN void evst_ring_mark_ready(struct evsteer_uring *r, struct evst_uop *op);
 /* Ring lock held: forget op (it is being destroyed). */
-EVST_HIDDEN void evst_ring_unready(struct evst_ring *r, struct evst_uop *op);
-/* Ring lock held. Wait until no ready() runs on op in another thread. */
-EVST_HIDDEN void evst_ring_wait_idle(struct evst_ring *r, struct evst_uop *op);
+EVST_HIDDEN void evst_ring_unready(struct evsteer_uring *r, struct evst_uop *op);
+/*
+ * Ring lock held. Wait until no ready() runs on op in another thread, then
+ * detach it: ready() will not be called for it again.
+ */
+EVST_HIDDEN void evst_ring_wait_idle(struct evsteer_uring *r, struct evst_uop *op);
 /* Ring lock held. Release op now, or after its running ready() returns
  * (when the owner is destroyed from inside it). */
-EVST_HIDDEN void evst_ring_release(struct evst_ring *r, struct evst_uop *op);
-EVST_HIDDEN struct io_uring *evst_ring_uring(struct evst_ring *r);
-EVST_HIDDEN struct event_base *evst_ring_base(struct evst_ring *r);
+EVST_HIDDEN void evst_ring_release(struct evsteer_uring *r, struct evst_uop *op);
+EVST_HIDDEN struct io_uring *evst_ring_uring(struct evsteer_uring *r);
+EVST_HIDDEN struct event_base *evst_ring_base(struct evsteer_uring *r);
+
+/*
+ * Ring lock held. Register the sparse fixed-file table (once per ring; a
+ * later, different size keeps the first). 0 or -errno.
+ */
+EVST_HIDDEN int evst_ring_direct_table(struct evsteer_uring *r, unsigned int size);
+/* Ring lock held: a direct slot was accepted / is being closed by us. */
+EVST_HIDDEN void evst_ring_slot_opened(struct evsteer_uring *r);
+EVST_HIDDEN void evst_ring_close_slot(struct evsteer_uring *r, int slot);
 
 /* user_data of requests whose completion nobody needs (cancels). */
 #define EVST_UDATA_IGNORE 0

@@ -40,7 +40,7 @@ static void child_fail(int code, const char *what)
 	_exit(code);
 }
 
-static int deny_bpf(int err)
+static int deny_syscall(long nr, int err)
 {
 	struct sock_filter f[] = {
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
@@ -49,7 +49,7 @@ static int deny_bpf(int err)
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
 			 offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bpf, 0, 1),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1),
 		BPF_STMT(BPF_RET | BPF_K,
 			 SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
@@ -165,7 +165,7 @@ static int run_forked(int seccomp_err, bool expect_bpf, const char *reason,
 	if (pid < 0)
 		return -1;
 	if (pid == 0) {
-		if (seccomp_err && deny_bpf(seccomp_err) < 0)
+		if (seccomp_err && deny_syscall(__NR_bpf, seccomp_err) < 0)
 			child_fail(2, "seccomp");
 		child_check(expect_bpf, reason, require_errno);
 	}
@@ -216,6 +216,80 @@ static void test_env_off(void **state)
 	assert_int_equal(waitpid(pid, &st, 0), pid);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/*
+ * io_uring refused (a container's seccomp profile): a listener that asks for
+ * it accepts with the event engine and says why; a direct listener, which
+ * cannot work without it, fails with the errno.
+ */
+static void uring_child(int err, const char *reason)
+{
+	if (deny_syscall(__NR_io_uring_setup, err) < 0)
+		child_fail(2, "seccomp");
+	struct event_base *base = event_base_new();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct count c = {.want = 5};
+	EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING);
+	struct evsteer_listener *l = evsteer_listener_new_bind(
+		base, count_cb, &c, EVSTEER_OPT_CLOSE_ON_FREE, -1,
+		(struct sockaddr *)&ss, len, &o);
+	if (!l)
+		child_fail(20, "listener");
+	EVSTEER_PATH_OPTS(p);
+	evsteer_listener_get_path(l, &p);
+	fprintf(stderr, "child: engine %d, reason \"%s\"\n", p.engine,
+		p.engine_reason);
+	if (p.engine != EVSTEER_ENGINE_EVENT || !strstr(p.engine_reason, reason))
+		child_fail(21, "expected the event engine with the reason");
+	len = sizeof(ss);
+	getsockname(evsteer_listener_get_fd(l), (struct sockaddr *)&ss, &len);
+	int fds[5];
+	for (int i = 0; i < 5; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+		if (connect(fds[i], (struct sockaddr *)&ss, len) < 0)
+			child_fail(22, "connect");
+	}
+	if (!tl_loop_until_fn(base, count_reached, &c))
+		child_fail(23, "not served");
+	evsteer_listener_free(l);
+	errno = 0;
+	tl_addr_loopback(AF_INET, &ss);
+	struct evsteer_listener *d = evsteer_listener_new_bind_direct(
+		base, NULL, NULL, 0, -1, (struct sockaddr *)&ss,
+		sizeof(struct sockaddr_in), 0, NULL);
+	if (d || errno != err)
+		child_fail(24, "direct listener did not fail with the errno");
+	_exit(0);
+}
+
+static int run_uring_child(int err, const char *reason)
+{
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0)
+		uring_child(err, reason);
+	int st;
+	if (waitpid(pid, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void test_uring_seccomp_eperm(void **state)
+{
+	(void)state;
+	tl_skip_unless(ARCH != 0, "uring", "no seccomp arch constant here");
+	assert_int_equal(run_uring_child(EPERM, "EPERM"), 0);
+}
+
+static void test_uring_seccomp_enosys(void **state)
+{
+	(void)state;
+	tl_skip_unless(ARCH != 0, "uring", "no seccomp arch constant here");
+	assert_int_equal(run_uring_child(ENOSYS, "ENOSYS"), 0);
 }
 
 /* Run this binary again under setpriv with `args`, in child mode `mode`. */
@@ -294,6 +368,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_seccomp_eperm),
 		cmocka_unit_test(test_seccomp_enosys),
 		cmocka_unit_test(test_env_off),
+		cmocka_unit_test(test_uring_seccomp_eperm),
+		cmocka_unit_test(test_uring_seccomp_enosys),
 		cmocka_unit_test(test_cap_bpf_alone_as_root),
 		cmocka_unit_test(test_cap_bpf_ambient_unprivileged),
 		cmocka_unit_test(test_no_cap_bpf_falls_back),

@@ -247,6 +247,10 @@ struct evsteer_listener_stats {
 				     closed by free */
 	uint64_t held;   /* now: accepted by io_uring, waiting for delivery
 			    (e.g. while disabled) */
+	uint64_t table_full; /* direct: connections the kernel closed because
+				the fixed-file table was full */
+	uint64_t rearms;     /* io_uring: multishot accepts re-armed after the
+				kernel ended one (error, full CQ, ...) */
 };
 #define EVSTEER_STATS_OPTS(NAME) \
 	struct evsteer_listener_stats NAME = { \
@@ -371,6 +375,67 @@ struct evsteer_worker_stats {
 EVSTEER_API int evsteer_group_worker_stats(const struct evsteer_group *g,
 					   unsigned int slot,
 					   struct evsteer_worker_stats *out);
+
+/*
+ * Direct descriptors: for applications that do their I/O through io_uring.
+ * Connections are accepted straight into the ring's registered (fixed) file
+ * table, with no file descriptor per connection; the callback gets the slot
+ * and the ring, and evsteer_uring_send/recv/close work on the slot with
+ * completion callbacks. A slot becomes a real fd with
+ * evsteer_uring_fd_install() (IORING_OP_FIXED_FD_INSTALL, Linux 6.8+).
+ *
+ * All evsteer_uring_* calls belong to the base's loop thread (e.g. inside
+ * the callbacks); their completion callbacks run there too.
+ */
+struct evsteer_uring;
+
+typedef void (*evsteer_direct_cb)(struct evsteer_listener *lev,
+				  struct evsteer_uring *ring, int slot,
+				  void *arg);
+/* res: bytes, 0, a new fd (fd_install), or -errno. */
+typedef void (*evsteer_io_cb)(struct evsteer_uring *ring, int slot, int res,
+			      void *arg);
+
+/*
+ * As evsteer_listener_new_bind(), delivering slots instead of fds. Needs
+ * io_uring: fails (NULL, errno, the reason logged) where it is unavailable.
+ * table_size is the sparse fixed-file table registered on the base's ring
+ * the first time (0: 4096); when it is full, the kernel closes the
+ * connection it could not place: counted (stats.table_full), reported to
+ * the error callback once per episode (errno ENFILE), and accepting pauses
+ * with the usual back-off until slots are closed.
+ */
+EVSTEER_API struct evsteer_listener *
+evsteer_listener_new_bind_direct(struct event_base *base, evsteer_direct_cb cb,
+				 void *arg, unsigned int flags, int backlog,
+				 const struct sockaddr *addr, socklen_t len,
+				 unsigned int table_size,
+				 const struct evsteer_listener_opts *opts);
+
+/* The ring a direct listener delivers on. */
+EVSTEER_API struct evsteer_uring *
+evsteer_listener_get_uring(const struct evsteer_listener *lev);
+
+/* Queue a send / recv / close on a slot. 0 or -errno (EINVAL, EBUSY when
+ * the submission queue cannot take it, ENOMEM). cb may be NULL. */
+EVSTEER_API int evsteer_uring_send(struct evsteer_uring *ring, int slot,
+				   const void *buf, size_t len,
+				   evsteer_io_cb cb, void *arg);
+EVSTEER_API int evsteer_uring_recv(struct evsteer_uring *ring, int slot,
+				   void *buf, size_t len, evsteer_io_cb cb,
+				   void *arg);
+EVSTEER_API int evsteer_uring_close(struct evsteer_uring *ring, int slot,
+				    evsteer_io_cb cb, void *arg);
+/*
+ * Install the slot's file as a regular fd (res of the callback), with
+ * FD_CLOEXEC unless cloexec is 0. The slot stays open: close it too.
+ * -EOPNOTSUPP where the kernel lacks IORING_OP_FIXED_FD_INSTALL.
+ */
+EVSTEER_API int evsteer_uring_fd_install(struct evsteer_uring *ring, int slot,
+					 int cloexec, evsteer_io_cb cb,
+					 void *arg);
+/* Slots accepted and not yet closed (a leak check). */
+EVSTEER_API unsigned int evsteer_uring_slots_in_use(const struct evsteer_uring *ring);
 
 /*
  * Logging. One process-wide callback for evsteer's own messages (never

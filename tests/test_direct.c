@@ -1,0 +1,422 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The io_uring engine's own cases: direct descriptors end to end, slot -> fd,
+ * a full fixed-file table, CQ overflow, cancel-before-close, and no fd or
+ * slot leak over 10,000 connections.
+ */
+#include "tlib.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+static void need_uring(void)
+{
+	const char *why = tl_uring_unavailable();
+	tl_skip_unless(why == NULL, "uring", why ? why : "");
+}
+
+/* ---- a request/response server on direct descriptors */
+
+#define NCONN 20
+
+struct conn {
+	struct srv *srv;
+	int slot;
+	char req[32];
+	char resp[48];
+};
+
+struct srv {
+	struct evsteer_listener *lev;
+	struct conn c[NCONN];
+	int accepted, received, sent, closed, errors;
+};
+
+static void on_closed(struct evsteer_uring *r, int slot, int res, void *arg)
+{
+	(void)r;
+	(void)slot;
+	struct conn *c = arg;
+	if (res < 0)
+		c->srv->errors++;
+	c->srv->closed++;
+}
+
+static void on_sent(struct evsteer_uring *r, int slot, int res, void *arg)
+{
+	struct conn *c = arg;
+	if (res != (int)strlen(c->resp))
+		c->srv->errors++;
+	c->srv->sent++;
+	evsteer_uring_close(r, slot, on_closed, c);
+}
+
+static void on_recv(struct evsteer_uring *r, int slot, int res, void *arg)
+{
+	(void)r;
+	(void)slot;
+	struct conn *c = arg;
+	if (res <= 0)
+		c->srv->errors++;
+	c->srv->received++;
+}
+
+static void on_direct(struct evsteer_listener *lev, struct evsteer_uring *r,
+		      int slot, void *arg)
+{
+	struct srv *s = arg;
+	if (s->accepted >= NCONN)
+		return;
+	struct conn *c = &s->c[s->accepted++];
+	c->srv = s;
+	c->slot = slot;
+	assert_ptr_equal(evsteer_listener_get_uring(lev), r);
+	if (evsteer_uring_recv(r, slot, c->req, sizeof(c->req) - 1, on_recv, c))
+		s->errors++;
+}
+
+static struct evsteer_listener *direct_listener(struct event_base *base,
+						evsteer_direct_cb cb, void *arg,
+						unsigned int table)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	return evsteer_listener_new_bind_direct(base, cb, arg,
+						EVSTEER_OPT_CLOSE_ON_FREE, -1,
+						(struct sockaddr *)&ss, len,
+						table, NULL);
+}
+
+static void test_direct_request_response(void **state)
+{
+	(void)state;
+	need_uring();
+	struct event_base *base = tl_base();
+	struct srv s = {0};
+	s.lev = direct_listener(base, on_direct, &s, 0);
+	assert_non_null(s.lev);
+	EVSTEER_PATH_OPTS(p);
+	evsteer_listener_get_path(s.lev, &p);
+	assert_int_equal(p.engine, EVSTEER_ENGINE_URING);
+	struct evsteer_uring *r = evsteer_listener_get_uring(s.lev);
+	assert_non_null(r);
+
+	int before = tl_count_fds();
+	int c[NCONN];
+	tl_connect_n(evsteer_listener_get_fd(s.lev), c, NCONN);
+	for (int i = 0; i < NCONN; i++) {
+		char msg[32];
+		int n = snprintf(msg, sizeof(msg), "ping %d", i);
+		assert_int_equal(write(c[i], msg, (size_t)n), n);
+	}
+	assert_true(tl_loop_until(base, &s.received, NCONN));
+	assert_int_equal(s.errors, 0);
+	/* 20 connections open on the server side, and not one fd for them */
+	assert_int_equal(evsteer_uring_slots_in_use(r), NCONN);
+	assert_int_equal(tl_count_fds(), before + NCONN);
+
+	for (int i = 0; i < NCONN; i++) {
+		struct conn *k = &s.c[i];
+		char num[sizeof(k->req)];
+		memcpy(num, k->req + 5, sizeof(num) - 5);
+		num[sizeof(num) - 5] = '\0';
+		snprintf(k->resp, sizeof(k->resp), "pong %s", num);
+		assert_int_equal(evsteer_uring_send(r, k->slot, k->resp,
+						    strlen(k->resp), on_sent, k),
+				 0);
+	}
+	assert_true(tl_loop_until(base, &s.closed, NCONN));
+	assert_int_equal(s.errors, 0);
+	assert_int_equal(evsteer_uring_slots_in_use(r), 0);
+	/* each client got the answer to its own request, then EOF */
+	for (int i = 0; i < NCONN; i++) {
+		char buf[64] = {0}, want[64];
+		ssize_t n = read(c[i], buf, sizeof(buf) - 1);
+		assert_true(n > 0);
+		snprintf(want, sizeof(want), "pong %d", i);
+		/* accept order is connect order: request i came on conn i */
+		assert_string_equal(buf, want);
+		assert_int_equal(read(c[i], buf, sizeof(buf)), 0);
+	}
+	tl_close_n(c, NCONN);
+	evsteer_listener_free(s.lev);
+	event_base_free(base);
+}
+
+/* ---- a slot becomes a real fd */
+
+struct install {
+	int slot, fd, res;
+	bool done;
+};
+
+static void keep_slot(struct evsteer_listener *lev, struct evsteer_uring *r,
+		      int slot, void *arg)
+{
+	(void)lev;
+	(void)r;
+	((struct install *)arg)->slot = slot;
+}
+
+static void installed(struct evsteer_uring *r, int slot, int res, void *arg)
+{
+	(void)r;
+	(void)slot;
+	struct install *in = arg;
+	in->res = res;
+	in->done = true;
+}
+
+static bool install_done(void *arg)
+{
+	return ((struct install *)arg)->done;
+}
+
+static bool slot_seen(void *arg)
+{
+	return ((struct install *)arg)->slot >= 0;
+}
+
+static void test_slot_to_fd(void **state)
+{
+	(void)state;
+	need_uring();
+	struct event_base *base = tl_base();
+	struct install in = {.slot = -1, .res = -1};
+	struct evsteer_listener *lev = direct_listener(base, keep_slot, &in, 0);
+	assert_non_null(lev);
+	struct evsteer_uring *r = evsteer_listener_get_uring(lev);
+	int c = tl_connect_to(evsteer_listener_get_fd(lev));
+	assert_true(tl_loop_until_fn(base, slot_seen, &in));
+
+	int err = evsteer_uring_fd_install(r, in.slot, 1, installed, &in);
+	tl_skip_unless(err != -EOPNOTSUPP, "uring",
+		       "kernel without IORING_OP_FIXED_FD_INSTALL (6.8+)");
+	assert_int_equal(err, 0);
+	assert_true(tl_loop_until_fn(base, install_done, &in));
+	assert_true(in.res >= 0);
+	int fd = in.res;
+	assert_true(tl_is_cloexec(fd));
+	struct sockaddr_storage peer, want;
+	socklen_t plen = sizeof(peer);
+	assert_int_equal(getpeername(fd, (struct sockaddr *)&peer, &plen), 0);
+	socklen_t wlen = tl_sockname(c, &want);
+	assert_int_equal(plen, wlen);
+	assert_memory_equal(&peer, &want, wlen);
+	/* the fd works as any socket */
+	assert_int_equal(write(fd, "hi", 2), 2);
+	char buf[4];
+	assert_int_equal(read(c, buf, sizeof(buf)), 2);
+	close(fd);
+	assert_int_equal(evsteer_uring_close(r, in.slot, NULL, NULL), 0);
+	/* misuse is an error, not a crash */
+	assert_int_equal(evsteer_uring_send(NULL, 0, "x", 1, NULL, NULL), -EINVAL);
+	assert_int_equal(evsteer_uring_recv(r, -1, buf, 1, NULL, NULL), -EINVAL);
+	close(c);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+}
+
+/* ---- a full fixed-file table */
+
+struct holder {
+	int slots[8];
+	int n;
+	int errors, last_errno;
+};
+
+static void hold_slot(struct evsteer_listener *lev, struct evsteer_uring *r,
+		      int slot, void *arg)
+{
+	(void)lev;
+	(void)r;
+	struct holder *h = arg;
+	h->slots[h->n++] = slot;
+}
+
+static void holder_error(struct evsteer_listener *lev, void *arg)
+{
+	(void)lev;
+	struct holder *h = arg;
+	h->last_errno = errno;
+	h->errors++;
+}
+
+static void test_table_full(void **state)
+{
+	(void)state;
+	need_uring();
+	struct event_base *base = tl_base();
+	struct holder h = {0};
+	struct evsteer_listener *lev = direct_listener(base, hold_slot, &h, 4);
+	assert_non_null(lev);
+	evsteer_listener_set_error_cb(lev, holder_error);
+	struct evsteer_uring *r = evsteer_listener_get_uring(lev);
+	int lfd = evsteer_listener_get_fd(lev);
+	int c[6];
+	tl_connect_n(lfd, c, 4);
+	assert_true(tl_loop_until(base, &h.n, 4));
+
+	/* the fifth has no slot: the kernel closes it; we count and report */
+	c[4] = tl_connect_to(lfd);
+	assert_true(tl_loop_until(base, &h.errors, 1));
+	assert_int_equal(h.last_errno, ENFILE);
+	EVSTEER_STATS_OPTS(st);
+	evsteer_listener_get_stats(lev, &st);
+	assert_int_equal(st.table_full, 1);
+	char b;
+	assert_true(read(c[4], &b, 1) <= 0); /* EOF or reset */
+
+	/* a slot frees up: accepting resumes by itself */
+	assert_int_equal(evsteer_uring_close(r, h.slots[0], NULL, NULL), 0);
+	c[5] = tl_connect_to(lfd);
+	assert_true(tl_loop_until(base, &h.n, 5));
+	assert_int_equal(h.errors, 1);
+	for (int i = 1; i < 5; i++)
+		evsteer_uring_close(r, h.slots[i], NULL, NULL);
+	tl_close_n(c, 6);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+}
+
+/* ---- more completions than the CQ holds */
+
+struct closer {
+	int n;
+};
+
+static void close_at_once(struct evsteer_listener *lev, struct evsteer_uring *r,
+			  int slot, void *arg)
+{
+	(void)lev;
+	((struct closer *)arg)->n++;
+	evsteer_uring_close(r, slot, NULL, NULL);
+}
+
+static void test_cq_overflow(void **state)
+{
+	(void)state;
+	need_uring();
+	enum { N = 4600 }; /* the CQ has 4096 entries */
+	struct rlimit rl, saved;
+	getrlimit(RLIMIT_NOFILE, &saved);
+	rl = saved;
+	if (rl.rlim_cur < N + 200 && rl.rlim_max >= N + 200) {
+		rl.rlim_cur = N + 200;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	tl_skip_unless(rl.rlim_cur >= N + 200, "uring",
+		       "RLIMIT_NOFILE too low for the overflow test");
+	struct event_base *base = tl_base();
+	struct closer k = {0};
+	struct evsteer_listener *lev = direct_listener(base, close_at_once, &k,
+						       8192);
+	assert_non_null(lev);
+	struct evsteer_uring *r = evsteer_listener_get_uring(lev);
+	/* one pass arms the multishot accept; then the loop stays away while
+	 * N connections are accepted and their completions pile up */
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	static int c[N];
+	tl_connect_n(evsteer_listener_get_fd(lev), c, N);
+	assert_true(tl_loop_until(base, &k.n, N));
+	EVSTEER_STATS_OPTS(st);
+	evsteer_listener_get_stats(lev, &st);
+	print_message("%d connections, CQ of 4096: %llu re-arms\n", N,
+		      (unsigned long long)st.rearms);
+	/* the kernel ends a multishot accept when it cannot post to the CQ;
+	 * re-arming picked up what waited in the backlog */
+	assert_true(st.rearms >= 1);
+	tl_loop_for(base, 50); /* let the closes complete */
+	assert_int_equal(evsteer_uring_slots_in_use(r), 0);
+	tl_close_n(c, N);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+	setrlimit(RLIMIT_NOFILE, &saved);
+}
+
+/* ---- free cancels and reaps before the socket closes */
+
+static void test_free_releases_socket(void **state)
+{
+	(void)state;
+	need_uring();
+	for (int direct = 0; direct < 2; direct++) {
+		struct event_base *base = tl_base();
+		struct sockaddr_storage ss;
+		socklen_t len = tl_addr_loopback(AF_INET, &ss);
+		struct tl_srv s = {0};
+		struct holder h = {0};
+		EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING);
+		struct evsteer_listener *lev =
+			direct ? direct_listener(base, hold_slot, &h, 0) :
+				 evsteer_listener_new_bind(
+					 base, tl_srv_accept_cb, &s,
+					 EVSTEER_OPT_CLOSE_ON_FREE, -1,
+					 (struct sockaddr *)&ss, len, &o);
+		assert_non_null(lev);
+		len = tl_sockname(evsteer_listener_get_fd(lev), &ss);
+		/* armed */
+		event_base_loop(base, EVLOOP_NONBLOCK);
+		evsteer_listener_free(lev);
+		/* a multishot accept still pending would keep the port bound */
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		assert_int_equal(bind(fd, (struct sockaddr *)&ss, len), 0);
+		assert_int_equal(listen(fd, 1), 0);
+		close(fd);
+		assert_true(tl_dispatch_returns(base));
+		event_base_free(base);
+	}
+}
+
+/* ---- 10,000 connections: no fd, no slot left behind */
+
+static void test_no_leak_10k(void **state)
+{
+	(void)state;
+	need_uring();
+	int before = tl_count_fds();
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct tl_srv s = {.close_now = true};
+	EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING);
+	s.lev = evsteer_listener_new_bind(base, tl_srv_accept_cb, &s,
+					  EVSTEER_OPT_CLOSE_ON_FREE, -1,
+					  (struct sockaddr *)&ss, len, &o);
+	assert_non_null(s.lev);
+	struct closer k = {0};
+	struct evsteer_listener *d = direct_listener(base, close_at_once, &k, 0);
+	assert_non_null(d);
+	for (int round = 0; round < 50; round++) {
+		int c[200];
+		tl_connect_n(evsteer_listener_get_fd(s.lev), c, 100);
+		tl_connect_n(evsteer_listener_get_fd(d), c + 100, 100);
+		assert_true(tl_loop_until(base, &s.n, (round + 1) * 100));
+		assert_true(tl_loop_until(base, &k.n, (round + 1) * 100));
+		tl_close_n(c, 200);
+	}
+	tl_loop_for(base, 50);
+	assert_int_equal(evsteer_uring_slots_in_use(evsteer_listener_get_uring(d)),
+			 0);
+	evsteer_listener_free(s.lev);
+	evsteer_listener_free(d);
+	event_base_free(base);
+	assert_int_equal(tl_count_fds(), before);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_direct_request_response),
+		cmocka_unit_test(test_slot_to_fd),
+		cmocka_unit_test(test_table_full),
+		cmocka_unit_test(test_cq_overflow),
+		cmocka_unit_test(test_free_releases_socket),
+		cmocka_unit_test(test_no_leak_10k),
+	};
+	return tl_run_once("direct", tests, sizeof(tests) / sizeof(tests[0]));
+}
