@@ -122,14 +122,7 @@ static int max_backlog(int fd)
 
 static int somaxconn(void)
 {
-	FILE *f = fopen("/proc/sys/net/core/somaxconn", "r");
-	int v = 4096;
-	if (f) {
-		if (fscanf(f, "%d", &v) != 1)
-			v = 4096;
-		fclose(f);
-	}
-	return v;
+	return tl_sysctl_int("net/core/somaxconn", 4096);
 }
 
 static void test_backlog(void **state)

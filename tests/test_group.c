@@ -455,14 +455,7 @@ static void drain(enum evsteer_bpf_mode mode, int *queued, int *served,
 
 static int migrate_req_sysctl(void)
 {
-	FILE *fp = fopen("/proc/sys/net/ipv4/tcp_migrate_req", "r");
-	int v = 0;
-	if (fp) {
-		if (fscanf(fp, "%d", &v) != 1)
-			v = 0;
-		fclose(fp);
-	}
-	return v;
+	return tl_sysctl_int("net/ipv4/tcp_migrate_req", 0);
 }
 
 static void test_drain_zero_resets(void **state)

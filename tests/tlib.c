@@ -390,6 +390,20 @@ bool tl_dispatch_returns(struct event_base *base)
 	return !w.fired;
 }
 
+int tl_sysctl_int(const char *path, int def)
+{
+	char full[256];
+	snprintf(full, sizeof(full), "/proc/sys/%s", path);
+	FILE *f = fopen(full, "r");
+	int v = def;
+	if (f) {
+		if (fscanf(f, "%d", &v) != 1)
+			v = def;
+		fclose(f);
+	}
+	return v;
+}
+
 int tl_count_fds(void)
 {
 	DIR *d = opendir("/proc/self/fd");

@@ -100,6 +100,9 @@ void tl_loop_for(struct event_base *base, int ms);
 /* event_base_dispatch() with a watchdog; false if the watchdog fired. */
 bool tl_dispatch_returns(struct event_base *base);
 
+/* An integer from /proc/sys (path under it), or def if unreadable. */
+int tl_sysctl_int(const char *path, int def);
+
 /* Open descriptors of this process (from /proc/self/fd). */
 int tl_count_fds(void);
 
