@@ -3,6 +3,7 @@
 #   deploy/setup.sh demo      install, build, run the demo
 #   deploy/setup.sh test      install, build, run the whole test suite
 #   deploy/setup.sh asan      the same suite built with ASan+UBSan
+#   deploy/setup.sh bench     the benchmark report (bench/results/)
 #   deploy/setup.sh summary DIR...  one "N passed, N failed" line over builds
 # Extra arguments go to the demo or to `meson test`.
 set -euo pipefail
@@ -18,6 +19,8 @@ packages=(
 	clang llvm bpftool libbpf-dev liburing-dev
 	# forcing fallbacks in tests: seccomp filters, capability sets
 	libseccomp-dev util-linux libcap2-bin
+	# the benchmark report's plots
+	gnuplot-nox
 )
 
 missing=()
@@ -96,6 +99,8 @@ case $job in
 demo)
 	build build
 	./build/examples/evsteer-demo "$@"
+	# and the side-by-side report, in its quick form (about 30 s)
+	./build/bench/evsteer-bench --quick
 	;;
 test)
 	build build
@@ -106,6 +111,10 @@ asan)
 	build build-asan -Db_sanitize=address,undefined -Db_lundef=false \
 		-Dbuildtype=debug
 	run_tests build-asan "$@"
+	;;
+bench)
+	build build
+	./build/bench/evsteer-bench "$@"
 	;;
 summary)
 	summary "$@"

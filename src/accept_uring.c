@@ -361,6 +361,27 @@ static void uring_destroy(struct evsteer_listener *lev)
 	lev->engine = NULL;
 }
 
+/* A sibling takes a connection this (stalled) worker's ring accepted. Its
+ * completions may not even be reaped yet: reap them here. */
+static int uring_steal(struct evsteer_listener *lev)
+{
+	struct uring_engine *e = engine_of(lev);
+	if (lev->direct_table)
+		return -1; /* slots belong to this ring */
+	int fd = -1;
+	evst_ring_lock(e->r);
+	evst_ring_reap(e->r, 0);
+	if (e->count) {
+		fd = e->held[e->head];
+		e->head = (e->head + 1) % e->cap;
+		e->count--;
+		atomic_fetch_sub_explicit(&lev->counters.held, 1,
+					  memory_order_relaxed);
+	}
+	evst_ring_unlock(e->r);
+	return fd;
+}
+
 const struct evst_engine_ops evst_uring_engine = {
 	.kind = EVSTEER_ENGINE_URING,
 	.name = "uring",
@@ -370,6 +391,7 @@ const struct evst_engine_ops evst_uring_engine = {
 	.disable = uring_disable,
 	.quiesce = uring_quiesce,
 	.destroy = uring_destroy,
+	.steal = uring_steal,
 };
 
 struct evsteer_uring *evsteer_listener_get_uring(const struct evsteer_listener *lev)

@@ -673,7 +673,9 @@ void evst_group_steal(struct evsteer_listener *lev)
 {
 	struct evsteer_group *g = lev->group;
 	uint64_t stall = ld(g->v.stall_ns);
-	if (!stall || !evst_active(lev))
+	/* A direct listener's callback takes slots of its own ring, which a
+	 * sibling's connection is not: direct workers do not steal. */
+	if (!stall || !evst_active(lev) || lev->direct_table)
 		return;
 
 	uint64_t now = mono_ns();
@@ -704,8 +706,28 @@ void evst_group_steal(struct evsteer_listener *lev)
 			struct evst_slot *s = &g->slots[i];
 			if (s->used && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
 			    ws_pending(w)) {
-				fd = accept4(s->fd, (struct sockaddr *)&ss, &len,
-					     lev->accept4_flags);
+				/* An io_uring sibling has taken its connections
+				 * off the socket into its ring already: take
+				 * them from there (under g->lock the sibling
+				 * cannot be destroyed: leaving clears `live`
+				 * under this lock first). */
+				fd = -1;
+				if (s->lev && s->lev != EVST_SLOT_CLAIMED &&
+				    s->lev->ops->steal)
+					fd = s->lev->ops->steal(s->lev);
+				if (fd >= 0) {
+					len = sizeof(ss);
+					if (getpeername(fd, (struct sockaddr *)&ss,
+							&len) < 0) {
+						close(fd);
+						fd = -1;
+						pthread_mutex_unlock(&g->lock);
+						continue;
+					}
+				} else {
+					fd = accept4(s->fd, (struct sockaddr *)&ss,
+						     &len, lev->accept4_flags);
+				}
 				if (fd >= 0) {
 					__atomic_fetch_add(&w->dequeued, 1,
 							   __ATOMIC_RELAXED);

@@ -44,6 +44,12 @@ struct evst_engine_ops {
 	void (*quiesce)(struct evsteer_listener *lev);
 	/* Release engine state (last reference dropped). */
 	void (*destroy)(struct evsteer_listener *lev);
+	/*
+	 * Optional, any thread, the group's lock held, lev live: hand over one
+	 * connection the engine accepted but has not delivered (a stalled
+	 * worker's), or -1.
+	 */
+	int (*steal)(struct evsteer_listener *lev);
 };
 
 struct evst_counters {

@@ -1,0 +1,409 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""evsteer-bench: evsteer against libevent and a bare io_uring floor, side by side.
+
+Starts the servers itself (build/bench/evsteer-bench-server), drives them with
+build/bench/evsteer-bench-load over loopback, runs the implementations
+interleaved (A B A B ...), takes medians over repeats, and reports ratios
+against libevent measured in the same run.
+
+  evsteer-bench [--scenario NAME|all] [--repeat N] [--quick] [--json FILE]
+                [--out DIR] [--impl a,b,...]
+
+Writes latest.json, latest.md and PNG plots (gnuplot) into --out
+(default: bench/results/ in the source tree). Benchmarks, not tests: nothing
+here fails on a figure.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SERVER = os.path.join(HERE, "evsteer-bench-server")
+LOAD = os.path.join(HERE, "evsteer-bench-load")
+SRCDIR = "@SRCDIR@"  # filled in by meson
+IMPLS = ["libevent", "evsteer", "evsteer-event", "evsteer-direct", "floor"]
+
+# scenario -> settings; (quick, full) where they differ
+SCENARIOS = {
+    "rate": dict(workers=2, seconds=(1.0, 3.0), threads=4),
+    "latency": dict(workers=2, seconds=(1.0, 3.0), rate=3000),
+    "stall": dict(workers=2, seconds=(1.5, 5.0), rate=3000,
+                  server=["--stall-worker", "0", "--stall-ms", "50",
+                          "--stall-every-ms", "250"]),
+    "balance": dict(workers=4, count=(4000, 20000), threads=4,
+                    policy="round-robin"),
+    "drain": dict(workers=2, count=(100, 500)),
+    "emfile": dict(workers=2, seconds=(1.0, 2.0), rate=200),
+}
+# keys reported per scenario, and which way is better (for the ratio line)
+KEYS = {
+    "rate": ["conn_per_s", "server_cpu_us_per_conn"],
+    "latency": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
+    "stall": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
+    "balance": ["max_over_mean"],
+    "drain": ["queued", "served", "reset"],
+    "emfile": ["server_cpu_pct", "recovered", "lost"],
+}
+
+
+def log(msg):
+    print(f"evsteer-bench: {msg}", file=sys.stderr, flush=True)
+
+
+def clk_tck():
+    return os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid):
+    """utime + stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / clk_tck()
+
+
+class Server:
+    def __init__(self, impl, workers, extra):
+        args = [SERVER, "--impl", impl, "--workers", str(workers)] + extra
+        # libevent logs every failed accept at EMFILE: keep that out
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        line = self.p.stdout.readline().split()
+        if len(line) != 2 or line[0] != "ready":
+            self.p.kill()
+            raise RuntimeError(f"{impl}: server did not start ({line})")
+        self.port = int(line[1])
+
+    def cpu(self):
+        return proc_cpu_s(self.p.pid)
+
+    def signal(self, sig):
+        self.p.send_signal(sig)
+
+    def readline(self):
+        return self.p.stdout.readline()
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            out, _ = self.p.communicate()
+        lines = [l for l in out.splitlines() if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+
+
+def load(mode, port, *args, timeout=120):
+    cmd = [LOAD, mode, "--port", str(port)] + [str(a) for a in args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def pick(v, quick):
+    return v[0 if quick else 1] if isinstance(v, tuple) else v
+
+
+def run_one(scen, impl, quick):
+    s = SCENARIOS[scen]
+    extra = list(s.get("server", []))
+    if s.get("policy") and impl.startswith("evsteer"):
+        extra += ["--policy", s["policy"]]
+    if scen == "drain":
+        extra += ["--freeze-worker", "0"]
+    if scen == "emfile":
+        extra += ["--fd-limit", "256"]
+    srv = Server(impl, s["workers"], extra)
+    res = {}
+    try:
+        if scen == "rate":
+            c0 = srv.cpu()
+            r = load("closed", srv.port, "--threads", s["threads"],
+                     "--seconds", pick(s["seconds"], quick))
+            cpu = srv.cpu() - c0
+            res = {"conn_per_s": r["conn_per_s"],
+                   "server_cpu_us_per_conn":
+                       cpu * 1e6 / max(r["connections"], 1),
+                   "errors": r["errors"]}
+        elif scen in ("latency", "stall"):
+            r = load("open", srv.port, "--rate", s["rate"],
+                     "--seconds", pick(s["seconds"], quick))
+            res = {k: r[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms",
+                                     "completed", "errors", "cdf")}
+        elif scen == "balance":
+            r = load("closed", srv.port, "--threads", s["threads"],
+                     "--seconds", 60, "--max", pick(s["count"], quick))
+        elif scen == "drain":
+            n = pick(s["count"], quick)
+            lp = subprocess.Popen([LOAD, "hold", "--port", str(srv.port),
+                                   "--count", str(n)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+            held = lp.stdout.readline().split()
+            srv.signal(signal.SIGUSR1)
+            drop = json.loads(srv.readline())
+            out, _ = lp.communicate("go\n", timeout=60)
+            r = json.loads(out.strip().splitlines()[-1])
+            res = {"queued": int(held[1]) - drop["served_by_others_before"],
+                   "served": r["served"], "reset": r["reset"],
+                   "other": r["other"]}
+        elif scen == "emfile":
+            secs = pick(s["seconds"], quick)
+            srv.signal(signal.SIGUSR2)  # the server uses up its descriptors
+            time.sleep(0.05)
+            c0, t0 = srv.cpu(), time.monotonic()
+            lp = subprocess.Popen([LOAD, "hold", "--port", str(srv.port),
+                                   "--count", str(int(s["rate"] * secs)),
+                                   "--rate", str(s["rate"])],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+            held = lp.stdout.readline().split()
+            cpu, dt = srv.cpu() - c0, time.monotonic() - t0
+            srv.signal(signal.SIGUSR2)  # descriptors free up again
+            out, _ = lp.communicate("go\n", timeout=60)
+            r = json.loads(out.strip().splitlines()[-1])
+            opened = int(held[1])
+            res = {"server_cpu_pct": 100.0 * cpu / dt,
+                   "recovered": r["served"] == opened,
+                   "lost": opened - r["served"], "opened": opened}
+    finally:
+        info = srv.stop()
+    res["path"] = info.get("path")
+    if scen == "balance":
+        pw = info.get("per_worker", [])
+        mean = statistics.mean(pw) if pw else 0
+        res["per_worker"] = pw
+        res["max_over_mean"] = max(pw) / mean if mean else None
+    return res
+
+
+def median_of(runs, key):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    if not vals:
+        return None
+    if isinstance(vals[0], bool):
+        return all(vals)
+    return statistics.median(vals)
+
+
+def summarize(scen, runs):
+    out = {k: median_of(runs, k) for k in KEYS[scen]}
+    out["path"] = runs[-1].get("path")
+    out["repeats"] = len(runs)
+    if scen == "balance":
+        out["per_worker"] = runs[-1].get("per_worker")
+    if scen in ("latency", "stall"):
+        # the CDF of the run whose p99 is the median one
+        srt = sorted(runs, key=lambda r: r["p99_ms"])
+        out["cdf"] = srt[len(srt) // 2]["cdf"]
+    return out
+
+
+def machine():
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"kernel": platform.release(), "cpus": os.cpu_count(),
+            "cpu_model": model,
+            "date": datetime.datetime.now(datetime.timezone.utc)
+            .strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def markdown(report):
+    m = report["machine"]
+    lines = [f"# evsteer benchmarks", "",
+             f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), kernel "
+             f"{m['kernel']}, {m['date']}. Medians of {report['repeats']} "
+             f"interleaved repeats; ratio = impl / libevent in the same run.",
+             ""]
+    for scen, impls in report["scenarios"].items():
+        lines += [f"## {scen}", ""]
+        keys = KEYS[scen]
+        lines.append("| impl | " + " | ".join(keys) + " | path |")
+        lines.append("|---" * (len(keys) + 2) + "|")
+        base = impls.get("libevent", {})
+        for impl, r in impls.items():
+            cells = []
+            for k in keys:
+                v, b = r.get(k), base.get(k)
+                cell = fmt(v)
+                if (impl != "libevent" and isinstance(v, (int, float)) and
+                        not isinstance(v, bool) and
+                        isinstance(b, (int, float)) and b):
+                    cell += f" ({v / b:.2f}x)"
+                cells.append(cell)
+            p = r.get("path") or {}
+            path = p.get("name") or f"{p.get('steering', '?')}+{p.get('engine', '?')}"
+            lines.append(f"| {impl} | " + " | ".join(cells) + f" | {path} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(report, out):
+    gp = shutil.which("gnuplot")
+    if not gp:
+        log("gnuplot not found: no plots (apt-get install gnuplot-nox)")
+        return []
+    made = []
+    sc = report["scenarios"]
+    for scen in ("latency", "stall"):
+        if scen not in sc:
+            continue
+        series = [(i, r["cdf"]) for i, r in sc[scen].items() if r.get("cdf")]
+        if not series:
+            continue
+        dat = os.path.join(out, f"{scen}.dat")
+        with open(dat, "w") as f:
+            for i, cdf in series:
+                f.write(f"# {i}\n")
+                for ms, q in cdf:
+                    f.write(f"{max(ms, 1e-3)} {q}\n")
+                f.write("\n\n")
+        png = os.path.join(out, f"{scen}_cdf.png")
+        cmds = [f"set terminal pngcairo size 900,540 noenhanced" if _has_cairo(gp)
+                else "set terminal png size 900,540 noenhanced",
+                f"set output '{png}'", "set logscale x",
+                f"set title '{scen}: connection latency CDF (scheduled start to first byte)'",
+                "set xlabel 'latency (ms, log)'", "set ylabel 'fraction'",
+                "set key bottom right", "set grid",
+                "plot " + ", ".join(
+                    f"'{dat}' index {k} using 1:2 with lines lw 2 title '{i}'"
+                    for k, (i, _) in enumerate(series))]
+        if _gnuplot(gp, cmds):
+            made.append(png)
+    if "balance" in sc:
+        dat = os.path.join(out, "balance.dat")
+        impls = [i for i, r in sc["balance"].items() if r.get("per_worker")]
+        if impls:
+            n = max(len(sc["balance"][i]["per_worker"]) for i in impls)
+            with open(dat, "w") as f:
+                f.write("worker " + " ".join(impls) + "\n")
+                for w in range(n):
+                    f.write(f"{w} " + " ".join(
+                        str(sc["balance"][i]["per_worker"][w]) for i in impls) + "\n")
+            png = os.path.join(out, "balance.png")
+            cmds = ["set terminal png size 900,540 noenhanced",
+                    f"set output '{png}'",
+                    "set title 'balance: connections per worker'",
+                    "set style data histograms", "set style fill solid 0.8",
+                    "set key outside", "set ylabel 'connections'",
+                    "set xlabel 'worker'", "set yrange [0:*]",
+                    "plot " + ", ".join(
+                        f"'{dat}' using {k + 2}:xtic(1) title '{i}'"
+                        for k, i in enumerate(impls))]
+            if _gnuplot(gp, cmds):
+                made.append(png)
+    if "rate" in sc:
+        dat = os.path.join(out, "rate.dat")
+        with open(dat, "w") as f:
+            for i, r in sc["rate"].items():
+                v = r.get("server_cpu_us_per_conn")
+                if v is not None:
+                    f.write(f"{i} {v}\n")
+        png = os.path.join(out, "rate_cpu.png")
+        cmds = ["set terminal png size 900,540 noenhanced", f"set output '{png}'",
+                "set title 'rate: server CPU per connection'",
+                "set style data histograms", "set style fill solid 0.8",
+                "set ylabel 'us per connection'", "set yrange [0:*]",
+                "unset key", f"plot '{dat}' using 2:xtic(1)"]
+        if _gnuplot(gp, cmds):
+            made.append(png)
+    return made
+
+
+def _has_cairo(gp):
+    try:
+        out = subprocess.run([gp, "-e", "set terminal"], capture_output=True,
+                             text=True, timeout=10)
+        return "pngcairo" in (out.stdout + out.stderr)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _gnuplot(gp, cmds):
+    r = subprocess.run([gp], input="\n".join(cmds) + "\n", text=True,
+                       capture_output=True, timeout=60)
+    if r.returncode != 0:
+        log(f"gnuplot failed: {r.stderr.strip()[:200]}")
+    return r.returncode == 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", default="all",
+                    help="one of " + ", ".join(SCENARIOS) + ", or all")
+    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="short runs, one repeat (a smoke test)")
+    ap.add_argument("--json", help="also write the JSON report here")
+    ap.add_argument("--out", default=None, help="results folder")
+    ap.add_argument("--impl", default=",".join(IMPLS))
+    a = ap.parse_args()
+
+    scens = list(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
+    for s in scens:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s}")
+    impls = a.impl.split(",")
+    repeat = a.repeat or (1 if a.quick else 3)
+    out = a.out or os.environ.get("EVSTEER_BENCH_OUT") or os.path.join(
+        SRCDIR, "bench", "results")
+    os.makedirs(out, exist_ok=True)
+
+    report = {"machine": machine(), "repeats": repeat, "quick": a.quick,
+              "scenarios": {}}
+    for scen in scens:
+        # the floor has no listener to drop: drain does not apply to it
+        simpls = [i for i in impls if not (scen == "drain" and i == "floor")]
+        runs = {i: [] for i in simpls}
+        for rep in range(repeat):
+            for impl in simpls:  # interleaved: A B A B ...
+                log(f"{scen}: {impl} (repeat {rep + 1}/{repeat})")
+                try:
+                    runs[impl].append(run_one(scen, impl, a.quick))
+                except Exception as e:  # a failed run is reported, not fatal
+                    log(f"{scen}: {impl}: failed: {e}")
+        report["scenarios"][scen] = {
+            i: summarize(scen, r) for i, r in runs.items() if r}
+    path = os.path.join(out, "latest.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=1)
+    md = markdown(report)
+    with open(os.path.join(out, "latest.md"), "w") as f:
+        f.write(md + "\n")
+    made = plots(report, out)
+    print(md)
+    log(f"wrote {path}, latest.md" + (", " + ", ".join(
+        os.path.basename(p) for p in made) if made else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

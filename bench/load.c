@@ -1,0 +1,287 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * evsteer-bench-load: a loopback load generator, bounded in count and time.
+ *
+ *   closed --port P --threads T --seconds S [--max N]
+ *       T threads, each: connect, read "ok", close, again. Prints
+ *       {"connections", "seconds", "conn_per_s", "errors"}.
+ *   open --port P --rate R --seconds S
+ *       Connection i is due at start + i/R; its latency runs from that
+ *       scheduled moment to the first byte, so a stalled server cannot hide
+ *       the wait it causes (no coordinated omission). Exact percentiles
+ *       from every sample, and a CDF of 200 points.
+ *   hold --port P --count N [--rate R]
+ *       Open N connections (handshake done, nothing read), print "held",
+ *       wait for a line on stdin, then read each: {"served", "reset",
+ *       "other"} (drain and emfile scenarios).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct sockaddr_in target;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+	getrlimit(RLIMIT_NOFILE, &rl);
+	rl.rlim_cur = rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/* ---- closed loop */
+
+struct closed {
+	double until;
+	long max;
+	atomic_long *done;
+	long errors;
+};
+
+static int one_connection(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	char buf[8];
+	int ok = connect(fd, (struct sockaddr *)&target, sizeof(target)) == 0 &&
+		 read(fd, buf, sizeof(buf)) == 2;
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+static void *closed_thread(void *arg)
+{
+	struct closed *c = arg;
+	while (now_s() < c->until &&
+	       (c->max <= 0 || atomic_load(c->done) < c->max)) {
+		if (one_connection() < 0)
+			c->errors++;
+		else
+			atomic_fetch_add(c->done, 1);
+	}
+	return NULL;
+}
+
+static int run_closed(int threads, double seconds, long max)
+{
+	atomic_long done = 0;
+	struct closed c[64];
+	pthread_t t[64];
+	if (threads > 64)
+		threads = 64;
+	double t0 = now_s();
+	for (int i = 0; i < threads; i++) {
+		c[i] = (struct closed){.until = t0 + seconds, .max = max,
+				       .done = &done};
+		pthread_create(&t[i], NULL, closed_thread, &c[i]);
+	}
+	long errors = 0;
+	for (int i = 0; i < threads; i++) {
+		pthread_join(t[i], NULL);
+		errors += c[i].errors;
+	}
+	double dt = now_s() - t0;
+	long n = atomic_load(&done);
+	printf("{\"connections\": %ld, \"seconds\": %.3f, \"conn_per_s\": %.1f, "
+	       "\"errors\": %ld}\n",
+	       n, dt, n / dt, errors);
+	return 0;
+}
+
+/* ---- open loop */
+
+struct pending {
+	int fd;
+	double due;
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int run_open(double rate, double seconds)
+{
+	long total = (long)(rate * seconds);
+	double *lat = calloc((size_t)total + 1, sizeof(double));
+	struct pending *pend = calloc(65536, sizeof(*pend));
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	long next = 0, done = 0, errors = 0, inflight = 0;
+	double t0 = now_s() + 0.01;
+	double deadline = t0 + seconds + 5.0; /* stragglers get 5 s */
+
+	while ((next < total || inflight > 0) && now_s() < deadline) {
+		double now = now_s();
+		/* start everything that is due */
+		while (next < total && t0 + next / rate <= now) {
+			int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK |
+							 SOCK_CLOEXEC,
+					0);
+			if (fd < 0 || fd >= 65536) {
+				errors++;
+				if (fd >= 0)
+					close(fd);
+				next++;
+				continue;
+			}
+			int r = connect(fd, (struct sockaddr *)&target,
+					sizeof(target));
+			if (r < 0 && errno != EINPROGRESS) {
+				errors++;
+				close(fd);
+				next++;
+				continue;
+			}
+			pend[fd] = (struct pending){fd, t0 + next / rate};
+			struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,
+						 .data.fd = fd};
+			epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+			inflight++;
+			next++;
+		}
+		int wait_ms = 0;
+		if (next < total) {
+			double until = t0 + next / rate - now_s();
+			wait_ms = until > 0 ? (int)(until * 1000) : 0;
+		} else {
+			wait_ms = 50;
+		}
+		struct epoll_event evs[256];
+		int n = epoll_wait(ep, evs, 256, wait_ms);
+		double t = now_s();
+		for (int i = 0; i < n; i++) {
+			int fd = evs[i].data.fd;
+			char buf[8];
+			ssize_t r = read(fd, buf, sizeof(buf));
+			if (r < 0 && errno == EAGAIN)
+				continue;
+			if (r > 0)
+				lat[done++] = (t - pend[fd].due) * 1000.0;
+			else
+				errors++;
+			epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+			close(fd);
+			inflight--;
+		}
+	}
+	qsort(lat, (size_t)done, sizeof(double), cmp_double);
+#define PCT(q) (done ? lat[(long)((q) * (done - 1))] : 0.0)
+	printf("{\"sent\": %ld, \"completed\": %ld, \"errors\": %ld, "
+	       "\"rate\": %.0f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
+	       "\"p999_ms\": %.3f, \"max_ms\": %.3f, \"cdf\": [",
+	       next, done, errors, rate,
+	       PCT(0.5), PCT(0.99), PCT(0.999), done ? lat[done - 1] : 0.0);
+	for (int i = 0; i <= 200 && done; i++) {
+		double q = i / 200.0;
+		printf("%s[%.4f, %.4f]", i ? ", " : "", PCT(q), q);
+	}
+	printf("]}\n");
+	return 0;
+}
+
+/* ---- hold */
+
+static int run_hold(long count, double rate)
+{
+	int *fds = calloc((size_t)count, sizeof(int));
+	long opened = 0, failed = 0;
+	double t0 = now_s();
+	for (long i = 0; i < count; i++) {
+		if (rate > 0) {
+			double due = t0 + i / rate;
+			while (now_s() < due)
+				usleep(200);
+		}
+		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		/* a blocking connect returns once the handshake is done; a
+		 * full backlog makes it retry SYNs, bounded by this timeout */
+		struct timeval tv = {3, 0};
+		setsockopt(fds[i], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		if (fds[i] < 0 ||
+		    connect(fds[i], (struct sockaddr *)&target, sizeof(target)) < 0) {
+			failed++;
+			if (fds[i] >= 0)
+				close(fds[i]);
+			fds[i] = -1;
+			continue;
+		}
+		opened++;
+	}
+	printf("held %ld %ld\n", opened, failed);
+	fflush(stdout);
+	char line[64];
+	if (!fgets(line, sizeof(line), stdin))
+		return 1;
+	long served = 0, reset = 0, other = 0;
+	for (long i = 0; i < count; i++) {
+		if (fds[i] < 0)
+			continue;
+		struct timeval tv = {10, 0};
+		setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		char buf[8];
+		ssize_t r = read(fds[i], buf, sizeof(buf));
+		if (r == 2)
+			served++;
+		else if (r < 0 && errno == ECONNRESET)
+			reset++;
+		else
+			other++;
+		close(fds[i]);
+	}
+	printf("{\"opened\": %ld, \"connect_failed\": %ld, \"served\": %ld, "
+	       "\"reset\": %ld, \"other\": %ld}\n",
+	       opened, failed, served, reset, other);
+	return 0;
+}
+
+static double arg_num(int argc, char **argv, const char *name, double def)
+{
+	for (int i = 2; i + 1 < argc; i++)
+		if (!strcmp(argv[i], name))
+			return atof(argv[i + 1]);
+	return def;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fprintf(stderr, "usage: %s closed|open|hold --port P ...\n", argv[0]);
+		return 2;
+	}
+	raise_nofile();
+	target.sin_family = AF_INET;
+	target.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	target.sin_port = htons((uint16_t)arg_num(argc, argv, "--port", 0));
+	if (!strcmp(argv[1], "closed"))
+		return run_closed((int)arg_num(argc, argv, "--threads", 2),
+				  arg_num(argc, argv, "--seconds", 2),
+				  (long)arg_num(argc, argv, "--max", 0));
+	if (!strcmp(argv[1], "open"))
+		return run_open(arg_num(argc, argv, "--rate", 3000),
+				arg_num(argc, argv, "--seconds", 2));
+	if (!strcmp(argv[1], "hold"))
+		return run_hold((long)arg_num(argc, argv, "--count", 500),
+				arg_num(argc, argv, "--rate", 0));
+	fprintf(stderr, "unknown mode %s\n", argv[1]);
+	return 2;
+}

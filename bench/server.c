@@ -1,0 +1,486 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * evsteer-bench-server: one server, several implementations, driven by the
+ * load generator and the harness. For every connection it writes "ok" and
+ * closes.
+ *
+ *   --impl libevent|evsteer|evsteer-event|evsteer-direct|floor
+ *   --workers N --port P [--policy least-pending|hash|round-robin|cpu]
+ *   [--stall-worker W --stall-ms M --stall-every-ms E] [--freeze-worker W]
+ *
+ * Prints "ready PORT" when listening. SIGUSR1 frees the frozen worker's
+ * listener (drain); SIGUSR2 toggles descriptor exhaustion (emfile); SIGTERM
+ * prints one JSON line (path, accepted per worker, CPU time) and exits.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <evsteer/evsteer.h>
+#include <liburing.h>
+
+#include "server.h"
+
+/* ---- shared helpers */
+
+static pthread_mutex_t freeze_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t freeze_cond = PTHREAD_COND_INITIALIZER;
+static bool unfrozen;
+static atomic_bool stopping;
+
+void bench_spin_ms(int ms)
+{
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &b);
+	while ((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 <
+	       ms);
+}
+
+void bench_freeze_if(struct bench_cfg *cfg, int id)
+{
+	if (cfg->freeze_worker != id)
+		return;
+	pthread_mutex_lock(&freeze_lock);
+	while (!unfrozen)
+		pthread_cond_wait(&freeze_cond, &freeze_lock);
+	pthread_mutex_unlock(&freeze_lock);
+}
+
+void bench_unfreeze(void)
+{
+	pthread_mutex_lock(&freeze_lock);
+	unfrozen = true;
+	pthread_cond_broadcast(&freeze_cond);
+	pthread_mutex_unlock(&freeze_lock);
+}
+
+static void stall_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	bench_spin_ms(((struct bench_cfg *)arg)->stall_ms);
+}
+
+void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id)
+{
+	if (cfg->stall_worker != id || cfg->stall_ms <= 0 ||
+	    cfg->stall_every_ms <= 0)
+		return;
+	struct event *ev = event_new(base, -1, EV_PERSIST, stall_cb, cfg);
+	struct timeval tv = {cfg->stall_every_ms / 1000,
+			     (cfg->stall_every_ms % 1000) * 1000};
+	event_add(ev, &tv);
+}
+
+/* ---- evsteer, evsteer-event, evsteer-direct */
+
+struct ew {
+	struct bench_cfg *cfg;
+	struct event_base *base;
+	struct evsteer_listener *lev;
+};
+
+static void ev_accept(struct evsteer_listener *l, int fd, struct sockaddr *sa,
+		      int len, void *arg)
+{
+	(void)l;
+	(void)sa;
+	(void)len;
+	struct bench_worker *w = arg;
+	if (write(fd, "ok", 2) < 0) {
+		/* the client went away */
+	}
+	close(fd);
+	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+}
+
+static void direct_sent(struct evsteer_uring *r, int slot, int res, void *arg)
+{
+	(void)res;
+	(void)arg;
+	evsteer_uring_close(r, slot, NULL, NULL);
+}
+
+static void ev_direct(struct evsteer_listener *l, struct evsteer_uring *r,
+		      int slot, void *arg)
+{
+	(void)l;
+	struct bench_worker *w = arg;
+	if (evsteer_uring_send(r, slot, "ok", 2, direct_sent, NULL) < 0)
+		evsteer_uring_close(r, slot, NULL, NULL);
+	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+}
+
+static enum evsteer_policy policy_of(const char *p)
+{
+	if (!p || !strcmp(p, "least-pending"))
+		return EVSTEER_POLICY_LEAST_PENDING;
+	if (!strcmp(p, "hash"))
+		return EVSTEER_POLICY_HASH;
+	if (!strcmp(p, "round-robin"))
+		return EVSTEER_POLICY_ROUND_ROBIN;
+	return EVSTEER_POLICY_CPU;
+}
+
+static int ev_setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)
+{
+	struct ew *x = calloc(1, sizeof(*x));
+	x->cfg = cfg;
+	x->base = event_base_new();
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+				  .sin_port = htons((uint16_t)*port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	unsigned int flags = EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_REUSEABLE |
+			     EVSTEER_OPT_REUSEABLE_PORT | EVSTEER_OPT_THREADSAFE;
+	EVSTEER_LISTENER_OPTS(o, .policy = policy_of(cfg->policy));
+	if (!strcmp(cfg->impl, "evsteer-event")) {
+		o.bpf = EVSTEER_BPF_OFF;
+		o.accept = EVSTEER_ACCEPT_EVENT;
+	}
+	if (!strcmp(cfg->impl, "evsteer-direct"))
+		x->lev = evsteer_listener_new_bind_direct(
+			x->base, ev_direct, w, flags, -1, (struct sockaddr *)&sin,
+			sizeof(sin), 0, &o);
+	else
+		x->lev = evsteer_listener_new_bind(x->base, ev_accept, w, flags,
+						   -1, (struct sockaddr *)&sin,
+						   sizeof(sin), &o);
+	if (!x->lev)
+		return -1;
+	socklen_t sl = sizeof(sin);
+	getsockname(evsteer_listener_get_fd(x->lev), (struct sockaddr *)&sin, &sl);
+	*port = ntohs(sin.sin_port);
+	w->impl = x;
+	return 0;
+}
+
+static void *ev_run(void *arg)
+{
+	struct bench_worker *w = arg;
+	struct ew *x = w->impl;
+	bench_freeze_if(x->cfg, w->id);
+	if (atomic_load(&stopping))
+		return NULL;
+	bench_add_stall(x->base, x->cfg, w->id);
+	event_base_dispatch(x->base);
+	return NULL;
+}
+
+static void ev_stop(struct bench_worker *w)
+{
+	event_base_loopbreak(((struct ew *)w->impl)->base);
+}
+
+static void ev_drop(struct bench_worker *w)
+{
+	struct ew *x = w->impl;
+	evsteer_listener_free(x->lev);
+	x->lev = NULL;
+}
+
+static void ev_describe(struct bench_worker *w, char *buf, size_t len)
+{
+	struct ew *x = w->impl;
+	EVSTEER_PATH_OPTS(p);
+	evsteer_listener_get_path(x->lev, &p);
+	snprintf(buf, len,
+		 "{\"steering\": \"%s\", \"engine\": \"%s\", \"name\": \"%s\", "
+		 "\"policy\": \"%s\", \"steering_reason\": \"%s\", "
+		 "\"engine_reason\": \"%s\"}",
+		 p.steering == EVSTEER_STEER_BPF	 ? "bpf" :
+		 p.steering == EVSTEER_STEER_KERNEL_HASH ? "kernel-hash" :
+							   "none",
+		 p.engine == EVSTEER_ENGINE_EVENT ? "event" : "io_uring", p.name,
+		 evsteer_policy_name(p.policy), p.steering_reason,
+		 p.engine_reason);
+}
+
+static const struct bench_impl bench_evsteer = {
+	.name = "evsteer",
+	.setup = ev_setup,
+	.run = ev_run,
+	.stop = ev_stop,
+	.drop = ev_drop,
+	.describe = ev_describe,
+};
+
+/* ---- floor: a bare io_uring multishot accept loop per worker, no library */
+
+struct fw {
+	struct bench_cfg *cfg;
+	struct io_uring ring;
+	int fd;
+};
+
+static int floor_setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)
+{
+	struct fw *x = calloc(1, sizeof(*x));
+	x->cfg = cfg;
+	x->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int one = 1;
+	setsockopt(x->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	setsockopt(x->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+				  .sin_port = htons((uint16_t)*port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (bind(x->fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ||
+	    listen(x->fd, SOMAXCONN) < 0)
+		return -1;
+	socklen_t sl = sizeof(sin);
+	getsockname(x->fd, (struct sockaddr *)&sin, &sl);
+	*port = ntohs(sin.sin_port);
+	w->impl = x;
+	return 0;
+}
+
+static void *floor_run(void *arg)
+{
+	struct bench_worker *w = arg;
+	struct fw *x = w->impl;
+	/* the ring belongs to this thread: set up and armed here */
+	if (io_uring_queue_init(256, &x->ring, 0) < 0)
+		return NULL;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&x->ring);
+	io_uring_prep_multishot_accept(sqe, x->fd, NULL, NULL, 0);
+	io_uring_sqe_set_data64(sqe, 1);
+	io_uring_submit(&x->ring);
+	/* the stalled worker spins like the others' timer callbacks do */
+	bool stalls = x->cfg->stall_worker == w->id && x->cfg->stall_ms > 0 &&
+		      x->cfg->stall_every_ms > 0;
+	struct timespec next_stall;
+	clock_gettime(CLOCK_MONOTONIC, &next_stall);
+	while (!atomic_load(&stopping)) {
+		struct io_uring_cqe *cqe;
+		struct __kernel_timespec ts = {0, 100 * 1000 * 1000};
+		if (stalls) {
+			struct timespec now;
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			long long left =
+				(next_stall.tv_sec - now.tv_sec) * 1000000000LL +
+				(next_stall.tv_nsec - now.tv_nsec);
+			if (left <= 0) {
+				bench_spin_ms(x->cfg->stall_ms);
+				next_stall.tv_nsec +=
+					(long)x->cfg->stall_every_ms * 1000000L;
+				next_stall.tv_sec += next_stall.tv_nsec / 1000000000L;
+				next_stall.tv_nsec %= 1000000000L;
+				continue;
+			}
+			if (left < ts.tv_nsec)
+				ts.tv_nsec = left;
+		}
+		if (io_uring_wait_cqe_timeout(&x->ring, &cqe, &ts) < 0)
+			continue;
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&x->ring, head, cqe)
+		{
+			n++;
+			if (cqe->res >= 0) {
+				if (write(cqe->res, "ok", 2) < 0) {
+					/* gone */
+				}
+				close(cqe->res);
+				atomic_fetch_add_explicit(&w->accepted, 1,
+							  memory_order_relaxed);
+			}
+			if (!(cqe->flags & IORING_CQE_F_MORE)) {
+				sqe = io_uring_get_sqe(&x->ring);
+				io_uring_prep_multishot_accept(sqe, x->fd, NULL,
+							       NULL, 0);
+				io_uring_sqe_set_data64(sqe, 1);
+				io_uring_submit(&x->ring);
+			}
+		}
+		io_uring_cq_advance(&x->ring, n);
+	}
+	io_uring_queue_exit(&x->ring);
+	return NULL;
+}
+
+static void floor_stop(struct bench_worker *w)
+{
+	(void)w; /* `stopping` is seen within 100 ms */
+}
+
+static void floor_drop(struct bench_worker *w)
+{
+	(void)w;
+}
+
+static void floor_describe(struct bench_worker *w, char *buf, size_t len)
+{
+	(void)w;
+	snprintf(buf, len, "{\"steering\": \"kernel-hash\", \"engine\": "
+			   "\"io_uring (bare loop)\", \"policy\": null}");
+}
+
+static const struct bench_impl bench_floor = {
+	.name = "floor",
+	.setup = floor_setup,
+	.run = floor_run,
+	.stop = floor_stop,
+	.drop = floor_drop,
+	.describe = floor_describe,
+};
+
+/* ---- descriptor exhaustion on demand (the emfile scenario) */
+
+static int fillers[65536];
+static int nfill;
+
+static void exhaust_toggle(void)
+{
+	if (nfill) {
+		for (int i = 0; i < nfill; i++)
+			close(fillers[i]);
+		nfill = 0;
+		return;
+	}
+	int d = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	while (d >= 0 && nfill < 65536) {
+		fillers[nfill++] = d;
+		d = dup(fillers[0]);
+	}
+}
+
+/* ---- main */
+
+static int arg_int(int argc, char **argv, const char *name, int def)
+{
+	for (int i = 1; i + 1 < argc; i++)
+		if (!strcmp(argv[i], name))
+			return atoi(argv[i + 1]);
+	return def;
+}
+
+static const char *arg_str(int argc, char **argv, const char *name,
+			   const char *def)
+{
+	for (int i = 1; i + 1 < argc; i++)
+		if (!strcmp(argv[i], name))
+			return argv[i + 1];
+	return def;
+}
+
+int main(int argc, char **argv)
+{
+	struct bench_cfg cfg = {
+		.impl = arg_str(argc, argv, "--impl", "evsteer"),
+		.workers = arg_int(argc, argv, "--workers", 2),
+		.port = arg_int(argc, argv, "--port", 0),
+		.policy = arg_str(argc, argv, "--policy", NULL),
+		.stall_worker = arg_int(argc, argv, "--stall-worker", -1),
+		.stall_ms = arg_int(argc, argv, "--stall-ms", 50),
+		.stall_every_ms = arg_int(argc, argv, "--stall-every-ms", 250),
+		.freeze_worker = arg_int(argc, argv, "--freeze-worker", -1),
+	};
+	const struct bench_impl *impl =
+		!strcmp(cfg.impl, "libevent") ? &bench_libevent :
+		!strcmp(cfg.impl, "floor")    ? &bench_floor :
+		!strncmp(cfg.impl, "evsteer", 7) ? &bench_evsteer :
+						   NULL;
+	if (!impl || cfg.workers < 1 || cfg.workers > MAX_WORKERS) {
+		fprintf(stderr, "usage: %s --impl libevent|evsteer|evsteer-event|"
+				"evsteer-direct|floor --workers 1..%d [--port P] "
+				"[--policy P] [--stall-worker W --stall-ms M "
+				"--stall-every-ms E] [--freeze-worker W]\n",
+			argv[0], MAX_WORKERS);
+		return 2;
+	}
+	/* a descriptor limit to exhaust quickly (emfile) */
+	int fdlim = arg_int(argc, argv, "--fd-limit", 0);
+	if (fdlim > 0) {
+		struct rlimit rl;
+		getrlimit(RLIMIT_NOFILE, &rl);
+		rl.rlim_cur = (rlim_t)fdlim;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	evthread_use_pthreads();
+
+	/* signals are taken by sigwait() in this thread only */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	static struct bench_worker w[MAX_WORKERS];
+	int port = cfg.port;
+	for (int i = 0; i < cfg.workers; i++) {
+		w[i].id = i;
+		if (impl->setup(&cfg, &w[i], &port) < 0) {
+			fprintf(stderr, "worker %d: setup: %s\n", i, strerror(errno));
+			return 1;
+		}
+	}
+	for (int i = 0; i < cfg.workers; i++)
+		pthread_create(&w[i].thread, NULL, impl->run, &w[i]);
+	printf("ready %d\n", port);
+	fflush(stdout);
+
+	for (;;) {
+		int sig;
+		sigwait(&set, &sig);
+		if (sig == SIGUSR1 && cfg.freeze_worker >= 0 &&
+		    cfg.freeze_worker < cfg.workers) {
+			/* what the others had served when the frozen one left */
+			long before = 0;
+			for (int i = 0; i < cfg.workers; i++)
+				if (i != cfg.freeze_worker)
+					before += atomic_load(&w[i].accepted);
+			impl->drop(&w[cfg.freeze_worker]);
+			printf("{\"dropped\": %d, \"served_by_others_before\": %ld}\n",
+			       cfg.freeze_worker, before);
+			fflush(stdout);
+			continue;
+		}
+		if (sig == SIGUSR2) {
+			exhaust_toggle();
+			continue;
+		}
+		if (sig == SIGTERM || sig == SIGINT)
+			break;
+	}
+
+	char path[1024];
+	/* a worker that is still there (the drain drops the frozen one) */
+	impl->describe(&w[cfg.freeze_worker == 0 && cfg.workers > 1 ? 1 : 0], path,
+		       sizeof(path));
+	atomic_store(&stopping, true);
+	bench_unfreeze();
+	for (int i = 0; i < cfg.workers; i++)
+		impl->stop(&w[i]);
+	for (int i = 0; i < cfg.workers; i++)
+		pthread_join(w[i].thread, NULL);
+
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	long total = 0;
+	printf("{\"impl\": \"%s\", \"path\": %s, \"per_worker\": [", cfg.impl, path);
+	for (int i = 0; i < cfg.workers; i++) {
+		long n = atomic_load(&w[i].accepted);
+		total += n;
+		printf("%s%ld", i ? ", " : "", n);
+	}
+	printf("], \"accepted\": %ld, \"cpu_user_s\": %.6f, \"cpu_sys_s\": %.6f}\n",
+	       total, ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
+	       ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
+	fflush(stdout);
+	return 0;
+}

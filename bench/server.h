@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT */
+/* evsteer-bench-server: what every implementation shares. */
+#ifndef EVSTEER_BENCH_SERVER_H
+#define EVSTEER_BENCH_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define MAX_WORKERS 16
+
+struct bench_cfg {
+	const char *impl;
+	int workers;
+	int port;
+	const char *policy;   /* evsteer: least-pending|hash|round-robin|cpu */
+	int stall_worker;     /* -1: none */
+	int stall_ms, stall_every_ms;
+	int freeze_worker;    /* -1: none; that worker never runs its loop */
+};
+
+struct bench_worker {
+	int id;
+	pthread_t thread;
+	atomic_long accepted;
+	void *impl; /* the implementation's per-worker state */
+};
+
+/* One implementation: start listening (before `ready`), run the workers'
+ * loops in their threads, stop them, drop a worker (drain scenario). */
+struct bench_impl {
+	const char *name;
+	int (*setup)(struct bench_cfg *cfg, struct bench_worker *w, int *port);
+	void *(*run)(void *worker);
+	void (*stop)(struct bench_worker *w);
+	void (*drop)(struct bench_worker *w); /* free the worker's listener */
+	/* JSON object describing the path (steering, engine, reasons) */
+	void (*describe)(struct bench_worker *w, char *buf, size_t len);
+};
+
+extern const struct bench_impl bench_libevent;
+
+/* Busy the calling thread for ms (a stalled worker does CPU work). */
+void bench_spin_ms(int ms);
+/* Whether worker id is the frozen one: it blocks until stopped. */
+void bench_freeze_if(struct bench_cfg *cfg, int id);
+void bench_unfreeze(void);
+
+
+
+struct event_base;
+/* The stalled worker's periodic busy spell, as an event in its base. */
+void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id);
+#endif

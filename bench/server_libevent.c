@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The baseline: the system libevent's own evconnlistener, one event_base per
+ * worker thread, all bound with LEV_OPT_REUSEABLE_PORT (what users run
+ * today). This file includes <event2/listener.h>, so it is built apart from
+ * the evsteer implementations.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "server.h"
+
+struct lw {
+	struct bench_cfg *cfg;
+	struct event_base *base;
+	struct evconnlistener *lev;
+};
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
+		      struct sockaddr *sa, int len, void *arg)
+{
+	(void)l;
+	(void)sa;
+	(void)len;
+	struct bench_worker *w = arg;
+	if (write(fd, "ok", 2) < 0) {
+		/* the client went away; nothing to do */
+	}
+	close(fd);
+	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+}
+
+static int setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)
+{
+	struct lw *x = calloc(1, sizeof(*x));
+	x->cfg = cfg;
+	x->base = event_base_new();
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+				  .sin_port = htons((uint16_t)*port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	x->lev = evconnlistener_new_bind(
+		x->base, on_accept, w,
+		LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT |
+			LEV_OPT_THREADSAFE,
+		-1, (struct sockaddr *)&sin, sizeof(sin));
+	if (!x->lev)
+		return -1;
+	socklen_t sl = sizeof(sin);
+	getsockname(evconnlistener_get_fd(x->lev), (struct sockaddr *)&sin, &sl);
+	*port = ntohs(sin.sin_port);
+	w->impl = x;
+	return 0;
+}
+
+static void *run(void *arg)
+{
+	struct bench_worker *w = arg;
+	struct lw *x = w->impl;
+	bench_freeze_if(x->cfg, w->id);
+	bench_add_stall(x->base, x->cfg, w->id);
+	event_base_dispatch(x->base);
+	return NULL;
+}
+
+static void stop(struct bench_worker *w)
+{
+	struct lw *x = w->impl;
+	event_base_loopbreak(x->base);
+}
+
+static void drop(struct bench_worker *w)
+{
+	struct lw *x = w->impl;
+	evconnlistener_free(x->lev);
+	x->lev = NULL;
+}
+
+static void describe(struct bench_worker *w, char *buf, size_t len)
+{
+	(void)w;
+	snprintf(buf, len,
+		 "{\"steering\": \"kernel-hash\", \"engine\": \"event\", "
+		 "\"policy\": null, \"reasons\": \"system libevent %s\"}",
+		 event_get_version());
+}
+
+const struct bench_impl bench_libevent = {
+	.name = "libevent",
+	.setup = setup,
+	.run = run,
+	.stop = stop,
+	.drop = drop,
+	.describe = describe,
+};
