@@ -50,8 +50,8 @@ KEYS = {
     "latency": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
     "stall": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
     "balance": ["max_over_mean"],
-    "drain": ["queued", "served", "reset"],
-    "emfile": ["server_cpu_pct", "recovered", "lost"],
+    "drain": ["queued", "served", "reset", "connect_failed"],
+    "emfile": ["server_cpu_pct", "recovered", "lost", "connect_failed"],
 }
 
 
@@ -154,7 +154,7 @@ def run_one(scen, impl, quick):
             r = json.loads(out.strip().splitlines()[-1])
             res = {"queued": int(held[1]) - drop["served_by_others_before"],
                    "served": r["served"], "reset": r["reset"],
-                   "other": r["other"]}
+                   "other": r["other"], "connect_failed": int(held[2])}
         elif scen == "emfile":
             secs = pick(s["seconds"], quick)
             srv.signal(signal.SIGUSR2)  # the server uses up its descriptors
@@ -173,7 +173,8 @@ def run_one(scen, impl, quick):
             opened = int(held[1])
             res = {"server_cpu_pct": 100.0 * cpu / dt,
                    "recovered": r["served"] == opened,
-                   "lost": opened - r["served"], "opened": opened}
+                   "lost": opened - r["served"], "opened": opened,
+                   "connect_failed": int(held[2])}
     finally:
         info = srv.stop()
     res["path"] = info.get("path")
