@@ -155,11 +155,29 @@ static __always_inline __u32 pick_least_pending(__u64 now)
 	return sc.best;
 }
 
+/*
+ * Whether this lookup starts a connection. The kernel also looks up a
+ * listener for stray segments (an ACK or FIN for a connection already gone,
+ * e.g. when the TIME_WAIT table is full); those must neither be counted as
+ * pending nor advance the rotation. data begins at the TCP header.
+ */
+static __always_inline int is_syn(struct sk_reuseport_md *md)
+{
+	__u8 *data = md->data, *end = md->data_end;
+	if (data + 14 > end)
+		return 1; /* cannot tell: treat as a new connection */
+	__u8 flags = data[13];
+	return (flags & 0x02) && !(flags & 0x10); /* SYN, not ACK */
+}
+
 SEC("sk_reuseport/migrate")
 int evsteer_select(struct sk_reuseport_md *md)
 {
 	__u32 n = table_len;
 	if (n == 0 || n > EVST_TABLE_SIZE)
+		return SK_PASS;
+	/* not a new connection: the kernel's hash, nothing counted */
+	if (!md->migrating_sk && !is_syn(md))
 		return SK_PASS;
 
 	__u64 now = bpf_ktime_get_ns();
