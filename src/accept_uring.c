@@ -99,6 +99,30 @@ static int held_grow(struct uring_engine *e)
 	return 0;
 }
 
+/* Ring lock held: take up to max from the front. */
+static unsigned int held_pop(struct uring_engine *e, int *out, unsigned int max)
+{
+	unsigned int k = 0;
+	while (k < max && e->count) {
+		out[k++] = e->held[e->head];
+		e->head = (e->head + 1) % e->cap;
+		e->count--;
+	}
+	atomic_fetch_sub_explicit(&e->lev->counters.held, k, memory_order_relaxed);
+	return k;
+}
+
+/* Ring lock held: put k back at the front (room is there: we took them). */
+static void held_push_front(struct uring_engine *e, const int *fds, unsigned int k)
+{
+	for (unsigned int i = k; i-- > 0;) {
+		e->head = (e->head + e->cap - 1) % e->cap;
+		e->held[e->head] = fds[i];
+		e->count++;
+	}
+	atomic_fetch_add_explicit(&e->lev->counters.held, k, memory_order_relaxed);
+}
+
 static bool accept_complete(struct evst_uop *op, const struct io_uring_cqe *cqe)
 {
 	struct uring_engine *e = (struct uring_engine *)op;
@@ -153,20 +177,20 @@ static void accept_ready(struct evst_uop *op)
 	if (evst_active(lev)) {
 		evst_count(lev, wakeups);
 		uint64_t now = lev->ws ? evst_now_ns() : 0;
-		unsigned int n;
+		unsigned int n, bi = 0, nb = 0;
+		int batch[32];
 		for (n = 0; n < lev->max_accepts; n++) {
-			evst_ring_lock(e->r);
-			int fd = -1;
-			if (e->count) {
-				fd = e->held[e->head];
-				e->head = (e->head + 1) % e->cap;
-				e->count--;
-				atomic_fetch_sub_explicit(&lev->counters.held, 1,
-							  memory_order_relaxed);
+			if (bi == nb) {
+				/* a batch per lock, not a lock per connection */
+				unsigned int want = lev->max_accepts - n;
+				evst_ring_lock(e->r);
+				nb = held_pop(e, batch, want < 32 ? want : 32);
+				evst_ring_unlock(e->r);
+				bi = 0;
+				if (!nb)
+					break;
 			}
-			evst_ring_unlock(e->r);
-			if (fd < 0)
-				break;
+			int fd = batch[bi++];
 			evst_end_episode(lev);
 			if (lev->ws) {
 				evst_ws_dequeued(lev->ws, now);
@@ -188,6 +212,12 @@ static void accept_ready(struct evst_uop *op)
 			}
 			if (!evst_deliver(lev, fd, (struct sockaddr *)&ss, len))
 				break;
+		}
+		if (bi < nb) {
+			/* delivery stopped: the rest waits, in order */
+			evst_ring_lock(e->r);
+			held_push_front(e, batch + bi, nb - bi);
+			evst_ring_unlock(e->r);
 		}
 		evst_ring_lock(e->r);
 		if (n == lev->max_accepts && e->count) {
@@ -371,13 +401,8 @@ static int uring_steal(struct evsteer_listener *lev)
 	int fd = -1;
 	evst_ring_lock(e->r);
 	evst_ring_reap(e->r, 0);
-	if (e->count) {
-		fd = e->held[e->head];
-		e->head = (e->head + 1) % e->cap;
-		e->count--;
-		atomic_fetch_sub_explicit(&lev->counters.held, 1,
-					  memory_order_relaxed);
-	}
+	if (!held_pop(e, &fd, 1))
+		fd = -1;
 	evst_ring_unlock(e->r);
 	return fd;
 }
