@@ -38,7 +38,7 @@ struct evsteer_uring {
 	unsigned int slots;      /* direct slots open */
 	bool have_install;       /* IORING_OP_FIXED_FD_INSTALL */
 	unsigned long overflows; /* times the CQ was found overflowed */
-	int users;             /* registry_lock */
+	atomic_int users; /* 0: being destroyed, never revived */
 	struct evsteer_uring *next;
 };
 
@@ -189,11 +189,15 @@ void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us)
 	}
 }
 
-static void ring_ref(struct evsteer_uring *r)
+/* A reference unless the ring is already being destroyed. Lock-free: the
+ * loop thread takes one on every wake-up. */
+static bool ring_try_ref(struct evsteer_uring *r)
 {
-	pthread_mutex_lock(&registry_lock);
-	r->users++;
-	pthread_mutex_unlock(&registry_lock);
+	int u = atomic_load(&r->users);
+	while (u > 0)
+		if (atomic_compare_exchange_weak(&r->users, &u, u + 1))
+			return true;
+	return false;
 }
 
 /* Loop thread: reap, then run ready() of the ops that want it. */
@@ -202,8 +206,10 @@ static void run_loop_work(struct evsteer_uring *r)
 	struct evst_uop *batch[READY_BATCH];
 	int n = 0;
 
-	/* a ready() may free the last listener on this ring */
-	ring_ref(r);
+	/* a ready() may free the last listener on this ring; and if another
+	 * thread is destroying it, that one waits for this callback to end */
+	if (!ring_try_ref(r))
+		return;
 
 	evst_ring_lock(r);
 	r->collecting = true;
@@ -319,10 +325,9 @@ struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 	pthread_mutex_lock(&registry_lock);
 	struct evsteer_uring *r;
 	for (r = rings; r; r = r->next)
-		if (r->base == base)
+		if (r->base == base && ring_try_ref(r))
 			break;
 	if (r) {
-		r->users++;
 		pthread_mutex_unlock(&registry_lock);
 		return r;
 	}
@@ -353,7 +358,7 @@ struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 	r->efd_ev = event_new(base, r->efd, EV_READ | EV_PERSIST | EV_ET, efd_cb, r);
 	r->kick_ev = event_new(base, -1, 0, kick_cb, r);
 	r->yield_ev = evtimer_new(base, kick_cb, r);
-	r->users = 1;
+	atomic_init(&r->users, 1);
 	r->next = rings;
 	rings = r;
 	pthread_mutex_unlock(&registry_lock);
@@ -362,11 +367,9 @@ struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 
 void evst_ring_put(struct evsteer_uring *r)
 {
-	pthread_mutex_lock(&registry_lock);
-	if (--r->users > 0) {
-		pthread_mutex_unlock(&registry_lock);
+	if (atomic_fetch_sub(&r->users, 1) != 1)
 		return;
-	}
+	pthread_mutex_lock(&registry_lock);
 	struct evsteer_uring **pp = &rings;
 	while (*pp != r)
 		pp = &(*pp)->next;
