@@ -85,6 +85,25 @@ void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id)
 	event_add(ev, &tv);
 }
 
+void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id)
+{
+	bench_freeze_if(cfg, id);
+	/* a loopbreak before dispatch started would be forgotten */
+	if (atomic_load(&stopping))
+		return;
+	bench_add_stall(base, cfg, id);
+	event_base_dispatch(base);
+}
+
+void bench_reply(struct bench_worker *w, int fd)
+{
+	if (write(fd, "ok", 2) < 0) {
+		/* the client went away; nothing to do */
+	}
+	close(fd);
+	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+}
+
 /* ---- evsteer, evsteer-event, evsteer-direct */
 
 struct ew {
@@ -99,12 +118,7 @@ static void ev_accept(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 	(void)l;
 	(void)sa;
 	(void)len;
-	struct bench_worker *w = arg;
-	if (write(fd, "ok", 2) < 0) {
-		/* the client went away */
-	}
-	close(fd);
-	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+	bench_reply(arg, fd);
 }
 
 static void direct_sent(struct evsteer_uring *r, int slot, int res, void *arg)
@@ -171,11 +185,7 @@ static void *ev_run(void *arg)
 {
 	struct bench_worker *w = arg;
 	struct ew *x = w->impl;
-	bench_freeze_if(x->cfg, w->id);
-	if (atomic_load(&stopping))
-		return NULL;
-	bench_add_stall(x->base, x->cfg, w->id);
-	event_base_dispatch(x->base);
+	bench_run_base(x->cfg, x->base, w->id);
 	return NULL;
 }
 
@@ -288,14 +298,8 @@ static void *floor_run(void *arg)
 		io_uring_for_each_cqe(&x->ring, head, cqe)
 		{
 			n++;
-			if (cqe->res >= 0) {
-				if (write(cqe->res, "ok", 2) < 0) {
-					/* gone */
-				}
-				close(cqe->res);
-				atomic_fetch_add_explicit(&w->accepted, 1,
-							  memory_order_relaxed);
-			}
+			if (cqe->res >= 0)
+				bench_reply(w, cqe->res);
 			if (!(cqe->flags & IORING_CQE_F_MORE)) {
 				sqe = io_uring_get_sqe(&x->ring);
 				io_uring_prep_multishot_accept(sqe, x->fd, NULL,

@@ -52,4 +52,8 @@ void bench_unfreeze(void);
 struct event_base;
 /* The stalled worker's periodic busy spell, as an event in its base. */
 void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id);
+/* A worker thread's loop: frozen if asked, the stall if asked, dispatch. */
+void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id);
+/* What every implementation does with a connection: "ok", close, count. */
+void bench_reply(struct bench_worker *w, int fd);
 #endif

@@ -29,12 +29,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 	(void)l;
 	(void)sa;
 	(void)len;
-	struct bench_worker *w = arg;
-	if (write(fd, "ok", 2) < 0) {
-		/* the client went away; nothing to do */
-	}
-	close(fd);
-	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+	bench_reply(arg, fd);
 }
 
 static int setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)
@@ -63,9 +58,7 @@ static void *run(void *arg)
 {
 	struct bench_worker *w = arg;
 	struct lw *x = w->impl;
-	bench_freeze_if(x->cfg, w->id);
-	bench_add_stall(x->base, x->cfg, w->id);
-	event_base_dispatch(x->base);
+	bench_run_base(x->cfg, x->base, w->id);
 	return NULL;
 }
 
