@@ -294,6 +294,8 @@ static int uring_init(struct evsteer_listener *lev)
 		int err = evst_ring_direct_table(e->r, lev->direct_table);
 		evst_ring_unlock(e->r);
 		if (err < 0) {
+			evst_warn("direct listener: registering a %u-slot table: %s",
+				  lev->direct_table, strerror(-err));
 			lev->engine_reason =
 				"io_uring: cannot register the fixed-file table";
 			evst_ring_put(e->r);

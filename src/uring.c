@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -413,6 +414,13 @@ int evst_ring_direct_table(struct evsteer_uring *r, unsigned int size)
 {
 	if (r->table_size)
 		return 0;
+	/* the kernel refuses a table larger than RLIMIT_NOFILE (EMFILE) */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < size) {
+		evst_info("direct table: %u slots asked, RLIMIT_NOFILE allows %llu",
+			  size, (unsigned long long)rl.rlim_cur);
+		size = (unsigned int)rl.rlim_cur;
+	}
 	int err = io_uring_register_files_sparse(&r->ring, size);
 	if (err < 0)
 		return err;

@@ -400,7 +400,8 @@ typedef void (*evsteer_io_cb)(struct evsteer_uring *ring, int slot, int res,
  * As evsteer_listener_new_bind(), delivering slots instead of fds. Needs
  * io_uring: fails (NULL, errno, the reason logged) where it is unavailable.
  * table_size is the sparse fixed-file table registered on the base's ring
- * the first time (0: 4096); when it is full, the kernel closes the
+ * the first time (0: 4096; the kernel caps it at RLIMIT_NOFILE, and so do
+ * we, with an info line); when it is full, the kernel closes the
  * connection it could not place: counted (stats.table_full), reported to
  * the error callback once per episode (errno ENFILE), and accepting pauses
  * with the usual back-off until slots are closed.
