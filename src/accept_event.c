@@ -67,11 +67,7 @@ static void accept_loop(struct evsteer_listener *lev)
 				return;
 			}
 		}
-		evst_end_episode(lev);
-		if (lev->ws) {
-			evst_ws_dequeued(lev->ws, now);
-			evst_group_count_accept(lev);
-		}
+		evst_took(lev, now);
 		if (len == 0) {
 			/* old kernels answered some scans this way (libevent) */
 			close(fd);

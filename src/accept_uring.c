@@ -191,11 +191,7 @@ static void accept_ready(struct evst_uop *op)
 					break;
 			}
 			int fd = batch[bi++];
-			evst_end_episode(lev);
-			if (lev->ws) {
-				evst_ws_dequeued(lev->ws, now);
-				evst_group_count_accept(lev);
-			}
+			evst_took(lev, now);
 			if (lev->direct_table) {
 				if (!evst_deliver_direct(lev, e->r, fd))
 					break;

@@ -70,7 +70,7 @@ static int probe_err;
 static char probe_reason[192];
 #endif
 
-static uint64_t mono_ns(void)
+uint64_t evst_now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -88,9 +88,9 @@ static uint64_t ws_pending(const struct evst_worker *w)
 	return p > 0 ? (uint64_t)p : 0;
 }
 
-void evst_ws_dequeued(struct evst_worker *w, uint64_t now)
+/* The worker itself moved: its heartbeat, and it is no longer stalled. */
+static void made_progress(struct evst_worker *w, uint64_t now)
 {
-	__atomic_fetch_add(&w->dequeued, 1, __ATOMIC_RELAXED);
 	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
 	if (__atomic_load_n(&w->stalled, __ATOMIC_RELAXED))
 		__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
@@ -105,14 +105,7 @@ void evst_ws_dequeued(struct evst_worker *w, uint64_t now)
 void evst_ws_empty(struct evst_worker *w, uint64_t now)
 {
 	__atomic_store_n(&w->dequeued, ld(&w->steered), __ATOMIC_RELAXED);
-	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
-	if (__atomic_load_n(&w->stalled, __ATOMIC_RELAXED))
-		__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
-}
-
-uint64_t evst_now_ns(void)
-{
-	return mono_ns();
+	made_progress(w, now);
 }
 
 static enum evsteer_bpf_mode env_bpf_mode(enum evsteer_bpf_mode opt)
@@ -130,12 +123,13 @@ static enum evsteer_bpf_mode env_bpf_mode(enum evsteer_bpf_mode opt)
 	return EVSTEER_BPF_AUTO;
 }
 
+static const char *const policy_names[] = {"least-pending", "hash",
+					   "round-robin", "cpu"};
+
 static int policy_from_name(const char *e)
 {
-	static const char *const names[] = {"least-pending", "hash",
-					    "round-robin", "cpu"};
 	for (int i = 0; i < 4; i++)
-		if (!strcmp(e, names[i]))
+		if (!strcmp(e, policy_names[i]))
 			return i;
 	return -1;
 }
@@ -183,9 +177,7 @@ unsigned int evst_group_policy(const struct evsteer_group *g)
 
 const char *evst_policy_name(unsigned int p)
 {
-	static const char *const names[] = {"least-pending", "hash",
-					    "round-robin", "cpu"};
-	return p < 4 ? names[p] : "?";
+	return p < 4 ? policy_names[p] : "?";
 }
 
 /* g->lock held. Rebuild the weighted table of live workers. */
@@ -213,7 +205,7 @@ static void set_live(struct evsteer_group *g, unsigned int slot, bool live)
 	__atomic_store_n(&g->v.workers[slot].live, live ? 1 : 0,
 			 __ATOMIC_RELAXED);
 	if (live)
-		__atomic_store_n(&g->v.workers[slot].progress_ns, mono_ns(),
+		__atomic_store_n(&g->v.workers[slot].progress_ns, evst_now_ns(),
 				 __ATOMIC_RELAXED);
 	rebuild_table(g);
 }
@@ -671,8 +663,13 @@ void evst_member_stop(struct evsteer_listener *lev)
 		event_del_noblock(lev->steal_timer);
 }
 
-void evst_group_count_accept(struct evsteer_listener *lev)
+void evst_took(struct evsteer_listener *lev, uint64_t now)
 {
+	evst_end_episode(lev);
+	if (!lev->ws)
+		return;
+	__atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
+	made_progress(lev->ws, now);
 	atomic_fetch_add_explicit(&lev->group->slots[lev->slot].accepted, 1,
 				  memory_order_relaxed);
 }
@@ -695,7 +692,7 @@ void evst_group_steal(struct evsteer_listener *lev)
 	if (!stall || !evst_active(lev) || lev->direct_table)
 		return;
 
-	uint64_t now = mono_ns();
+	uint64_t now = evst_now_ns();
 	uint64_t next = 0;
 	int budget = STEAL_BUDGET;
 	unsigned int nslots = __atomic_load_n(&g->nslots, __ATOMIC_RELAXED);
@@ -913,7 +910,7 @@ int evsteer_group_worker_stats(const struct evsteer_group *g, unsigned int slot,
 		return -(errno = EINVAL);
 	const struct evst_slot *s = &g->slots[slot];
 	const struct evst_worker *w = &g->v.workers[slot];
-	uint64_t prog = ld(&w->progress_ns), now = mono_ns();
+	uint64_t prog = ld(&w->progress_ns), now = evst_now_ns();
 	struct evsteer_worker_stats st = {
 		.sz = out->sz,
 		.steered = ld(&w->steered),

@@ -182,7 +182,9 @@ EVST_HIDDEN void evst_group_leave(struct evsteer_listener *lev, bool close_fd);
 EVST_HIDDEN void evst_group_sync_live(struct evsteer_listener *lev);
 /* Out of the steering table and no stealing timer (disable, free). */
 EVST_HIDDEN void evst_member_stop(struct evsteer_listener *lev);
-EVST_HIDDEN void evst_group_count_accept(struct evsteer_listener *lev);
+/* An engine took one connection off lev's socket: the episode is over and
+ * a group member counts it (dequeued, heartbeat, accepted). */
+EVST_HIDDEN void evst_took(struct evsteer_listener *lev, uint64_t now);
 EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
 EVST_HIDDEN void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg);
 EVST_HIDDEN bool evst_group_has_bpf(const struct evsteer_group *g);
@@ -190,7 +192,6 @@ EVST_HIDDEN const char *evst_group_steer_reason(const struct evsteer_group *g);
 EVST_HIDDEN const char *evst_policy_name(unsigned int p);
 EVST_HIDDEN unsigned int evst_group_policy(const struct evsteer_group *g);
 EVST_HIDDEN uint64_t evst_now_ns(void);
-EVST_HIDDEN void evst_ws_dequeued(struct evst_worker *w, uint64_t now);
 EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
 
 /* accept_event.c, accept_uring.c */
