@@ -121,19 +121,13 @@ static void ev_accept(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 	bench_reply(arg, fd);
 }
 
-static void direct_sent(struct evsteer_uring *r, int slot, int res, void *arg)
-{
-	(void)res;
-	(void)arg;
-	evsteer_uring_close(r, slot, NULL, NULL);
-}
-
 static void ev_direct(struct evsteer_listener *l, struct evsteer_uring *r,
 		      int slot, void *arg)
 {
 	(void)l;
 	struct bench_worker *w = arg;
-	if (evsteer_uring_send(r, slot, "ok", 2, direct_sent, NULL) < 0)
+	/* the reply and the close as one chain, no completion to handle */
+	if (evsteer_uring_send_and_close(r, slot, "ok", 2, NULL, NULL) < 0)
 		evsteer_uring_close(r, slot, NULL, NULL);
 	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
 }
@@ -213,7 +207,10 @@ static void ev_describe(struct bench_worker *w, char *buf, size_t len)
 		 p.steering == EVSTEER_STEER_BPF	 ? "bpf" :
 		 p.steering == EVSTEER_STEER_KERNEL_HASH ? "kernel-hash" :
 							   "none",
-		 p.engine == EVSTEER_ENGINE_EVENT ? "event" : "io_uring", p.name,
+		 p.engine == EVSTEER_ENGINE_EVENT ? "event" :
+		 p.engine == EVSTEER_ENGINE_URING ? "io_uring" :
+						    "io_uring-direct",
+		 p.name,
 		 evsteer_policy_name(p.policy), p.steering_reason,
 		 p.engine_reason);
 }

@@ -2,8 +2,10 @@
 /*
  * A request/response server on io_uring direct descriptors: connections are
  * accepted straight into the ring's fixed-file table (no fd per connection),
- * each request is read, answered with "ok" and the slot closed, all through
- * evsteer_uring_* completions on the event_base's ring.
+ * each request is read, then answered with "ok" and the slot closed in one
+ * linked chain (evsteer_uring_send_and_close), all through evsteer_uring_*
+ * completions on the event_base's ring: no system call per connection of
+ * its own, the ring submits each loop round's requests together.
  *
  *   evsteer-direct-server [--port P] [--max N]
  *
@@ -33,7 +35,9 @@ struct conn {
 
 static const char reply[] = "ok";
 
-static void on_closed(struct evsteer_uring *r, int slot, int res, void *arg)
+/* The chain ran: the reply was sent (res bytes, or -errno) and the slot is
+ * closed either way. */
+static void on_done(struct evsteer_uring *r, int slot, int res, void *arg)
 {
 	(void)r;
 	(void)slot;
@@ -46,23 +50,16 @@ static void on_closed(struct evsteer_uring *r, int slot, int res, void *arg)
 		event_base_loopbreak(s->base);
 }
 
-static void on_sent(struct evsteer_uring *r, int slot, int res, void *arg)
-{
-	struct conn *c = arg;
-	if (res < 0)
-		c->srv->errors++;
-	evsteer_uring_close(r, slot, on_closed, c);
-}
-
 static void on_request(struct evsteer_uring *r, int slot, int res, void *arg)
 {
 	struct conn *c = arg;
 	/* one read is the request here; a real server would parse and loop */
-	if (res <= 0 ||
-	    evsteer_uring_send(r, slot, reply, sizeof(reply) - 1, on_sent, c) < 0) {
+	if (res <= 0 || evsteer_uring_send_and_close(r, slot, reply,
+						     sizeof(reply) - 1, on_done,
+						     c) < 0) {
 		if (res < 0)
 			c->srv->errors++;
-		evsteer_uring_close(r, slot, on_closed, c);
+		evsteer_uring_close(r, slot, on_done, c);
 	}
 }
 
@@ -77,7 +74,7 @@ static void on_accept(struct evsteer_listener *lev, struct evsteer_uring *r,
 	}
 	c->srv = arg;
 	if (evsteer_uring_recv(r, slot, c->buf, sizeof(c->buf), on_request, c) < 0)
-		evsteer_uring_close(r, slot, on_closed, c);
+		evsteer_uring_close(r, slot, on_done, c);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)

@@ -1,12 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The io_uring engine: one multishot accept per enabled listener on its
- * base's ring. Completions carry real fds (made non-blocking / CLOEXEC by
- * the kernel as the flags ask) and are queued on the engine; the loop thread
- * hands them to the callback with exactly the event engine's semantics: a
- * cap per wake-up, delivery stops when the callback disables or frees the
- * listener, what was already accepted waits for enable (or is closed and
- * counted on free), and failures pause with the same bounded back-off.
+ * The io_uring engine. Completions carry real fds (made non-blocking /
+ * CLOEXEC by the kernel as the flags ask) and are queued on the engine; the
+ * loop thread hands them to the callback with exactly the event engine's
+ * semantics: a cap per wake-up, delivery stops when the callback disables or
+ * frees the listener, what was already accepted waits for enable (or is
+ * closed and counted on free), and failures pause with the same bounded
+ * back-off.
+ *
+ * How it accepts. A listener that delivers fds keeps a few single-shot
+ * accepts in flight, each with its own address buffer, so the callback gets
+ * the exact peer address without a getpeername() per connection; they are
+ * re-armed with the ring's batched submission at the end of each round (one
+ * io_uring_enter() for all of them), and a re-armed accept on a socket with
+ * connections queued completes inside that same call. A direct listener
+ * has no address to pass on and keeps one multishot accept instead. (Both
+ * were measured: see README, "The io_uring accept engine".)
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -17,25 +26,52 @@
 
 #include "uring.h"
 
+/* Single-shot accepts in flight per fd listener, topped up when no more
+ * than ACCEPT_REFILL are left: one submission per few connections, not one
+ * per connection, while enough stay armed to take a burst. */
+#define ACCEPT_SLOTS 16
+#define ACCEPT_REFILL 8
+
+struct uring_engine;
+
+/* One single-shot accept and the address it fills. */
+struct accept_slot {
+	struct evst_uop op;
+	struct uring_engine *e;
+	bool armed;
+	socklen_t len;
+	struct sockaddr_storage ss;
+};
+
+/* An accepted connection waiting for delivery. */
+struct held_conn {
+	int fd;
+	socklen_t len; /* 0: no address (direct) */
+	struct sockaddr_storage ss;
+};
 
 struct uring_engine {
-	struct evst_uop op;          /* the multishot accept's user_data */
+	struct evst_uop op;          /* ready(); the multishot's user_data */
 	struct evsteer_listener *lev;
 	struct evsteer_uring *r;
 	struct event *timer;         /* back-off before re-arming */
+	bool multishot;              /* direct: one multishot accept */
 
 	/* ring lock */
 	bool want;        /* should be armed */
-	bool armed;       /* a multishot accept is in flight */
-	bool cancel_sent;
+	unsigned int armed; /* accepts in flight */
+	bool cancel_sent; /* until every one in flight has ended */
 	bool backing_off;
-	bool ended;       /* the kernel ended the last one (not our cancel) */
+	bool ended;       /* the kernel ended the multishot (not our cancel) */
+	bool probing;     /* after a failure: one accept until one succeeds */
 	int err;          /* an accept error for ready() to report */
+	unsigned long gen; /* the ring's wake-up the count below belongs to */
+	unsigned int done; /* delivered in that wake-up (the accept cap) */
 	/* accepted, not yet delivered: a ring buffer that grows, so a burst
 	 * larger than any fixed size (or a CQ overflow) loses nothing */
-	int *held;
+	struct held_conn *held;
 	unsigned int cap, head, count;
-	uint64_t closed_on_free;
+	struct accept_slot slots[ACCEPT_SLOTS];
 };
 
 static inline struct uring_engine *engine_of(struct evsteer_listener *lev)
@@ -43,51 +79,11 @@ static inline struct uring_engine *engine_of(struct evsteer_listener *lev)
 	return lev->engine;
 }
 
-/* Ring lock held. Arm from the loop thread only (see uring.h). */
-static void arm(struct uring_engine *e)
-{
-	struct io_uring_sqe *sqe = evst_ring_sqe(e->r);
-	if (!sqe) {
-		evst_ring_mark_ready(e->r, &e->op); /* try again next pass */
-		return;
-	}
-	if (e->lev->direct_table)
-		io_uring_prep_multishot_accept_direct(sqe, e->lev->fd, NULL, NULL,
-						      e->lev->accept4_flags);
-	else
-		io_uring_prep_multishot_accept(sqe, e->lev->fd, NULL, NULL,
-					       e->lev->accept4_flags);
-	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&e->op);
-	if (evst_ring_submit(e->r, 1) < 0) {
-		evst_ring_mark_ready(e->r, &e->op);
-		return;
-	}
-	e->armed = true;
-	e->cancel_sent = false;
-	if (e->ended)
-		evst_count(e->lev, rearms);
-	e->ended = false;
-}
-
-/* Ring lock held; any thread (a cancel completes at once). */
-static void cancel(struct uring_engine *e)
-{
-	if (!e->armed || e->cancel_sent)
-		return;
-	struct io_uring_sqe *sqe = evst_ring_sqe(e->r);
-	if (!sqe)
-		return;
-	io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&e->op, 0);
-	io_uring_sqe_set_data64(sqe, EVST_UDATA_IGNORE);
-	if (evst_ring_submit(e->r, 0) == 0)
-		e->cancel_sent = true;
-}
-
 /* Ring lock held. */
 static int held_grow(struct uring_engine *e)
 {
-	unsigned int ncap = e->cap ? e->cap * 2 : 256;
-	int *n = malloc(ncap * sizeof(*n));
+	unsigned int ncap = e->cap ? e->cap * 2 : 64;
+	struct held_conn *n = malloc(ncap * sizeof(*n));
 	if (!n)
 		return -ENOMEM;
 	for (unsigned int i = 0; i < e->count; i++)
@@ -99,8 +95,30 @@ static int held_grow(struct uring_engine *e)
 	return 0;
 }
 
+/* Ring lock held: queue an accepted connection, or close it (out of memory:
+ * never silently). */
+static void held_push(struct uring_engine *e, int fd,
+		      const struct sockaddr_storage *ss, socklen_t len)
+{
+	if (e->count == e->cap && held_grow(e) < 0) {
+		if (e->lev->direct_table)
+			evst_ring_close_slot(e->r, fd);
+		else
+			close(fd);
+		evst_count(e->lev, accept_errors);
+		return;
+	}
+	struct held_conn *h = &e->held[(e->head + e->count++) % e->cap];
+	h->fd = fd;
+	h->len = len;
+	if (len)
+		memcpy(&h->ss, ss, len);
+	atomic_fetch_add_explicit(&e->lev->counters.held, 1, memory_order_relaxed);
+}
+
 /* Ring lock held: take up to max from the front. */
-static unsigned int held_pop(struct uring_engine *e, int *out, unsigned int max)
+static unsigned int held_pop(struct uring_engine *e, struct held_conn *out,
+			     unsigned int max)
 {
 	unsigned int k = 0;
 	while (k < max && e->count) {
@@ -113,57 +131,207 @@ static unsigned int held_pop(struct uring_engine *e, int *out, unsigned int max)
 }
 
 /* Ring lock held: put k back at the front (room is there: we took them). */
-static void held_push_front(struct uring_engine *e, const int *fds, unsigned int k)
+static void held_push_front(struct uring_engine *e, const struct held_conn *c,
+			    unsigned int k)
 {
 	for (unsigned int i = k; i-- > 0;) {
 		e->head = (e->head + e->cap - 1) % e->cap;
-		e->held[e->head] = fds[i];
+		e->held[e->head] = c[i];
 		e->count++;
 	}
 	atomic_fetch_add_explicit(&e->lev->counters.held, k, memory_order_relaxed);
 }
 
-static bool accept_complete(struct evst_uop *op, const struct io_uring_cqe *cqe)
+/* Ring lock held. Arm from the loop thread only (see uring.h); the SQEs go
+ * out with the round's batched submission. */
+static void arm(struct uring_engine *e)
 {
-	struct uring_engine *e = (struct uring_engine *)op;
-	bool wake = false;
+	struct evsteer_listener *lev = e->lev;
+	/* after a failure (EMFILE...) one accept at a time finds out whether
+	 * it is over; a batch would only fail as many times */
+	unsigned int want = e->multishot || e->probing ? 1 : ACCEPT_SLOTS;
+	bool rearm = e->ended;
 
-	if (cqe->res >= 0 && e->lev->direct_table)
-		evst_ring_slot_opened(e->r);
-	if (cqe->res == -ENFILE && e->lev->direct_table)
+	for (unsigned int i = 0; i < ACCEPT_SLOTS && e->armed < want; i++) {
+		struct accept_slot *s = &e->slots[i];
+		if (!e->multishot && s->armed)
+			continue;
+		struct io_uring_sqe *sqe = evst_ring_sqe(e->r);
+		if (!sqe)
+			break;
+		if (e->multishot) {
+			if (lev->direct_table)
+				io_uring_prep_multishot_accept_direct(
+					sqe, lev->fd, NULL, NULL,
+					lev->accept4_flags);
+			else
+				io_uring_prep_multishot_accept(
+					sqe, lev->fd, NULL, NULL,
+					lev->accept4_flags);
+			io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&e->op);
+		} else {
+			s->len = sizeof(s->ss);
+			io_uring_prep_accept(sqe, lev->fd, (struct sockaddr *)&s->ss,
+					     &s->len, lev->accept4_flags);
+			io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&s->op);
+		}
+		if (evst_ring_submit(e->r, 1) < 0)
+			break;
+		s->armed = true;
+		e->armed++;
+	}
+	if (e->armed < want) {
+		evst_ring_mark_later(e->r, &e->op); /* try again next pass */
+		if (!e->armed)
+			return;
+	}
+	if (rearm)
+		evst_count(lev, rearms);
+	e->ended = false;
+}
+
+/* Ring lock held; any thread (a cancel completes at once). */
+static void cancel(struct uring_engine *e)
+{
+	if (!e->armed || e->cancel_sent)
+		return;
+	unsigned int n = e->multishot ? 1 : ACCEPT_SLOTS;
+	for (unsigned int i = 0; i < n; i++) {
+		if (!e->slots[i].armed)
+			continue;
+		struct io_uring_sqe *sqe = evst_ring_sqe(e->r);
+		if (!sqe)
+			return;
+		uint64_t key = e->multishot ? (uint64_t)(uintptr_t)&e->op :
+					      (uint64_t)(uintptr_t)&e->slots[i].op;
+		io_uring_prep_cancel64(sqe, key, 0);
+		io_uring_sqe_set_data64(sqe, EVST_UDATA_IGNORE);
+	}
+	if (evst_ring_submit(e->r, 0) == 0)
+		e->cancel_sent = true;
+}
+
+/* Ring lock held: one accept in flight ended. */
+static void accept_ended(struct uring_engine *e, struct accept_slot *s)
+{
+	s->armed = false;
+	e->armed--;
+	if (!e->armed)
+		e->cancel_sent = false;
+	evst_ring_done(e->r);
+}
+
+/* Ring lock held: an accept completed with res (fd, slot or -errno). */
+static void accept_result(struct uring_engine *e, int res,
+			  const struct sockaddr_storage *ss, socklen_t len)
+{
+	if (res >= 0) {
+		if (e->lev->direct_table)
+			evst_ring_slot_opened(e->r);
+		held_push(e, res, ss, len);
+		e->probing = false;
+		return;
+	}
+	if (res == -ENFILE && e->lev->direct_table)
 		/* the table is full and the kernel closed that connection */
 		evst_count(e->lev, table_full);
-	if (cqe->res >= 0) {
-		if (e->count < e->cap || held_grow(e) == 0) {
-			e->held[(e->head + e->count++) % e->cap] = cqe->res;
-			atomic_fetch_add_explicit(&e->lev->counters.held, 1,
-						  memory_order_relaxed);
-		} else {
-			/* out of memory: close it, but never silently */
-			if (e->lev->direct_table)
-				evst_ring_close_slot(e->r, cqe->res);
-			else
-				close(cqe->res);
-			evst_count(e->lev, accept_errors);
-		}
-		wake = true;
-	} else if (cqe->res != -ECANCELED || !e->cancel_sent) {
-		e->err = -cqe->res;
-		wake = true;
+	if (res != -ECANCELED || !e->cancel_sent) {
+		e->err = -res;
+		e->probing = true;
 	}
+}
+
+static struct evst_uop *multishot_complete(struct evst_uop *op,
+					   const struct io_uring_cqe *cqe)
+{
+	struct uring_engine *e = (struct uring_engine *)op;
+	bool cancelled = e->cancel_sent;
+
+	accept_result(e, cqe->res, NULL, 0);
 	if (!(cqe->flags & IORING_CQE_F_MORE)) {
 		/* the multishot ended: cancelled, an error (-EMFILE...), or
 		 * the kernel's own reasons; ready() re-arms if still wanted */
-		e->ended = !e->cancel_sent;
-		e->armed = false;
-		e->cancel_sent = false;
-		evst_ring_done(e->r);
-		wake = true;
+		e->ended = !cancelled;
+		accept_ended(e, &e->slots[0]);
 	}
-	return wake;
+	return op;
+}
+
+static struct evst_uop *slot_complete(struct evst_uop *op,
+				      const struct io_uring_cqe *cqe)
+{
+	struct accept_slot *s = (struct accept_slot *)op;
+	struct uring_engine *e = s->e;
+
+	accept_result(e, cqe->res, &s->ss, cqe->res >= 0 ? s->len : 0);
+	accept_ended(e, s);
+	return &e->op;
 }
 
 static void backoff_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Loop thread, lock held: hand held connections to the callback, up to the
+ * cap of this wake-up. */
+static void deliver_held(struct uring_engine *e)
+{
+	struct evsteer_listener *lev = e->lev;
+
+	/* The ring drains in rounds; the cap is per wake-up. */
+	unsigned long gen = evst_ring_wake_gen(e->r);
+	if (e->gen != gen) {
+		e->gen = gen;
+		e->done = 0;
+		evst_count(lev, wakeups);
+	}
+	uint64_t now = lev->ws ? evst_now_ns() : 0;
+	unsigned int n, bi = 0, nb = 0;
+	struct held_conn batch[16];
+	for (n = e->done; n < lev->max_accepts; n++) {
+		if (bi == nb) {
+			/* a batch per lock, not a lock per connection */
+			unsigned int want = lev->max_accepts - n;
+			evst_ring_lock(e->r);
+			nb = held_pop(e, batch, want < 16 ? want : 16);
+			evst_ring_unlock(e->r);
+			bi = 0;
+			if (!nb)
+				break;
+		}
+		struct held_conn *c = &batch[bi++];
+		evst_took(lev, now);
+		if (lev->direct_table) {
+			if (!evst_deliver_direct(lev, e->r, c->fd))
+				break;
+			continue;
+		}
+		if (!c->len) {
+			/* multishot accept shares one address buffer between
+			 * completions, so ask the socket itself */
+			c->len = sizeof(c->ss);
+			if (getpeername(c->fd, (struct sockaddr *)&c->ss, &c->len) < 0) {
+				close(c->fd); /* reset before we got to it */
+				continue;
+			}
+		}
+		if (!evst_deliver(lev, c->fd, (struct sockaddr *)&c->ss, c->len))
+			break;
+	}
+	e->done = n;
+	if (bi < nb) {
+		/* delivery stopped: the rest waits, in order */
+		evst_ring_lock(e->r);
+		held_push_front(e, batch + bi, nb - bi);
+		evst_ring_unlock(e->r);
+	}
+	evst_ring_lock(e->r);
+	if (n == lev->max_accepts && e->count) {
+		evst_count(lev, capped_wakeups);
+		evst_ring_mark_later(e->r, &e->op); /* yield, then more */
+	}
+	if (lev->ws && !e->count && e->armed && !e->cancel_sent)
+		evst_ws_empty(lev->ws, now);
+	evst_ring_unlock(e->r);
+}
 
 /* Loop thread, no ring lock. */
 static void accept_ready(struct evst_uop *op)
@@ -174,56 +342,8 @@ static void accept_ready(struct evst_uop *op)
 	evst_lock(lev);
 	lev->refcnt++;
 
-	if (evst_active(lev)) {
-		evst_count(lev, wakeups);
-		uint64_t now = lev->ws ? evst_now_ns() : 0;
-		unsigned int n, bi = 0, nb = 0;
-		int batch[32];
-		for (n = 0; n < lev->max_accepts; n++) {
-			if (bi == nb) {
-				/* a batch per lock, not a lock per connection */
-				unsigned int want = lev->max_accepts - n;
-				evst_ring_lock(e->r);
-				nb = held_pop(e, batch, want < 32 ? want : 32);
-				evst_ring_unlock(e->r);
-				bi = 0;
-				if (!nb)
-					break;
-			}
-			int fd = batch[bi++];
-			evst_took(lev, now);
-			if (lev->direct_table) {
-				if (!evst_deliver_direct(lev, e->r, fd))
-					break;
-				continue;
-			}
-			/* multishot accept shares one address buffer between
-			 * completions, so ask the socket itself */
-			struct sockaddr_storage ss;
-			socklen_t len = sizeof(ss);
-			if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0) {
-				/* reset before we got to it */
-				close(fd);
-				continue;
-			}
-			if (!evst_deliver(lev, fd, (struct sockaddr *)&ss, len))
-				break;
-		}
-		if (bi < nb) {
-			/* delivery stopped: the rest waits, in order */
-			evst_ring_lock(e->r);
-			held_push_front(e, batch + bi, nb - bi);
-			evst_ring_unlock(e->r);
-		}
-		evst_ring_lock(e->r);
-		if (n == lev->max_accepts && e->count) {
-			evst_count(lev, capped_wakeups);
-			evst_ring_mark_ready(e->r, &e->op); /* yield, then more */
-		}
-		if (lev->ws && !e->count && e->armed)
-			evst_ws_empty(lev->ws, now);
-		evst_ring_unlock(e->r);
-	}
+	if (evst_active(lev))
+		deliver_held(e);
 
 	evst_ring_lock(e->r);
 	int err = e->err;
@@ -236,7 +356,8 @@ static void accept_ready(struct evst_uop *op)
 		e->backing_off = true;
 		evtimer_add(e->timer, &tv);
 	}
-	if (active && e->want && !e->armed && !e->backing_off)
+	if (active && e->want && !e->cancel_sent && !e->backing_off &&
+	    (!e->armed || (!e->multishot && e->armed <= ACCEPT_REFILL)))
 		arm(e);
 	evst_ring_unlock(e->r);
 
@@ -258,9 +379,11 @@ static void backoff_timer_cb(evutil_socket_t fd, short what, void *arg)
 	lev->refcnt++;
 	evst_ring_lock(e->r);
 	e->backing_off = false;
-	if (evst_active(lev) && e->want && !e->armed) {
+	if (evst_active(lev) && e->want && !e->cancel_sent) {
 		evst_count(lev, exhausted_retries);
-		arm(e);
+		/* through the ring's wake-up, so the re-armed accepts are
+		 * submitted and reaped in this same pass */
+		evst_ring_mark_ready(e->r, &e->op);
 	}
 	evst_ring_unlock(e->r);
 	evst_decref_and_unlock(lev);
@@ -305,10 +428,15 @@ static int uring_init(struct evsteer_listener *lev)
 		free(e);
 		return -ENOMEM;
 	}
-	e->op.complete = accept_complete;
+	e->op.complete = multishot_complete;
 	e->op.ready = accept_ready;
 	e->op.release = engine_release;
 	e->lev = lev;
+	e->multishot = lev->direct_table != 0;
+	for (unsigned int i = 0; i < ACCEPT_SLOTS; i++) {
+		e->slots[i].op.complete = slot_complete;
+		e->slots[i].e = e;
+	}
 	lev->engine = e;
 	return 0;
 }
@@ -323,7 +451,8 @@ static int uring_enable(struct evsteer_listener *lev)
 		event_del_noblock(e->timer);
 		e->backing_off = false;
 	}
-	/* armed from the loop thread: posted */
+	/* armed from the loop thread, in this loop pass: a connection queued
+	 * before it is delivered in it, as the event engine does */
 	evst_ring_mark_ready(e->r, &e->op);
 	evst_ring_unlock(e->r);
 	return 0;
@@ -344,9 +473,9 @@ static int uring_disable(struct evsteer_listener *lev)
 }
 
 /*
- * Cancel and reap before the socket may close: a pending multishot accept
- * keeps a listening socket alive after close. Whoever is here reaps; the
- * loop thread may reap the final completion first, which is as good.
+ * Cancel and reap before the socket may close: a pending accept keeps a
+ * listening socket alive after close. Whoever is here reaps; the loop
+ * thread may reap the final completion first, which is as good.
  */
 static void uring_quiesce(struct evsteer_listener *lev)
 {
@@ -357,8 +486,7 @@ static void uring_quiesce(struct evsteer_listener *lev)
 		evst_ring_reap(e->r, 1000);
 	}
 	if (e->armed)
-		evst_err("listener fd %d: multishot accept did not end after "
-			 "cancel",
+		evst_err("listener fd %d: accept did not end after cancel",
 			 lev->fd);
 	evst_ring_wait_idle(e->r, &e->op);
 	evst_ring_unlock(e->r);
@@ -373,14 +501,12 @@ static void uring_destroy(struct evsteer_listener *lev)
 	evst_ring_lock(r);
 	/* accepted but never delivered: closed and counted, not leaked */
 	while (e->count) {
+		struct held_conn c;
+		held_pop(e, &c, 1);
 		if (lev->direct_table)
-			evst_ring_close_slot(r, e->held[e->head]);
+			evst_ring_close_slot(r, c.fd);
 		else
-			close(e->held[e->head]);
-		e->head = (e->head + 1) % e->cap;
-		e->count--;
-		atomic_fetch_sub_explicit(&lev->counters.held, 1,
-					  memory_order_relaxed);
+			close(c.fd);
 		evst_count(lev, closed_on_free);
 	}
 	evst_ring_release(r, &e->op);
@@ -396,11 +522,12 @@ static int uring_steal(struct evsteer_listener *lev)
 	struct uring_engine *e = engine_of(lev);
 	if (lev->direct_table)
 		return -1; /* slots belong to this ring */
+	struct held_conn c;
 	int fd = -1;
 	evst_ring_lock(e->r);
 	evst_ring_reap(e->r, 0);
-	if (!held_pop(e, &fd, 1))
-		fd = -1;
+	if (held_pop(e, &c, 1))
+		fd = c.fd;
 	evst_ring_unlock(e->r);
 	return fd;
 }
@@ -417,9 +544,22 @@ const struct evst_engine_ops evst_uring_engine = {
 	.steal = uring_steal,
 };
 
+/* The same engine; a direct listener reports itself as such. */
+const struct evst_engine_ops evst_uring_direct_engine = {
+	.kind = EVSTEER_ENGINE_URING_DIRECT,
+	.name = "uring-direct",
+	.bpf_name = "bpf+uring-direct",
+	.init = uring_init,
+	.enable = uring_enable,
+	.disable = uring_disable,
+	.quiesce = uring_quiesce,
+	.destroy = uring_destroy,
+	.steal = uring_steal,
+};
+
 struct evsteer_uring *evsteer_listener_get_uring(const struct evsteer_listener *lev)
 {
-	if (!lev || lev->ops != &evst_uring_engine) {
+	if (!lev || lev->ops != &evst_uring_direct_engine) {
 		errno = EINVAL;
 		return NULL;
 	}

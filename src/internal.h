@@ -197,6 +197,7 @@ EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
 /* accept_event.c, accept_uring.c */
 extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
+extern EVST_HIDDEN const struct evst_engine_ops evst_uring_direct_engine;
 
 /* Options struct helpers (libbpf's rule: bytes past what we know are zero). */
 EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_sz);

@@ -53,7 +53,7 @@ static int start_engine(struct evsteer_listener *lev,
 
 	if (lev->direct_table) {
 #if EVSTEER_HAVE_LIBURING
-		lev->ops = &evst_uring_engine;
+		lev->ops = &evst_uring_direct_engine;
 		lev->engine_reason = "";
 		int err = lev->ops->init(lev);
 		if (err < 0)

@@ -12,14 +12,42 @@
 
 #include "uring.h"
 
+/*
+ * How a ring is driven (the rules the engines rely on):
+ *
+ * Wake-ups. The loop thread runs run_loop_work() when the ring's eventfd
+ * fires, when an op was marked ready (kick_ev) or after a yield (yield_ev).
+ * It drains until there is nothing left, as libevent's accept loop retries
+ * until EAGAIN: reap the CQ, run ready(), flush, reap again. While it drains
+ * the eventfd is switched off (IORING_CQ_EVENTFD_DISABLED), so completions
+ * posted meanwhile (task work runs on the exit of the callbacks' own system
+ * calls under COOP_TASKRUN) are picked up by the next round instead of
+ * waking the loop once more; it is switched on again, and the CQ looked at
+ * once more, before returning to the loop.
+ *
+ * Submission. SQEs queued by the loop thread inside run_loop_work() (re-arms,
+ * direct sends and closes from callbacks) are not submitted one by one: the
+ * end of each round submits them all with one io_uring_enter(), which also
+ * runs pending task work (IORING_SQ_TASKRUN) so the next round sees its
+ * completions. SQEs queued anywhere else (another thread's cancel, a send
+ * from a timer callback, set-up) are submitted at once, as the caller may
+ * wait for their completion.
+ *
+ * Fairness. Each op decides how much it does per wake-up (the accept cap,
+ * keyed by evst_ring_wake_gen()); what must wait goes to the "later" list,
+ * run after the loop has polled its other events. The number of rounds per
+ * wake-up is bounded too.
+ */
+
 /* An enum value in newer headers (so #ifdef cannot see it); liburing 2.3
  * has neither the opcode nor a helper. Linux 6.8+. */
 #define EVST_OP_FIXED_FD_INSTALL 54
 #define EVST_FIXED_FD_NO_CLOEXEC (1U << 0)
 
-#define RING_ENTRIES 64
+#define RING_ENTRIES 256
 #define CQ_ENTRIES 4096
 #define READY_BATCH 64
+#define MAX_ROUNDS 32
 
 static __thread struct evst_uop *running_op;
 
@@ -33,11 +61,17 @@ struct evsteer_uring {
 	struct event *kick_ev; /* made active to run ready() in the loop */
 	struct event *yield_ev; /* the same, after the loop's next poll */
 	int inflight;
-	bool collecting; /* run_loop_work() takes the ready list next */
+	/* the loop thread is inside run_loop_work(): marking ready needs no
+	 * kick, and its SQEs wait for the end of the round */
+	bool in_work;
+	pthread_t owner;
+	unsigned long wake_gen;
 	struct evst_uop *ready_head, **ready_tail;
+	struct evst_uop *later_head, **later_tail;
 	unsigned int table_size; /* registered fixed-file table, 0: none */
 	unsigned int slots;      /* direct slots open */
 	bool have_install;       /* IORING_OP_FIXED_FD_INSTALL */
+	bool efd_quiet;          /* IORING_CQ_EVENTFD_DISABLED is set */
 	unsigned long overflows; /* times the CQ was found overflowed */
 	atomic_int users; /* 0: being destroyed, never revived */
 	struct evsteer_uring *next;
@@ -80,14 +114,49 @@ struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r)
 	return sqe;
 }
 
+/* Ring lock held: the loop thread, inside run_loop_work(). */
+static bool deferring(const struct evsteer_uring *r)
+{
+	return r->in_work && pthread_equal(r->owner, pthread_self());
+}
+
 int evst_ring_submit(struct evsteer_uring *r, int long_lived)
 {
-	int n = io_uring_submit(&r->ring);
-	if (n < 0)
-		return n;
+	if (!deferring(r)) {
+		int n = io_uring_submit(&r->ring);
+		if (n < 0)
+			return n;
+	}
 	if (long_lived && r->inflight++ == 0)
 		event_add(r->efd_ev, NULL);
 	return 0;
+}
+
+unsigned long evst_ring_wake_gen(const struct evsteer_uring *r)
+{
+	return r->wake_gen;
+}
+
+static void list_push(struct evst_uop ***tail, struct evst_uop *op)
+{
+	op->next_ready = NULL;
+	**tail = op;
+	*tail = &op->next_ready;
+}
+
+/* Remove op from the list at head/tail; true if it was there. */
+static bool list_remove(struct evst_uop **head, struct evst_uop ***tail,
+			struct evst_uop *op)
+{
+	struct evst_uop **pp = head;
+	while (*pp && *pp != op)
+		pp = &(*pp)->next_ready;
+	if (!*pp)
+		return false;
+	*pp = op->next_ready;
+	if (*tail == &op->next_ready)
+		*tail = pp;
+	return true;
 }
 
 void evst_ring_done(struct evsteer_uring *r)
@@ -103,34 +172,30 @@ void evst_ring_mark_ready(struct evsteer_uring *r, struct evst_uop *op)
 	if (op->queued || op->detached)
 		return;
 	op->queued = true;
-	op->next_ready = NULL;
-	*r->ready_tail = op;
-	r->ready_tail = &op->next_ready;
-	if (r->collecting)
-		return;
-	if (running_op) {
-		/* from inside a ready() (the accept cap): an active event
-		 * would run in this same pass; a zero timer runs after the
-		 * loop polled its other events */
-		static const struct timeval zero = {0, 0};
-		evtimer_add(r->yield_ev, &zero);
-	} else {
+	list_push(&r->ready_tail, op);
+	/* the draining loop thread looks at the list before it stops */
+	if (!r->in_work)
 		event_active(r->kick_ev, EV_READ, 0);
-	}
+}
+
+void evst_ring_mark_later(struct evsteer_uring *r, struct evst_uop *op)
+{
+	if (op->queued || op->detached)
+		return;
+	op->queued = true;
+	list_push(&r->later_tail, op);
+	/* an active event would run in this same pass; a zero timer runs
+	 * after the loop has polled its other events */
+	static const struct timeval zero = {0, 0};
+	evtimer_add(r->yield_ev, &zero);
 }
 
 void evst_ring_unready(struct evsteer_uring *r, struct evst_uop *op)
 {
 	if (!op->queued)
 		return;
-	struct evst_uop **pp = &r->ready_head;
-	while (*pp && *pp != op)
-		pp = &(*pp)->next_ready;
-	if (*pp) {
-		*pp = op->next_ready;
-		if (r->ready_tail == &op->next_ready)
-			r->ready_tail = pp;
-	}
+	if (!list_remove(&r->ready_head, &r->ready_tail, op))
+		list_remove(&r->later_head, &r->later_tail, op);
 	op->queued = false;
 }
 
@@ -160,6 +225,10 @@ void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us)
 	struct io_uring_cqe *cqes[64];
 
 	if (wait_us) {
+		/* what the loop thread deferred (a cancel from inside a
+		 * callback) must be in the kernel before waiting on it */
+		if (io_uring_sq_ready(&r->ring))
+			io_uring_submit(&r->ring);
 		struct __kernel_timespec ts = {.tv_sec = wait_us / 1000000,
 					       .tv_nsec = (wait_us % 1000000) * 1000};
 		struct io_uring_cqe *c;
@@ -183,8 +252,9 @@ void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us)
 			struct evst_uop *op =
 				(struct evst_uop *)(uintptr_t)io_uring_cqe_get_data64(
 					cqes[i]);
-			if (op && op->complete(op, cqes[i]))
-				evst_ring_mark_ready(r, op);
+			struct evst_uop *wake = op ? op->complete(op, cqes[i]) : NULL;
+			if (wake)
+				evst_ring_mark_ready(r, wake);
 		}
 		io_uring_cq_advance(&r->ring, n);
 	}
@@ -201,11 +271,36 @@ static bool ring_try_ref(struct evsteer_uring *r)
 	return false;
 }
 
-/* Loop thread: reap, then run ready() of the ops that want it. */
+static bool taskrun_pending(const struct evsteer_uring *r)
+{
+	return IO_URING_READ_ONCE(*r->ring.sq.kflags) & IORING_SQ_TASKRUN;
+}
+
+/*
+ * Ring lock held, loop thread. Submit what the round queued and run task
+ * work the kernel is holding for us, in one system call; nothing when
+ * there is neither.
+ */
+static void flush(struct evsteer_uring *r)
+{
+	if (!io_uring_sq_ready(&r->ring) && !taskrun_pending(r))
+		return;
+	int n = io_uring_submit_and_get_events(&r->ring);
+	if (n < 0 && n != -EINTR && n != -EAGAIN && n != -EBUSY)
+		evst_warn("ring: io_uring_enter: %s", strerror(-n));
+}
+
+/* Ring lock held: no signal from the kernel while we drain anyway. */
+static void eventfd_quiet(struct evsteer_uring *r, bool quiet)
+{
+	if (r->efd_quiet != quiet && io_uring_cq_eventfd_toggle(&r->ring, !quiet) == 0)
+		r->efd_quiet = quiet;
+}
+
+/* Loop thread: drain (see the rules at the top). */
 static void run_loop_work(struct evsteer_uring *r)
 {
 	struct evst_uop *batch[READY_BATCH];
-	int n = 0;
 
 	/* a ready() may free the last listener on this ring; and if another
 	 * thread is destroying it, that one waits for this callback to end */
@@ -213,36 +308,71 @@ static void run_loop_work(struct evsteer_uring *r)
 		return;
 
 	evst_ring_lock(r);
-	r->collecting = true;
-	evst_ring_reap(r, 0);
-	r->collecting = false;
-	while (r->ready_head && n < READY_BATCH) {
-		struct evst_uop *op = r->ready_head;
-		r->ready_head = op->next_ready;
-		if (!r->ready_head)
+	r->in_work = true;
+	r->owner = pthread_self();
+	r->wake_gen++;
+	/* what yielded last time runs first */
+	if (r->later_head) {
+		*r->ready_tail = r->later_head;
+		r->ready_tail = r->later_tail;
+		r->later_head = NULL;
+		r->later_tail = &r->later_head;
+	}
+	eventfd_quiet(r, true);
+	for (int round = 0;; round++) {
+		flush(r);
+		evst_ring_reap(r, 0);
+		if (!r->ready_head) {
+			/* Nothing to do: let the kernel signal again, then
+			 * look once more for what came in while it could
+			 * not (the signal for it was suppressed). */
+			eventfd_quiet(r, false);
+			if (!io_uring_cq_ready(&r->ring) && !taskrun_pending(r) &&
+			    !io_uring_sq_ready(&r->ring))
+				break;
+			eventfd_quiet(r, true);
+			continue;
+		}
+		if (round == MAX_ROUNDS) {
+			/* enough for one wake-up: the rest after the loop
+			 * has looked at its other events */
+			while (r->ready_head) {
+				struct evst_uop *op = r->ready_head;
+				r->ready_head = op->next_ready;
+				op->queued = false;
+				evst_ring_mark_later(r, op);
+			}
 			r->ready_tail = &r->ready_head;
-		op->queued = false;
-		op->busy++;
-		batch[n++] = op;
-	}
-	if (r->ready_head) {
-		static const struct timeval zero = {0, 0};
-		evtimer_add(r->yield_ev, &zero);
-	}
-	evst_ring_unlock(r);
-
-	for (int i = 0; i < n; i++) {
-		struct evst_uop *op = batch[i];
-		running_op = op;
-		op->ready(op);
-		running_op = NULL;
-		evst_ring_lock(r);
-		bool release = --op->busy == 0 && op->dead;
-		pthread_cond_broadcast(&r->idle);
+			eventfd_quiet(r, false);
+			break;
+		}
+		int n = 0;
+		while (r->ready_head && n < READY_BATCH) {
+			struct evst_uop *op = r->ready_head;
+			r->ready_head = op->next_ready;
+			if (!r->ready_head)
+				r->ready_tail = &r->ready_head;
+			op->queued = false;
+			op->busy++;
+			batch[n++] = op;
+		}
 		evst_ring_unlock(r);
-		if (release)
-			op->release(op);
+		for (int i = 0; i < n; i++) {
+			struct evst_uop *op = batch[i];
+			running_op = op;
+			op->ready(op);
+			running_op = NULL;
+			evst_ring_lock(r);
+			bool release = --op->busy == 0 && op->dead;
+			pthread_cond_broadcast(&r->idle);
+			evst_ring_unlock(r);
+			if (release)
+				op->release(op);
+		}
+		evst_ring_lock(r);
 	}
+	r->in_work = false;
+	evst_ring_unlock(r);
 	evst_ring_put(r);
 }
 
@@ -356,6 +486,7 @@ struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 	pthread_cond_init(&r->idle, NULL);
 	r->base = base;
 	r->ready_tail = &r->ready_head;
+	r->later_tail = &r->later_head;
 	r->efd_ev = event_new(base, r->efd, EV_READ | EV_PERSIST | EV_ET, efd_cb, r);
 	r->kick_ev = event_new(base, -1, 0, kick_cb, r);
 	r->yield_ev = evtimer_new(base, kick_cb, r);
@@ -393,9 +524,9 @@ void evst_ring_put(struct evsteer_uring *r)
 		for (int i = 0; r->inflight > 0 && i < 1000; i++)
 			evst_ring_reap(r, 1000);
 	}
-	r->collecting = true; /* no more kicks */
-	while (r->ready_head) {
-		struct evst_uop *op = r->ready_head;
+	r->in_work = true; /* no more kicks */
+	while (r->ready_head || r->later_head) {
+		struct evst_uop *op = r->ready_head ? r->ready_head : r->later_head;
 		evst_ring_unready(r, op);
 		op->release(op);
 	}
@@ -451,7 +582,7 @@ unsigned int evsteer_uring_slots_in_use(const struct evsteer_uring *r)
 
 /* ---- the direct I/O API: one small request object per operation */
 
-enum io_kind { IO_SEND, IO_RECV, IO_CLOSE, IO_INSTALL };
+enum io_kind { IO_SEND, IO_RECV, IO_CLOSE, IO_INSTALL, IO_SEND_CLOSE };
 
 struct io_op {
 	struct evst_uop op;
@@ -462,14 +593,15 @@ struct io_op {
 	enum io_kind kind;
 };
 
-static bool io_complete(struct evst_uop *op, const struct io_uring_cqe *cqe)
+static struct evst_uop *io_complete(struct evst_uop *op,
+				    const struct io_uring_cqe *cqe)
 {
 	struct io_op *io = (struct io_op *)op;
 	io->res = cqe->res;
 	evst_ring_done(io->r);
 	if (io->kind == IO_CLOSE && cqe->res == 0 && io->r->slots)
 		io->r->slots--;
-	return true;
+	return op;
 }
 
 static void io_ready(struct evst_uop *op)
@@ -497,15 +629,23 @@ static int io_submit(struct evsteer_uring *r, enum io_kind kind, int slot,
 		return -(errno = EINVAL);
 	if (kind == IO_INSTALL && !r->have_install)
 		return -(errno = EOPNOTSUPP);
-	struct io_op *io = calloc(1, sizeof(*io));
-	if (!io)
-		return -(errno = ENOMEM);
-	*io = (struct io_op){
-		.op = {.complete = io_complete, .ready = io_ready,
-		       .release = io_release},
-		.r = r, .cb = cb, .arg = arg, .slot = slot, .kind = kind};
+	/* a send-and-close without a callback has nothing to call back:
+	 * no request object, and no completion unless it fails */
+	struct io_op *io = NULL;
+	if (cb || kind != IO_SEND_CLOSE) {
+		io = calloc(1, sizeof(*io));
+		if (!io)
+			return -(errno = ENOMEM);
+		*io = (struct io_op){
+			.op = {.complete = io_complete, .ready = io_ready,
+			       .release = io_release},
+			.r = r, .cb = cb, .arg = arg, .slot = slot, .kind = kind};
+	}
 
 	evst_ring_lock(r);
+	/* a linked pair must not be split by a submission in between */
+	if (kind == IO_SEND_CLOSE && io_uring_sq_space_left(&r->ring) < 2)
+		io_uring_submit(&r->ring);
 	struct io_uring_sqe *sqe = evst_ring_sqe(r);
 	if (!sqe) {
 		evst_ring_unlock(r);
@@ -513,6 +653,29 @@ static int io_submit(struct evsteer_uring *r, enum io_kind kind, int slot,
 		return -(errno = EBUSY);
 	}
 	switch (kind) {
+	case IO_SEND_CLOSE: {
+		/* HARDLINK: the close runs even when the send fails or is
+		 * short; the caller gets the send's result */
+		io_uring_prep_send(sqe, slot, buf, len, MSG_NOSIGNAL);
+		sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK |
+			      (io ? 0 : IOSQE_CQE_SKIP_SUCCESS);
+		io_uring_sqe_set_data64(sqe, io ? (uint64_t)(uintptr_t)&io->op :
+						  EVST_UDATA_IGNORE);
+		struct io_uring_sqe *csqe = evst_ring_sqe(r);
+		io_uring_prep_close_direct(csqe, (unsigned int)slot);
+		csqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+		io_uring_sqe_set_data64(csqe, EVST_UDATA_IGNORE);
+		/* the slot is closed by the chain whatever the send did */
+		if (r->slots)
+			r->slots--;
+		int err = evst_ring_submit(r, io != NULL);
+		evst_ring_unlock(r);
+		if (err < 0) {
+			free(io);
+			return -(errno = -err);
+		}
+		return 0;
+	}
 	case IO_SEND:
 		io_uring_prep_send(sqe, slot, buf, len, MSG_NOSIGNAL);
 		sqe->flags |= IOSQE_FIXED_FILE;
@@ -547,6 +710,13 @@ int evsteer_uring_send(struct evsteer_uring *r, int slot, const void *buf,
 		       size_t len, evsteer_io_cb cb, void *arg)
 {
 	return io_submit(r, IO_SEND, slot, (void *)buf, len, 0, cb, arg);
+}
+
+int evsteer_uring_send_and_close(struct evsteer_uring *r, int slot,
+				 const void *buf, size_t len, evsteer_io_cb cb,
+				 void *arg)
+{
+	return io_submit(r, IO_SEND_CLOSE, slot, (void *)buf, len, 0, cb, arg);
 }
 
 int evsteer_uring_recv(struct evsteer_uring *r, int slot, void *buf, size_t len,

@@ -10,7 +10,8 @@
  * kernel runs a request's completion work on the task that submitted it,
  * and cancels its requests when that task exits. Completions are routed
  * under the ring lock to their owner's queue, never to user code; owners
- * deliver from the loop thread (ring_ready()).
+ * deliver from the loop thread (ready()). How the loop drains and when
+ * SQEs are submitted: the comment at the top of uring.c.
  */
 #ifndef EVSTEER_URING_H
 #define EVSTEER_URING_H
@@ -24,8 +25,10 @@ struct evsteer_uring;
 /* What a request's user_data points to. */
 struct evst_uop {
 	/* Ring lock held: record the completion, never call user code.
-	 * Return true to have the owner's ready() run in the loop thread. */
-	bool (*complete)(struct evst_uop *op, const struct io_uring_cqe *cqe);
+	 * Return the op whose ready() should run in the loop thread (op
+	 * itself, the op of its owner), or NULL. */
+	struct evst_uop *(*complete)(struct evst_uop *op,
+				     const struct io_uring_cqe *cqe);
 	/* Loop thread, no ring lock: deliver what complete() recorded. */
 	void (*ready)(struct evst_uop *op);
 	/* ready() wanted and not yet run (ring lock). */
@@ -54,9 +57,12 @@ EVST_HIDDEN void evst_ring_lock(struct evsteer_uring *r);
 EVST_HIDDEN void evst_ring_unlock(struct evsteer_uring *r);
 /* Ring lock held. An SQE (submitting what is queued if the SQ is full). */
 EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r);
-/* Ring lock held. Submit; `long_lived` requests count as in flight, which
+/* Ring lock held. Submit (at the end of the round when the loop thread is
+ * draining: see uring.c); `long_lived` requests count as in flight, which
  * keeps the ring's event in the base. */
 EVST_HIDDEN int evst_ring_submit(struct evsteer_uring *r, int long_lived);
+/* Changes with every wake-up of the loop thread: per-wake-up budgets. */
+EVST_HIDDEN unsigned long evst_ring_wake_gen(const struct evsteer_uring *r);
 /* Ring lock held: a long-lived request finished. */
 EVST_HIDDEN void evst_ring_done(struct evsteer_uring *r);
 /* Ring lock held. Route every completion available; with wait_us > 0 wait
@@ -64,6 +70,9 @@ EVST_HIDDEN void evst_ring_done(struct evsteer_uring *r);
 EVST_HIDDEN void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us);
 /* Ring lock held: have op->ready() run in the loop thread soon. */
 EVST_HIDDEN void evst_ring_mark_ready(struct evsteer_uring *r, struct evst_uop *op);
+/* Ring lock held: have op->ready() run on the next wake-up, after the loop
+ * has polled its other events (a budget was used up). */
+EVST_HIDDEN void evst_ring_mark_later(struct evsteer_uring *r, struct evst_uop *op);
 /* Ring lock held: forget op (it is being destroyed). */
 EVST_HIDDEN void evst_ring_unready(struct evsteer_uring *r, struct evst_uop *op);
 /*
@@ -90,5 +99,6 @@ EVST_HIDDEN void evst_ring_close_slot(struct evsteer_uring *r, int slot);
 #define EVST_UDATA_IGNORE 0
 
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
+extern EVST_HIDDEN const struct evst_engine_ops evst_uring_direct_engine;
 
 #endif

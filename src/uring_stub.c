@@ -39,6 +39,14 @@ int evsteer_uring_send(struct evsteer_uring *r, int slot, const void *buf,
 	return unsupported();
 }
 
+int evsteer_uring_send_and_close(struct evsteer_uring *r, int slot,
+				 const void *buf, size_t len, evsteer_io_cb cb,
+				 void *arg)
+{
+	(void)r, (void)slot, (void)buf, (void)len, (void)cb, (void)arg;
+	return unsupported();
+}
+
 int evsteer_uring_recv(struct evsteer_uring *r, int slot, void *buf, size_t len,
 		       evsteer_io_cb cb, void *arg)
 {

@@ -101,7 +101,7 @@ static void test_direct_request_response(void **state)
 	assert_non_null(s.lev);
 	EVSTEER_PATH_OPTS(p);
 	evsteer_listener_get_path(s.lev, &p);
-	assert_int_equal(p.engine, EVSTEER_ENGINE_URING);
+	assert_int_equal(p.engine, EVSTEER_ENGINE_URING_DIRECT);
 	struct evsteer_uring *r = evsteer_listener_get_uring(s.lev);
 	assert_non_null(r);
 
@@ -217,6 +217,119 @@ static void test_slot_to_fd(void **state)
 	assert_int_equal(evsteer_uring_send(NULL, 0, "x", 1, NULL, NULL), -EINVAL);
 	assert_int_equal(evsteer_uring_recv(r, -1, buf, 1, NULL, NULL), -EINVAL);
 	close(c);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+}
+
+/* ---- reply and close as one chain; the first loop pass */
+
+struct replier {
+	int accepted, sent, errors;
+	bool with_cb;
+};
+
+static void reply_sent(struct evsteer_uring *r, int slot, int res, void *arg)
+{
+	(void)r;
+	(void)slot;
+	struct replier *p = arg;
+	if (res != 5)
+		p->errors++;
+	p->sent++;
+}
+
+static void reply_and_close(struct evsteer_listener *lev,
+			    struct evsteer_uring *r, int slot, void *arg)
+{
+	(void)lev;
+	struct replier *p = arg;
+	p->accepted++;
+	if (evsteer_uring_send_and_close(r, slot, "hello", 5,
+					 p->with_cb ? reply_sent : NULL, p) < 0)
+		p->errors++;
+}
+
+static bool replies_sent(void *arg)
+{
+	struct replier *p = arg;
+	return p->sent == p->accepted && p->accepted > 0;
+}
+
+/* Each client reads the whole reply, then EOF: the slot was closed after
+ * the send, in that order, with and without a completion callback. */
+static void send_and_close(bool with_cb)
+{
+	struct event_base *base = tl_base();
+	struct replier p = {.with_cb = with_cb};
+	struct evsteer_listener *lev =
+		direct_listener(base, reply_and_close, &p, 0);
+	assert_non_null(lev);
+	struct evsteer_uring *r = evsteer_listener_get_uring(lev);
+	int c[NCONN];
+	tl_connect_n(evsteer_listener_get_fd(lev), c, NCONN);
+	assert_true(tl_loop_until(base, &p.accepted, NCONN));
+	if (with_cb)
+		assert_true(tl_loop_until_fn(base, replies_sent, &p));
+	for (int i = 0; i < NCONN; i++) {
+		char buf[16];
+		size_t got = 0;
+		ssize_t n;
+		/* bounded: a slot that was never closed fails, not hangs */
+		struct timeval tv = {.tv_sec = TL_TIMEOUT_MS / 1000};
+		setsockopt(c[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		while ((n = read(c[i], buf + got, sizeof(buf) - got)) > 0)
+			got += (size_t)n;
+		assert_int_equal(n, 0); /* EOF: the slot was closed */
+		assert_int_equal(got, 5);
+		assert_memory_equal(buf, "hello", 5);
+	}
+	assert_int_equal(p.errors, 0);
+	assert_int_equal(evsteer_uring_slots_in_use(r), 0);
+	/* misuse is an error, not a crash */
+	assert_int_equal(evsteer_uring_send_and_close(NULL, 0, "x", 1, NULL, NULL),
+			 -EINVAL);
+	assert_int_equal(evsteer_uring_send_and_close(r, -1, "x", 1, NULL, NULL),
+			 -EINVAL);
+	tl_close_n(c, NCONN);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+}
+
+static void test_send_and_close(void **state)
+{
+	(void)state;
+	need_uring();
+	send_and_close(true);
+}
+
+static void test_send_and_close_no_cb(void **state)
+{
+	(void)state;
+	need_uring();
+	send_and_close(false);
+}
+
+/* Connections queued before the first loop pass are delivered in it. */
+static void test_direct_first_pass(void **state)
+{
+	(void)state;
+	need_uring();
+	struct event_base *base = tl_base();
+	struct replier p = {0};
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct evsteer_listener *lev = evsteer_listener_new_bind_direct(
+		base, reply_and_close, &p,
+		EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_DISABLED, -1,
+		(struct sockaddr *)&ss, len, 0, NULL);
+	assert_non_null(lev);
+	int c[NCONN];
+	tl_connect_n(evsteer_listener_get_fd(lev), c, NCONN);
+	tl_wait_queued(evsteer_listener_get_fd(lev), NCONN);
+	assert_int_equal(evsteer_listener_enable(lev), 0);
+	event_base_loop(base, EVLOOP_ONCE);
+	assert_int_equal(p.accepted, NCONN);
+	tl_close_n(c, NCONN);
 	evsteer_listener_free(lev);
 	event_base_free(base);
 }
@@ -415,6 +528,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_direct_request_response),
 		cmocka_unit_test(test_slot_to_fd),
+		cmocka_unit_test(test_send_and_close),
+		cmocka_unit_test(test_send_and_close_no_cb),
+		cmocka_unit_test(test_direct_first_pass),
 		cmocka_unit_test(test_table_full),
 		cmocka_unit_test(test_cq_overflow),
 		cmocka_unit_test(test_free_releases_socket),

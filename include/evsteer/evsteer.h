@@ -422,6 +422,22 @@ evsteer_listener_get_uring(const struct evsteer_listener *lev);
 EVSTEER_API int evsteer_uring_send(struct evsteer_uring *ring, int slot,
 				   const void *buf, size_t len,
 				   evsteer_io_cb cb, void *arg);
+/*
+ * Send buf, then close the slot, as one linked chain in the ring: the usual
+ * end of a request/response exchange, with no system call of its own (the
+ * chain is submitted with everything else the loop queued in this round).
+ * The close runs whether the send succeeds, fails or is short; cb (may be
+ * NULL) gets the send's result (bytes or -errno). The slot is not the
+ * caller's any more once this returns 0: its number may belong to a new
+ * connection by the time cb runs. Without cb nothing comes back to the
+ * ring unless the send fails, and a failure is only counted. buf must
+ * stay valid until cb runs (until the send completes when cb is NULL: a
+ * static or long-lived buffer). 0 or -errno as evsteer_uring_send().
+ */
+EVSTEER_API int evsteer_uring_send_and_close(struct evsteer_uring *ring,
+					     int slot, const void *buf,
+					     size_t len, evsteer_io_cb cb,
+					     void *arg);
 EVSTEER_API int evsteer_uring_recv(struct evsteer_uring *ring, int slot,
 				   void *buf, size_t len, evsteer_io_cb cb,
 				   void *arg);
