@@ -447,7 +447,12 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 					      policy, EVSTEER_POLICY_LEAST_PENDING);
 	int stall_us = env_stall_us(
 		EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0));
-	if ((unsigned int)policy > EVSTEER_POLICY_CPU) {
+	const char *bad = evst_enum_opts_check(
+		EVST_OPT(opts, struct evsteer_group_opts, bpf, 0),
+		EVST_OPT(opts, struct evsteer_group_opts, policy, 0),
+		EVST_OPT(opts, struct evsteer_group_opts, accept, 0));
+	if (bad) {
+		evst_warn("%s: options: %s out of range", fn, bad);
 		errno = EINVAL;
 		return NULL;
 	}

@@ -199,6 +199,10 @@ extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_direct_engine;
 
+/* The name of the first enum option out of range, or NULL. */
+EVST_HIDDEN const char *evst_enum_opts_check(unsigned int bpf,
+					     unsigned int policy,
+					     unsigned int accept);
 /* Options struct helpers (libbpf's rule: bytes past what we know are zero). */
 EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_sz);
 #define EVST_OPT(opts, type, field, def)                                      \

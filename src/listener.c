@@ -117,7 +117,27 @@ static bool common_args_ok(const char *fn, struct event_base *base,
 			  fn);
 		return false;
 	}
+	const char *bad = evst_enum_opts_check(
+		EVST_OPT(opts, struct evsteer_listener_opts, bpf, 0),
+		EVST_OPT(opts, struct evsteer_listener_opts, policy, 0),
+		EVST_OPT(opts, struct evsteer_listener_opts, accept, 0));
+	if (bad) {
+		evst_warn("%s: options: %s out of range", fn, bad);
+		return false;
+	}
 	return true;
+}
+
+const char *evst_enum_opts_check(unsigned int bpf, unsigned int policy,
+				 unsigned int accept)
+{
+	if (bpf > EVSTEER_BPF_REQUIRE)
+		return "bpf";
+	if (policy > EVSTEER_POLICY_CPU)
+		return "policy";
+	if (accept > EVSTEER_ACCEPT_URING)
+		return "accept";
+	return NULL;
 }
 
 /* Everything after the argument checks: shared by new, new_bind and
@@ -224,13 +244,32 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		evst_warn("evsteer_listener_new: invalid fd %d", fd);
 		return fail_null(EINVAL);
 	}
-	int type;
+	int type, acc = 1;
 	socklen_t tlen = sizeof(type);
 	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0) {
 		int err = errno;
 		evst_warn("evsteer_listener_new: fd %d is not a usable socket: %s", fd,
 			  strerror(err));
 		return fail_null(err);
+	}
+	bool compat = EVST_OPT(opts, struct evsteer_listener_opts,
+			       libevent_compat, 0);
+	if (type != SOCK_STREAM && type != SOCK_SEQPACKET) {
+		evst_warn("evsteer_listener_new: fd %d is not a stream socket "
+			  "(type %d): %s",
+			  fd, type,
+			  compat ? "every accept on it will fail (as in libevent)" :
+				   "nothing to accept");
+		if (!compat)
+			return fail_null(EINVAL);
+	} else if (backlog == 0) {
+		tlen = sizeof(acc);
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &tlen) == 0 &&
+		    !acc)
+			evst_warn("evsteer_listener_new: fd %d is not listening "
+				  "and backlog is 0 (\"the caller listened\"): "
+				  "every accept will fail until listen() is called",
+				  fd);
 	}
 	return evst_listener_create(base, cb, arg, flags, backlog, fd, opts, NULL,
 				    0, 0);

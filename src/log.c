@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,12 @@ evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
 			       enum evsteer_log_level max_level)
 {
 	pthread_once(&env_once, read_env);
+	if ((unsigned int)max_level > EVSTEER_LOG_DEBUG) {
+		evst_warn("evsteer_set_log: level %d is not a log level",
+			  (int)max_level);
+		errno = EINVAL;
+		return NULL;
+	}
 	pthread_mutex_lock(&log_lock);
 	evsteer_log_fn old = log_fn;
 	log_fn = fn;

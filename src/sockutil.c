@@ -35,7 +35,9 @@ bool evst_opts_valid(const void *opts, size_t known_sz)
 	if (!opts)
 		return true;
 	size_t sz = *(const size_t *)opts;
-	if (sz < sizeof(size_t))
+	/* bounded before reading past what we know: a wild sz must not walk
+	 * off the end of the caller's memory */
+	if (sz < sizeof(size_t) || sz > EVSTEER_OPTS_MAX_SZ)
 		return false;
 	/* a newer caller's struct: fine as long as what we don't know is zero */
 	const unsigned char *p = opts;

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static void dummy_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
@@ -127,6 +128,121 @@ static void test_bad_opts(void **state)
 	event_base_free(base);
 }
 
+/* Enum options out of range are EINVAL, on listener and group options. */
+static void test_enum_opts(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct sockaddr *sa = (struct sockaddr *)&ss;
+	int before = tl_count_fds();
+
+	tl_log_capture_start();
+	EVSTEER_LISTENER_OPTS(p, .policy = (enum evsteer_policy)9);
+	EXPECT_NULL_ERRNO(evsteer_listener_new_bind(
+				  base, dummy_cb, NULL,
+				  EVSTEER_OPT_REUSEABLE_PORT, -1, sa, len, &p),
+			  EINVAL);
+	assert_int_equal(tl_log_capture_count("policy out of range"), 1);
+	EVSTEER_LISTENER_OPTS(a, .accept = (enum evsteer_accept_mode)7);
+	EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL, 0, -1,
+						    sa, len, &a),
+			  EINVAL);
+	assert_int_equal(tl_log_capture_count("accept out of range"), 1);
+	EVSTEER_LISTENER_OPTS(b, .bpf = (enum evsteer_bpf_mode)7);
+	EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL, 0, -1,
+						    sa, len, &b),
+			  EINVAL);
+	assert_int_equal(tl_log_capture_count("bpf out of range"), 1);
+
+	EVSTEER_GROUP_OPTS(ga, .accept = (enum evsteer_accept_mode)7);
+	EXPECT_NULL_ERRNO(evsteer_group_new(sa, len, 2, 0, -1, &ga), EINVAL);
+	EVSTEER_GROUP_OPTS(gb, .bpf = (enum evsteer_bpf_mode)7);
+	EXPECT_NULL_ERRNO(evsteer_group_new(sa, len, 2, 0, -1, &gb), EINVAL);
+	EVSTEER_GROUP_OPTS(gp, .policy = (enum evsteer_policy)4);
+	EXPECT_NULL_ERRNO(evsteer_group_new(sa, len, 2, 0, -1, &gp), EINVAL);
+	assert_int_equal(tl_log_capture_count("out of range"), 6);
+	tl_log_capture_stop();
+	assert_int_equal(tl_count_fds(), before);
+	event_base_free(base);
+}
+
+/* A wild sz is refused before anything past the known fields is read: the
+ * struct sits at the end of a page followed by an inaccessible one. */
+static void test_opts_sz_bound(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct sockaddr *sa = (struct sockaddr *)&ss;
+	long pg = sysconf(_SC_PAGESIZE);
+	char *m = mmap(NULL, (size_t)pg * 2, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(mprotect(m + pg, (size_t)pg, PROT_NONE), 0);
+
+	struct evsteer_listener_opts *o =
+		(void *)(m + pg - sizeof(struct evsteer_listener_opts));
+	memset(o, 0, sizeof(*o));
+	o->sz = 1u << 20;
+	tl_log_capture_start();
+	EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL, 0, -1,
+						    sa, len, o),
+			  EINVAL);
+	struct evsteer_group_opts *g =
+		(void *)(m + pg - sizeof(struct evsteer_group_opts));
+	memset(g, 0, sizeof(*g));
+	g->sz = 1u << 20;
+	EXPECT_NULL_ERRNO(evsteer_group_new(sa, len, 1, 0, -1, g), EINVAL);
+	assert_int_equal(tl_log_capture_count("bad options struct"), 1);
+	/* the largest allowed size is still read whole and accepted when zero */
+	o = (void *)(m + pg - EVSTEER_OPTS_MAX_SZ);
+	memset(o, 0, EVSTEER_OPTS_MAX_SZ);
+	o->sz = EVSTEER_OPTS_MAX_SZ;
+	struct evsteer_listener *lev = evsteer_listener_new_bind(
+		base, dummy_cb, NULL, EVSTEER_OPT_CLOSE_ON_FREE, -1, sa, len, o);
+	assert_non_null(lev);
+	evsteer_listener_free(lev);
+	tl_log_capture_stop();
+	munmap(m, (size_t)pg * 2);
+	event_base_free(base);
+}
+
+/* A datagram socket has nothing to accept: EINVAL natively; with
+ * libevent_compat (what compat.h passes) created, as libevent does, with a
+ * warning. A TCP socket that is not listening, with backlog 0 ("the caller
+ * listened"), gets a warning. */
+static void test_non_stream_socket(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	int u = socket(AF_INET, SOCK_DGRAM, 0);
+	assert_true(u >= 0);
+	tl_log_capture_start();
+	EXPECT_NULL_ERRNO(tl_new(base, dummy_cb, NULL, 0, 0, u), EINVAL);
+	assert_int_equal(tl_log_capture_count("is not a stream socket"), 1);
+	EVSTEER_LISTENER_OPTS(c, .libevent_compat = 1);
+	tl_path->opts(&c);
+	struct evsteer_listener *lev =
+		evsteer_listener_new(base, dummy_cb, NULL, 0, 0, u, &c);
+	assert_non_null(lev);
+	assert_int_equal(tl_log_capture_count("every accept on it will fail"), 1);
+	evsteer_listener_free(lev);
+
+	int t = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(t >= 0);
+	lev = tl_new(base, dummy_cb, NULL, 0, 0, t);
+	assert_non_null(lev);
+	assert_int_equal(tl_log_capture_count("is not listening"), 1);
+	evsteer_listener_free(lev);
+	tl_log_capture_stop();
+	close(u);
+	close(t);
+	event_base_free(base);
+}
+
 static void test_null_listener(void **state)
 {
 	(void)state;
@@ -157,6 +273,13 @@ static void test_log_callback(void **state)
 	assert_non_null(prev);
 	assert_null(evsteer_set_log(NULL, NULL, EVSTEER_LOG_WARN));
 	tl_log_capture_stop();
+	/* a level that does not exist changes nothing */
+	tl_log_capture_start();
+	errno = 0;
+	assert_null(evsteer_set_log(NULL, NULL, (enum evsteer_log_level)99));
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(tl_log_capture_count("is not a log level"), 1);
+	tl_log_capture_stop();
 }
 
 int main(void)
@@ -164,6 +287,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_bad_create_args),
 		cmocka_unit_test(test_bad_opts),
+		cmocka_unit_test(test_enum_opts),
+		cmocka_unit_test(test_opts_sz_bound),
+		cmocka_unit_test(test_non_stream_socket),
 		cmocka_unit_test(test_null_listener),
 		cmocka_unit_test(test_log_callback),
 	};

@@ -48,7 +48,9 @@ static inline struct evconnlistener *
 evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 		   unsigned flags, int backlog, evutil_socket_t fd)
 {
-	return evsteer_listener_new(base, cb, ptr, flags, backlog, fd, NULL);
+	/* libevent takes any socket here, and so do we (with a warning) */
+	EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1);
+	return evsteer_listener_new(base, cb, ptr, flags, backlog, fd, &o);
 }
 
 static inline struct evconnlistener *

@@ -131,10 +131,21 @@ struct evsteer_listener_opts {
 	 * under the container's seccomp profile, kernel.io_uring_disabled...),
 	 * the event engine, with the reason in the path report. */
 	enum evsteer_accept_mode accept;
+	/*
+	 * Non-zero: accept what libevent 2.1 accepts (compat.h sets it):
+	 * evsteer_listener_new() on a socket that is not a stream socket is
+	 * created, with a warning, and every accept on it fails, instead of
+	 * EINVAL.
+	 */
+	int libevent_compat;
 };
 #define EVSTEER_LISTENER_OPTS(NAME, ...)                                       \
 	struct evsteer_listener_opts NAME = {                                  \
 		.sz = sizeof(struct evsteer_listener_opts), __VA_ARGS__}
+
+/* An options struct larger than this is refused (EINVAL) unread: a newer
+ * caller's struct may be larger than ours, but not without bound. */
+#define EVSTEER_OPTS_MAX_SZ 4096
 
 /* listen() backlog for backlog < 0; the kernel clamps it to net.core.somaxconn. */
 #define EVSTEER_DEFAULT_BACKLOG SOMAXCONN
@@ -147,8 +158,11 @@ struct evsteer_listener_opts {
  * 128, which drops SYNs under bursts), 0 means the caller
  * already listened. A blocking fd is made non-blocking. cb may be NULL: the
  * listener then accepts nothing until evsteer_listener_set_cb() arms it.
- * Errors: EINVAL (NULL base, fd < 0, unknown flags, bad opts), EBADF,
- * ENOTSOCK, whatever listen() says. The fd is not closed on failure.
+ * Errors: EINVAL (NULL base, fd < 0, unknown flags, bad opts: an enum out
+ * of range or sz > EVSTEER_OPTS_MAX_SZ; a socket that is not a stream
+ * socket), EBADF, ENOTSOCK, whatever listen() says. With backlog 0 on a
+ * socket that is not listening a warning is logged (every accept would
+ * fail). The fd is not closed on failure.
  */
 EVSTEER_API struct evsteer_listener *
 evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
@@ -470,7 +484,7 @@ typedef void (*evsteer_log_fn)(enum evsteer_log_level level, const char *msg,
 /*
  * Install fn (NULL restores the default) with arg; messages above max_level
  * are not formatted at all. Returns the previous callback (NULL if it was the
- * default).
+ * default). A max_level out of range changes nothing: NULL, errno EINVAL.
  */
 EVSTEER_API evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
 					   enum evsteer_log_level max_level);
