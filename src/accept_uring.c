@@ -43,13 +43,6 @@ struct accept_slot {
 	struct sockaddr_storage ss;
 };
 
-/* An accepted connection waiting for delivery. */
-struct held_conn {
-	int fd;
-	socklen_t len; /* 0: no address (direct) */
-	struct sockaddr_storage ss;
-};
-
 struct uring_engine {
 	struct evst_uop op;          /* ready(); the multishot's user_data */
 	struct evsteer_listener *lev;
@@ -69,7 +62,7 @@ struct uring_engine {
 	unsigned int done; /* delivered in that wake-up (the accept cap) */
 	/* accepted, not yet delivered: a ring buffer that grows, so a burst
 	 * larger than any fixed size (or a CQ overflow) loses nothing */
-	struct held_conn *held;
+	struct evst_conn *held;
 	unsigned int cap, head, count;
 	struct accept_slot slots[ACCEPT_SLOTS];
 };
@@ -83,7 +76,7 @@ static inline struct uring_engine *engine_of(struct evsteer_listener *lev)
 static int held_grow(struct uring_engine *e)
 {
 	unsigned int ncap = e->cap ? e->cap * 2 : 64;
-	struct held_conn *n = malloc(ncap * sizeof(*n));
+	struct evst_conn *n = malloc(ncap * sizeof(*n));
 	if (!n)
 		return -ENOMEM;
 	for (unsigned int i = 0; i < e->count; i++)
@@ -108,7 +101,7 @@ static void held_push(struct uring_engine *e, int fd,
 		evst_count(e->lev, accept_errors);
 		return;
 	}
-	struct held_conn *h = &e->held[(e->head + e->count++) % e->cap];
+	struct evst_conn *h = &e->held[(e->head + e->count++) % e->cap];
 	h->fd = fd;
 	h->len = len;
 	if (len)
@@ -117,7 +110,7 @@ static void held_push(struct uring_engine *e, int fd,
 }
 
 /* Ring lock held: take up to max from the front. */
-static unsigned int held_pop(struct uring_engine *e, struct held_conn *out,
+static unsigned int held_pop(struct uring_engine *e, struct evst_conn *out,
 			     unsigned int max)
 {
 	unsigned int k = 0;
@@ -130,16 +123,29 @@ static unsigned int held_pop(struct uring_engine *e, struct held_conn *out,
 	return k;
 }
 
-/* Ring lock held: put k back at the front (room is there: we took them). */
-static void held_push_front(struct uring_engine *e, const struct held_conn *c,
+/* Ring lock held: put k back at the front, in order. Completions reaped
+ * (or a sibling's hand-over) since they were taken may have used the room
+ * they left: grow if so; without memory, close them (counted). */
+static void held_push_front(struct uring_engine *e, const struct evst_conn *c,
 			    unsigned int k)
 {
+	while (e->count + k > e->cap && held_grow(e) == 0)
+		;
 	for (unsigned int i = k; i-- > 0;) {
+		if (e->count == e->cap) {
+			if (e->lev->direct_table)
+				evst_ring_close_slot(e->r, c[i].fd);
+			else
+				close(c[i].fd);
+			evst_count(e->lev, accept_errors);
+			continue;
+		}
 		e->head = (e->head + e->cap - 1) % e->cap;
 		e->held[e->head] = c[i];
 		e->count++;
+		atomic_fetch_add_explicit(&e->lev->counters.held, 1,
+					  memory_order_relaxed);
 	}
-	atomic_fetch_add_explicit(&e->lev->counters.held, k, memory_order_relaxed);
 }
 
 /* Ring lock held. Arm from the loop thread only (see uring.h); the SQEs go
@@ -190,27 +196,6 @@ static void arm(struct uring_engine *e)
 	e->ended = false;
 }
 
-/* Ring lock held; any thread (a cancel completes at once). */
-static void cancel(struct uring_engine *e)
-{
-	if (!e->armed || e->cancel_sent)
-		return;
-	unsigned int n = e->multishot ? 1 : ACCEPT_SLOTS;
-	for (unsigned int i = 0; i < n; i++) {
-		if (!e->slots[i].armed)
-			continue;
-		struct io_uring_sqe *sqe = evst_ring_sqe(e->r);
-		if (!sqe)
-			return;
-		uint64_t key = e->multishot ? (uint64_t)(uintptr_t)&e->op :
-					      (uint64_t)(uintptr_t)&e->slots[i].op;
-		io_uring_prep_cancel64(sqe, key, 0);
-		io_uring_sqe_set_data64(sqe, EVST_UDATA_IGNORE);
-	}
-	if (evst_ring_submit(e->r, 0) == 0)
-		e->cancel_sent = true;
-}
-
 /* Ring lock held: one accept in flight ended. */
 static void accept_ended(struct uring_engine *e, struct accept_slot *s)
 {
@@ -219,6 +204,31 @@ static void accept_ended(struct uring_engine *e, struct accept_slot *s)
 	if (!e->armed)
 		e->cancel_sent = false;
 	evst_ring_done(e->r);
+}
+
+/* Ring lock held; any thread. An accept the loop thread staged and has not
+ * submitted yet is just dropped. */
+static void cancel(struct uring_engine *e)
+{
+	if (!e->armed || e->cancel_sent)
+		return;
+	unsigned int n = e->multishot ? 1 : ACCEPT_SLOTS;
+	bool failed = false;
+	for (unsigned int i = 0; i < n; i++) {
+		struct accept_slot *s = &e->slots[i];
+		if (!s->armed)
+			continue;
+		uint64_t key = e->multishot ? (uint64_t)(uintptr_t)&e->op :
+					      (uint64_t)(uintptr_t)&s->op;
+		int r = evst_ring_cancel(e->r, key);
+		if (r == 1)
+			accept_ended(e, s);
+		else if (r < 0)
+			failed = true;
+	}
+	/* until every accept in flight has ended (a failed cancel is tried
+	 * again by the caller's next call) */
+	e->cancel_sent = e->armed > 0 && !failed;
 }
 
 /* Ring lock held: an accept completed with res (fd, slot or -errno). */
@@ -285,7 +295,7 @@ static void deliver_held(struct uring_engine *e)
 	}
 	uint64_t now = lev->ws ? evst_now_ns() : 0;
 	unsigned int n, bi = 0, nb = 0;
-	struct held_conn batch[16];
+	struct evst_conn batch[16];
 	for (n = e->done; n < lev->max_accepts; n++) {
 		if (bi == nb) {
 			/* a batch per lock, not a lock per connection */
@@ -297,7 +307,7 @@ static void deliver_held(struct uring_engine *e)
 			if (!nb)
 				break;
 		}
-		struct held_conn *c = &batch[bi++];
+		struct evst_conn *c = &batch[bi++];
 		evst_took(lev, now);
 		if (lev->direct_table) {
 			if (!evst_deliver_direct(lev, e->r, c->fd))
@@ -493,15 +503,48 @@ static void uring_quiesce(struct evsteer_listener *lev)
 	event_del_block(e->timer);
 }
 
+/*
+ * Accepted but never delivered. A worker leaving its group gives them to a
+ * live sibling, which delivers them from its own loop: leaving loses
+ * nothing, whatever its ring had already taken off the socket (what is
+ * still queued on the socket migrates when it closes). A lone listener
+ * closes them, as libevent would have left them in the backlog to be reset,
+ * and counts them.
+ */
 static void uring_destroy(struct evsteer_listener *lev)
 {
 	struct uring_engine *e = engine_of(lev);
 	struct evsteer_uring *r = e->r;
 	event_free(e->timer);
+
 	evst_ring_lock(r);
-	/* accepted but never delivered: closed and counted, not leaked */
-	while (e->count) {
-		struct held_conn c;
+	unsigned int n = e->count, given = 0;
+	struct evst_conn *left = n ? malloc(n * sizeof(*left)) : NULL;
+	if (left)
+		held_pop(e, left, n);
+	evst_ring_unlock(r);
+	/* the sibling may share this ring: its lock is not held here */
+	if (left && lev->group && !lev->direct_table) {
+		given = evst_group_handoff(lev, left, n);
+		atomic_fetch_add_explicit(&lev->counters.handed_off, given,
+					  memory_order_relaxed);
+		if (given < n)
+			evst_warn("listener fd %d left its group with %u accepted "
+				  "connections and no live sibling to take %u of "
+				  "them: closed",
+				  lev->fd, n, n - given);
+	}
+
+	evst_ring_lock(r);
+	for (unsigned int i = given; left && i < n; i++) {
+		if (lev->direct_table)
+			evst_ring_close_slot(r, left[i].fd);
+		else
+			close(left[i].fd);
+		evst_count(lev, closed_on_free);
+	}
+	while (e->count) { /* no memory for the list above */
+		struct evst_conn c;
 		held_pop(e, &c, 1);
 		if (lev->direct_table)
 			evst_ring_close_slot(r, c.fd);
@@ -509,10 +552,33 @@ static void uring_destroy(struct evsteer_listener *lev)
 			close(c.fd);
 		evst_count(lev, closed_on_free);
 	}
+	free(left);
 	evst_ring_release(r, &e->op);
 	evst_ring_unlock(r);
 	evst_ring_put(r);
 	lev->engine = NULL;
+}
+
+/* A leaving sibling's connections: delivered from this listener's loop,
+ * before anything this one accepts later. */
+static unsigned int uring_adopt(struct evsteer_listener *lev,
+				const struct evst_conn *c, unsigned int n)
+{
+	struct uring_engine *e = engine_of(lev);
+	if (lev->direct_table)
+		return 0; /* slots belong to the ring that accepted them */
+	evst_ring_lock(e->r);
+	unsigned int k;
+	for (k = 0; k < n; k++) {
+		unsigned int before = e->count;
+		held_push(e, c[k].fd, &c[k].ss, c[k].len);
+		if (e->count == before)
+			break; /* out of memory: it was closed and counted */
+	}
+	if (k)
+		evst_ring_mark_ready(e->r, &e->op);
+	evst_ring_unlock(e->r);
+	return k < n ? k + 1 : k;
 }
 
 /* A sibling takes a connection this (stalled) worker's ring accepted. Its
@@ -522,7 +588,7 @@ static int uring_steal(struct evsteer_listener *lev)
 	struct uring_engine *e = engine_of(lev);
 	if (lev->direct_table)
 		return -1; /* slots belong to this ring */
-	struct held_conn c;
+	struct evst_conn c;
 	int fd = -1;
 	evst_ring_lock(e->r);
 	evst_ring_reap(e->r, 0);
@@ -542,6 +608,7 @@ const struct evst_engine_ops evst_uring_engine = {
 	.quiesce = uring_quiesce,
 	.destroy = uring_destroy,
 	.steal = uring_steal,
+	.adopt = uring_adopt,
 };
 
 /* The same engine; a direct listener reports itself as such. */
@@ -555,6 +622,7 @@ const struct evst_engine_ops evst_uring_direct_engine = {
 	.quiesce = uring_quiesce,
 	.destroy = uring_destroy,
 	.steal = uring_steal,
+	.adopt = uring_adopt,
 };
 
 struct evsteer_uring *evsteer_listener_get_uring(const struct evsteer_listener *lev)

@@ -786,6 +786,42 @@ void evst_group_steal(struct evsteer_listener *lev)
 	}
 }
 
+unsigned int evst_group_handoff(struct evsteer_listener *lev,
+				const struct evst_conn *c, unsigned int n)
+{
+	struct evsteer_group *g = lev->group;
+	unsigned int given = 0;
+
+	pthread_mutex_lock(&g->lock);
+	/* Live siblings only: `live` is cleared under this lock before a
+	 * listener starts going away, so a live one outlives the call. */
+	struct evsteer_listener *to[EVST_MAX_WORKERS];
+	unsigned int slot[EVST_MAX_WORKERS], k = 0;
+	for (unsigned int i = 0; i < g->nslots; i++) {
+		struct evst_slot *s = &g->slots[i];
+		if (i == lev->slot || !s->used || !s->lev ||
+		    s->lev == EVST_SLOT_CLAIMED || !s->lev->ops->adopt ||
+		    s->lev->direct_table != lev->direct_table ||
+		    !__atomic_load_n(&g->v.workers[i].live, __ATOMIC_RELAXED))
+			continue;
+		to[k] = s->lev;
+		slot[k++] = i;
+	}
+	/* spread in runs, so each sibling gets its share in order */
+	for (unsigned int j = 0; j < k && given < n; j++) {
+		unsigned int share = (n - given + (k - j) - 1) / (k - j);
+		unsigned int took = to[j]->ops->adopt(to[j], c + given, share);
+		/* as if the program had steered them there: its pending stays
+		 * right, and they show as migrated */
+		struct evst_worker *w = &g->v.workers[slot[j]];
+		__atomic_fetch_add(&w->steered, took, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&w->migrated, took, __ATOMIC_RELAXED);
+		given += took;
+	}
+	pthread_mutex_unlock(&g->lock);
+	return given;
+}
+
 void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct evsteer_listener *lev = arg;

@@ -12,6 +12,13 @@
 struct evst_worker;
 struct evsteer_uring;
 
+/* An accepted connection not yet delivered. */
+struct evst_conn {
+	int fd;
+	socklen_t len; /* 0: no address known (direct, or ask the socket) */
+	struct sockaddr_storage ss;
+};
+
 #define EVST_HIDDEN __attribute__((visibility("hidden")))
 
 /* log.c */
@@ -50,6 +57,13 @@ struct evst_engine_ops {
 	 * worker's), or -1.
 	 */
 	int (*steal)(struct evsteer_listener *lev);
+	/*
+	 * Optional, any thread, the group's lock held, lev live: take n
+	 * connections a sibling had accepted and not delivered when it left,
+	 * and deliver them from lev's own loop. Returns how many it took.
+	 */
+	unsigned int (*adopt)(struct evsteer_listener *lev,
+			      const struct evst_conn *c, unsigned int n);
 };
 
 struct evst_counters {
@@ -63,6 +77,7 @@ struct evst_counters {
 	atomic_int_fast64_t held; /* a gauge */
 	atomic_uint_fast64_t table_full;
 	atomic_uint_fast64_t rearms;
+	atomic_uint_fast64_t handed_off;
 };
 
 #define evst_count(lev, field) \
@@ -186,6 +201,15 @@ EVST_HIDDEN void evst_member_stop(struct evsteer_listener *lev);
  * a group member counts it (dequeued, heartbeat, accepted). */
 EVST_HIDDEN void evst_took(struct evsteer_listener *lev, uint64_t now);
 EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
+/*
+ * lev is leaving with n connections its engine accepted and never
+ * delivered: give them to live siblings of this process that can take them
+ * (in order, spread over them). Returns how many were taken; the caller
+ * closes the rest. lev's lock held; takes the group's.
+ */
+EVST_HIDDEN unsigned int evst_group_handoff(struct evsteer_listener *lev,
+					    const struct evst_conn *c,
+					    unsigned int n);
 EVST_HIDDEN void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg);
 EVST_HIDDEN bool evst_group_has_bpf(const struct evsteer_group *g);
 EVST_HIDDEN const char *evst_group_steer_reason(const struct evsteer_group *g);

@@ -534,6 +534,7 @@ int evsteer_listener_get_stats(const struct evsteer_listener *lev,
 		.held = (uint64_t)LOAD(held),
 		.table_full = LOAD(table_full),
 		.rearms = LOAD(rearms),
+		.handed_off = LOAD(handed_off),
 	};
 #undef LOAD
 	memcpy(out, &s, out->sz < sizeof(s) ? out->sz : sizeof(s));

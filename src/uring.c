@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,12 +27,18 @@
  * once more, before returning to the loop.
  *
  * Submission. SQEs queued by the loop thread inside run_loop_work() (re-arms,
- * direct sends and closes from callbacks) are not submitted one by one: the
- * end of each round submits them all with one io_uring_enter(), which also
+ * direct sends and closes from callbacks) are not submitted one by one: they
+ * are staged in the ring's own array, and the end of each round copies them
+ * into the SQ and submits them all with one io_uring_enter(), which also
  * runs pending task work (IORING_SQ_TASKRUN) so the next round sees its
- * completions. SQEs queued anywhere else (another thread's cancel, a send
- * from a timer callback, set-up) are submitted at once, as the caller may
- * wait for their completion.
+ * completions. Staged, not left in the SQ: another thread's submission
+ * (a cancel from disable or free) would take whatever the SQ holds with it,
+ * and the kernel ties a request to the task that submitted it (its
+ * completion work runs there, interrupting that thread's system calls with
+ * EINTR, and it is cancelled when that thread exits). A cancel of a request
+ * still staged just drops it. SQEs queued anywhere else (another thread's
+ * cancel, a send from a timer callback, set-up) are submitted at once, as
+ * the caller may wait for their completion.
  *
  * Fairness. Each op decides how much it does per wake-up (the accept cap,
  * keyed by evst_ring_wake_gen()); what must wait goes to the "later" list,
@@ -45,7 +52,10 @@
 #define EVST_FIXED_FD_NO_CLOEXEC (1U << 0)
 
 #define RING_ENTRIES 256
+#define STAGE_MAX RING_ENTRIES /* a flush fits the (empty) SQ in one go */
 #define CQ_ENTRIES 4096
+/* user_data of a staged SQE that was cancelled before submission */
+#define UDATA_DROPPED UINT64_MAX
 #define READY_BATCH 64
 #define MAX_ROUNDS 32
 
@@ -64,14 +74,18 @@ struct evsteer_uring {
 	/* the loop thread is inside run_loop_work(): marking ready needs no
 	 * kick, and its SQEs wait for the end of the round */
 	bool in_work;
-	pthread_t owner;
+	pthread_t owner;   /* the loop thread, once it has run us */
+	bool owner_known;
 	unsigned long wake_gen;
 	struct evst_uop *ready_head, **ready_tail;
 	struct evst_uop *later_head, **later_tail;
+	unsigned int nstaged;
+	struct io_uring_sqe stage[STAGE_MAX];
 	unsigned int table_size; /* registered fixed-file table, 0: none */
 	unsigned int slots;      /* direct slots open */
 	bool have_install;       /* IORING_OP_FIXED_FD_INSTALL */
 	bool efd_quiet;          /* IORING_CQ_EVENTFD_DISABLED is set */
+	int init_err;
 	unsigned long overflows; /* times the CQ was found overflowed */
 	atomic_int users; /* 0: being destroyed, never revived */
 	struct evsteer_uring *next;
@@ -104,8 +118,39 @@ struct event_base *evst_ring_base(struct evsteer_uring *r)
 	return r->base;
 }
 
+/* Ring lock held: the loop thread, inside run_loop_work(). */
+static bool deferring(const struct evsteer_uring *r)
+{
+	return r->in_work && pthread_equal(r->owner, pthread_self());
+}
+
+/* Ring lock held, loop thread: move the staged SQEs into the SQ. */
+static void unstage_all(struct evsteer_uring *r)
+{
+	for (unsigned int i = 0; i < r->nstaged; i++) {
+		if (r->stage[i].user_data == UDATA_DROPPED)
+			continue;
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+		if (!sqe) { /* not while other threads submit at once */
+			io_uring_submit(&r->ring);
+			sqe = io_uring_get_sqe(&r->ring);
+		}
+		*sqe = r->stage[i];
+	}
+	r->nstaged = 0;
+}
+
 struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r)
 {
+	if (deferring(r)) {
+		if (r->nstaged == STAGE_MAX) {
+			unstage_all(r);
+			io_uring_submit(&r->ring);
+		}
+		struct io_uring_sqe *sqe = &r->stage[r->nstaged++];
+		memset(sqe, 0, sizeof(*sqe));
+		return sqe;
+	}
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
 	if (!sqe) {
 		io_uring_submit(&r->ring);
@@ -114,12 +159,71 @@ struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r)
 	return sqe;
 }
 
-/* Ring lock held: the loop thread, inside run_loop_work(). */
-static bool deferring(const struct evsteer_uring *r)
+void evst_ring_reserve(struct evsteer_uring *r, unsigned int n)
 {
-	return r->in_work && pthread_equal(r->owner, pthread_self());
+	if (deferring(r)) {
+		if (r->nstaged + n > STAGE_MAX) {
+			unstage_all(r);
+			io_uring_submit(&r->ring);
+		}
+	} else if (io_uring_sq_space_left(&r->ring) < n) {
+		io_uring_submit(&r->ring);
+	}
 }
 
+static int cancel_sqe(struct evsteer_uring *r, uint64_t user_data, int flags)
+{
+	struct io_uring_sqe *sqe = evst_ring_sqe(r);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_cancel64(sqe, user_data, flags);
+	io_uring_sqe_set_data64(sqe, EVST_UDATA_IGNORE);
+	return evst_ring_submit(r, 0);
+}
+
+static int cancel_req(struct evsteer_uring *r, uint64_t user_data, int flags)
+{
+	if (!r->owner_known || pthread_equal(r->owner, pthread_self()))
+		return cancel_sqe(r, user_data, flags);
+	/*
+	 * Another thread: no SQE. A thread that submits to a ring is tied to
+	 * it by the kernel, which interrupts that thread's system calls
+	 * (EINTR) with work for the ring, down to its teardown; a
+	 * synchronous cancel (io_uring_register) does not tie it. The
+	 * request's completion still comes through the loop thread.
+	 */
+	struct io_uring_sync_cancel_reg reg = {
+		.addr = user_data,
+		.fd = -1,
+		.flags = (__u32)flags,
+		.timeout = {.tv_sec = -1, .tv_nsec = -1},
+	};
+	int err = io_uring_register_sync_cancel(&r->ring, &reg);
+	if (err == -EINVAL || err == -EOPNOTSUPP) /* before Linux 6.0 */
+		return cancel_sqe(r, user_data, flags);
+	/* -ENOENT: it completed meanwhile; its CQE is on its way */
+	return err == -ENOENT || err == -EALREADY ? 0 : err;
+}
+
+int evst_ring_cancel(struct evsteer_uring *r, uint64_t user_data)
+{
+	if (evst_ring_unstage(r, user_data))
+		return 1;
+	return cancel_req(r, user_data, 0);
+}
+
+bool evst_ring_unstage(struct evsteer_uring *r, uint64_t user_data)
+{
+	for (unsigned int i = 0; i < r->nstaged; i++) {
+		if (r->stage[i].user_data == user_data) {
+			/* a dropped link head would still run as a NOP, so
+			 * only unlinked requests (accepts) come here */
+			r->stage[i].user_data = UDATA_DROPPED;
+			return true;
+		}
+	}
+	return false;
+}
 int evst_ring_submit(struct evsteer_uring *r, int long_lived)
 {
 	if (!deferring(r)) {
@@ -174,8 +278,20 @@ void evst_ring_mark_ready(struct evsteer_uring *r, struct evst_uop *op)
 	op->queued = true;
 	list_push(&r->ready_tail, op);
 	/* the draining loop thread looks at the list before it stops */
-	if (!r->in_work)
-		event_active(r->kick_ev, EV_READ, 0);
+	if (r->in_work)
+		return;
+	/*
+	 * From another thread (a sibling handing over connections, a reap
+	 * during a steal or a free) while the ring's eventfd is in the base:
+	 * a write to it wakes the loop whether or not the base was made
+	 * thread-aware; event_active() from another thread needs that.
+	 */
+	if (r->inflight && r->owner_known &&
+	    !pthread_equal(r->owner, pthread_self())) {
+		if (eventfd_write(r->efd, 1) == 0)
+			return;
+	}
+	event_active(r->kick_ev, EV_READ, 0);
 }
 
 void evst_ring_mark_later(struct evsteer_uring *r, struct evst_uop *op)
@@ -227,6 +343,8 @@ void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us)
 	if (wait_us) {
 		/* what the loop thread deferred (a cancel from inside a
 		 * callback) must be in the kernel before waiting on it */
+		if (deferring(r))
+			unstage_all(r);
 		if (io_uring_sq_ready(&r->ring))
 			io_uring_submit(&r->ring);
 		struct __kernel_timespec ts = {.tv_sec = wait_us / 1000000,
@@ -283,6 +401,7 @@ static bool taskrun_pending(const struct evsteer_uring *r)
  */
 static void flush(struct evsteer_uring *r)
 {
+	unstage_all(r);
 	if (!io_uring_sq_ready(&r->ring) && !taskrun_pending(r))
 		return;
 	int n = io_uring_submit_and_get_events(&r->ring);
@@ -310,6 +429,7 @@ static void run_loop_work(struct evsteer_uring *r)
 	evst_ring_lock(r);
 	r->in_work = true;
 	r->owner = pthread_self();
+	r->owner_known = true;
 	r->wake_gen++;
 	/* what yielded last time runs first */
 	if (r->later_head) {
@@ -328,7 +448,7 @@ static void run_loop_work(struct evsteer_uring *r)
 			 * not (the signal for it was suppressed). */
 			eventfd_quiet(r, false);
 			if (!io_uring_cq_ready(&r->ring) && !taskrun_pending(r) &&
-			    !io_uring_sq_ready(&r->ring))
+			    !io_uring_sq_ready(&r->ring) && !r->nstaged)
 				break;
 			eventfd_quiet(r, true);
 			continue;
@@ -451,6 +571,36 @@ static int ring_init(struct evsteer_uring *r)
 	return err;
 }
 
+static void *ring_init_thread(void *arg)
+{
+	struct evsteer_uring *r = arg;
+	r->init_err = ring_init(r);
+	return NULL;
+}
+
+/*
+ * The kernel ties the task that creates a ring to it: tearing the ring
+ * down later queues work on that task, which interrupts whatever system
+ * call it is in at that moment (EINTR from epoll_wait, or a read with a
+ * timeout). The thread that creates a listener is often the host's main
+ * thread, not the loop's; so the ring is created by a short-lived thread of
+ * ours (signals blocked), whose tie ends when it exits. The loop thread,
+ * which submits, is tied anyway, and libevent retries its epoll_wait.
+ */
+static int ring_init_detached(struct evsteer_uring *r)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	pthread_t t;
+	int err = pthread_create(&t, NULL, ring_init_thread, r);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err) /* no thread to spare: here, then */
+		return ring_init(r);
+	pthread_join(t, NULL);
+	return r->init_err;
+}
+
 struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 {
 	pthread_mutex_lock(&registry_lock);
@@ -469,7 +619,7 @@ struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 		return NULL;
 	}
 	r = calloc(1, sizeof(*r));
-	int err = r ? ring_init(r) : -ENOMEM;
+	int err = r ? ring_init_detached(r) : -ENOMEM;
 	if (err < 0) {
 		free(r);
 		if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP) {
@@ -515,12 +665,7 @@ void evst_ring_put(struct evsteer_uring *r)
 	 */
 	evst_ring_lock(r);
 	if (r->inflight) {
-		struct io_uring_sqe *sqe = evst_ring_sqe(r);
-		if (sqe) {
-			io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-			io_uring_sqe_set_data64(sqe, EVST_UDATA_IGNORE);
-			io_uring_submit(&r->ring);
-		}
+		cancel_req(r, 0, IORING_ASYNC_CANCEL_ANY);
 		for (int i = 0; r->inflight > 0 && i < 1000; i++)
 			evst_ring_reap(r, 1000);
 	}
@@ -644,8 +789,8 @@ static int io_submit(struct evsteer_uring *r, enum io_kind kind, int slot,
 
 	evst_ring_lock(r);
 	/* a linked pair must not be split by a submission in between */
-	if (kind == IO_SEND_CLOSE && io_uring_sq_space_left(&r->ring) < 2)
-		io_uring_submit(&r->ring);
+	if (kind == IO_SEND_CLOSE)
+		evst_ring_reserve(r, 2);
 	struct io_uring_sqe *sqe = evst_ring_sqe(r);
 	if (!sqe) {
 		evst_ring_unlock(r);

@@ -55,8 +55,22 @@ EVST_HIDDEN void evst_ring_put(struct evsteer_uring *r);
 
 EVST_HIDDEN void evst_ring_lock(struct evsteer_uring *r);
 EVST_HIDDEN void evst_ring_unlock(struct evsteer_uring *r);
-/* Ring lock held. An SQE (submitting what is queued if the SQ is full). */
+/* Ring lock held. An SQE (submitting what is queued if the SQ is full);
+ * staged for the end of the round when the loop thread is draining. */
 EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r);
+/* Ring lock held: the next n evst_ring_sqe() come without a submission in
+ * between (a linked chain). */
+EVST_HIDDEN void evst_ring_reserve(struct evsteer_uring *r, unsigned int n);
+/* Ring lock held, any thread: drop a staged, not yet submitted, unlinked
+ * request; true if it was there (it will never complete). */
+EVST_HIDDEN bool evst_ring_unstage(struct evsteer_uring *r, uint64_t user_data);
+/*
+ * Ring lock held, any thread: cancel the request with user_data. 1: it was
+ * staged and is dropped (no completion will come); 0: cancelled, its
+ * completion (-ECANCELED, or its result if it won the race) will be
+ * reaped; -errno.
+ */
+EVST_HIDDEN int evst_ring_cancel(struct evsteer_uring *r, uint64_t user_data);
 /* Ring lock held. Submit (at the end of the round when the loop thread is
  * draining: see uring.c); `long_lived` requests count as in flight, which
  * keeps the ring's event in the base. */

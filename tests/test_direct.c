@@ -434,10 +434,20 @@ static void test_cq_overflow(void **state)
 	/* one pass arms the multishot accept; then the loop stays away while
 	 * N connections are accepted and their completions pile up. Each
 	 * client closes at once (its connection is accepted all the same),
-	 * so this needs one client fd, whatever RLIMIT_NOFILE is. */
+	 * so this needs one client fd, whatever RLIMIT_NOFILE is. It closes
+	 * with a reset: a plain close leaves the client port in TIME_WAIT,
+	 * and when the machine's TIME_WAIT table is full (busy CI machines)
+	 * the port is reused at once while the server side of its previous
+	 * connection still waits in the CQ; the new SYN then meets that
+	 * socket, gets a challenge ACK and is retried a second later. A reset
+	 * takes the server side out of the lookup at once. */
 	event_base_loop(base, EVLOOP_NONBLOCK);
-	for (int i = 0; i < N; i++)
-		close(tl_connect_to(lfd));
+	for (int i = 0; i < N; i++) {
+		int c = tl_connect_to(lfd);
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+		setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		close(c);
+	}
 	assert_true(tl_loop_until(base, &k.n, N));
 	EVSTEER_STATS_OPTS(st);
 	evsteer_listener_get_stats(lev, &st);

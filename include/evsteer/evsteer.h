@@ -265,6 +265,9 @@ struct evsteer_listener_stats {
 				the fixed-file table was full */
 	uint64_t rearms;     /* io_uring: multishot accepts re-armed after the
 				kernel ended one (error, full CQ, ...) */
+	uint64_t handed_off; /* io_uring, in a group: accepted, not delivered
+				when this listener was freed, and given to a
+				live sibling (instead of closed_on_free) */
 };
 #define EVSTEER_STATS_OPTS(NAME) \
 	struct evsteer_listener_stats NAME = { \

@@ -1,0 +1,398 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A worker that leaves its group loses nothing, on every engine: what is
+ * queued on its socket migrates (the sk_reuseport/migrate program), and
+ * what its io_uring had already accepted is handed to a live sibling. The
+ * leaving worker is running (its accepts are armed) and is freed from its
+ * own callback, from another thread, and over hundreds of cycles from
+ * several threads. A lone listener still closes (and counts) what it had
+ * accepted and not delivered, as libevent would.
+ */
+#include "tlib.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void need_bpf(void)
+{
+	const char *why = tl_bpf_unavailable();
+	tl_skip_unless(why == NULL, "bpf", why ? why : "");
+}
+
+static void need_uring(void)
+{
+	const char *why = tl_uring_unavailable();
+	tl_skip_unless(why == NULL, "uring", why ? why : "");
+}
+
+static const char *engine_name(enum evsteer_accept_mode m)
+{
+	return m == EVSTEER_ACCEPT_EVENT ? "event" : "uring";
+}
+
+struct worker {
+	struct evsteer_listener *lev;
+	atomic_int served;
+	int free_self_at; /* free the listener from its callback at this count */
+	int want;         /* what served_reached() waits for */
+	pthread_t thread;
+	struct event_base *base;
+};
+
+static void reply_cb(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
+		     int len, void *arg)
+{
+	(void)sa;
+	(void)len;
+	struct worker *w = arg;
+	if (write(fd, "ok", 2) != 2)
+		abort();
+	close(fd);
+	int n = atomic_fetch_add(&w->served, 1) + 1;
+	if (w->free_self_at && n == w->free_self_at) {
+		w->lev = NULL;
+		evsteer_listener_free(lev);
+	}
+}
+
+/* "ok" (0), or -errno (ECONNRESET, EPROTO for EOF), within the timeout. */
+static int read_reply(int c)
+{
+	struct timeval tv = {.tv_sec = TL_TIMEOUT_MS / 1000};
+	setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	char buf[4];
+	ssize_t r = read(c, buf, sizeof(buf));
+	if (r < 0)
+		return -errno;
+	return r == 2 && !memcmp(buf, "ok", 2) ? 0 : -EPROTO;
+}
+
+static int client(const struct sockaddr_storage *ss, socklen_t len)
+{
+	int c = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(c >= 0);
+	if (connect(c, (const struct sockaddr *)ss, len) < 0)
+		fail_msg("connect: %s", strerror(errno));
+	return c;
+}
+
+/* Every client got "ok"; returns how many did not. */
+static int check_replies(int *c, int n, const char *what)
+{
+	int bad = 0, eof = 0, reset = 0;
+	for (int i = 0; i < n; i++) {
+		int r = read_reply(c[i]);
+		if (r) {
+			print_message("%s: client %d: %s\n", what, i,
+				      r == -EPROTO ? "EOF" : strerror(-r));
+			bad++;
+			eof += r == -EPROTO;
+			reset += r == -ECONNRESET;
+		}
+		close(c[i]);
+		c[i] = -1;
+	}
+	if (bad)
+		print_message("%s: %d of %d not served (%d EOF, %d reset)\n", what,
+			      bad, n, eof, reset);
+	return bad;
+}
+
+/* A 2-worker BPF group; every CPU steers to worker 1 (policy cpu). */
+static struct evsteer_group *two_workers(enum evsteer_accept_mode engine,
+					 enum evsteer_policy policy,
+					 struct sockaddr_storage *ss,
+					 socklen_t *len)
+{
+	*len = tl_addr_loopback(AF_INET, ss);
+	EVSTEER_GROUP_OPTS(o, .policy = policy, .stall_us = -1,
+			   .bpf = EVSTEER_BPF_REQUIRE, .accept = engine);
+	/* THREADSAFE: listeners are freed and toggled from other threads */
+	struct evsteer_group *g = evsteer_group_new(
+		(struct sockaddr *)ss, *len, 2, EVSTEER_OPT_THREADSAFE, 512, &o);
+	assert_non_null(g);
+	*len = tl_sockname(evsteer_group_get_fd(g, 0), ss);
+	if (policy == EVSTEER_POLICY_CPU) {
+		long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+		for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
+			assert_int_equal(evsteer_group_set_cpu(g, (unsigned)cpu, 1), 0);
+	}
+	return g;
+}
+
+static bool served_reached(void *arg)
+{
+	struct worker *w = arg;
+	return atomic_load(&w->served) >= w->want;
+}
+
+static void *run_base(void *arg)
+{
+	struct worker *w = arg;
+	event_base_dispatch(w->base);
+	return NULL;
+}
+
+/*
+ * Worker 1 has run its loop (its accepts are armed), 10 clients connect to
+ * it, it answers the first and frees its listener from the callback: the
+ * other 9 are served by worker 0.
+ */
+static void leave_from_callback(enum evsteer_accept_mode engine)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct evsteer_group *g = two_workers(engine, EVSTEER_POLICY_CPU, &ss, &len);
+	struct worker w0 = {.base = tl_base(), .want = 9},
+		      w1 = {.base = tl_base(), .free_self_at = 1, .want = 1};
+	w0.lev = evsteer_group_attach(g, 0, w0.base, reply_cb, &w0);
+	w1.lev = evsteer_group_attach(g, 1, w1.base, reply_cb, &w1);
+	assert_non_null(w0.lev);
+	assert_non_null(w1.lev);
+	evsteer_group_free(g);
+	/* both loops run once: their accepts are in flight */
+	event_base_loop(w0.base, EVLOOP_NONBLOCK);
+	event_base_loop(w1.base, EVLOOP_NONBLOCK);
+
+	int c[10];
+	for (int i = 0; i < 10; i++)
+		c[i] = client(&ss, len);
+	assert_true(tl_loop_until_fn(w1.base, served_reached, &w1));
+	assert_null(w1.lev);
+	assert_true(tl_loop_until_fn(w0.base, served_reached, &w0));
+	assert_int_equal(check_replies(c, 10, engine_name(engine)), 0);
+	assert_int_equal(atomic_load(&w1.served), 1);
+	assert_int_equal(atomic_load(&w0.served), 9);
+	EVSTEER_WORKER_STATS_OPTS(st);
+	assert_int_equal(evsteer_group_worker_stats(
+				 evsteer_listener_get_group(w0.lev), 0, &st), 0);
+	assert_int_equal(st.migrated, 9);
+	evsteer_listener_free(w0.lev);
+	event_base_free(w0.base);
+	event_base_free(w1.base);
+}
+
+static void test_leave_from_callback(void **state)
+{
+	(void)state;
+	need_bpf();
+	leave_from_callback(EVSTEER_ACCEPT_EVENT);
+	need_uring();
+	leave_from_callback(EVSTEER_ACCEPT_URING);
+}
+
+/*
+ * Both workers run in their own threads; clients keep connecting (every
+ * CPU steers to worker 1) and worker 1's listener is freed from the main
+ * thread midway. All 300 are served.
+ */
+static void leave_from_other_thread(enum evsteer_accept_mode engine)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct evsteer_group *g = two_workers(engine, EVSTEER_POLICY_CPU, &ss, &len);
+	struct worker w[2] = {{.base = tl_base()}, {.base = tl_base()}};
+	for (int i = 0; i < 2; i++) {
+		w[i].lev = evsteer_group_attach(g, (unsigned)i, w[i].base,
+						reply_cb, &w[i]);
+		assert_non_null(w[i].lev);
+	}
+	evsteer_group_free(g);
+	/* worker 0 would leave dispatch with nothing to do: keep it looping */
+	struct event *keep = event_new(w[0].base, -1, EV_PERSIST, NULL, NULL);
+	struct timeval hour = {3600, 0};
+	event_add(keep, &hour);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&w[i].thread, NULL, run_base, &w[i]),
+				 0);
+
+	int c[300];
+	for (int i = 0; i < 300; i++) {
+		c[i] = client(&ss, len);
+		if (i == 100)
+			evsteer_listener_free(w[1].lev);
+	}
+	/* worker 1's dispatch returns by itself once its listener is gone */
+	pthread_join(w[1].thread, NULL);
+	int bad = check_replies(c, 300, engine_name(engine));
+	event_base_loopbreak(w[0].base);
+	pthread_join(w[0].thread, NULL);
+	print_message("%s: worker 0 served %d, worker 1 %d\n", engine_name(engine),
+		      atomic_load(&w[0].served), atomic_load(&w[1].served));
+	assert_int_equal(bad, 0);
+	assert_int_equal(atomic_load(&w[0].served) + atomic_load(&w[1].served),
+			 300);
+	event_free(keep);
+	evsteer_listener_free(w[0].lev);
+	event_base_free(w[0].base);
+	event_base_free(w[1].base);
+}
+
+static void test_leave_from_other_thread(void **state)
+{
+	(void)state;
+	need_bpf();
+	leave_from_other_thread(EVSTEER_ACCEPT_EVENT);
+	need_uring();
+	leave_from_other_thread(EVSTEER_ACCEPT_URING);
+}
+
+/*
+ * Churn: a stable worker serves in its thread; a second worker joins, is
+ * disabled and enabled, and leaves, a few hundred times, freed by turns
+ * from its own thread's callback and from the main thread, while clients
+ * connect. Nothing is lost, and no descriptor (socket, ring, BPF map or
+ * program) is left behind.
+ */
+#define CYCLES 200
+#define PER_CYCLE 6
+
+static void churn(enum evsteer_accept_mode engine)
+{
+	int fds_before = tl_count_fds();
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct evsteer_group *g =
+		two_workers(engine, EVSTEER_POLICY_ROUND_ROBIN, &ss, &len);
+	struct worker w0 = {.base = tl_base()};
+	w0.lev = evsteer_group_attach(g, 0, w0.base, reply_cb, &w0);
+	assert_non_null(w0.lev);
+	/* slot 1 is not served at first: let it go, workers come and go */
+	evsteer_listener_free(evsteer_group_attach(g, 1, w0.base, reply_cb, &w0));
+	struct event *keep = event_new(w0.base, -1, EV_PERSIST, NULL, NULL);
+	struct timeval hour = {3600, 0};
+	event_add(keep, &hour);
+	assert_int_equal(pthread_create(&w0.thread, NULL, run_base, &w0), 0);
+
+	int lost = 0, total = 0;
+	for (int cycle = 0; cycle < CYCLES; cycle++) {
+		struct worker w1 = {.base = tl_base()};
+		int slot = evsteer_group_add_worker(g);
+		assert_true(slot >= 0);
+		bool self = cycle % 2;
+		w1.free_self_at = self ? 2 : 0;
+		w1.lev = evsteer_group_attach(g, (unsigned)slot, w1.base, reply_cb,
+					      &w1);
+		assert_non_null(w1.lev);
+		assert_int_equal(pthread_create(&w1.thread, NULL, run_base, &w1), 0);
+		int c[PER_CYCLE];
+		for (int i = 0; i < PER_CYCLE; i++) {
+			c[i] = client(&ss, len);
+			if (i == 1) {
+				/* w1 may be freeing itself: toggle w0 then */
+				struct worker *t = self ? &w0 : &w1;
+				evsteer_listener_disable(t->lev);
+				evsteer_listener_enable(t->lev);
+			}
+		}
+		if (!self) {
+			evsteer_listener_free(w1.lev);
+		} else {
+			/* it frees itself at its second connection; round-robin
+			 * gives it one of every two, so it gets there */
+			struct timespec until;
+			clock_gettime(CLOCK_MONOTONIC, &until);
+			until.tv_sec += TL_TIMEOUT_MS / 1000;
+			while (atomic_load(&w1.served) < 2) {
+				struct timespec now;
+				clock_gettime(CLOCK_MONOTONIC, &now);
+				if (now.tv_sec > until.tv_sec)
+					fail_msg("cycle %d: worker 1 served %d", cycle,
+						 atomic_load(&w1.served));
+				sched_yield();
+			}
+		}
+		pthread_join(w1.thread, NULL);
+		int l = check_replies(c, PER_CYCLE, engine_name(engine));
+		if (l)
+			print_message("cycle %d (%s): worker 1 served %d\n", cycle,
+				      self ? "freed itself" : "freed by main",
+				      atomic_load(&w1.served));
+		lost += l;
+		total += PER_CYCLE;
+		event_base_free(w1.base);
+	}
+	event_base_loopbreak(w0.base);
+	pthread_join(w0.thread, NULL);
+	print_message("%s: %d cycles, %d connections, %d lost, worker 0 served %d\n",
+		      engine_name(engine), CYCLES, total, lost,
+		      atomic_load(&w0.served));
+	assert_int_equal(lost, 0);
+	event_free(keep);
+	evsteer_listener_free(w0.lev);
+	evsteer_group_free(g);
+	event_base_free(w0.base);
+	assert_int_equal(tl_count_fds(), fds_before);
+}
+
+static void test_churn(void **state)
+{
+	(void)state;
+	need_bpf();
+	churn(EVSTEER_ACCEPT_EVENT);
+	need_uring();
+	churn(EVSTEER_ACCEPT_URING);
+}
+
+/*
+ * A lone io_uring listener freed with connections its ring accepted and
+ * never delivered closes them and counts them (libevent would have reset
+ * them with the socket): nothing to hand them to.
+ */
+static void lone_closed(struct evsteer_listener *lev, int fd,
+			struct sockaddr *sa, int len, void *arg)
+{
+	(void)sa;
+	(void)len;
+	close(fd);
+	EVSTEER_STATS_OPTS(st);
+	evsteer_listener_get_stats(lev, &st);
+	*(struct evsteer_listener_stats *)arg = st;
+	evsteer_listener_free(lev);
+}
+
+static void test_lone_listener_counts(void **state)
+{
+	(void)state;
+	need_uring();
+	int fds_before = tl_count_fds();
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct evsteer_listener_stats st = {0};
+	EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING,
+			      .bpf = EVSTEER_BPF_OFF);
+	struct evsteer_listener *lev = evsteer_listener_new_bind(
+		base, lone_closed, &st, EVSTEER_OPT_CLOSE_ON_FREE, -1,
+		(struct sockaddr *)&ss, len, &o);
+	assert_non_null(lev);
+	event_base_loop(base, EVLOOP_NONBLOCK); /* armed */
+	int c[5];
+	tl_connect_n(evsteer_listener_get_fd(lev), c, 5);
+	event_base_loop(base, EVLOOP_ONCE); /* delivers one, which frees */
+	assert_int_equal(st.accepted, 1);
+	/* the other four were closed: each client sees EOF, not a reply */
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(read_reply(c[i]), -EPROTO);
+	tl_close_n(c, 5);
+	event_base_free(base);
+	assert_int_equal(tl_count_fds(), fds_before);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_leave_from_callback),
+		cmocka_unit_test(test_leave_from_other_thread),
+		cmocka_unit_test(test_churn),
+		cmocka_unit_test(test_lone_listener_counts),
+	};
+	return tl_run_once("drain", tests, sizeof(tests) / sizeof(tests[0]));
+}
