@@ -172,6 +172,15 @@ EVST_HIDDEN unsigned int evst_next_backoff_ms(struct evsteer_listener *lev);
 EVST_HIDDEN int evst_validate_sockaddr(const struct sockaddr *sa, socklen_t len);
 /* SO_KEEPALIVE and the options the LEV_OPT flags ask for. 0 or -errno. */
 EVST_HIDDEN int evst_apply_sockopts(int fd, unsigned int flags);
+/* SO_COOKIE / SO_NETNS_COOKIE of a socket, 0 if unknown. */
+EVST_HIDDEN uint64_t evst_sock_cookie(int fd);
+EVST_HIDDEN uint64_t evst_netns_cookie(int fd);
+struct evst_sock_info {
+	uint64_t cookie, inode;
+	uint32_t uid;
+};
+EVST_HIDDEN int evst_list_listeners(const struct sockaddr *sa,
+				    struct evst_sock_info *out, int max);
 
 /* listener.c */
 EVST_HIDDEN struct evsteer_listener *

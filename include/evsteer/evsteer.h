@@ -383,6 +383,13 @@ struct evsteer_worker_stats {
 	uint64_t migrated;  /* moved here from a sibling that left */
 	uint64_t heartbeat_age_ns; /* since this worker last made progress */
 	int live;           /* attached, enabled, in the steering table */
+	/* Across processes (evsteer_group_global_stats()): the process that
+	 * owns the slot (its getpid(); 0 when the slot is free), the slot's
+	 * number in the whole group (-1 when free), and whether it is one of
+	 * this group's own workers. */
+	int pid;
+	int global_slot;
+	int mine;
 };
 #define EVSTEER_WORKER_STATS_OPTS(NAME) \
 	struct evsteer_worker_stats NAME = { \
@@ -391,6 +398,21 @@ struct evsteer_worker_stats {
 /* Per-worker counters; cheap (no system call). 0 or -errno. */
 EVSTEER_API int evsteer_group_worker_stats(const struct evsteer_group *g,
 					   unsigned int slot,
+					   struct evsteer_worker_stats *out);
+
+/*
+ * The whole group across processes. Every group and REUSEABLE_PORT
+ * listener on one address, in this process and in any other process of the
+ * same user in the same network namespace, is steered as one group (see
+ * README "Several processes"); its slots are numbered 0..global_size-1
+ * across all of them, and each member's workers take the free ones. Any
+ * member reads any slot's counters (shared memory, no system call); a free
+ * slot reads as zeros with pid 0. With the kernel hash (no BPF) the group
+ * spans this process only.
+ */
+EVSTEER_API unsigned int evsteer_group_global_size(const struct evsteer_group *g);
+EVSTEER_API int evsteer_group_global_stats(const struct evsteer_group *g,
+					   unsigned int global_slot,
 					   struct evsteer_worker_stats *out);
 
 /*
