@@ -446,14 +446,31 @@ static void set_reason(struct evst_shared *sh, const char *fmt, ...)
  * Join whoever serves the address, or create the objects and serve them.
  * 0 with sh->steer set; or -errno with sh->reason saying why not.
  */
-static int rendezvous(struct evst_shared *sh)
+/* Listeners on our address other than `self`: a group whose rendezvous is
+ * changing hands, or someone else's sockets. */
+static bool others_listen(struct evst_shared *sh, uint64_t self)
+{
+	struct evst_sock_info li[8];
+	int n = evst_list_listeners((struct sockaddr *)&sh->addr, li, 8);
+	for (int i = 0; i < n; i++)
+		if (li[i].cookie != self)
+			return true;
+	return false;
+}
+
+static int rendezvous(struct evst_shared *sh, uint64_t self)
 {
 #if EVSTEER_HAVE_BPF
 	char a[64];
 	addr_str(&sh->addr, a, sizeof(a));
 	int fds[EVST_RDV_NFDS];
 	bool loaded = false;
-	for (int attempt = 0; attempt < 200; attempt++) {
+	/* While the server of a group leaves, its name is free for up to a
+	 * tick before another member takes it: a newcomer that loaded its own
+	 * program then would replace the group's. So when others listen on
+	 * the address, wait a few ticks for a server before creating one. */
+	uint64_t wait_until = 0;
+	for (int attempt = 0; attempt < 400; attempt++) {
 		uid_t uid = 0;
 		pid_t pid = 0;
 		int r = loaded ? -ENOENT : evst_rdv_join(&sh->rdv, fds, &uid, &pid);
@@ -499,7 +516,17 @@ static int rendezvous(struct evst_shared *sh)
 				   strerror(-r));
 			return r;
 		}
-		/* nobody serves it: be the first */
+		/* nobody serves it: be the first (see above) */
+		if (!loaded && others_listen(sh, self)) {
+			uint64_t now = evst_now_ns();
+			if (!wait_until)
+				wait_until = now + 3ull * EVST_RDV_TICK_MS * 1000000;
+			if (now < wait_until) {
+				struct timespec ts = {0, 5000000L};
+				nanosleep(&ts, NULL);
+				continue;
+			}
+		}
 		if (!loaded) {
 			if (probe_err) {
 				set_reason(sh, "%s", probe_reason);
@@ -557,7 +584,7 @@ static int rendezvous(struct evst_shared *sh)
 		struct timespec ts = {0, 1000000L * (attempt < 10 ? 1 : 10)};
 		nanosleep(&ts, NULL);
 	}
-	set_reason(sh, "bpf: no rendezvous for %s after 200 attempts", a);
+	set_reason(sh, "bpf: no rendezvous for %s after 400 attempts", a);
 	return -ETIMEDOUT;
 #else
 	set_reason(sh, "bpf: not built (meson -Dbpf=disabled or no toolchain)");
@@ -622,7 +649,7 @@ struct evst_shared *evst_shared_get(int fd, const struct evst_shared_opts *o)
 		sh->reason = "bpf: off (EVSTEER_BPF=off or the bpf option)";
 		r = -EPERM;
 	} else {
-		r = rendezvous(sh);
+		r = rendezvous(sh, evst_sock_cookie(fd));
 	}
 	if (r >= 0) {
 		evst_steer_view(sh->steer, &sh->v);

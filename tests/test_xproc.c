@@ -1,0 +1,700 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * One steering group across processes, with real processes: each member is
+ * a fork/exec of tests/xproc_server (a worker pool on 127.0.0.1:PORT) that
+ * answers every connection with its pid. Join, leave, the creator leaving
+ * first, concurrent joins, SIGKILL of a member, a foreign listener on the
+ * port, and a rendezvous held by another user.
+ */
+#include "tlib.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+struct srv {
+	pid_t pid;
+	int in;        /* its stdin */
+	FILE *out;     /* its stdout */
+	int port;
+	char path[64]; /* path name */
+	char reason[512];
+};
+
+static char server_exe[PATH_MAX];
+/* members still running: a failed test must not leave them behind */
+static pid_t running[16];
+
+static void track(pid_t pid, bool add)
+{
+	for (int i = 0; i < 16; i++)
+		if (running[i] == (add ? 0 : pid)) {
+			running[i] = add ? pid : 0;
+			return;
+		}
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	for (int i = 0; i < 16; i++)
+		if (running[i]) {
+			kill(running[i], SIGKILL);
+			waitpid(running[i], NULL, 0);
+			running[i] = 0;
+		}
+	return 0;
+}
+
+static void need_bpf(void)
+{
+	const char *why = tl_bpf_unavailable();
+	tl_skip_unless(why == NULL, "bpf", why ? why : "");
+}
+
+/* A line from the server within the timeout, or false. */
+static bool srv_line(struct srv *s, char *buf, size_t n)
+{
+	struct pollfd p = {.fd = fileno(s->out), .events = POLLIN};
+	/* stdio may hold a line already */
+	for (;;) {
+		if (s->out->_IO_read_ptr < s->out->_IO_read_end ||
+		    poll(&p, 1, TL_TIMEOUT_MS) == 1)
+			return fgets(buf, (int)n, s->out) != NULL;
+		return false;
+	}
+}
+
+static void srv_cmd(struct srv *s, const char *cmd)
+{
+	size_t n = strlen(cmd);
+	assert_int_equal(write(s->in, cmd, n), (ssize_t)n);
+}
+
+static void srv_ready(struct srv *s)
+{
+	char line[768];
+	if (!srv_line(s, line, sizeof(line)))
+		fail_msg("server did not start");
+	if (sscanf(line, "ready %d %63s %511[^\n]", &s->port, s->path,
+		   s->reason) < 2)
+		fail_msg("server: %s", line);
+}
+
+/* Start a member (args end with NULL); srv_ready() waits for it. */
+static void srv_spawn(struct srv *s, int port, int workers, va_list ap)
+{
+	char ports[16], ws[16];
+	snprintf(ports, sizeof(ports), "%d", port);
+	snprintf(ws, sizeof(ws), "%d", workers);
+	const char *argv[32] = {server_exe, "--port", ports, "--workers", ws};
+	int k = 5;
+	for (const char *a; k < 31 && (a = va_arg(ap, const char *));)
+		argv[k++] = a;
+	argv[k] = NULL;
+	int in[2], out[2];
+	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
+	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+	memset(s, 0, sizeof(*s));
+	s->pid = fork();
+	assert_true(s->pid >= 0);
+	if (s->pid == 0) {
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		execv(server_exe, (char *const *)argv);
+		_exit(127);
+	}
+	track(s->pid, true);
+	close(in[0]);
+	close(out[1]);
+	s->in = in[1];
+	s->out = fdopen(out[0], "r");
+}
+
+static void srv_start(struct srv *s, int port, int workers, ...)
+{
+	va_list ap;
+	va_start(ap, workers);
+	srv_spawn(s, port, workers, ap);
+	va_end(ap);
+	srv_ready(s);
+}
+
+static void srv_start_nowait(struct srv *s, int port, int workers, ...)
+{
+	va_list ap;
+	va_start(ap, workers);
+	srv_spawn(s, port, workers, ap);
+	va_end(ap);
+}
+
+static void srv_path(struct srv *s)
+{
+	char line[768];
+	srv_cmd(s, "path\n");
+	assert_true(srv_line(s, line, sizeof(line)));
+	assert_true(sscanf(line, "path %63s %511[^\n]", s->path, s->reason) >= 1);
+}
+
+/* Wait (bounded) until the member's path name starts with / differs from
+ * `prefix` (want true: starts with it). */
+static bool srv_wait_path(struct srv *s, const char *prefix, bool want)
+{
+	for (int i = 0; i < TL_TIMEOUT_MS / 50; i++) {
+		srv_path(s);
+		if ((strncmp(s->path, prefix, strlen(prefix)) == 0) == want)
+			return true;
+		usleep(50 * 1000);
+	}
+	return false;
+}
+
+struct slotinfo {
+	int pid, mine, live;
+	unsigned long long steered, accepted, migrated;
+};
+
+/* The whole group as member s sees it; returns the number of slots. */
+static int srv_stats(struct srv *s, struct slotinfo *si, int max)
+{
+	char line[256];
+	int n = 0;
+	srv_cmd(s, "stats\n");
+	assert_true(srv_line(s, line, sizeof(line)));
+	assert_int_equal(sscanf(line, "slots %d", &n), 1);
+	for (int i = 0; i < n; i++) {
+		unsigned g;
+		assert_true(srv_line(s, line, sizeof(line)));
+		struct slotinfo x;
+		assert_int_equal(sscanf(line,
+					"slot %u pid %d mine %d live %d steered %llu "
+					"accepted %llu migrated %llu",
+					&g, &x.pid, &x.mine, &x.live, &x.steered,
+					&x.accepted, &x.migrated),
+				 7);
+		if (i < max)
+			si[i] = x;
+	}
+	assert_true(srv_line(s, line, sizeof(line)));
+	assert_string_equal(line, "end\n");
+	return n;
+}
+
+static long srv_leave(struct srv *s)
+{
+	char line[64];
+	long n = -1;
+	srv_cmd(s, "leave\n");
+	if (srv_line(s, line, sizeof(line)))
+		sscanf(line, "left %ld", &n);
+	int st;
+	waitpid(s->pid, &st, 0);
+	track(s->pid, false);
+	close(s->in);
+	fclose(s->out);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	return n;
+}
+
+static void srv_kill(struct srv *s)
+{
+	kill(s->pid, SIGKILL);
+	waitpid(s->pid, NULL, 0);
+	track(s->pid, false);
+	close(s->in);
+	fclose(s->out);
+}
+
+static struct sockaddr_in addr_of(int port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	return a;
+}
+
+/* Open n connections at once (handshakes done, nothing read). */
+static void open_n(int port, int *fds, int n)
+{
+	struct sockaddr_in a = addr_of(port);
+	for (int i = 0; i < n; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_true(fds[i] >= 0);
+		if (connect(fds[i], (struct sockaddr *)&a, sizeof(a)) < 0)
+			fail_msg("connect %d: %s", i, strerror(errno));
+	}
+}
+
+/* Read each connection's answer: the pid that served it, 0 for a reset
+ * or EOF, -1 for no answer within the timeout. */
+static int read_pid(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	if (poll(&p, 1, TL_TIMEOUT_MS) != 1)
+		return -1;
+	char b[32];
+	ssize_t r = read(fd, b, sizeof(b) - 1);
+	if (r <= 0)
+		return 0;
+	b[r] = '\0';
+	return atoi(b);
+}
+
+struct tally {
+	int served, reset, timeout;
+	int by[8];     /* per member, in the order of pids[] */
+	pid_t pids[8];
+	int n;
+};
+
+static void tally_add(struct tally *t, int pid)
+{
+	if (pid == 0) {
+		t->reset++;
+		return;
+	}
+	if (pid < 0) {
+		t->timeout++;
+		return;
+	}
+	t->served++;
+	for (int i = 0; i < t->n; i++)
+		if (t->pids[i] == pid) {
+			t->by[i]++;
+			return;
+		}
+	if (t->n < 8) {
+		t->pids[t->n] = pid;
+		t->by[t->n++] = 1;
+	}
+}
+
+static int tally_of(const struct tally *t, pid_t pid)
+{
+	for (int i = 0; i < t->n; i++)
+		if (t->pids[i] == pid)
+			return t->by[i];
+	return 0;
+}
+
+/* n sequential connections, each read at once. */
+static struct tally serial(int port, int n)
+{
+	struct tally t = {0};
+	struct sockaddr_in a = addr_of(port);
+	for (int i = 0; i < n; i++) {
+		int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_true(c >= 0);
+		if (connect(c, (struct sockaddr *)&a, sizeof(a)) < 0)
+			fail_msg("connect %d: %s", i, strerror(errno));
+		tally_add(&t, read_pid(c));
+		close(c);
+	}
+	return t;
+}
+
+static struct tally read_all(int *fds, int n)
+{
+	struct tally t = {0};
+	for (int i = 0; i < n; i++) {
+		tally_add(&t, read_pid(fds[i]));
+		close(fds[i]);
+	}
+	return t;
+}
+
+/* A port nobody uses now (bound briefly, then released). */
+static int free_port(void)
+{
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = addr_of(0);
+	assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
+	socklen_t l = sizeof(a);
+	getsockname(s, (struct sockaddr *)&a, &l);
+	close(s);
+	return ntohs(a.sin_port);
+}
+
+static bool is_bpf(const struct srv *s)
+{
+	return !strncmp(s->path, "bpf+", 4);
+}
+
+/* Two processes x 2 workers on one port, the default policy: each gets a
+ * fair share, and every connection is served. (Issue 9's first target.) */
+static void test_two_processes(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct srv a, b;
+	srv_start(&a, 0, 2, NULL);
+	srv_start(&b, a.port, 2, NULL);
+	assert_true(is_bpf(&a));
+	assert_true(is_bpf(&b));
+	struct tally t = serial(a.port, 1000);
+	print_message("A %d, B %d of %d served (%d reset, %d timed out)\n",
+		      tally_of(&t, a.pid), tally_of(&t, b.pid), t.served,
+		      t.reset, t.timeout);
+	assert_int_equal(t.served, 1000);
+	assert_true(tally_of(&t, a.pid) >= 250);
+	assert_true(tally_of(&t, b.pid) >= 250);
+	/* either member reads the whole group */
+	struct slotinfo si[8];
+	assert_int_equal(srv_stats(&b, si, 8), 4);
+	for (int i = 0; i < 4; i++)
+		print_message("slot %d (pid %d): steered %llu\n", i, si[i].pid,
+			      si[i].steered);
+	unsigned long long steered = 0;
+	int mine = 0;
+	for (int i = 0; i < 4; i++) {
+		assert_true(si[i].pid == a.pid || si[i].pid == b.pid);
+		assert_int_equal(si[i].mine, si[i].pid == b.pid);
+		assert_true(si[i].live);
+		steered += si[i].steered;
+		mine += si[i].mine;
+	}
+	assert_int_equal(mine, 2);
+	assert_int_equal(steered, 1000);
+	srv_leave(&b);
+	srv_leave(&a);
+}
+
+/* Round-robin over 2 processes x 2 workers: exact rotation. */
+static void test_round_robin_2x2(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct srv a, b;
+	/* stall detection off: on a loaded machine a worker descheduled for
+	 * 2 ms would (rightly) be skipped, and the rotation not exact */
+	srv_start(&a, 0, 2, "--policy", "round-robin", "--stall-us", "-1", NULL);
+	srv_start(&b, a.port, 2, NULL);
+	struct tally t = serial(a.port, 1000);
+	assert_int_equal(t.served, 1000);
+	struct slotinfo si[8];
+	assert_int_equal(srv_stats(&a, si, 8), 4);
+	unsigned long long max = 0;
+	for (int i = 0; i < 4; i++) {
+		print_message("slot %d (pid %d): %llu\n", i, si[i].pid,
+			      si[i].steered);
+		if (si[i].steered > max)
+			max = si[i].steered;
+	}
+	/* max/mean <= 1.01 with a mean of 250 */
+	assert_true(max * 100 <= 250 * 101);
+	assert_int_equal(tally_of(&t, a.pid), 500);
+	srv_leave(&a);
+	srv_leave(&b);
+}
+
+/*
+ * A member leaves with connections queued on its sockets (its loops never
+ * ran): they migrate to the other member, none is reset.
+ */
+static void leave_with_queue(const char *accept, bool kill_it)
+{
+	struct srv a, b;
+	srv_start(&a, 0, 2, "--policy", "round-robin", "--stall-us", "-1",
+		  "--accept", accept, NULL);
+	srv_start(&b, a.port, 2, "--frozen", "--accept", accept, NULL);
+	int fds[200];
+	open_n(a.port, fds, 200);
+	struct slotinfo si[8];
+	assert_int_equal(srv_stats(&a, si, 8), 4);
+	unsigned long long on_b = 0;
+	for (int i = 0; i < 4; i++)
+		if (si[i].pid == b.pid)
+			on_b += si[i].steered;
+	assert_int_equal(on_b, 100);
+	if (kill_it)
+		srv_kill(&b);
+	else
+		assert_int_equal(srv_leave(&b), 0);
+	struct tally t = read_all(fds, 200);
+	/* a killed member's slots are freed by the survivor's next ticks */
+	int left = 4;
+	for (int i = 0; i < TL_TIMEOUT_MS / 50 && left != 2; i++) {
+		left = srv_stats(&a, si, 8);
+		if (left != 2)
+			usleep(50 * 1000);
+	}
+	assert_int_equal(left, 2);
+	unsigned long long migrated = si[0].migrated + si[1].migrated;
+	print_message("%s%s: %d served by A, %d reset, %d timed out, "
+		      "%llu migrated\n",
+		      kill_it ? "SIGKILL, " : "", accept, tally_of(&t, a.pid),
+		      t.reset, t.timeout, migrated);
+	assert_int_equal(tally_of(&t, a.pid), 200);
+	assert_int_equal(t.reset, 0);
+	/* Killed, the member could not take its slots out of the table
+	 * first: until the survivor frees them, the program's picks of them
+	 * fail and the kernel's hash places those connections (on A: the
+	 * only sockets left), uncounted as migrated. */
+	if (!kill_it)
+		assert_int_equal(migrated, 100);
+	srv_leave(&a);
+}
+
+static void test_leave_migrates(void **state)
+{
+	(void)state;
+	need_bpf();
+	leave_with_queue("event", false);
+	if (!tl_uring_unavailable())
+		leave_with_queue("uring", false);
+}
+
+/* SIGKILL: the process had accepted nothing itself (its loops never ran),
+ * so nothing may be lost: the kernel migrates its queue; its slots are
+ * freed for the others by the survivors' next tick. */
+static void test_sigkill_member(void **state)
+{
+	(void)state;
+	need_bpf();
+	leave_with_queue("event", true);
+	if (!tl_uring_unavailable())
+		leave_with_queue("uring", true);
+}
+
+/* The creator (the first server of the rendezvous) leaves first: the group
+ * lives on, another member serves the rendezvous, newcomers still join. */
+static void test_creator_leaves_first(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct srv a, b, c;
+	srv_start(&a, 0, 1, "--policy", "round-robin", "--stall-us", "-1", NULL);
+	srv_start(&b, a.port, 2, NULL);
+	srv_leave(&a);
+	srv_start(&c, b.port, 1, NULL);
+	assert_true(is_bpf(&c));
+	struct slotinfo si[8];
+	int n = srv_stats(&c, si, 8);
+	int owned = 0;
+	for (int i = 0; i < n; i++) {
+		assert_true(si[i].pid == 0 || si[i].pid == b.pid ||
+			    si[i].pid == c.pid);
+		owned += si[i].pid != 0;
+	}
+	assert_int_equal(owned, 3);
+	struct tally t = serial(b.port, 300);
+	assert_int_equal(t.served, 300);
+	assert_int_equal(tally_of(&t, b.pid), 200);
+	assert_int_equal(tally_of(&t, c.pid), 100);
+	srv_leave(&b);
+	srv_leave(&c);
+}
+
+/* Four processes start at the same moment on one port: one creates, three
+ * join, none replaces another's program; then two leave while two others
+ * join, at the same moment again. */
+static void test_concurrent_joins(void **state)
+{
+	(void)state;
+	need_bpf();
+	int port = free_port();
+	struct srv s[6];
+	char ports[16];
+	snprintf(ports, sizeof(ports), "%d", port);
+	/* start all four before reading any "ready" */
+	for (int i = 0; i < 4; i++)
+		srv_start_nowait(&s[i], port, 1, "--policy", "round-robin",
+				 "--stall-us", "-1", NULL);
+	for (int i = 0; i < 4; i++) {
+		srv_ready(&s[i]);
+		assert_true(is_bpf(&s[i]));
+	}
+	struct slotinfo si[8];
+	assert_int_equal(srv_stats(&s[3], si, 8), 4);
+	struct tally t = serial(port, 400);
+	assert_int_equal(t.served, 400);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(tally_of(&t, s[i].pid), 100);
+	/* churn: two leave, two join */
+	srv_cmd(&s[0], "leave\n");
+	srv_cmd(&s[1], "leave\n");
+	srv_start_nowait(&s[4], port, 1, NULL);
+	srv_start_nowait(&s[5], port, 1, NULL);
+	srv_ready(&s[4]);
+	srv_ready(&s[5]);
+	for (int i = 0; i < 2; i++) {
+		char line[64];
+		assert_true(srv_line(&s[i], line, sizeof(line)));
+		waitpid(s[i].pid, NULL, 0);
+		track(s[i].pid, false);
+		close(s[i].in);
+		fclose(s[i].out);
+	}
+	t = serial(port, 400);
+	assert_int_equal(t.served, 400);
+	for (int i = 2; i < 6; i++)
+		assert_int_equal(tally_of(&t, s[i].pid), 100);
+	for (int i = 2; i < 6; i++)
+		srv_leave(&s[i]);
+}
+
+/* A plain SO_REUSEPORT listener on the port that is not ours: our program
+ * would starve it, so the group stands down to the kernel's hash and says
+ * why, and steers again once it is gone. */
+static void test_foreign_socket(void **state)
+{
+	(void)state;
+	need_bpf();
+	int port = free_port();
+	int f = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int one = 1;
+	setsockopt(f, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	struct sockaddr_in a = addr_of(port);
+	assert_int_equal(bind(f, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(f, 128), 0);
+	struct srv s;
+	srv_start(&s, port, 2, NULL);
+	assert_true(srv_wait_path(&s, "bpf+", false));
+	print_message("path %s: %s\n", s.path, s.reason);
+	assert_non_null(strstr(s.reason, "not ours"));
+	/* the kernel hash reaches the foreign socket too */
+	int fds[64];
+	open_n(port, fds, 64);
+	int on_foreign = tl_queued(f);
+	assert_true(on_foreign > 0);
+	for (int i = 0; i < on_foreign; i++) {
+		int c = accept(f, NULL, NULL);
+		assert_true(c >= 0);
+		assert_int_equal(write(c, "0\n", 2), 2);
+		close(c);
+	}
+	struct tally t = read_all(fds, 64);
+	assert_int_equal(t.timeout, 0);
+	assert_int_equal(tally_of(&t, s.pid), 64 - on_foreign);
+	close(f);
+	assert_true(srv_wait_path(&s, "bpf+", true));
+	srv_leave(&s);
+}
+
+/* Another user holds the rendezvous of our address (and, in the second
+ * part, a listener on the port): we may not take its descriptors. */
+static void test_other_user(void **state)
+{
+	(void)state;
+	need_bpf();
+	tl_skip_unless(geteuid() == 0 &&
+			       system("setpriv --version >/dev/null 2>&1 && "
+				      "/usr/bin/python3 -c 1 2>/dev/null") == 0,
+		       "bpf", "needs root, setpriv and python3");
+	int port = free_port();
+	int s0 = socket(AF_INET, SOCK_STREAM, 0);
+	uint64_t netns = 0;
+	socklen_t l = sizeof(netns);
+	assert_int_equal(getsockopt(s0, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &l), 0);
+	close(s0);
+	for (int listen_too = 0; listen_too < 2; listen_too++) {
+		/* the rendezvous name, as README documents it */
+		char cmd[1024];
+		snprintf(cmd, sizeof(cmd),
+			 "exec setpriv --reuid=65534 --regid=65534 --clear-groups "
+			 "/usr/bin/python3 -c 'import socket,sys\n"
+			 "u=socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+			 "u.bind(b\"\\0evsteer/%llx/127.0.0.1:%d\"); u.listen()\n"
+			 "if %d:\n"
+			 " t=socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+			 " t.bind((\"127.0.0.1\", %d)); t.listen()\n"
+			 "print(\"ok\", flush=True); sys.stdin.read()'",
+			 (unsigned long long)netns, port, listen_too, port);
+		int in[2], out[2];
+		assert_int_equal(pipe(in), 0);
+		assert_int_equal(pipe(out), 0);
+		pid_t p = fork();
+		if (p == 0) {
+			dup2(in[0], 0);
+			dup2(out[1], 1);
+			close(in[1]);
+			close(out[0]);
+			execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+			_exit(127);
+		}
+		close(in[0]);
+		close(out[1]);
+		char ok[8] = "";
+		struct pollfd pf = {.fd = out[0], .events = POLLIN};
+		assert_int_equal(poll(&pf, 1, TL_TIMEOUT_MS), 1);
+		assert_true(read(out[0], ok, sizeof(ok) - 1) > 0);
+		assert_memory_equal(ok, "ok", 2);
+		if (!listen_too) {
+			struct srv s;
+			srv_start(&s, port, 2, NULL);
+			print_message("path %s: %s\n", s.path, s.reason);
+			assert_false(is_bpf(&s));
+			assert_non_null(strstr(s.reason, "uid 65534"));
+			struct tally t = serial(port, 20);
+			assert_int_equal(tally_of(&t, s.pid), 20);
+			srv_leave(&s);
+		} else {
+			/* a group of another user on the port: the kernel
+			 * refuses the bind, and we say so */
+			char ports[16];
+			snprintf(ports, sizeof(ports), "%d", port);
+			struct srv s = {0};
+			int fds[2], fo[2];
+			assert_int_equal(pipe(fds), 0);
+			assert_int_equal(pipe(fo), 0);
+			s.pid = fork();
+			if (s.pid == 0) {
+				dup2(fds[0], 0);
+				dup2(fo[1], 1);
+				execl(server_exe, server_exe, "--port", ports,
+				      "--workers", "1", (char *)NULL);
+				_exit(127);
+			}
+			close(fds[0]);
+			close(fo[1]);
+			s.in = fds[1];
+			s.out = fdopen(fo[0], "r");
+			char line[256];
+			assert_true(srv_line(&s, line, sizeof(line)));
+			print_message("%s", line);
+			assert_int_equal(strncmp(line, "error 98", 8), 0);
+			int st;
+			waitpid(s.pid, &st, 0);
+			close(s.in);
+			fclose(s.out);
+		}
+		close(in[1]);
+		close(out[0]);
+		waitpid(p, NULL, 0);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	(void)argc;
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return 1;
+	self[n] = '\0';
+	snprintf(server_exe, sizeof(server_exe), "%s/xproc_server",
+		 dirname(self));
+	(void)argv;
+	signal(SIGPIPE, SIG_IGN);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_teardown(test_two_processes, teardown),
+		cmocka_unit_test_teardown(test_round_robin_2x2, teardown),
+		cmocka_unit_test_teardown(test_leave_migrates, teardown),
+		cmocka_unit_test_teardown(test_sigkill_member, teardown),
+		cmocka_unit_test_teardown(test_creator_leaves_first, teardown),
+		cmocka_unit_test_teardown(test_concurrent_joins, teardown),
+		cmocka_unit_test_teardown(test_foreign_socket, teardown),
+		cmocka_unit_test_teardown(test_other_user, teardown),
+	};
+	return tl_run_once("xproc", tests, sizeof(tests) / sizeof(tests[0]));
+}
