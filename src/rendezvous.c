@@ -311,8 +311,8 @@ static void atfork_child(void)
 	if (wake_fd >= 0)
 		close(wake_fd);
 	wake_fd = -1;
-	pthread_mutex_init(&rdv_lock, NULL);
-	pthread_cond_init(&rdv_cond, NULL);
+	/* held since atfork_prepare, by this (the forking) thread */
+	pthread_mutex_unlock(&rdv_lock);
 }
 
 int evst_rdv_add(struct evst_rdv *r)

@@ -67,6 +67,11 @@ struct evst_local_state {
 
 #define MAX_SUSPECTS 16
 
+struct reason_node {
+	struct reason_node *prev;
+	char text[];
+};
+
 struct evst_shared {
 	int refcnt; /* reg_lock */
 	struct evst_shared *next;
@@ -88,7 +93,9 @@ struct evst_shared {
 
 	const char *reason;         /* why not BPF (fixed) */
 	char reason_buf[256];
-	char detach_reason[256];    /* copy of ctl->reason (tick writes) */
+	/* copy of ctl->reason, for readers without the lock: a new string
+	 * each time it changes (rarely), all kept until sh goes */
+	struct reason_node *detach_reason;
 	/* foreign check, tick only */
 	uint64_t suspects[MAX_SUSPECTS];
 	int nsuspects, quiet_ticks;
@@ -183,9 +190,9 @@ static void free_slot(struct evst_shared *sh, unsigned int i)
 	for (unsigned int c = 0; c < EVST_MAX_CPUS; c++)
 		if (__atomic_load_n(&sh->v.cpu_map[c], __ATOMIC_RELAXED) == i + 1)
 			__atomic_store_n(&sh->v.cpu_map[c], 0, __ATOMIC_RELAXED);
-	s->cookie = 0;
-	s->pid = 0;
 	__atomic_store_n(&s->owner, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->cookie, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->pid, 0, __ATOMIC_RELAXED);
 	sh->local_fd[i] = -1;
 }
 
@@ -336,9 +343,17 @@ static void check_foreign(struct evst_shared *sh)
 		evst_info("group %s: the foreign listener is gone; BPF steering "
 			  "again", a);
 	}
-	if (sh->ctl->detached && strcmp(sh->detach_reason, sh->ctl->reason))
-		snprintf(sh->detach_reason, sizeof(sh->detach_reason), "%s",
-			 sh->ctl->reason);
+	struct reason_node *cur = sh->detach_reason;
+	if (sh->ctl->detached && (!cur || strcmp(cur->text, sh->ctl->reason))) {
+		size_t n = strnlen(sh->ctl->reason, sizeof(sh->ctl->reason));
+		struct reason_node *r = malloc(sizeof(*r) + n + 1);
+		if (r) {
+			memcpy(r->text, sh->ctl->reason, n);
+			r->text[n] = '\0';
+			r->prev = cur;
+			__atomic_store_n(&sh->detach_reason, r, __ATOMIC_RELEASE);
+		}
+	}
 	ctl_unlock(sh);
 }
 
@@ -757,6 +772,10 @@ void evst_shared_put(struct evst_shared *sh)
 	}
 	evst_steer_close(sh->steer);
 	free(sh->local);
+	for (struct reason_node *r = sh->detach_reason, *p; r; r = p) {
+		p = r->prev;
+		free(r);
+	}
 	free(sh);
 }
 
@@ -815,8 +834,8 @@ int evst_shared_claim(struct evst_shared *sh, int fd)
 		}
 	}
 	s->weight = 1;
-	s->pid = (uint32_t)getpid();
-	s->cookie = cookie;
+	__atomic_store_n(&s->pid, (uint32_t)getpid(), __ATOMIC_RELAXED);
+	__atomic_store_n(&s->cookie, cookie, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->owner, sh->id, __ATOMIC_RELEASE);
 	sh->local_fd[i] = fd;
 	default_cpu_map(sh);
@@ -888,9 +907,12 @@ const char *evst_shared_reason(const struct evst_shared *sh)
 {
 	if (!sh->steer)
 		return sh->reason ? sh->reason : "";
-	if (__atomic_load_n(&sh->ctl->detached, __ATOMIC_ACQUIRE))
-		return sh->detach_reason[0] ? sh->detach_reason :
-		       "bpf: stood down for a foreign listener on the port";
+	if (__atomic_load_n(&sh->ctl->detached, __ATOMIC_ACQUIRE)) {
+		struct reason_node *r =
+			__atomic_load_n(&sh->detach_reason, __ATOMIC_ACQUIRE);
+		return r ? r->text :
+			   "bpf: stood down for a foreign listener on the port";
+	}
 	return "";
 }
 
@@ -917,6 +939,6 @@ unsigned int evst_shared_nslots(const struct evst_shared *sh)
 uint32_t evst_shared_slot_pid(const struct evst_shared *sh, unsigned int slot)
 {
 	return __atomic_load_n(&sh->ctl->slots[slot].owner, __ATOMIC_ACQUIRE) ?
-		       sh->ctl->slots[slot].pid :
+		       __atomic_load_n(&sh->ctl->slots[slot].pid, __ATOMIC_RELAXED) :
 		       0;
 }

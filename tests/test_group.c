@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <arpa/inet.h>
 #include <netinet/ip.h>
 #include <stdio.h>
@@ -704,8 +705,8 @@ static void test_one_address_one_group(void **state)
 struct churn {
 	struct evsteer_group *g;
 	struct event_base *base;
-	volatile bool stop;
-	int cycles;
+	atomic_bool stop;
+	atomic_int cycles;
 };
 
 /* Workers join and leave at run time while the group's other workers
@@ -714,7 +715,7 @@ struct churn {
 static void *churn_thread(void *arg)
 {
 	struct churn *c = arg;
-	while (!c->stop) {
+	while (!atomic_load(&c->stop)) {
 		int slot = evsteer_group_add_worker(c->g);
 		if (slot < 0)
 			continue;
@@ -725,7 +726,7 @@ static void *churn_thread(void *arg)
 		EVSTEER_WORKER_STATS_OPTS(st);
 		evsteer_group_worker_stats(c->g, (unsigned)slot, &st);
 		evsteer_listener_free(s.lev);
-		c->cycles++;
+		atomic_fetch_add(&c->cycles, 1);
 	}
 	return NULL;
 }
@@ -754,11 +755,11 @@ static void test_churn_while_stealing(void **state)
 		}
 		tl_close_n(c, 10);
 	}
-	ch.stop = true;
+	atomic_store(&ch.stop, true);
 	pthread_join(t, NULL);
-	print_message("%d join/leave cycles, %d of %d served\n", ch.cycles,
-		      total(&f), served);
-	assert_true(ch.cycles > 0);
+	print_message("%d join/leave cycles, %d of %d served\n",
+		      atomic_load(&ch.cycles), total(&f), served);
+	assert_true(atomic_load(&ch.cycles) > 0);
 	assert_int_equal(total(&f), served);
 	event_base_free(ch.base);
 	fx_close(&f);

@@ -182,7 +182,8 @@ int main(int argc, char **argv)
 		EVSTEER_GROUP_OPTS(o, .policy = pol, .bpf = bm, .accept = am,
 				   .stall_us = stall);
 		group = evsteer_group_new((struct sockaddr *)&sin, sizeof(sin),
-					  (unsigned)nw, EVSTEER_OPT_REUSEABLE, -1,
+					  (unsigned)nw,
+					  EVSTEER_OPT_REUSEABLE | EVSTEER_OPT_THREADSAFE, -1,
 					  &o);
 		if (!group) {
 			printf("error %d %s\n", errno, strerror(errno));
