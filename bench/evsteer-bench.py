@@ -43,6 +43,12 @@ SCENARIOS = {
                     policy="round-robin"),
     "drain": dict(workers=2, count=(100, 500)),
     "emfile": dict(workers=2, seconds=(1.0, 2.0), rate=200),
+    # process A serves under an open loop, B starts on the same port, A
+    # leaves (SIGTERM: each implementation's graceful leave) while one of
+    # its workers is busy 50 ms of every 250 ms, so that it has a queue
+    "restart": dict(workers=2, seconds=(3.0, 6.0), rate=3000,
+                    server=["--stall-worker", "0", "--stall-ms", "50",
+                            "--stall-every-ms", "250"]),
 }
 # keys reported per scenario, and which way is better (for the ratio line)
 KEYS = {
@@ -52,6 +58,8 @@ KEYS = {
     "balance": ["max_over_mean"],
     "drain": ["queued", "served", "reset", "connect_failed"],
     "emfile": ["server_cpu_pct", "recovered", "lost", "connect_failed"],
+    "restart": ["sent", "served", "reset", "refused", "closed", "timed_out",
+                "p99_ms", "max_ms"],
 }
 
 
@@ -124,6 +132,7 @@ def run_one(scen, impl, quick):
         extra += ["--fd-limit", "256"]
     srv = Server(impl, s["workers"], extra)
     res = {}
+    b = None
     try:
         if scen == "rate":
             c0 = srv.cpu()
@@ -155,6 +164,26 @@ def run_one(scen, impl, quick):
             res = {"queued": int(held[1]) - drop["served_by_others_before"],
                    "served": r["served"], "reset": r["reset"],
                    "other": r["other"], "connect_failed": int(held[2])}
+        elif scen == "restart":
+            secs = pick(s["seconds"], quick)
+            lp = subprocess.Popen([LOAD, "open", "--port", str(srv.port),
+                                   "--rate", str(s["rate"]),
+                                   "--seconds", str(secs)],
+                                  stdout=subprocess.PIPE, text=True)
+            time.sleep(secs / 3)
+            # the new version: same port, no busy worker
+            b = Server(impl, s["workers"], ["--port", str(srv.port)])
+            time.sleep(secs / 3)
+            a_info = srv.stop()  # the old one leaves gracefully
+            out, _ = lp.communicate(timeout=secs + 60)
+            r = json.loads(out.strip().splitlines()[-1])
+            res = {"sent": r["sent"], "served": r["completed"],
+                   "reset": r["reset"], "refused": r["refused"],
+                   "closed": r["closed"], "timed_out": r["timed_out"],
+                   "other": r["other"], "p99_ms": r["p99_ms"],
+                   "max_ms": r["max_ms"],
+                   "a_accepted": a_info.get("accepted"),
+                   "a_leave_s": a_info.get("leave_s")}
         elif scen == "emfile":
             secs = pick(s["seconds"], quick)
             srv.signal(signal.SIGUSR2)  # the server uses up its descriptors
@@ -176,7 +205,11 @@ def run_one(scen, impl, quick):
                    "lost": opened - r["served"], "opened": opened,
                    "connect_failed": int(held[2])}
     finally:
-        info = srv.stop()
+        info = srv.stop() if srv.p.poll() is None else {}
+        if b is not None:
+            binfo = b.stop()
+            res["b_accepted"] = binfo.get("accepted")
+            info = info or binfo
     res["path"] = info.get("path")
     if scen == "balance":
         pw = info.get("per_worker", [])
@@ -378,8 +411,10 @@ def main():
     report = {"machine": machine(), "repeats": repeat, "quick": a.quick,
               "scenarios": {}}
     for scen in scens:
-        # the floor has no listener to drop: drain does not apply to it
-        simpls = [i for i in impls if not (scen == "drain" and i == "floor")]
+        # the floor has no listener to drop or leave: drain and restart
+        # do not apply to it
+        simpls = [i for i in impls
+                  if not (scen in ("drain", "restart") and i == "floor")]
         runs = {i: [] for i in simpls}
         for rep in range(repeat):
             for impl in simpls:  # interleaved: A B A B ...

@@ -44,6 +44,7 @@ struct evsteer_group {
 	int backlog;
 	struct evsteer_listener_opts lopts;
 	struct evst_shared *sh; /* the address's steering, all processes */
+	bool retired;          /* evsteer_group_retire(): never live again */
 	unsigned int nslots;   /* this group's slots so far */
 	struct evst_slot slots[EVST_MAX_WORKERS];
 };
@@ -553,6 +554,7 @@ void evst_group_sync_live(struct evsteer_listener *lev)
 		return;
 	bool live = evst_active(lev);
 	pthread_mutex_lock(&g->lock);
+	live = live && !g->retired;
 	if (slot_used(&g->slots[lev->slot]))
 		evst_shared_set_live(g->sh, (unsigned)g->slots[lev->slot].gslot,
 				     live);
@@ -771,6 +773,42 @@ void evsteer_group_free(struct evsteer_group *g)
 	for (int i = 0; i < n; i++)
 		close(fds[i]);
 	group_unref(g);
+}
+
+int evsteer_group_retire(struct evsteer_group *g)
+{
+	if (!g)
+		return -(errno = EINVAL);
+	pthread_mutex_lock(&g->lock);
+	g->retired = true;
+	for (unsigned int i = 0; i < g->nslots; i++)
+		if (slot_used(&g->slots[i]))
+			evst_shared_set_live(g->sh, (unsigned)g->slots[i].gslot,
+					     false);
+	pthread_mutex_unlock(&g->lock);
+	return 0;
+}
+
+int evsteer_group_pending(const struct evsteer_group *g)
+{
+	if (!g)
+		return -(errno = EINVAL);
+	struct evsteer_group *mg = (struct evsteer_group *)g;
+	uint64_t n = 0;
+	pthread_mutex_lock(&mg->lock);
+	for (unsigned int i = 0; i < g->nslots; i++) {
+		struct evst_worker *w = g->slots[i].ws;
+		if (!w)
+			continue;
+		n += ws_pending(w);
+		/* accepted by an engine, not yet delivered */
+		struct evsteer_listener *l = g->slots[i].lev;
+		if (l && l != EVST_SLOT_CLAIMED)
+			n += (uint64_t)atomic_load_explicit(&l->counters.held,
+							    memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&mg->lock);
+	return n > INT32_MAX ? INT32_MAX : (int)n;
 }
 
 int evsteer_group_set_policy(struct evsteer_group *g, enum evsteer_policy policy)

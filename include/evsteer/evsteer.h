@@ -347,6 +347,22 @@ EVSTEER_API int evsteer_group_add_worker(struct evsteer_group *g);
  */
 EVSTEER_API void evsteer_group_free(struct evsteer_group *g);
 
+/*
+ * A graceful leave, e.g. before a restart: no new connection is steered to
+ * this group's workers any more (the other members of the address, in this
+ * process or another, get them all), while they keep accepting what was
+ * already steered to them. Wait until evsteer_group_pending() is 0 (with a
+ * bound: a handshake that never completes counts until the next empty
+ * pass), then free the listeners: nothing is left on their sockets, and
+ * what still arrives there migrates. Retired workers do not come back on
+ * enable. 0 or -errno.
+ */
+EVSTEER_API int evsteer_group_retire(struct evsteer_group *g);
+/* Connections steered to this group's workers and not yet handed to a
+ * callback (queued on their sockets, or accepted by io_uring and held);
+ * or -errno. */
+EVSTEER_API int evsteer_group_pending(const struct evsteer_group *g);
+
 /* A policy's name ("least-pending", "hash", "round-robin", "cpu"). */
 EVSTEER_API const char *evsteer_policy_name(enum evsteer_policy policy);
 
