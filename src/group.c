@@ -52,39 +52,12 @@ struct evsteer_group {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct evsteer_group *registry;
 
-uint64_t evst_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint64_t ld(const __u64 *p)
 {
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
 #define ws_pending evst_worker_pending
-
-/* The worker itself moved: its heartbeat, and it is no longer stalled. */
-static void made_progress(struct evst_worker *w, uint64_t now)
-{
-	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
-	if (__atomic_load_n(&w->stalled, __ATOMIC_RELAXED))
-		__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
-}
-
-/*
- * The socket was found empty. Whatever the program counted that never
- * arrived (handshakes that died, SYN floods) is dropped from pending here,
- * so drift cannot build up; a connection in flight right now may be counted
- * once more or once less until the next empty pass.
- */
-void evst_ws_empty(struct evst_worker *w, uint64_t now)
-{
-	__atomic_store_n(&w->dequeued, ld(&w->steered), __ATOMIC_RELAXED);
-	made_progress(w, now);
-}
 
 static enum evsteer_bpf_mode env_bpf_mode(enum evsteer_bpf_mode opt)
 {
@@ -101,13 +74,10 @@ static enum evsteer_bpf_mode env_bpf_mode(enum evsteer_bpf_mode opt)
 	return EVSTEER_BPF_AUTO;
 }
 
-static const char *const policy_names[] = {"least-pending", "hash",
-					   "round-robin", "cpu"};
-
 static int policy_from_name(const char *e)
 {
-	for (int i = 0; i < 4; i++)
-		if (!strcmp(e, policy_names[i]))
+	for (int i = 0; i <= EVSTEER_POLICY_CPU; i++)
+		if (!strcmp(e, evst_policy_name((unsigned)i)))
 			return i;
 	return -1;
 }
@@ -141,21 +111,6 @@ static enum evsteer_policy env_policy(enum evsteer_policy opt)
 		return opt;
 	}
 	return (enum evsteer_policy)p;
-}
-
-const char *evsteer_policy_name(enum evsteer_policy policy)
-{
-	return evst_policy_name((unsigned int)policy);
-}
-
-unsigned int evst_group_policy(const struct evsteer_group *g)
-{
-	return evst_shared_policy(g->sh);
-}
-
-const char *evst_policy_name(unsigned int p)
-{
-	return p < 4 ? policy_names[p] : "?";
 }
 
 static struct evsteer_group *group_alloc(unsigned int flags,
@@ -397,9 +352,10 @@ struct evsteer_listener *evsteer_group_attach(struct evsteer_group *g,
 		errno = -err;
 		return NULL;
 	}
+	struct evst_attach at = {g, slot};
 	struct evsteer_listener *lev = evst_listener_create(
 		base, cb, arg, g->flags & ~EVSTEER_OPT_CLOSE_ON_FREE, 0, fd,
-		&g->lopts, g, slot, 0);
+		&g->lopts, &evst_group_member, &at, 0);
 	if (!lev) {
 		err = errno;
 		pthread_mutex_lock(&g->lock);
@@ -460,14 +416,21 @@ static struct evsteer_group *implicit_group(struct evsteer_listener *lev,
 	return g;
 }
 
+static void member_leave(struct evsteer_listener *lev, bool close_fd);
+static void steal_timer_cb(evutil_socket_t fd, short what, void *arg);
+
 /*
- * Called by listener creation once lev is built and before it is enabled:
- * join g at slot (native), or find/create the implicit group for the
- * listener's address. Returns 0 (lev may stay ungrouped) or -errno.
+ * member->join: called by listener creation once lev is built and before
+ * it is enabled: join g at slot (native: ctx is a struct evst_attach), or
+ * find/create the implicit group for the listener's address (ctx NULL).
+ * Returns 0 (lev may stay ungrouped) or -errno.
  */
-int evst_group_join(struct evsteer_listener *lev, struct evsteer_group *g,
-		    unsigned int slot, const struct evsteer_listener_opts *opts)
+static int member_join(struct evsteer_listener *lev, void *ctx,
+		       const struct evsteer_listener_opts *opts)
 {
+	struct evst_attach *at = ctx;
+	struct evsteer_group *g = at ? at->g : NULL;
+	unsigned int slot = at ? at->slot : 0;
 	if (!g) {
 		/* implicit: a TCP listener with SO_REUSEPORT */
 		struct sockaddr_storage ss;
@@ -514,12 +477,13 @@ int evst_group_join(struct evsteer_listener *lev, struct evsteer_group *g,
 		g->slots[slot].lev = lev;
 		pthread_mutex_unlock(&g->lock);
 	}
+	lev->member = &evst_group_member;
 	lev->group = g;
 	lev->slot = slot;
 	lev->ws = g->slots[slot].ws;
-	lev->steal_timer = evtimer_new(lev->base, evst_steal_timer_cb, lev);
+	lev->steal_timer = evtimer_new(lev->base, steal_timer_cb, lev);
 	if (!lev->steal_timer) {
-		evst_group_leave(lev, false);
+		member_leave(lev, false);
 		return -ENOMEM;
 	}
 	return 0;
@@ -528,7 +492,7 @@ int evst_group_join(struct evsteer_listener *lev, struct evsteer_group *g,
 /* The listener is going away (last reference): leave the group, closing
  * the socket when the group or the listener's CLOSE_ON_FREE owns it. The
  * kernel then migrates what was queued on it, through the program. */
-void evst_group_leave(struct evsteer_listener *lev, bool close_fd)
+static void member_leave(struct evsteer_listener *lev, bool close_fd)
 {
 	struct evsteer_group *g = lev->group;
 	if (lev->steal_timer) {
@@ -542,12 +506,13 @@ void evst_group_leave(struct evsteer_listener *lev, bool close_fd)
 	if (close_fd && (owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)))
 		close(fd);
 	lev->group = NULL;
+	lev->member = NULL;
 	lev->ws = NULL;
 	group_unref(g);
 }
 
 /* Listener lock held: steer to this worker only while it delivers. */
-void evst_group_sync_live(struct evsteer_listener *lev)
+static void member_sync_live(struct evsteer_listener *lev)
 {
 	struct evsteer_group *g = lev->group;
 	if (!g)
@@ -561,22 +526,44 @@ void evst_group_sync_live(struct evsteer_listener *lev)
 	pthread_mutex_unlock(&g->lock);
 }
 
-void evst_member_stop(struct evsteer_listener *lev)
+static void member_stop(struct evsteer_listener *lev)
 {
 	if (!lev->group)
 		return;
-	evst_group_sync_live(lev);
+	member_sync_live(lev);
 	if (lev->steal_timer)
 		event_del_noblock(lev->steal_timer);
 }
 
-void evst_took(struct evsteer_listener *lev, uint64_t now)
+static void member_quiesce(struct evsteer_listener *lev)
 {
-	evst_end_episode(lev);
+	/* a steal timer callback on another thread finishes first */
+	if (lev->steal_timer)
+		event_del_block(lev->steal_timer);
+}
+
+static void group_steering(const struct evsteer_group *g,
+			   struct evst_steering *out)
+{
+	bool bpf = evst_shared_bpf(g->sh);
+	out->steering = bpf ? EVSTEER_STEER_BPF : EVSTEER_STEER_KERNEL_HASH;
+	out->reason = bpf ? "" : evst_shared_reason(g->sh);
+	out->policy = (enum evsteer_policy)evst_shared_policy(g->sh);
+}
+
+static void member_steering(const struct evsteer_listener *lev,
+			    struct evst_steering *out)
+{
+	group_steering(lev->group, out);
+}
+
+
+static void member_took(struct evsteer_listener *lev, uint64_t now)
+{
 	if (!lev->ws)
 		return;
 	__atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
-	made_progress(lev->ws, now);
+	evst_made_progress(lev->ws, now);
 	__atomic_fetch_add(&counters(lev->group, lev->slot)->accepted, 1,
 			   __ATOMIC_RELAXED);
 }
@@ -593,7 +580,7 @@ void evst_took(struct evsteer_listener *lev, uint64_t now)
  * stalled worker even when no new connection wakes us; with nothing
  * pending anywhere, no timer runs.
  */
-void evst_group_steal(struct evsteer_listener *lev)
+static void member_steal(struct evsteer_listener *lev)
 {
 	struct evsteer_group *g = lev->group;
 	uint64_t stall = evst_shared_stall_ns(g->sh);
@@ -693,8 +680,13 @@ void evst_group_steal(struct evsteer_listener *lev)
 	}
 }
 
-unsigned int evst_group_handoff(struct evsteer_listener *lev,
-				const struct evst_conn *c, unsigned int n)
+/*
+ * member->handoff: lev is leaving with n connections its engine accepted
+ * and never delivered: give them to live siblings of this process that can
+ * take them (in order, spread over them). Returns how many were taken.
+ */
+static unsigned int member_handoff(struct evsteer_listener *lev,
+				   const struct evst_conn *c, unsigned int n)
 {
 	struct evsteer_group *g = lev->group;
 	unsigned int given = 0;
@@ -703,16 +695,17 @@ unsigned int evst_group_handoff(struct evsteer_listener *lev,
 	/* Live siblings only: `live` is cleared under this lock before a
 	 * listener starts going away, so a live one outlives the call. */
 	struct evsteer_listener *to[EVST_MAX_WORKERS];
-	unsigned int slot[EVST_MAX_WORKERS], k = 0;
+	struct evst_worker *ws[EVST_MAX_WORKERS];
+	unsigned int k = 0;
 	for (unsigned int i = 0; i < g->nslots; i++) {
 		struct evst_slot *s = &g->slots[i];
-		if (i == lev->slot || !s->used || !s->lev ||
+		if (i == lev->slot || !slot_used(s) || !s->lev ||
 		    s->lev == EVST_SLOT_CLAIMED || !s->lev->ops->adopt ||
 		    s->lev->direct_table != lev->direct_table ||
-		    !__atomic_load_n(&g->v.workers[i].live, __ATOMIC_RELAXED))
+		    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED))
 			continue;
 		to[k] = s->lev;
-		slot[k++] = i;
+		ws[k++] = s->ws;
 	}
 	/* spread in runs, so each sibling gets its share in order */
 	for (unsigned int j = 0; j < k && given < n; j++) {
@@ -720,16 +713,15 @@ unsigned int evst_group_handoff(struct evsteer_listener *lev,
 		unsigned int took = to[j]->ops->adopt(to[j], c + given, share);
 		/* as if the program had steered them there: its pending stays
 		 * right, and they show as migrated */
-		struct evst_worker *w = &g->v.workers[slot[j]];
-		__atomic_fetch_add(&w->steered, took, __ATOMIC_RELAXED);
-		__atomic_fetch_add(&w->migrated, took, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&ws[j]->steered, took, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&ws[j]->migrated, took, __ATOMIC_RELAXED);
 		given += took;
 	}
 	pthread_mutex_unlock(&g->lock);
 	return given;
 }
 
-void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg)
+static void steal_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct evsteer_listener *lev = arg;
 	(void)fd;
@@ -737,7 +729,7 @@ void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg)
 	evst_lock(lev);
 	lev->refcnt++;
 	if (lev->group)
-		evst_group_steal(lev);
+		member_steal(lev);
 	evst_decref_and_unlock(lev);
 }
 
@@ -872,22 +864,14 @@ struct evsteer_group *evsteer_listener_get_group(const struct evsteer_listener *
 	return lev ? lev->group : NULL;
 }
 
-bool evst_group_has_bpf(const struct evsteer_group *g)
-{
-	return g && evst_shared_bpf(g->sh);
-}
-
-const char *evst_group_steer_reason(const struct evsteer_group *g)
-{
-	return evst_shared_reason(g->sh);
-}
-
 int evsteer_group_get_path(const struct evsteer_group *g,
 			   struct evsteer_path *out)
 {
 	if (!g || !out || out->sz < sizeof(out->sz))
 		return -(errno = EINVAL);
-	return evst_fill_path(g, &evst_event_engine,
+	struct evst_steering st;
+	group_steering(g, &st);
+	return evst_fill_path(&st, NULL,
 			      "a group's listeners each report their engine", out);
 }
 
@@ -949,3 +933,16 @@ int evsteer_group_global_stats(const struct evsteer_group *g,
 	fill_stats(g->sh, (int)gslot, mine, out);
 	return 0;
 }
+
+/* What a listener knows of its group (internal.h). */
+const struct evst_member_ops evst_group_member = {
+	.join = member_join,
+	.took = member_took,
+	.steal = member_steal,
+	.handoff = member_handoff,
+	.leave = member_leave,
+	.sync_live = member_sync_live,
+	.stop = member_stop,
+	.quiesce = member_quiesce,
+	.steering = member_steering,
+};

@@ -114,6 +114,46 @@ static uint64_t ld64(const __u64 *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+static const char *const policy_names[] = {"least-pending", "hash",
+					   "round-robin", "cpu"};
+
+const char *evst_policy_name(unsigned int p)
+{
+	return p < 4 ? policy_names[p] : "?";
+}
+
+const char *evsteer_policy_name(enum evsteer_policy policy)
+{
+	return evst_policy_name((unsigned int)policy);
+}
+
+uint64_t evst_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The worker itself moved: its heartbeat, and it is no longer stalled. */
+void evst_made_progress(struct evst_worker *w, uint64_t now)
+{
+	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
+	if (__atomic_load_n(&w->stalled, __ATOMIC_RELAXED))
+		__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
+}
+
+/*
+ * The socket was found empty. Whatever the program counted that never
+ * arrived (handshakes that died, SYN floods) is dropped from pending here,
+ * so drift cannot build up; a connection in flight right now may be counted
+ * once more or once less until the next empty pass.
+ */
+void evst_ws_empty(struct evst_worker *w, uint64_t now)
+{
+	__atomic_store_n(&w->dequeued, ld64(&w->steered), __ATOMIC_RELAXED);
+	evst_made_progress(w, now);
+}
+
 uint64_t evst_worker_pending(const struct evst_worker *w)
 {
 	int64_t p = (int64_t)(ld64(&w->steered) - ld64(&w->dequeued));

@@ -81,5 +81,7 @@ EVST_HIDDEN uint32_t evst_shared_slot_pid(const struct evst_shared *sh,
 
 /* shared state helpers used by the accounting (group.c) */
 EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);
+/* The worker itself moved: its heartbeat, and it is no longer stalled. */
+EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
 
 #endif
