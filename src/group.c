@@ -52,6 +52,31 @@ struct evsteer_group {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct evsteer_group *registry;
 
+/* After fork the child's implicit groups start from nothing (shared.c
+ * says why). */
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&registry_lock);
+}
+
+static void atfork_parent(void)
+{
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static void atfork_child(void)
+{
+	registry = NULL;
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
 static uint64_t ld(const __u64 *p)
 {
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
@@ -374,22 +399,29 @@ static struct evsteer_group *implicit_group(struct evsteer_listener *lev,
 					    socklen_t len,
 					    const struct evsteer_listener_opts *opts)
 {
-	pthread_mutex_lock(&registry_lock);
+	pthread_once(&atfork_once, atfork_register);
 	struct evsteer_group *g;
-	for (g = registry; g; g = g->next)
-		if (g->addrlen == len && !memcmp(&g->addr, ss, len))
-			break;
-	if (g) {
-		g->refcnt++;
+	/* registry_lock is never held across evst_shared_get (which takes
+	 * shared.c's locks): no nesting, so the fork handlers cannot
+	 * deadlock against a creation in flight */
+	for (int pass = 0; pass < 2; pass++) {
+		pthread_mutex_lock(&registry_lock);
+		for (g = registry; g; g = g->next)
+			if (g->addrlen == len && !memcmp(&g->addr, ss, len))
+				break;
+		if (g) {
+			g->refcnt++;
+			pthread_mutex_unlock(&registry_lock);
+			return g;
+		}
 		pthread_mutex_unlock(&registry_lock);
-		return g;
+		if (pass)
+			break;
 	}
 	struct evsteer_listener_opts lo = {.sz = sizeof(lo)};
 	g = group_alloc(lev->flags, &lo);
-	if (!g) {
-		pthread_mutex_unlock(&registry_lock);
+	if (!g)
 		return NULL;
-	}
 	struct evst_shared_opts so = {
 		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_listener_opts,
 					      bpf, EVSTEER_BPF_AUTO)),
@@ -401,7 +433,6 @@ static struct evsteer_group *implicit_group(struct evsteer_listener *lev,
 	g->sh = evst_shared_get(lev->fd, &so);
 	if (!g->sh) {
 		int err = errno;
-		pthread_mutex_unlock(&registry_lock);
 		pthread_mutex_destroy(&g->lock);
 		free(g);
 		errno = err;
@@ -410,6 +441,20 @@ static struct evsteer_group *implicit_group(struct evsteer_listener *lev,
 	g->implicit = true;
 	g->addr = *ss;
 	g->addrlen = len;
+	pthread_mutex_lock(&registry_lock);
+	struct evsteer_group *other;
+	for (other = registry; other; other = other->next)
+		if (other->addrlen == len && !memcmp(&other->addr, ss, len))
+			break;
+	if (other) {
+		/* another thread made it meanwhile: use theirs */
+		other->refcnt++;
+		pthread_mutex_unlock(&registry_lock);
+		evst_shared_put(g->sh);
+		pthread_mutex_destroy(&g->lock);
+		free(g);
+		return other;
+	}
 	g->next = registry;
 	registry = g;
 	pthread_mutex_unlock(&registry_lock);

@@ -34,7 +34,7 @@ static struct evst_rdv *busy;   /* the entry the thread works on unlocked */
 static pthread_t thread;
 static bool running, stopping;
 static int wake_fd = -1;
-static bool atfork_done;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 void evst_rdv_name(struct evst_rdv *r, const char *key)
 {
@@ -315,13 +315,20 @@ static void atfork_child(void)
 	pthread_mutex_unlock(&rdv_lock);
 }
 
+static void atfork_register(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+void evst_rdv_atfork(void)
+{
+	pthread_once(&atfork_once, atfork_register);
+}
+
 int evst_rdv_add(struct evst_rdv *r)
 {
+	evst_rdv_atfork();
 	pthread_mutex_lock(&rdv_lock);
-	if (!atfork_done) {
-		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-		atfork_done = true;
-	}
 	if (!running) {
 		wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 		if (wake_fd < 0) {

@@ -655,8 +655,44 @@ static bool same_addr(const struct evst_shared *sh,
 	       !memcmp(&sh->addr, ss, len);
 }
 
+/* A child of fork() is a process of its own: it does not inherit its
+ * parent's membership (the parent's objects stay, unused, in its copy of
+ * memory); its groups rendezvous anew and join the parent's as members. */
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&reg_lock);
+}
+
+static void atfork_parent(void)
+{
+	pthread_mutex_unlock(&reg_lock);
+}
+
+static void atfork_child(void)
+{
+	for (struct evst_shared *sh = registry; sh; sh = sh->next)
+		if (sh->alive_fd >= 0) {
+			close(sh->alive_fd);
+			sh->alive_fd = -1;
+		}
+	registry = NULL;
+	pthread_mutex_unlock(&reg_lock);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+	/* the rendezvous's handlers first: prepare handlers run in reverse
+	 * order of registration, so reg_lock is taken before rdv_lock, as
+	 * everywhere else */
+	evst_rdv_atfork();
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
 struct evst_shared *evst_shared_get(int fd, const struct evst_shared_opts *o)
 {
+	pthread_once(&atfork_once, atfork_register);
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 	memset(&ss, 0, sizeof(ss));

@@ -674,6 +674,79 @@ static void test_other_user(void **state)
 	}
 }
 
+static void noop_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
+		    int len, void *arg)
+{
+	(void)l, (void)sa, (void)len, (void)arg;
+	close(fd);
+}
+
+/* A child of fork() does not inherit its parent's membership: its own
+ * listener on the address joins the parent's group as a member of its
+ * own (prefork servers that create a listener before forking too). */
+static void test_fork_child_is_a_member(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	unsigned int fl = EVSTEER_OPT_REUSEABLE_PORT | EVSTEER_OPT_CLOSE_ON_FREE;
+	struct evsteer_listener *l = evsteer_listener_new_bind(
+		base, noop_cb, NULL, fl, -1, (struct sockaddr *)&ss, len, NULL);
+	assert_non_null(l);
+	len = tl_sockname(evsteer_listener_get_fd(l), &ss);
+	struct evsteer_group *g = evsteer_listener_get_group(l);
+	int up[2], down[2];
+	assert_int_equal(pipe(up), 0);
+	assert_int_equal(pipe(down), 0);
+	pid_t p = fork();
+	assert_true(p >= 0);
+	if (p == 0) {
+		struct event_base *cb = event_base_new();
+		struct evsteer_listener *cl = evsteer_listener_new_bind(
+			cb, noop_cb, NULL, fl, -1, (struct sockaddr *)&ss, len, NULL);
+		struct evsteer_group *cg = cl ? evsteer_listener_get_group(cl) : NULL;
+		char msg[64];
+		int n = snprintf(msg, sizeof(msg), "%s %u %d\n",
+				 cl ? evsteer_listener_path_name(cl) : "none",
+				 cg ? evsteer_group_global_size(cg) : 0,
+				 cg && cg != g);
+		if (write(up[1], msg, (size_t)n) < 0)
+			_exit(2);
+		char c;
+		if (read(down[0], &c, 1) < 0)
+			_exit(3);
+		evsteer_listener_free(cl);
+		_exit(0);
+	}
+	char msg[64] = "";
+	struct pollfd pf = {.fd = up[0], .events = POLLIN};
+	assert_int_equal(poll(&pf, 1, TL_TIMEOUT_MS), 1);
+	assert_true(read(up[0], msg, sizeof(msg) - 1) > 0);
+	print_message("child: %s", msg);
+	char name[32];
+	unsigned int size = 0;
+	int fresh = 0;
+	assert_int_equal(sscanf(msg, "%31s %u %d", name, &size, &fresh), 3);
+	assert_int_equal(strncmp(name, "bpf+", 4), 0);
+	assert_int_equal(size, 2);
+	assert_int_equal(fresh, 1);
+	/* the parent sees the child's worker in its group */
+	EVSTEER_WORKER_STATS_OPTS(st);
+	assert_int_equal(evsteer_group_global_size(g), 2);
+	assert_int_equal(evsteer_group_global_stats(g, 1, &st), 0);
+	assert_int_equal(st.pid, p);
+	assert_false(st.mine);
+	assert_int_equal(write(down[1], "x", 1), 1);
+	int status;
+	waitpid(p, &status, 0);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	close(up[0]), close(up[1]), close(down[0]), close(down[1]);
+	evsteer_listener_free(l);
+	event_base_free(base);
+}
+
 int main(int argc, char **argv)
 {
 	(void)argc;
@@ -695,6 +768,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_teardown(test_concurrent_joins, teardown),
 		cmocka_unit_test_teardown(test_foreign_socket, teardown),
 		cmocka_unit_test_teardown(test_other_user, teardown),
+		cmocka_unit_test_teardown(test_fork_child_is_a_member, teardown),
 	};
 	return tl_run_once("xproc", tests, sizeof(tests) / sizeof(tests[0]));
 }
