@@ -45,10 +45,23 @@ static __always_inline __u64 pending(struct evst_worker *w)
 	return p > 0 ? (__u64)p : 0;
 }
 
+/*
+ * A worker with connections pending and no progress for stall_ns is stale.
+ * One a sibling stole from (`stalled`) stays stale with an empty queue
+ * until it makes progress itself, but not for ever: nothing may ever wake
+ * an idle worker (an io_uring worker whose queue was taken sees no
+ * completion), so after PROBE_AFTER stall periods it gets one connection
+ * again. Healthy, it accepts at once and is back; stuck, that connection
+ * is pending, the worker stale again, and a sibling takes it.
+ */
+#define PROBE_AFTER 16
 static __always_inline int stale(struct evst_worker *w, __u64 now)
 {
 	__u64 st = stall_ns;
-	return st && (pending(w) || w->stalled) && now - w->progress_ns > st;
+	__u64 age = now - w->progress_ns;
+	if (!st || age <= st)
+		return 0;
+	return pending(w) || (w->stalled && age <= st * PROBE_AFTER);
 }
 
 /*

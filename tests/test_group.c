@@ -371,6 +371,52 @@ static void test_stall_steal(void **state)
 	fx_close(&f);
 }
 
+/*
+ * A worker robbed once is excluded until it makes progress, but nothing
+ * may wake it to do so (an io_uring worker sees no completion when its
+ * queue is taken): after 16 stall periods the program sends it one
+ * connection again, and a healthy worker is back in the rotation.
+ */
+static void test_stalled_worker_recovers(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000, EVSTEER_BPF_REQUIRE,
+		true);
+	int c[32], n = 0;
+	while (wstats(&f, 0).steered == 0 && n < 4) {
+		c[n++] = client(&f);
+		if (wstats(&f, 1).steered > (uint64_t)f.w[1].s.n)
+			assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n,
+						  f.w[1].s.n + 1));
+	}
+	/* worker 0 sits on one; worker 1 takes it once it is stale */
+	tl_loop_for(f.w[1].base, 60);
+	c[n++] = client(&f);
+	/* every connection so far: worker 1's own, and the stolen one */
+	assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n, n));
+	assert_int_equal(wstats(&f, 0).stolen_from, 1);
+	/* worker 0 is healthy again, but idle: nothing wakes it. Past 16
+	 * stall periods (320 ms) it is probed with a new connection. */
+	tl_loop_for(f.w[0].base, 400);
+	int before0 = f.w[0].s.n;
+	for (int i = 0; i < 10; i++) {
+		c[n++] = client(&f);
+		/* whoever got it serves it */
+		int t = total(&f) + 1;
+		for (int k = 0; k < 500 && total(&f) < t; k++) {
+			tl_loop_for(f.w[0].base, 1);
+			tl_loop_for(f.w[1].base, 1);
+		}
+	}
+	print_message("after recovery worker 0 served %d of 10\n",
+		      f.w[0].s.n - before0);
+	assert_true(f.w[0].s.n - before0 >= 4);
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
 /* read "ok" or see the reset */
 static int read_reply(int c)
 {
@@ -775,6 +821,7 @@ int main(void)
 		cmocka_unit_test(test_weights),
 		cmocka_unit_test(test_join_leave),
 		cmocka_unit_test(test_stall_steal),
+		cmocka_unit_test(test_stalled_worker_recovers),
 		cmocka_unit_test(test_drain_zero_resets),
 		cmocka_unit_test(test_drain_without_bpf_resets),
 		cmocka_unit_test(test_bpf_off_reports),
