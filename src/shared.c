@@ -400,6 +400,13 @@ static void check_foreign(struct evst_shared *sh)
 static void tick(void *arg)
 {
 	struct evst_shared *sh = arg;
+	/* Reaping is the serving member's job (one per group, not one per
+	 * member: each look costs a bind per member); the next server takes
+	 * it over with the name. The thread owns rdv.lfd: no race. */
+	if (sh->rdv.lfd < 0) {
+		check_foreign(sh);
+		return;
+	}
 	ctl_lock(sh);
 	for (int m = 0; m < EVST_MAX_MEMBERS; m++) {
 		uint32_t id = sh->ctl->members[m].id;

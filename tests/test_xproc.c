@@ -495,6 +495,83 @@ static void test_creator_leaves_first(void **state)
 	srv_leave(&c);
 }
 
+/*
+ * A graceful leave: once retired, a member gets no new connection (the
+ * other member gets them all) and still serves what was steered to it;
+ * when its pending count is 0 it frees its listeners and nothing is lost.
+ */
+static void test_retire(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct srv a, b;
+	srv_start(&a, 0, 2, "--policy", "round-robin", "--stall-us", "-1", NULL);
+	srv_start(&b, a.port, 2, "--frozen", NULL);
+	int fds[200];
+	open_n(a.port, fds, 100);
+	char line[64];
+	srv_cmd(&b, "retire\n");
+	assert_true(srv_line(&b, line, sizeof(line)));
+	assert_string_equal(line, "retired 0\n");
+	srv_cmd(&b, "pending\n");
+	assert_true(srv_line(&b, line, sizeof(line)));
+	assert_string_equal(line, "pending 50\n");
+	/* after retire: all to A */
+	open_n(a.port, fds + 100, 100);
+	srv_cmd(&b, "pending\n");
+	assert_true(srv_line(&b, line, sizeof(line)));
+	assert_string_equal(line, "pending 50\n");
+	/* B's loops run: it serves its 50, then leaves with nothing left */
+	srv_cmd(&b, "unfreeze\n");
+	assert_true(srv_line(&b, line, sizeof(line)));
+	int pending = -1;
+	for (int i = 0; i < TL_TIMEOUT_MS / 10 && pending; i++) {
+		srv_cmd(&b, "pending\n");
+		assert_true(srv_line(&b, line, sizeof(line)));
+		assert_int_equal(sscanf(line, "pending %d", &pending), 1);
+		if (pending)
+			usleep(10 * 1000);
+	}
+	assert_int_equal(pending, 0);
+	assert_int_equal(srv_leave(&b), 50);
+	struct tally t = read_all(fds, 200);
+	assert_int_equal(t.served, 200);
+	assert_int_equal(tally_of(&t, a.pid), 150);
+	assert_int_equal(tally_of(&t, b.pid), 50);
+	srv_leave(&a);
+}
+
+/* The serving member is killed: another takes the rendezvous over, frees
+ * the dead one's slots, and newcomers join it. */
+static void test_sigkill_server(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct srv a, b, c;
+	srv_start(&a, 0, 2, "--policy", "round-robin", "--stall-us", "-1", NULL);
+	srv_start(&b, a.port, 1, NULL);
+	srv_kill(&a);
+	struct slotinfo si[8];
+	int used = 3;
+	for (int i = 0; i < TL_TIMEOUT_MS / 50 && used != 1; i++) {
+		int n = srv_stats(&b, si, 8);
+		used = 0;
+		for (int k = 0; k < n; k++)
+			used += si[k].pid != 0;
+		if (used != 1)
+			usleep(50 * 1000);
+	}
+	assert_int_equal(used, 1);
+	srv_start(&c, b.port, 1, NULL);
+	assert_true(is_bpf(&c));
+	struct tally t = serial(b.port, 100);
+	assert_int_equal(t.served, 100);
+	assert_int_equal(tally_of(&t, b.pid), 50);
+	assert_int_equal(tally_of(&t, c.pid), 50);
+	srv_leave(&c);
+	srv_leave(&b);
+}
+
 /* Four processes start at the same moment on one port: one creates, three
  * join, none replaces another's program; then two leave while two others
  * join, at the same moment again. */
@@ -765,6 +842,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_teardown(test_leave_migrates, teardown),
 		cmocka_unit_test_teardown(test_sigkill_member, teardown),
 		cmocka_unit_test_teardown(test_creator_leaves_first, teardown),
+		cmocka_unit_test_teardown(test_sigkill_server, teardown),
+		cmocka_unit_test_teardown(test_retire, teardown),
 		cmocka_unit_test_teardown(test_concurrent_joins, teardown),
 		cmocka_unit_test_teardown(test_foreign_socket, teardown),
 		cmocka_unit_test_teardown(test_other_user, teardown),

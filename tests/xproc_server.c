@@ -17,6 +17,8 @@
  *                accepted A migrated M" for each global slot, then "end"
  *   unfreeze  -> the workers' loops start (--frozen: they wait, so
  *                connections queue on this process's sockets)
+ *   retire    -> evsteer_group_retire(): "retired"
+ *   pending   -> "pending N" (evsteer_group_pending())
  *   leave     -> free every listener and the group (a graceful leave),
  *                then "left ACCEPTED"
  * and leaves the same way at end of input or SIGTERM.
@@ -236,6 +238,15 @@ int main(int argc, char **argv)
 			pthread_cond_broadcast(&cv);
 			pthread_mutex_unlock(&lk);
 			printf("unfrozen\n");
+			fflush(stdout);
+		} else if (!strncmp(line, "retire", 6)) {
+			int r = evsteer_group_retire(
+				evsteer_listener_get_group(w[0].lev));
+			printf("retired %d\n", r);
+			fflush(stdout);
+		} else if (!strncmp(line, "pending", 7)) {
+			printf("pending %d\n", evsteer_group_pending(
+				evsteer_listener_get_group(w[0].lev)));
 			fflush(stdout);
 		} else if (!strncmp(line, "leave", 5)) {
 			break;
