@@ -715,6 +715,16 @@ struct evst_shared *evst_shared_get(int fd, const struct evst_shared_opts *o)
 		if (same_addr(sh, &ss, len, netns))
 			break;
 	if (sh) {
+		/* one address, one group: a member that requires BPF cannot
+		 * have it when the address's group runs on the hash */
+		if (o->mode == EVSTEER_BPF_REQUIRE && !evst_shared_bpf(sh)) {
+			evst_warn("BPF steering required, but the group of this "
+				  "address runs on the kernel hash: %s",
+				  evst_shared_reason(sh));
+			pthread_mutex_unlock(&reg_lock);
+			errno = EOPNOTSUPP;
+			return NULL;
+		}
 		sh->refcnt++;
 		pthread_mutex_unlock(&reg_lock);
 		return sh;

@@ -748,6 +748,31 @@ static void test_one_address_one_group(void **state)
 	fx_close(&f);
 }
 
+/* The address's group runs on the kernel hash (made with BPF off): a
+ * second group there that requires BPF is refused, not silently hashed. */
+static void test_require_on_hashed_address(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 1, EVSTEER_POLICY_LEAST_PENDING, -1, EVSTEER_BPF_OFF, false);
+	EVSTEER_GROUP_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE);
+	assert_null(evsteer_group_new((struct sockaddr *)&f.addr, f.len, 1,
+				      EVSTEER_OPT_REUSEABLE, -1, &o));
+	assert_int_equal(errno, EOPNOTSUPP);
+	/* auto joins it, and says it is the kernel hash */
+	EVSTEER_GROUP_OPTS(a);
+	struct evsteer_group *g2 = evsteer_group_new(
+		(struct sockaddr *)&f.addr, f.len, 1, EVSTEER_OPT_REUSEABLE, -1, &a);
+	assert_non_null(g2);
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_group_get_path(g2, &p), 0);
+	assert_int_equal(p.steering, EVSTEER_STEER_KERNEL_HASH);
+	assert_int_equal(evsteer_group_global_size(g2), 2);
+	evsteer_group_free(g2);
+	fx_close(&f);
+}
+
 struct churn {
 	struct evsteer_group *g;
 	struct event_base *base;
@@ -828,6 +853,7 @@ int main(void)
 		cmocka_unit_test(test_implicit_group),
 		cmocka_unit_test(test_drift_resync),
 		cmocka_unit_test(test_one_address_one_group),
+		cmocka_unit_test(test_require_on_hashed_address),
 		cmocka_unit_test(test_churn_while_stealing),
 	};
 	return tl_run_once("group", tests, sizeof(tests) / sizeof(tests[0]));
