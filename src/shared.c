@@ -337,6 +337,25 @@ static bool known_cookie(struct evst_shared *sh, uint64_t c)
 	return false;
 }
 
+/* ctl->lock held: our copy of the shared stand-down reason, up to date
+ * (a new immutable string when it changed: readers hold no lock). */
+static const char *detach_reason(struct evst_shared *sh)
+{
+	struct reason_node *cur = sh->detach_reason;
+	if (!cur || strcmp(cur->text, sh->ctl->reason)) {
+		size_t n = strnlen(sh->ctl->reason, sizeof(sh->ctl->reason));
+		struct reason_node *r = malloc(sizeof(*r) + n + 1);
+		if (!r)
+			return cur ? cur->text : "bpf: stood down";
+		memcpy(r->text, sh->ctl->reason, n);
+		r->text[n] = '\0';
+		r->prev = cur;
+		__atomic_store_n(&sh->detach_reason, r, __ATOMIC_RELEASE);
+		cur = r;
+	}
+	return cur->text;
+}
+
 /*
  * A listener on our address that no member has claimed is foreign once it
  * is still there a tick later (a member between bind and claim is not).
@@ -382,17 +401,6 @@ static void check_foreign(struct evst_shared *sh)
 		__atomic_store_n(&sh->ctl->detached, 0, __ATOMIC_RELEASE);
 		evst_info("group %s: the foreign listener is gone; BPF steering "
 			  "again", a);
-	}
-	struct reason_node *cur = sh->detach_reason;
-	if (sh->ctl->detached && (!cur || strcmp(cur->text, sh->ctl->reason))) {
-		size_t n = strnlen(sh->ctl->reason, sizeof(sh->ctl->reason));
-		struct reason_node *r = malloc(sizeof(*r) + n + 1);
-		if (r) {
-			memcpy(r->text, sh->ctl->reason, n);
-			r->text[n] = '\0';
-			r->prev = cur;
-			__atomic_store_n(&sh->detach_reason, r, __ATOMIC_RELEASE);
-		}
 	}
 	ctl_unlock(sh);
 }
@@ -1001,10 +1009,13 @@ const char *evst_shared_reason(const struct evst_shared *sh)
 	if (!sh->steer)
 		return sh->reason ? sh->reason : "";
 	if (__atomic_load_n(&sh->ctl->detached, __ATOMIC_ACQUIRE)) {
-		struct reason_node *r =
-			__atomic_load_n(&sh->detach_reason, __ATOMIC_ACQUIRE);
-		return r ? r->text :
-			   "bpf: stood down for a foreign listener on the port";
+		/* the path report is not a hot path: take the lock, so the
+		 * reason is the one that goes with the state */
+		struct evst_shared *m = (struct evst_shared *)sh;
+		ctl_lock(m);
+		const char *r = sh->ctl->detached ? detach_reason(m) : "";
+		ctl_unlock(m);
+		return r;
 	}
 	return "";
 }
