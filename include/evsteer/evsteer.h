@@ -119,8 +119,9 @@ struct evsteer_listener_opts {
 	unsigned int backoff_max_ms;
 	/*
 	 * For a listener with EVSTEER_OPT_REUSEABLE_PORT on a TCP address: the
-	 * listeners of this process on the same address form one group (the
-	 * one-base-per-thread pattern); the first one's settings apply.
+	 * listeners on the same address form one group (the one-base-per-thread
+	 * pattern), with those of other processes of the same user too; the
+	 * first member's settings apply.
 	 * bpf: EVSTEER_BPF env when AUTO; policy: EVSTEER_POLICY env
 	 * (least-pending|hash|round-robin|cpu) when 0; stall_us: see groups.
 	 */
@@ -320,6 +321,10 @@ struct evsteer_group_opts {
  * to addr (TCP over IPv4 or IPv6), listen, and set up steering. Connections
  * queue on the sockets until workers attach. flags are applied to every
  * worker's listener; the group owns the sockets (CLOSE_ON_FREE is implied).
+ * When the address is steered already, by another group or REUSEABLE_PORT
+ * listeners of this process or of another process of the same user, the
+ * new workers join that steering (one address, one group; its policy
+ * applies) and the group's own slots are still numbered 0..nworkers-1.
  * Errors: EINVAL, EAFNOSUPPORT, socket/bind errors, and with
  * EVSTEER_BPF_REQUIRE the BPF error (EPERM without CAP_BPF, ENOSYS...).
  */
