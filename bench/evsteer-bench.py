@@ -59,7 +59,7 @@ KEYS = {
     "drain": ["queued", "served", "reset", "connect_failed"],
     "emfile": ["server_cpu_pct", "recovered", "lost", "connect_failed"],
     "restart": ["sent", "served", "reset", "refused", "closed", "timed_out",
-                "p99_ms", "max_ms"],
+                "p99_ms", "max_ms", "a_leave_s"],
 }
 
 
