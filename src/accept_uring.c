@@ -65,6 +65,12 @@ struct uring_engine {
 	struct evst_conn *held;
 	unsigned int cap, head, count;
 	struct accept_slot slots[ACCEPT_SLOTS];
+	/* direct: slots a leaving sibling sends into this ring's table
+	 * (IORING_OP_MSG_RING) arrive as completions for recv_op; the engine
+	 * outlives its listener until every one announced has arrived */
+	struct evst_uop recv_op;
+	unsigned int msgs_in;
+	bool released;
 };
 
 static inline struct uring_engine *engine_of(struct evsteer_listener *lev)
@@ -401,8 +407,42 @@ static void backoff_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static void engine_release(struct evst_uop *op)
 {
-	free(((struct uring_engine *)op)->held);
-	free(op);
+	struct uring_engine *e = (struct uring_engine *)op;
+	if (e->msgs_in) {
+		e->released = true; /* the last of them frees it */
+		return;
+	}
+	free(e->held);
+	free(e);
+}
+
+/* A slot a leaving sibling sent into this ring's table (ring lock). */
+static struct evst_uop *recv_complete(struct evst_uop *op,
+				      const struct io_uring_cqe *cqe)
+{
+	struct uring_engine *e =
+		(struct uring_engine *)((char *)op -
+					offsetof(struct uring_engine, recv_op));
+	e->msgs_in--;
+	if (e->released) {
+		/* the listener went meanwhile: nothing to deliver it to */
+		if (cqe->res >= 0)
+			evst_ring_close_slot(e->r, cqe->res);
+		if (!e->msgs_in) {
+			free(e->held);
+			free(e);
+		}
+		return NULL;
+	}
+	if (cqe->res < 0) {
+		if (cqe->res == -ENFILE)
+			evst_count(e->lev, table_full);
+		evst_count(e->lev, accept_errors);
+		return NULL;
+	}
+	evst_ring_slot_opened(e->r);
+	held_push(e, cqe->res, NULL, 0);
+	return &e->op;
 }
 
 static int uring_init(struct evsteer_listener *lev)
@@ -439,6 +479,7 @@ static int uring_init(struct evsteer_listener *lev)
 		return -ENOMEM;
 	}
 	e->op.complete = multishot_complete;
+	e->recv_op.complete = recv_complete;
 	e->op.ready = accept_ready;
 	e->op.release = engine_release;
 	e->lev = lev;
@@ -520,11 +561,14 @@ static void uring_destroy(struct evsteer_listener *lev)
 	evst_ring_lock(r);
 	unsigned int n = e->count, given = 0;
 	struct evst_conn *left = n ? malloc(n * sizeof(*left)) : NULL;
-	if (left)
+	if (left) {
 		held_pop(e, left, n);
+		for (unsigned int i = 0; i < n; i++)
+			left[i].ring = r;
+	}
 	evst_ring_unlock(r);
 	/* the sibling may share this ring: its lock is not held here */
-	if (left && lev->group && !lev->direct_table) {
+	if (left && lev->group) {
 		given = evst_group_handoff(lev, left, n);
 		atomic_fetch_add_explicit(&lev->counters.handed_off, given,
 					  memory_order_relaxed);
@@ -559,6 +603,41 @@ static void uring_destroy(struct evsteer_listener *lev)
 	lev->engine = NULL;
 }
 
+/* A leaving direct sibling's slots: sent into this ring's table. */
+static unsigned int adopt_slots(struct uring_engine *e,
+				const struct evst_conn *c, unsigned int n)
+{
+	unsigned int k;
+	for (k = 0; k < n; k++) {
+		if (c[k].ring == e->r) {
+			/* the same ring: the slot is already ours */
+			evst_ring_lock(e->r);
+			held_push(e, c[k].fd, NULL, 0);
+			evst_ring_mark_ready(e->r, &e->op);
+			evst_ring_unlock(e->r);
+			continue;
+		}
+		evst_ring_lock(e->r);
+		e->msgs_in++;
+		evst_ring_unlock(e->r);
+		int err = evst_ring_send_slot(c[k].ring, c[k].fd, e->r,
+					      (uint64_t)(uintptr_t)&e->recv_op);
+		evst_ring_lock(e->r);
+		if (err < 0 && err != -ETIMEDOUT)
+			e->msgs_in--; /* nothing will arrive */
+		else
+			/* it is in our CQ already: have the loop look */
+			evst_ring_mark_ready(e->r, &e->op);
+		evst_ring_unlock(e->r);
+		if (err < 0) {
+			evst_debug("listener fd %d: slot hand-over: %s",
+				   e->lev->fd, strerror(-err));
+			break;
+		}
+	}
+	return k;
+}
+
 /* A leaving sibling's connections: delivered from this listener's loop,
  * before anything this one accepts later. */
 static unsigned int uring_adopt(struct evsteer_listener *lev,
@@ -566,7 +645,7 @@ static unsigned int uring_adopt(struct evsteer_listener *lev,
 {
 	struct uring_engine *e = engine_of(lev);
 	if (lev->direct_table)
-		return 0; /* slots belong to the ring that accepted them */
+		return adopt_slots(e, c, n);
 	evst_ring_lock(e->r);
 	unsigned int k;
 	for (k = 0; k < n; k++) {

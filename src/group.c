@@ -801,7 +801,7 @@ unsigned int evst_group_handoff(struct evsteer_listener *lev,
 		struct evst_slot *s = &g->slots[i];
 		if (i == lev->slot || !s->used || !s->lev ||
 		    s->lev == EVST_SLOT_CLAIMED || !s->lev->ops->adopt ||
-		    s->lev->direct_table != lev->direct_table ||
+		    !s->lev->direct_table != !lev->direct_table ||
 		    !__atomic_load_n(&g->v.workers[i].live, __ATOMIC_RELAXED))
 			continue;
 		to[k] = s->lev;

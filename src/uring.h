@@ -109,6 +109,15 @@ EVST_HIDDEN int evst_ring_direct_table(struct evsteer_uring *r, unsigned int siz
 EVST_HIDDEN void evst_ring_slot_opened(struct evsteer_uring *r);
 EVST_HIDDEN void evst_ring_close_slot(struct evsteer_uring *r, int slot);
 
+/*
+ * Ring lock of `from` NOT held, any thread: send direct slot `slot` of
+ * `from` into the fixed-file table of `to` (IORING_OP_MSG_RING), where it
+ * arrives as a completion for `to_op` with the new slot in res; then close
+ * it in `from`. 0, or -errno (nothing was sent: the slot is still open).
+ */
+EVST_HIDDEN int evst_ring_send_slot(struct evsteer_uring *from, int slot,
+				    struct evsteer_uring *to, uint64_t to_op);
+
 /* user_data of requests whose completion nobody needs (cancels). */
 #define EVST_UDATA_IGNORE 0
 
