@@ -184,7 +184,10 @@ def profile_rate(impl, out, quick):
         return {}
     s = SCENARIOS["rate"]
     srv = Server(impl, s["workers"], [])
-    data = os.path.join(out, f"profile-{impl}.data")
+    # perf's report scripts read ./perf.data: one folder a profile
+    work = os.path.join(out, f".profile-{impl}")
+    os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, "perf.data")
     rec = subprocess.Popen([perf, "record", "-g", "-F", "999", "-o", data,
                             "-p", str(srv.p.pid)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -198,7 +201,7 @@ def profile_rate(impl, out, quick):
         srv.stop()
     made = {}
     folded = os.path.join(out, f"profile-{impl}.folded")
-    r = subprocess.run([perf, "script", "-i", data, "report", "stackcollapse"],
+    r = subprocess.run([perf, "script", "report", "stackcollapse"], cwd=work,
                        capture_output=True, text=True, timeout=300)
     if r.returncode == 0 and r.stdout:
         with open(folded, "w") as f:
@@ -207,10 +210,10 @@ def profile_rate(impl, out, quick):
     else:
         log(f"profile: stackcollapse failed: {r.stderr.strip()[:200]}")
     template = find_flamegraph_template()
-    html = os.path.join(out, f"profile-{impl}.html")
+    html = os.path.abspath(os.path.join(out, f"profile-{impl}.html"))
     if template:
-        r = subprocess.run([perf, "script", "-i", data, "report", "flamegraph",
-                            "--template", template, "-o", html],
+        r = subprocess.run([perf, "script", "report", "flamegraph",
+                            "--template", template, "-o", html], cwd=work,
                            capture_output=True, text=True, timeout=300)
         if r.returncode == 0 and os.path.exists(html):
             made["flamegraph"] = os.path.basename(html)
@@ -219,10 +222,7 @@ def profile_rate(impl, out, quick):
     else:
         log("profile: no d3-flame-graph template (deploy/setup.sh bench "
             "installs it from npm): folded stacks only")
-    try:
-        os.unlink(data)
-    except OSError:
-        pass
+    shutil.rmtree(work, ignore_errors=True)
     return made
 
 

@@ -23,6 +23,11 @@ packages=(
 	gnuplot-nox
 )
 
+# the bench job also counts system calls and draws flame graphs
+if [ "$job" = bench ]; then
+	packages+=(linux-perf nodejs npm)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
@@ -114,6 +119,13 @@ asan)
 	;;
 bench)
 	build build
+	# d3-flame-graph's HTML template for --profile (4.x ships it)
+	if [ ! -f build/npm/node_modules/d3-flame-graph/dist/templates/d3-flamegraph-base.html ]; then
+		mkdir -p build/npm
+		npm install --prefix build/npm --no-audit --no-fund \
+			d3-flame-graph@4 >/dev/null ||
+			echo "setup: npm install d3-flame-graph failed: --profile writes folded stacks only" >&2
+	fi
 	./build/bench/evsteer-bench "$@"
 	;;
 summary)

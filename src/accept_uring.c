@@ -26,6 +26,10 @@
 
 #include "uring.h"
 
+/* IORING_ACCEPT_DONTWAIT (Linux 6.10): -EAGAIN instead of waiting for a
+ * connection. liburing 2.3 does not know it. */
+#define EVST_ACCEPT_DONTWAIT (1U << 1)
+
 /* Single-shot accepts in flight per fd listener, topped up when no more
  * than ACCEPT_REFILL are left: one submission per few connections, not one
  * per connection, while enough stay armed to take a burst. */
@@ -71,6 +75,9 @@ struct uring_engine {
 	struct evst_uop recv_op;
 	unsigned int msgs_in;
 	bool released;
+	/* direct: accepts from a stalled sibling's socket (ring lock) */
+	unsigned int steals_in, stolen_now;
+	bool no_dontwait; /* the kernel refused IORING_ACCEPT_DONTWAIT */
 };
 
 static inline struct uring_engine *engine_of(struct evsteer_listener *lev)
@@ -603,6 +610,76 @@ static void uring_destroy(struct evsteer_listener *lev)
 	lev->engine = NULL;
 }
 
+/* ---- a direct worker takes a stalled sibling's queue into its table */
+
+struct steal_op {
+	struct evst_uop op;
+	struct uring_engine *e;
+};
+
+static struct evst_uop *steal_complete(struct evst_uop *op,
+				       const struct io_uring_cqe *cqe)
+{
+	struct steal_op *s = (struct steal_op *)op;
+	struct uring_engine *e = s->e;
+	free(s);
+	e->steals_in--;
+	if (cqe->res >= 0) {
+		evst_ring_slot_opened(e->r);
+		held_push(e, cqe->res, NULL, 0);
+		e->stolen_now++;
+		return &e->op;
+	}
+	if (cqe->res == -EINVAL && !e->no_dontwait) {
+		e->no_dontwait = true;
+		evst_info("listener fd %d: the kernel lacks IORING_ACCEPT_DONTWAIT "
+			  "(Linux 6.10): direct workers do not steal",
+			  e->lev->fd);
+	}
+	return NULL;
+}
+
+/*
+ * Accepts that never wait (DONTWAIT: -EAGAIN when the queue is empty, so
+ * nothing stays armed on the sibling's socket), submitted now and reaped
+ * now, under the group's lock: the socket cannot close in between.
+ */
+static int uring_steal_from(struct evsteer_listener *lev, int sock_fd,
+			    unsigned int max)
+{
+	struct uring_engine *e = engine_of(lev);
+	if (!lev->direct_table || e->no_dontwait)
+		return -1;
+	evst_ring_lock(e->r);
+	unsigned int before = e->stolen_now, n = 0;
+	for (; n < max; n++) {
+		struct steal_op *s = malloc(sizeof(*s));
+		struct io_uring_sqe *sqe = s ? evst_ring_sqe_now(e->r) : NULL;
+		if (!sqe) {
+			free(s);
+			break;
+		}
+		*s = (struct steal_op){.op = {.complete = steal_complete}, .e = e};
+		/* liburing 2.3 adds one to the index without special-casing
+		 * ALLOC (later versions do): pass ALLOC - 1 so the SQE says
+		 * ALLOC; plain ALLOC would wrap to 0, a regular fd */
+		io_uring_prep_accept_direct(sqe, sock_fd, NULL, NULL,
+					    lev->accept4_flags,
+					    IORING_FILE_INDEX_ALLOC - 1);
+		sqe->ioprio |= EVST_ACCEPT_DONTWAIT;
+		io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&s->op);
+		e->steals_in++;
+	}
+	if (n && evst_ring_submit_now(e->r) == 0)
+		/* they complete inside the submission (they never wait) */
+		evst_ring_reap(e->r, 0);
+	for (int i = 0; e->steals_in && i < 1000; i++)
+		evst_ring_reap(e->r, 1000);
+	int took = (int)(e->stolen_now - before);
+	evst_ring_unlock(e->r);
+	return took;
+}
+
 /* A leaving direct sibling's slots: sent into this ring's table. */
 static unsigned int adopt_slots(struct uring_engine *e,
 				const struct evst_conn *c, unsigned int n)
@@ -702,6 +779,7 @@ const struct evst_engine_ops evst_uring_direct_engine = {
 	.destroy = uring_destroy,
 	.steal = uring_steal,
 	.adopt = uring_adopt,
+	.steal_from = uring_steal_from,
 };
 
 struct evsteer_uring *evsteer_listener_get_uring(const struct evsteer_listener *lev)

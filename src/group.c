@@ -692,9 +692,7 @@ void evst_group_steal(struct evsteer_listener *lev)
 {
 	struct evsteer_group *g = lev->group;
 	uint64_t stall = ld(g->v.stall_ns);
-	/* A direct listener's callback takes slots of its own ring, which a
-	 * sibling's connection is not: direct workers do not steal. */
-	if (!stall || !evst_active(lev) || lev->direct_table)
+	if (!stall || !evst_active(lev))
 		return;
 
 	uint64_t now = evst_now_ns();
@@ -714,6 +712,36 @@ void evst_group_steal(struct evsteer_listener *lev)
 			uint64_t left = (int64_t)age < 0 ? stall : stall - age + 1;
 			if (!next || left < next)
 				next = left;
+			continue;
+		}
+		if (lev->direct_table) {
+			/* a direct worker accepts into its own table, through
+			 * its own ring; it delivers them on its next round */
+			pthread_mutex_lock(&g->lock);
+			struct evst_slot *s = &g->slots[i];
+			int n = -1;
+			uint64_t want = ws_pending(w);
+			if (s->used && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
+			    want && lev->ops->steal_from)
+				n = lev->ops->steal_from(
+					lev, s->fd,
+					want < (uint64_t)budget ? (unsigned)want :
+								  (unsigned)budget);
+			if (n > 0) {
+				__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
+				__atomic_store_n(&w->stalled, 1, __ATOMIC_RELAXED);
+				atomic_fetch_add_explicit(&s->stolen_from, n,
+							  memory_order_relaxed);
+				atomic_fetch_add_explicit(
+					&g->slots[lev->slot].stolen, n,
+					memory_order_relaxed);
+				budget -= n;
+			} else if (n == 0) {
+				/* counted but not there: resync */
+				__atomic_store_n(&w->dequeued, ld(&w->steered),
+						 __ATOMIC_RELAXED);
+			}
+			pthread_mutex_unlock(&g->lock);
 			continue;
 		}
 		while (budget > 0) {

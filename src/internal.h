@@ -65,6 +65,14 @@ struct evst_engine_ops {
 	 */
 	unsigned int (*adopt)(struct evsteer_listener *lev,
 			      const struct evst_conn *c, unsigned int n);
+	/*
+	 * Optional, the loop thread of lev, the group's lock held: accept up
+	 * to max connections from a stalled sibling's listening socket into
+	 * lev's own delivery (a direct listener: into its own table). Returns
+	 * how many it took, or -1 when it cannot.
+	 */
+	int (*steal_from)(struct evsteer_listener *lev, int sock_fd,
+			  unsigned int max);
 };
 
 struct evst_counters {

@@ -159,6 +159,22 @@ struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r)
 	return sqe;
 }
 
+struct io_uring_sqe *evst_ring_sqe_now(struct evsteer_uring *r)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+	if (!sqe) {
+		io_uring_submit(&r->ring);
+		sqe = io_uring_get_sqe(&r->ring);
+	}
+	return sqe;
+}
+
+int evst_ring_submit_now(struct evsteer_uring *r)
+{
+	int n = io_uring_submit(&r->ring);
+	return n < 0 ? n : 0;
+}
+
 void evst_ring_reserve(struct evsteer_uring *r, unsigned int n)
 {
 	if (deferring(r)) {

@@ -58,6 +58,11 @@ EVST_HIDDEN void evst_ring_unlock(struct evsteer_uring *r);
 /* Ring lock held. An SQE (submitting what is queued if the SQ is full);
  * staged for the end of the round when the loop thread is draining. */
 EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r);
+/* Ring lock held: an SQE in the SQ itself, never staged: for a request
+ * that must be submitted (evst_ring_submit_now) before the lock is let go. */
+EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe_now(struct evsteer_uring *r);
+/* Ring lock held: submit the SQ now, whatever thread and round. */
+EVST_HIDDEN int evst_ring_submit_now(struct evsteer_uring *r);
 /* Ring lock held: the next n evst_ring_sqe() come without a submission in
  * between (a linked chain). */
 EVST_HIDDEN void evst_ring_reserve(struct evsteer_uring *r, unsigned int n);
