@@ -309,20 +309,25 @@ static void test_uring_seccomp_enosys(void **state)
 	assert_int_equal(run_uring_child(ENOSYS, "ENOSYS"), 0);
 }
 
-/* Run this binary again under setpriv with `args`, in child mode `mode`. */
+/*
+ * Run this binary again under setpriv with `args`, in child mode `mode`,
+ * from a staged copy: an unprivileged uid may not reach the build tree
+ * (a checkout under /root), and it gets no CAP_DAC_* to help it there.
+ */
 static int run_setpriv(const char *const *args, const char *mode)
 {
-	char self[4096];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	assert_true(n > 0);
-	self[n] = '\0';
+	char dir[256], exe[512], libdir[512];
+	int err = tl_stage_self(dir, sizeof(dir), exe, sizeof(exe), libdir,
+				sizeof(libdir));
+	if (err < 0)
+		fail_msg("staging the test binary: %s", strerror(-err));
 	const char *argv[32];
 	int k = 0;
 	argv[k++] = "setpriv";
 	for (int i = 0; args[i]; i++)
 		argv[k++] = args[i];
 	argv[k++] = "--";
-	argv[k++] = self;
+	argv[k++] = exe;
 	argv[k++] = "--child";
 	argv[k++] = mode;
 	argv[k] = NULL;
@@ -330,11 +335,17 @@ static int run_setpriv(const char *const *args, const char *mode)
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
+		/* the staged library, not the build tree's; and a cwd the
+		 * child can enter (meson runs us inside the build tree) */
+		setenv("LD_LIBRARY_PATH", libdir, 1);
+		if (chdir("/") < 0)
+			_exit(126);
 		execvp("setpriv", (char *const *)argv);
 		_exit(127);
 	}
 	int st;
 	assert_int_equal(waitpid(pid, &st, 0), pid);
+	tl_unstage(dir);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
