@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -67,10 +68,9 @@ def readline(q, deadline):
         return ""
 
 
-def main():
-    tool = shutil.which("systemd-socket-activate")
-    if not tool:
-        skip("systemd-socket-activate not installed (apt-get install systemd)")
+def scenario(label, tool, service, prefix):
+    """one activation; returns the failed checks"""
+    print(f"--- {label}")
     web0 = listener(0, True)
     port = web0.getsockname()[1]
     web1 = listener(port, True)
@@ -92,9 +92,9 @@ def main():
         if k in os.environ:
             setenv += ["-E", k]
     # LISTEN_PID is the pid that execs systemd-socket-activate: sh's own
-    cmd = ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", tool,
-           "--fdname=web:web:admin"] + setenv + [
-           SERVICE, "--fdname", "web", "--exit-after", str(N)]
+    cmd = ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh"] + prefix + [
+           tool, "--fdname=web:web:admin"] + setenv + [
+           service, "--fdname", "web", "--exit-after", str(N)]
     p = subprocess.Popen(cmd, env=env, preexec_fn=to_3, close_fds=False,
                          stdout=subprocess.PIPE, text=True,
                          stdin=subprocess.DEVNULL)
@@ -107,8 +107,8 @@ def main():
 
     def expect(cond, what):
         if not cond:
-            failures.append(what)
-            print(f"FAIL: {what}")
+            failures.append(f"{label}: {what}")
+            print(f"FAIL: {label}: {what}")
 
     def client():
         with socket.create_connection(("127.0.0.1", port),
@@ -157,13 +157,44 @@ def main():
             # (it started the service); the rest are steered in turn.
             expect(sorted(steered) == [(N - 1) // 2, N // 2],
                    f"round-robin over the passed sockets steered {steered}")
-        print(f"socket-activation: path {path}, accepted {counts}, "
-              f"steered {steered}")
+        if prefix:
+            expect(path == "bpf+uring",
+                   f"path {path}: CAP_BPF as ambient capability must do")
+        print(f"{label}: path {path}, accepted {counts}, steered {steered}")
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+    return failures
+
+
+def main():
+    tool = shutil.which("systemd-socket-activate")
+    if not tool:
+        skip("systemd-socket-activate not installed (apt-get install systemd)")
+    failures = scenario("as the caller", tool, SERVICE, [])
+    # What deploy/systemd/evsteer-service.service gives the service: a
+    # non-root user, CAP_BPF as ambient capability and the only one in the
+    # bounding set, no_new_privs. The binary is staged where that user can
+    # reach it (the build tree may be under /root).
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        skip("the unit's privileges need root and setpriv")
+    top = tempfile.mkdtemp(prefix="evsteer-sa-", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        staged = os.path.join(top, "evsteer-service")
+        shutil.copy(SERVICE, staged)
+        os.chmod(staged, 0o755)
+        failures += scenario(
+            "as the unit runs it: uid 65534, ambient CAP_BPF only", tool,
+            staged, ["setpriv", "--reuid=65534", "--regid=65534",
+                     "--clear-groups", "--inh-caps=-all,+bpf",
+                     "--ambient-caps=-all,+bpf", "--bounding-set=-all,+bpf",
+                     "--no-new-privs", "--"])
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
     if failures:
+        print(f"socket-activation: {len(failures)} failed")
         sys.exit(1)
 
 
