@@ -173,14 +173,21 @@ struct evsteer_group *evsteer_group_from_fds(const int *fds, unsigned int n,
 					     const struct evsteer_group_opts *opts)
 {
 	static const char fn[] = "evsteer_group_from_fds";
-	if (!fds || n < 1 || n > EVSTEER_MAX_WORKERS ||
-	    (flags & ~EVSTEER_OPT_ALL) || !evst_opts_valid(opts, sizeof(*opts)) ||
-	    (unsigned int)EVST_OPT(opts, struct evsteer_group_opts, policy, 0) >
-		    EVSTEER_POLICY_CPU) {
-		evst_warn("%s: %s", fn,
-			  !fds ? "NULL fds" :
-			  n < 1 || n > EVSTEER_MAX_WORKERS ? "n not in 1..64" :
-							      "bad flags or options");
+	const char *bad = NULL;
+	if (!fds)
+		bad = "NULL fds";
+	else if (n < 1 || n > EVSTEER_MAX_WORKERS)
+		bad = "n not in 1..64";
+	else if ((flags & ~EVSTEER_OPT_ALL) ||
+		 !evst_opts_valid(opts, sizeof(*opts)))
+		bad = "bad flags or options";
+	else
+		bad = evst_enum_opts_check(
+			EVST_OPT(opts, struct evsteer_group_opts, bpf, 0),
+			EVST_OPT(opts, struct evsteer_group_opts, policy, 0),
+			EVST_OPT(opts, struct evsteer_group_opts, accept, 0));
+	if (bad) {
+		evst_warn("%s: %s", fn, bad);
 		errno = EINVAL;
 		return NULL;
 	}

@@ -211,6 +211,10 @@ static void test_from_fds_refuses(void **state)
 	errno = 0;
 	assert_null(evsteer_group_from_fds(good, 2, 0, &bad));
 	assert_int_equal(errno, EINVAL);
+	EVSTEER_GROUP_OPTS(bad_accept, .accept = (enum evsteer_accept_mode)7);
+	errno = 0;
+	assert_null(evsteer_group_from_fds(good, 2, 0, &bad_accept));
+	assert_int_equal(errno, EINVAL);
 
 	int twice[2] = {a, a};
 	expect_refused(twice, 2, EINVAL);
