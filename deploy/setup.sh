@@ -19,6 +19,8 @@ packages=(
 	clang llvm bpftool libbpf-dev liburing-dev
 	# forcing fallbacks in tests: seccomp filters, capability sets
 	libseccomp-dev util-linux libcap2-bin
+	# deployment tests: a real container runtime, the manifests, the units
+	runc python3-yaml systemd
 	# the benchmark report's plots
 	gnuplot-nox
 )

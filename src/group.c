@@ -995,3 +995,53 @@ int evsteer_group_worker_stats(const struct evsteer_group *g, unsigned int slot,
 	memcpy(out, &st, out->sz < sizeof(st) ? out->sz : sizeof(st));
 	return 0;
 }
+
+/*
+ * A group made of listening sockets the caller already has (socket
+ * activation: sdactivate.c checked them). Options as evsteer_group_new()
+ * reads them; the group owns the sockets from here on. On failure the
+ * sockets are left open for the caller.
+ */
+struct evsteer_group *evst_group_adopt(const int *fds, unsigned int n,
+				       unsigned int flags,
+				       const struct evsteer_group_opts *opts)
+{
+	struct evsteer_listener_opts lo = {
+		.sz = sizeof(lo),
+		.max_accepts_per_wakeup = EVST_OPT(opts, struct evsteer_group_opts,
+						   max_accepts_per_wakeup, 0),
+		.backoff_max_ms = EVST_OPT(opts, struct evsteer_group_opts,
+					   backoff_max_ms, 0),
+		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
+				   EVSTEER_ACCEPT_AUTO),
+	};
+	enum evsteer_bpf_mode mode = env_bpf_mode(
+		EVST_OPT(opts, struct evsteer_group_opts, bpf, EVSTEER_BPF_AUTO));
+	enum evsteer_policy policy = env_policy(EVST_OPT(
+		opts, struct evsteer_group_opts, policy, EVSTEER_POLICY_LEAST_PENDING));
+	int stall_us = env_stall_us(
+		EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0));
+	struct evsteer_group *g = group_alloc(
+		flags | EVSTEER_OPT_REUSEABLE_PORT, &lo, mode, policy, stall_us);
+	if (!g)
+		return NULL;
+	g->addrlen = sizeof(g->addr);
+	getsockname(fds[0], (struct sockaddr *)&g->addr, &g->addrlen);
+	g->backlog = -1; /* for evsteer_group_add_worker() */
+	int err = 0;
+	pthread_mutex_lock(&g->lock);
+	for (unsigned int i = 0; i < n && err >= 0; i++)
+		err = slot_add(g, fds[i], true);
+	if (err < 0) {
+		for (unsigned int i = 0; i < g->nslots; i++)
+			if (g->slots[i].used)
+				slot_remove(g, i);
+	}
+	pthread_mutex_unlock(&g->lock);
+	if (err < 0) {
+		group_unref(g);
+		errno = -err;
+		return NULL;
+	}
+	return g;
+}

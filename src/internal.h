@@ -226,6 +226,11 @@ EVST_HIDDEN const char *evst_policy_name(unsigned int p);
 EVST_HIDDEN unsigned int evst_group_policy(const struct evsteer_group *g);
 EVST_HIDDEN uint64_t evst_now_ns(void);
 EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
+/* A group of existing listening sockets (socket activation); it owns them
+ * once made. NULL with errno, the sockets left open, on failure. */
+EVST_HIDDEN struct evsteer_group *
+evst_group_adopt(const int *fds, unsigned int n, unsigned int flags,
+		 const struct evsteer_group_opts *opts);
 
 /* accept_event.c, accept_uring.c */
 extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;

@@ -11,6 +11,7 @@
 
 #include <event2/event.h>
 
+#include "reasons.h"
 #include "uring.h"
 
 /*
@@ -529,20 +530,13 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	run_loop_work(arg);
 }
 
+/* EPERM is a sysctl, a seccomp profile or an LSM: say which, and the fix. */
 static const char *explain(int err)
 {
-	switch (err) {
-	case ENOSYS:
-		return "io_uring: io_uring_setup() is not available (ENOSYS: seccomp or kernel)";
-	case EPERM:
-		return "io_uring: io_uring_setup() refused (EPERM: container seccomp profile or kernel.io_uring_disabled)";
-	case EOPNOTSUPP:
-		return "io_uring: the kernel lacks multishot accept (Linux 5.19+)";
-	default:
-		snprintf(probe_buf, sizeof(probe_buf), "io_uring: set-up failed: %s",
-			 strerror(err));
-		return probe_buf;
-	}
+	struct evst_uring_facts f;
+	evst_uring_facts_gather(err, &f);
+	evst_uring_reason(&f, probe_buf, sizeof(probe_buf));
+	return probe_buf;
 }
 
 static int ring_init(struct evsteer_uring *r)
