@@ -8,10 +8,17 @@ interleaved (A B A B ...), takes medians over repeats, and reports ratios
 against libevent measured in the same run.
 
   evsteer-bench [--scenario NAME|all] [--repeat N] [--quick] [--json FILE]
-                [--out DIR] [--impl a,b,...]
+                [--out DIR] [--impl a,b,...] [--profile]
 
 Writes latest.json, latest.md and PNG plots (gnuplot) into --out
-(default: bench/results/ in the source tree). Benchmarks, not tests: nothing
+(default: bench/results/ in the source tree). The rate scenario also counts
+the server's system calls per connection (perf stat, when perf is
+installed) and its voluntary context switches per connection
+(/proc/PID/task/*/status). --profile records `perf record -g` of the server
+during one more rate run per implementation and writes its folded stacks
+(profile-IMPL.folded) and a flame graph (profile-IMPL.html: perf's
+flamegraph script with the d3-flame-graph template from npm, see
+deploy/setup.sh bench) next to the report. Benchmarks, not tests: nothing
 here fails on a figure.
 """
 import argparse
@@ -42,6 +49,11 @@ SCENARIOS = {
     "balance": dict(workers=4, count=(4000, 20000), threads=4,
                     policy="round-robin"),
     "drain": dict(workers=2, count=(100, 500)),
+    # the leaving worker runs (its accepts armed, connections in its ring
+    # as well as on its socket) and frees its own listener from a callback
+    "drain-running": dict(workers=2, count=(100, 500), policy="cpu",
+                          server=["--slow-worker", "0", "--slow-us", "1000",
+                                  "--cpu-to", "0"]),
     "emfile": dict(workers=2, seconds=(1.0, 2.0), rate=200),
     # process A serves under an open loop, B starts on the same port, A
     # leaves (SIGTERM: each implementation's graceful leave) while one of
@@ -52,11 +64,13 @@ SCENARIOS = {
 }
 # keys reported per scenario, and which way is better (for the ratio line)
 KEYS = {
-    "rate": ["conn_per_s", "server_cpu_us_per_conn"],
+    "rate": ["conn_per_s", "server_cpu_us_per_conn", "syscalls_per_conn",
+             "vcs_per_conn"],
     "latency": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
     "stall": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
     "balance": ["max_over_mean"],
     "drain": ["queued", "served", "reset", "connect_failed"],
+    "drain-running": ["served", "reset", "other", "connect_failed"],
     "emfile": ["server_cpu_pct", "recovered", "lost", "connect_failed"],
     "restart": ["sent", "served", "reset", "refused", "closed", "timed_out",
                 "p99_ms", "max_ms", "a_leave_s"],
@@ -110,6 +124,132 @@ class Server:
         return json.loads(lines[-1]) if lines else {}
 
 
+def voluntary_switches(pid):
+    """Voluntary context switches of every thread of a process."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass  # a thread that just ended
+    return total
+
+
+class SyscallCounter:
+    """perf stat -e raw_syscalls:sys_enter on a running process, if perf
+    can (linux-perf installed, tracepoints readable)."""
+
+    def __init__(self, pid, out):
+        self.out = out
+        self.p = None
+        perf = shutil.which("perf")
+        if not perf:
+            return
+        self.p = subprocess.Popen(
+            [perf, "stat", "-e", "raw_syscalls:sys_enter", "-x", ",",
+             "-o", out, "-p", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)  # perf attaches
+
+    def stop(self):
+        if not self.p:
+            return None
+        self.p.send_signal(signal.SIGINT)
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return None
+        try:
+            for line in open(self.out):
+                f = line.strip().split(",")
+                if len(f) > 2 and f[2] == "raw_syscalls:sys_enter":
+                    return int(f[0]) if f[0].isdigit() else None
+        except OSError:
+            return None
+        finally:
+            try:
+                os.unlink(self.out)
+            except OSError:
+                pass
+        return None
+
+
+def profile_rate(impl, out, quick):
+    """One more rate run with perf record -g on the server: folded stacks
+    and, where perf's flamegraph script and the d3-flame-graph template
+    are there, an HTML flame graph."""
+    perf = shutil.which("perf")
+    if not perf:
+        log("profile: perf not found (apt-get install linux-perf)")
+        return {}
+    s = SCENARIOS["rate"]
+    srv = Server(impl, s["workers"], [])
+    # perf's report scripts read ./perf.data: one folder a profile
+    work = os.path.join(out, f".profile-{impl}")
+    os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, "perf.data")
+    rec = subprocess.Popen([perf, "record", "-g", "-F", "999", "-o", data,
+                            "-p", str(srv.p.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    try:
+        load("closed", srv.port, "--threads", s["threads"],
+             "--seconds", pick(s["seconds"], quick))
+    finally:
+        rec.send_signal(signal.SIGINT)
+        rec.wait(timeout=60)
+        srv.stop()
+    made = {}
+    folded = os.path.join(out, f"profile-{impl}.folded")
+    r = subprocess.run([perf, "script", "report", "stackcollapse"], cwd=work,
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode == 0 and r.stdout:
+        with open(folded, "w") as f:
+            f.write(r.stdout)
+        made["folded"] = os.path.basename(folded)
+    else:
+        log(f"profile: stackcollapse failed: {r.stderr.strip()[:200]}")
+    template = find_flamegraph_template()
+    html = os.path.abspath(os.path.join(out, f"profile-{impl}.html"))
+    if template:
+        r = subprocess.run([perf, "script", "report", "flamegraph",
+                            "--template", template, "-o", html], cwd=work,
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode == 0 and os.path.exists(html):
+            made["flamegraph"] = os.path.basename(html)
+        else:
+            log(f"profile: flamegraph failed: {(r.stderr or r.stdout).strip()[:200]}")
+    else:
+        log("profile: no d3-flame-graph template (deploy/setup.sh bench "
+            "installs it from npm): folded stacks only")
+    shutil.rmtree(work, ignore_errors=True)
+    return made
+
+
+def find_flamegraph_template():
+    """d3-flame-graph's HTML template: from npm (deploy/setup.sh bench puts
+    it under build/npm), or where perf looks by default."""
+    cands = [os.environ.get("EVSTEER_FLAMEGRAPH_TEMPLATE", ""),
+             os.path.join(HERE, "..", "npm", "node_modules", "d3-flame-graph",
+                          "dist", "templates", "d3-flamegraph-base.html"),
+             os.path.join(SRCDIR, "build", "npm", "node_modules",
+                          "d3-flame-graph", "dist", "templates",
+                          "d3-flamegraph-base.html"),
+             "/usr/share/d3-flame-graph/d3-flamegraph-base.html"]
+    for c in cands:
+        if c and os.path.isfile(c):
+            return os.path.abspath(c)
+    return None
+
+
 def load(mode, port, *args, timeout=120):
     cmd = [LOAD, mode, "--port", str(port)] + [str(a) for a in args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -135,13 +275,18 @@ def run_one(scen, impl, quick):
     b = None
     try:
         if scen == "rate":
-            c0 = srv.cpu()
+            sc = SyscallCounter(srv.p.pid, f"/tmp/evsteer-bench-perf.{os.getpid()}")
+            c0, v0 = srv.cpu(), voluntary_switches(srv.p.pid)
             r = load("closed", srv.port, "--threads", s["threads"],
                      "--seconds", pick(s["seconds"], quick))
             cpu = srv.cpu() - c0
+            vcs = voluntary_switches(srv.p.pid) - v0
+            calls = sc.stop()
+            n = max(r["connections"], 1)
             res = {"conn_per_s": r["conn_per_s"],
-                   "server_cpu_us_per_conn":
-                       cpu * 1e6 / max(r["connections"], 1),
+                   "server_cpu_us_per_conn": cpu * 1e6 / n,
+                   "syscalls_per_conn": calls / n if calls is not None else None,
+                   "vcs_per_conn": vcs / n,
                    "errors": r["errors"]}
         elif scen in ("latency", "stall"):
             r = load("open", srv.port, "--rate", s["rate"],
@@ -151,7 +296,7 @@ def run_one(scen, impl, quick):
         elif scen == "balance":
             r = load("closed", srv.port, "--threads", s["threads"],
                      "--seconds", 60, "--max", pick(s["count"], quick))
-        elif scen == "drain":
+        elif scen in ("drain", "drain-running"):
             n = pick(s["count"], quick)
             lp = subprocess.Popen([LOAD, "hold", "--port", str(srv.port),
                                    "--count", str(n)], stdin=subprocess.PIPE,
@@ -164,6 +309,8 @@ def run_one(scen, impl, quick):
             res = {"queued": int(held[1]) - drop["served_by_others_before"],
                    "served": r["served"], "reset": r["reset"],
                    "other": r["other"], "connect_failed": int(held[2])}
+            if scen == "drain-running":
+                res["dropped_in_callback"] = drop.get("in_callback")
         elif scen == "restart":
             secs = pick(s["seconds"], quick)
             lp = subprocess.Popen([LOAD, "open", "--port", str(srv.port),
@@ -293,6 +440,12 @@ def markdown(report):
             path = p.get("name") or f"{p.get('steering', '?')}+{p.get('engine', '?')}"
             lines.append(f"| {impl} | " + " | ".join(cells) + f" | {path} |")
         lines.append("")
+    if report.get("profiles"):
+        lines += ["## profiles (rate scenario, perf record -g)", ""]
+        for impl, files in report["profiles"].items():
+            got = ", ".join(f"[{k}]({v})" for k, v in files.items()) or "none"
+            lines.append(f"- {impl}: {got}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -396,6 +549,9 @@ def main():
     ap.add_argument("--json", help="also write the JSON report here")
     ap.add_argument("--out", default=None, help="results folder")
     ap.add_argument("--impl", default=",".join(IMPLS))
+    ap.add_argument("--profile", action="store_true",
+                    help="perf record -g of the server in the rate scenario, "
+                         "per implementation: folded stacks and flame graphs")
     a = ap.parse_args()
 
     scens = list(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
@@ -411,10 +567,11 @@ def main():
     report = {"machine": machine(), "repeats": repeat, "quick": a.quick,
               "scenarios": {}}
     for scen in scens:
-        # the floor has no listener to drop or leave: drain and restart
-        # do not apply to it
+        # the floor has no listener to drop or leave: the drains and
+        # restart do not apply to it
         simpls = [i for i in impls
-                  if not (scen in ("drain", "restart") and i == "floor")]
+                  if not ((scen.startswith("drain") or scen == "restart")
+                          and i == "floor")]
         runs = {i: [] for i in simpls}
         for rep in range(repeat):
             for impl in simpls:  # interleaved: A B A B ...
@@ -425,6 +582,14 @@ def main():
                     log(f"{scen}: {impl}: failed: {e}")
         report["scenarios"][scen] = {
             i: summarize(scen, r) for i, r in runs.items() if r}
+    if a.profile:
+        report["profiles"] = {}
+        for impl in impls:
+            log(f"profile: {impl}")
+            try:
+                report["profiles"][impl] = profile_rate(impl, out, a.quick)
+            except Exception as e:
+                log(f"profile: {impl}: failed: {e}")
     path = os.path.join(out, "latest.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)

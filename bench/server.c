@@ -7,13 +7,16 @@
  *   --impl libevent|evsteer|evsteer-event|evsteer-direct|floor
  *   --workers N --port P [--policy least-pending|hash|round-robin|cpu]
  *   [--stall-worker W --stall-ms M --stall-every-ms E] [--freeze-worker W]
+ *   [--slow-worker W --slow-us U] [--cpu-to W]
  *
  * Prints "ready PORT" when listening. SIGUSR1 frees the frozen worker's
- * listener (drain); SIGUSR2 toggles descriptor exhaustion (emfile); SIGTERM
- * leaves gracefully (evsteer: evsteer_group_retire(), wait until what was
- * steered here is served, free the listeners: another process on the port
- * takes over without loss; libevent: free the listeners), then prints one
- * JSON line (path, accepted per worker, CPU time, leave time) and exits.
+ * listener (drain), or has the slow worker free its own from its next
+ * accept callback (drain-running); SIGUSR2 toggles descriptor exhaustion
+ * (emfile); SIGTERM leaves gracefully (evsteer: evsteer_group_retire(),
+ * wait until what was steered here is served, free the listeners: another
+ * process on the port takes over without loss; libevent: free the
+ * listeners), then prints one JSON line (path, accepted per worker, CPU
+ * time, leave time) and exits.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -98,8 +101,43 @@ void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id)
 	event_base_dispatch(base);
 }
 
+static void spin_us(int us)
+{
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &b);
+	while ((b.tv_sec - a.tv_sec) * 1000000 + (b.tv_nsec - a.tv_nsec) / 1000 <
+	       us);
+}
+
+void bench_slow(struct bench_worker *w)
+{
+	if (w->cfg && w->cfg->slow_worker == w->id && w->cfg->slow_us > 0)
+		spin_us(w->cfg->slow_us);
+}
+
+static atomic_bool drop_asked, drop_done;
+static pthread_mutex_t drop_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t drop_cond = PTHREAD_COND_INITIALIZER;
+
+bool bench_drop_now(struct bench_worker *w)
+{
+	return w->cfg && w->cfg->slow_worker == w->id &&
+	       atomic_exchange(&drop_asked, false);
+}
+
+void bench_dropped(void)
+{
+	pthread_mutex_lock(&drop_lock);
+	atomic_store(&drop_done, true);
+	pthread_cond_broadcast(&drop_cond);
+	pthread_mutex_unlock(&drop_lock);
+}
+
 void bench_reply(struct bench_worker *w, int fd)
 {
+	bench_slow(w);
 	if (write(fd, "ok", 2) < 0) {
 		/* the client went away; nothing to do */
 	}
@@ -118,21 +156,31 @@ struct ew {
 static void ev_accept(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 		      int len, void *arg)
 {
-	(void)l;
 	(void)sa;
 	(void)len;
-	bench_reply(arg, fd);
+	struct bench_worker *w = arg;
+	bench_reply(w, fd);
+	if (bench_drop_now(w)) {
+		((struct ew *)w->impl)->lev = NULL;
+		evsteer_listener_free(l);
+		bench_dropped();
+	}
 }
 
 static void ev_direct(struct evsteer_listener *l, struct evsteer_uring *r,
 		      int slot, void *arg)
 {
-	(void)l;
 	struct bench_worker *w = arg;
+	bench_slow(w);
 	/* the reply and the close as one chain, no completion to handle */
 	if (evsteer_uring_send_and_close(r, slot, "ok", 2, NULL, NULL) < 0)
 		evsteer_uring_close(r, slot, NULL, NULL);
 	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+	if (bench_drop_now(w)) {
+		((struct ew *)w->impl)->lev = NULL;
+		evsteer_listener_free(l);
+		bench_dropped();
+	}
 }
 
 static enum evsteer_policy policy_of(const char *p)
@@ -175,6 +223,12 @@ static int ev_setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)
 	getsockname(evsteer_listener_get_fd(x->lev), (struct sockaddr *)&sin, &sl);
 	*port = ntohs(sin.sin_port);
 	w->impl = x;
+	/* the listeners of one address form a group, slot = worker id; once
+	 * the chosen worker's slot exists, route every CPU to it */
+	struct evsteer_group *g = evsteer_listener_get_group(x->lev);
+	if (g && cfg->cpu_to == w->id)
+		for (unsigned int cpu = 0; cpu < 256; cpu++)
+			evsteer_group_set_cpu(g, cpu, (unsigned int)w->id);
 	return 0;
 }
 
@@ -416,6 +470,9 @@ int main(int argc, char **argv)
 		.stall_ms = arg_int(argc, argv, "--stall-ms", 50),
 		.stall_every_ms = arg_int(argc, argv, "--stall-every-ms", 250),
 		.freeze_worker = arg_int(argc, argv, "--freeze-worker", -1),
+		.slow_worker = arg_int(argc, argv, "--slow-worker", -1),
+		.slow_us = arg_int(argc, argv, "--slow-us", 0),
+		.cpu_to = arg_int(argc, argv, "--cpu-to", -1),
 	};
 	const struct bench_impl *impl =
 		!strcmp(cfg.impl, "libevent") ? &bench_libevent :
@@ -454,6 +511,7 @@ int main(int argc, char **argv)
 	int port = cfg.port;
 	for (int i = 0; i < cfg.workers; i++) {
 		w[i].id = i;
+		w[i].cfg = &cfg;
 		if (impl->setup(&cfg, &w[i], &port) < 0) {
 			fprintf(stderr, "worker %d: setup: %s\n", i, strerror(errno));
 			return 1;
@@ -467,6 +525,31 @@ int main(int argc, char **argv)
 	for (;;) {
 		int sig;
 		sigwait(&set, &sig);
+		if (sig == SIGUSR1 && cfg.slow_worker >= 0 &&
+		    cfg.slow_worker < cfg.workers) {
+			/* the slow worker frees its own listener from its next
+			 * callback, with connections in flight to it */
+			long before = 0;
+			for (int i = 0; i < cfg.workers; i++)
+				if (i != cfg.slow_worker)
+					before += atomic_load(&w[i].accepted);
+			atomic_store(&drop_asked, true);
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += 10;
+			pthread_mutex_lock(&drop_lock);
+			while (!atomic_load(&drop_done) &&
+			       pthread_cond_timedwait(&drop_cond, &drop_lock,
+						      &until) == 0)
+				;
+			pthread_mutex_unlock(&drop_lock);
+			printf("{\"dropped\": %d, \"served_by_others_before\": %ld, "
+			       "\"in_callback\": %s}\n",
+			       cfg.slow_worker, before,
+			       atomic_load(&drop_done) ? "true" : "false");
+			fflush(stdout);
+			continue;
+		}
 		if (sig == SIGUSR1 && cfg.freeze_worker >= 0 &&
 		    cfg.freeze_worker < cfg.workers) {
 			/* what the others had served when the frozen one left */
@@ -489,9 +572,12 @@ int main(int argc, char **argv)
 	}
 
 	char path[1024];
-	/* a worker that is still there (the drain drops the frozen one) */
-	impl->describe(&w[cfg.freeze_worker == 0 && cfg.workers > 1 ? 1 : 0], path,
-		       sizeof(path));
+	/* a worker that is still there (the drains drop worker 0) */
+	impl->describe(&w[(cfg.freeze_worker == 0 || cfg.slow_worker == 0) &&
+				  cfg.workers > 1 ?
+			  1 :
+			  0],
+		       path, sizeof(path));
 	double t0 = mono_s();
 	bench_unfreeze();
 	if (impl->leave)

@@ -18,6 +18,11 @@ struct bench_cfg {
 	int stall_worker;     /* -1: none */
 	int stall_ms, stall_every_ms;
 	int freeze_worker;    /* -1: none; that worker never runs its loop */
+	/* drain-running: this worker runs, spends slow_us on each
+	 * connection, and on SIGUSR1 frees its own listener from its next
+	 * accept callback (what its io_uring had taken must not be lost) */
+	int slow_worker, slow_us;
+	int cpu_to;           /* evsteer, policy cpu: every CPU -> this worker */
 };
 
 struct bench_worker {
@@ -25,6 +30,7 @@ struct bench_worker {
 	pthread_t thread;
 	atomic_long accepted;
 	void *impl; /* the implementation's per-worker state */
+	struct bench_cfg *cfg;
 };
 
 /* One implementation: start listening (before `ready`), run the workers'
@@ -58,6 +64,13 @@ struct event_base;
 void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id);
 /* A worker thread's loop: frozen if asked, the stall if asked, dispatch. */
 void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id);
-/* What every implementation does with a connection: "ok", close, count. */
+/* What every implementation does with a connection: "ok", close, count
+ * (after slow_us on the slow worker). */
 void bench_reply(struct bench_worker *w, int fd);
+/* The slow worker's own spell before it answers (direct replies). */
+void bench_slow(struct bench_worker *w);
+/* From an accept callback: true once, on the worker that must drop itself
+ * (SIGUSR1 with a slow worker); call bench_dropped() after freeing. */
+bool bench_drop_now(struct bench_worker *w);
+void bench_dropped(void);
 #endif

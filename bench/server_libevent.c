@@ -26,10 +26,15 @@ struct lw {
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 		      struct sockaddr *sa, int len, void *arg)
 {
-	(void)l;
 	(void)sa;
 	(void)len;
-	bench_reply(arg, fd);
+	struct bench_worker *w = arg;
+	bench_reply(w, fd);
+	if (bench_drop_now(w)) {
+		((struct lw *)w->impl)->lev = NULL;
+		evconnlistener_free(l);
+		bench_dropped();
+	}
 }
 
 static int setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)

@@ -20,9 +20,16 @@ packages=(
 	clang llvm bpftool libbpf-dev liburing-dev
 	# forcing fallbacks in tests: seccomp filters, capability sets
 	libseccomp-dev util-linux libcap2-bin
+	# deployment tests: a real container runtime, the manifests, the units
+	runc python3-yaml systemd
 	# the benchmark report's plots
 	gnuplot-nox
 )
+
+# the bench job also counts system calls and draws flame graphs
+if [ "$job" = bench ]; then
+	packages+=(linux-perf nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -122,6 +129,13 @@ tsan)
 	;;
 bench)
 	build build
+	# d3-flame-graph's HTML template for --profile (4.x ships it)
+	if [ ! -f build/npm/node_modules/d3-flame-graph/dist/templates/d3-flamegraph-base.html ]; then
+		mkdir -p build/npm
+		npm install --prefix build/npm --no-audit --no-fund \
+			d3-flame-graph@4 >/dev/null ||
+			echo "setup: npm install d3-flame-graph failed: --profile writes folded stacks only" >&2
+	fi
 	./build/bench/evsteer-bench "$@"
 	;;
 summary)

@@ -26,6 +26,10 @@
 
 #include "uring.h"
 
+/* IORING_ACCEPT_DONTWAIT (Linux 6.10): -EAGAIN instead of waiting for a
+ * connection. liburing 2.3 does not know it. */
+#define EVST_ACCEPT_DONTWAIT (1U << 1)
+
 /* Single-shot accepts in flight per fd listener, topped up when no more
  * than ACCEPT_REFILL are left: one submission per few connections, not one
  * per connection, while enough stay armed to take a burst. */
@@ -65,6 +69,15 @@ struct uring_engine {
 	struct evst_conn *held;
 	unsigned int cap, head, count;
 	struct accept_slot slots[ACCEPT_SLOTS];
+	/* direct: slots a leaving sibling sends into this ring's table
+	 * (IORING_OP_MSG_RING) arrive as completions for recv_op; the engine
+	 * outlives its listener until every one announced has arrived */
+	struct evst_uop recv_op;
+	unsigned int msgs_in;
+	bool released;
+	/* direct: accepts from a stalled sibling's socket (ring lock) */
+	unsigned int steals_in, stolen_now;
+	bool no_dontwait; /* the kernel refused IORING_ACCEPT_DONTWAIT */
 };
 
 static inline struct uring_engine *engine_of(struct evsteer_listener *lev)
@@ -401,8 +414,42 @@ static void backoff_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static void engine_release(struct evst_uop *op)
 {
-	free(((struct uring_engine *)op)->held);
-	free(op);
+	struct uring_engine *e = (struct uring_engine *)op;
+	if (e->msgs_in) {
+		e->released = true; /* the last of them frees it */
+		return;
+	}
+	free(e->held);
+	free(e);
+}
+
+/* A slot a leaving sibling sent into this ring's table (ring lock). */
+static struct evst_uop *recv_complete(struct evst_uop *op,
+				      const struct io_uring_cqe *cqe)
+{
+	struct uring_engine *e =
+		(struct uring_engine *)((char *)op -
+					offsetof(struct uring_engine, recv_op));
+	e->msgs_in--;
+	if (e->released) {
+		/* the listener went meanwhile: nothing to deliver it to */
+		if (cqe->res >= 0)
+			evst_ring_close_slot(e->r, cqe->res);
+		if (!e->msgs_in) {
+			free(e->held);
+			free(e);
+		}
+		return NULL;
+	}
+	if (cqe->res < 0) {
+		if (cqe->res == -ENFILE)
+			evst_count(e->lev, table_full);
+		evst_count(e->lev, accept_errors);
+		return NULL;
+	}
+	evst_ring_slot_opened(e->r);
+	held_push(e, cqe->res, NULL, 0);
+	return &e->op;
 }
 
 static int uring_init(struct evsteer_listener *lev)
@@ -439,6 +486,7 @@ static int uring_init(struct evsteer_listener *lev)
 		return -ENOMEM;
 	}
 	e->op.complete = multishot_complete;
+	e->recv_op.complete = recv_complete;
 	e->op.ready = accept_ready;
 	e->op.release = engine_release;
 	e->lev = lev;
@@ -520,11 +568,14 @@ static void uring_destroy(struct evsteer_listener *lev)
 	evst_ring_lock(r);
 	unsigned int n = e->count, given = 0;
 	struct evst_conn *left = n ? malloc(n * sizeof(*left)) : NULL;
-	if (left)
+	if (left) {
 		held_pop(e, left, n);
+		for (unsigned int i = 0; i < n; i++)
+			left[i].ring = r;
+	}
 	evst_ring_unlock(r);
 	/* the sibling may share this ring: its lock is not held here */
-	if (left && lev->group && !lev->direct_table) {
+	if (left && lev->group) {
 		given = evst_group_handoff(lev, left, n);
 		atomic_fetch_add_explicit(&lev->counters.handed_off, given,
 					  memory_order_relaxed);
@@ -559,6 +610,111 @@ static void uring_destroy(struct evsteer_listener *lev)
 	lev->engine = NULL;
 }
 
+/* ---- a direct worker takes a stalled sibling's queue into its table */
+
+struct steal_op {
+	struct evst_uop op;
+	struct uring_engine *e;
+};
+
+static struct evst_uop *steal_complete(struct evst_uop *op,
+				       const struct io_uring_cqe *cqe)
+{
+	struct steal_op *s = (struct steal_op *)op;
+	struct uring_engine *e = s->e;
+	free(s);
+	e->steals_in--;
+	if (cqe->res >= 0) {
+		evst_ring_slot_opened(e->r);
+		held_push(e, cqe->res, NULL, 0);
+		e->stolen_now++;
+		return &e->op;
+	}
+	if (cqe->res == -EINVAL && !e->no_dontwait) {
+		e->no_dontwait = true;
+		evst_info("listener fd %d: the kernel lacks IORING_ACCEPT_DONTWAIT "
+			  "(Linux 6.10): direct workers do not steal",
+			  e->lev->fd);
+	}
+	return NULL;
+}
+
+/*
+ * Accepts that never wait (DONTWAIT: -EAGAIN when the queue is empty, so
+ * nothing stays armed on the sibling's socket), submitted now and reaped
+ * now, under the group's lock: the socket cannot close in between.
+ */
+static int uring_steal_from(struct evsteer_listener *lev, int sock_fd,
+			    unsigned int max)
+{
+	struct uring_engine *e = engine_of(lev);
+	if (!lev->direct_table || e->no_dontwait)
+		return -1;
+	evst_ring_lock(e->r);
+	unsigned int before = e->stolen_now, n = 0;
+	for (; n < max; n++) {
+		struct steal_op *s = malloc(sizeof(*s));
+		struct io_uring_sqe *sqe = s ? evst_ring_sqe_now(e->r) : NULL;
+		if (!sqe) {
+			free(s);
+			break;
+		}
+		*s = (struct steal_op){.op = {.complete = steal_complete}, .e = e};
+		/* liburing 2.3 adds one to the index without special-casing
+		 * ALLOC (later versions do): pass ALLOC - 1 so the SQE says
+		 * ALLOC; plain ALLOC would wrap to 0, a regular fd */
+		io_uring_prep_accept_direct(sqe, sock_fd, NULL, NULL,
+					    lev->accept4_flags,
+					    IORING_FILE_INDEX_ALLOC - 1);
+		sqe->ioprio |= EVST_ACCEPT_DONTWAIT;
+		io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&s->op);
+		e->steals_in++;
+	}
+	if (n && evst_ring_submit_now(e->r) == 0)
+		/* they complete inside the submission (they never wait) */
+		evst_ring_reap(e->r, 0);
+	for (int i = 0; e->steals_in && i < 1000; i++)
+		evst_ring_reap(e->r, 1000);
+	int took = (int)(e->stolen_now - before);
+	evst_ring_unlock(e->r);
+	return took;
+}
+
+/* A leaving direct sibling's slots: sent into this ring's table. */
+static unsigned int adopt_slots(struct uring_engine *e,
+				const struct evst_conn *c, unsigned int n)
+{
+	unsigned int k;
+	for (k = 0; k < n; k++) {
+		if (c[k].ring == e->r) {
+			/* the same ring: the slot is already ours */
+			evst_ring_lock(e->r);
+			held_push(e, c[k].fd, NULL, 0);
+			evst_ring_mark_ready(e->r, &e->op);
+			evst_ring_unlock(e->r);
+			continue;
+		}
+		evst_ring_lock(e->r);
+		e->msgs_in++;
+		evst_ring_unlock(e->r);
+		int err = evst_ring_send_slot(c[k].ring, c[k].fd, e->r,
+					      (uint64_t)(uintptr_t)&e->recv_op);
+		evst_ring_lock(e->r);
+		if (err < 0 && err != -ETIMEDOUT)
+			e->msgs_in--; /* nothing will arrive */
+		else
+			/* it is in our CQ already: have the loop look */
+			evst_ring_mark_ready(e->r, &e->op);
+		evst_ring_unlock(e->r);
+		if (err < 0) {
+			evst_debug("listener fd %d: slot hand-over: %s",
+				   e->lev->fd, strerror(-err));
+			break;
+		}
+	}
+	return k;
+}
+
 /* A leaving sibling's connections: delivered from this listener's loop,
  * before anything this one accepts later. */
 static unsigned int uring_adopt(struct evsteer_listener *lev,
@@ -566,7 +722,7 @@ static unsigned int uring_adopt(struct evsteer_listener *lev,
 {
 	struct uring_engine *e = engine_of(lev);
 	if (lev->direct_table)
-		return 0; /* slots belong to the ring that accepted them */
+		return adopt_slots(e, c, n);
 	evst_ring_lock(e->r);
 	unsigned int k;
 	for (k = 0; k < n; k++) {
@@ -623,6 +779,7 @@ const struct evst_engine_ops evst_uring_direct_engine = {
 	.destroy = uring_destroy,
 	.steal = uring_steal,
 	.adopt = uring_adopt,
+	.steal_from = uring_steal_from,
 };
 
 struct evsteer_uring *evsteer_listener_get_uring(const struct evsteer_listener *lev)

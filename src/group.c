@@ -629,9 +629,7 @@ static void member_steal(struct evsteer_listener *lev)
 {
 	struct evsteer_group *g = lev->group;
 	uint64_t stall = evst_shared_stall_ns(g->sh);
-	/* A direct listener's callback takes slots of its own ring, which a
-	 * sibling's connection is not: direct workers do not steal. */
-	if (!stall || !evst_active(lev) || lev->direct_table)
+	if (!stall || !evst_active(lev))
 		return;
 
 	uint64_t now = evst_now_ns();
@@ -653,6 +651,35 @@ static void member_steal(struct evsteer_listener *lev)
 			uint64_t left = (int64_t)age < 0 ? stall : stall - age + 1;
 			if (!next || left < next)
 				next = left;
+			continue;
+		}
+		if (lev->direct_table) {
+			/* a direct worker accepts into its own table, through
+			 * its own ring; it delivers them on its next round */
+			pthread_mutex_lock(&g->lock);
+			struct evst_slot *s = &g->slots[i];
+			int n = -1;
+			uint64_t want = ws_pending(w);
+			if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
+			    want && lev->ops->steal_from)
+				n = lev->ops->steal_from(
+					lev, s->fd,
+					want < (uint64_t)budget ? (unsigned)want :
+								  (unsigned)budget);
+			if (n > 0) {
+				__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
+				__atomic_store_n(&w->stalled, 1, __ATOMIC_RELAXED);
+				__atomic_fetch_add(&counters(g, i)->stolen_from,
+						   (uint64_t)n, __ATOMIC_RELAXED);
+				__atomic_fetch_add(&counters(g, lev->slot)->stolen,
+						   (uint64_t)n, __ATOMIC_RELAXED);
+				budget -= n;
+			} else if (n == 0) {
+				/* counted but not there: resync */
+				__atomic_store_n(&w->dequeued, ld(&w->steered),
+						 __ATOMIC_RELAXED);
+			}
+			pthread_mutex_unlock(&g->lock);
 			continue;
 		}
 		while (budget > 0) {
@@ -746,7 +773,7 @@ static unsigned int member_handoff(struct evsteer_listener *lev,
 		struct evst_slot *s = &g->slots[i];
 		if (i == lev->slot || !slot_used(s) || !s->lev ||
 		    s->lev == EVST_SLOT_CLAIMED || !s->lev->ops->adopt ||
-		    s->lev->direct_table != lev->direct_table ||
+		    !s->lev->direct_table != !lev->direct_table ||
 		    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED))
 			continue;
 		to[k] = s->lev;
@@ -977,6 +1004,66 @@ int evsteer_group_global_stats(const struct evsteer_group *g,
 	pthread_mutex_unlock(&mg->lock);
 	fill_stats(g->sh, (int)gslot, mine, out);
 	return 0;
+}
+
+/*
+ * A group made of listening sockets the caller already has (socket
+ * activation: sdactivate.c checked them). Options as evsteer_group_new()
+ * reads them; the group owns the sockets from here on. On failure the
+ * sockets are left open for the caller.
+ */
+struct evsteer_group *evst_group_adopt(const int *fds, unsigned int n,
+				       unsigned int flags,
+				       const struct evsteer_group_opts *opts)
+{
+	struct evsteer_listener_opts lo = {
+		.sz = sizeof(lo),
+		.max_accepts_per_wakeup = EVST_OPT(opts, struct evsteer_group_opts,
+						   max_accepts_per_wakeup, 0),
+		.backoff_max_ms = EVST_OPT(opts, struct evsteer_group_opts,
+					   backoff_max_ms, 0),
+		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
+				   EVSTEER_ACCEPT_AUTO),
+	};
+	struct evst_shared_opts so = {
+		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_group_opts,
+					      bpf, EVSTEER_BPF_AUTO)),
+		.policy = env_policy(EVST_OPT(opts, struct evsteer_group_opts,
+					      policy, EVSTEER_POLICY_LEAST_PENDING)),
+		.stall_us = env_stall_us(
+			EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0)),
+	};
+	struct evsteer_group *g =
+		group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
+	if (!g)
+		return NULL;
+	g->addrlen = sizeof(g->addr);
+	getsockname(fds[0], (struct sockaddr *)&g->addr, &g->addrlen);
+	/* the address's steering, as for evsteer_group_new() */
+	g->sh = evst_shared_get(fds[0], &so);
+	if (!g->sh) {
+		int err = errno;
+		group_unref(g);
+		errno = err;
+		return NULL;
+	}
+	g->backlog = -1; /* for evsteer_group_add_worker() */
+	int err = 0;
+	pthread_mutex_lock(&g->lock);
+	for (unsigned int i = 0; i < n && err >= 0; i++)
+		err = slot_add(g, fds[i], true);
+	if (err < 0) {
+		for (unsigned int i = 0; i < g->nslots; i++)
+			if (slot_used(&g->slots[i]))
+				slot_remove(g, i);
+	}
+	pthread_mutex_unlock(&g->lock);
+	if (err < 0) {
+		group_unref(g);
+		errno = -err;
+		return NULL;
+	}
+	return g;
 }
 
 /* What a listener knows of its group (internal.h). */

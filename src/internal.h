@@ -14,8 +14,9 @@ struct evsteer_uring;
 
 /* An accepted connection not yet delivered. */
 struct evst_conn {
-	int fd;
+	int fd;        /* or a direct slot of `ring` */
 	socklen_t len; /* 0: no address known (direct, or ask the socket) */
+	struct evsteer_uring *ring; /* direct: the ring whose slot fd is */
 	struct sockaddr_storage ss;
 };
 
@@ -64,6 +65,14 @@ struct evst_engine_ops {
 	 */
 	unsigned int (*adopt)(struct evsteer_listener *lev,
 			      const struct evst_conn *c, unsigned int n);
+	/*
+	 * Optional, the loop thread of lev, the group's lock held: accept up
+	 * to max connections from a stalled sibling's listening socket into
+	 * lev's own delivery (a direct listener: into its own table). Returns
+	 * how many it took, or -1 when it cannot.
+	 */
+	int (*steal_from)(struct evsteer_listener *lev, int sock_fd,
+			  unsigned int max);
 };
 
 struct evst_counters {
@@ -268,6 +277,11 @@ EVST_HIDDEN const char *evst_policy_name(unsigned int p);
 EVST_HIDDEN uint64_t evst_now_ns(void);
 /* The socket was found empty: pending resynced, progress made. */
 EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
+/* A group of existing listening sockets (socket activation); it owns them
+ * once made. NULL with errno, the sockets left open, on failure. */
+EVST_HIDDEN struct evsteer_group *
+evst_group_adopt(const int *fds, unsigned int n, unsigned int flags,
+		 const struct evsteer_group_opts *opts);
 
 /* accept_event.c, accept_uring.c */
 extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;

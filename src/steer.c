@@ -12,6 +12,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "reasons.h"
 #include "steer.h"
 #include "steer.skel.h"
 
@@ -37,26 +38,13 @@ static int libbpf_to_evst(enum libbpf_print_level level, const char *fmt,
 	return 0;
 }
 
+/* The errno alone cannot tell "grant CAP_BPF" from "fix the seccomp
+ * profile" or "leave the user namespace": look at the process first. */
 static void explain(int err, char *reason, size_t len)
 {
-	const char *why;
-	switch (err) {
-	case EPERM:
-	case EACCES:
-		why = "loading the sk_reuseport program needs CAP_BPF";
-		break;
-	case ENOSYS:
-		why = "the bpf() system call is unavailable (seccomp or kernel)";
-		break;
-	case EINVAL:
-	case E2BIG:
-	case EOPNOTSUPP:
-		why = "the kernel rejected the program (sk_reuseport/migrate needs Linux 5.14+)";
-		break;
-	default:
-		why = "loading the sk_reuseport program failed";
-	}
-	snprintf(reason, len, "bpf: %s: %s", strerror(err), why);
+	struct evst_bpf_facts f;
+	evst_bpf_facts_gather(err, &f);
+	evst_bpf_reason(&f, reason, len);
 }
 
 int evst_steer_load(int fds[EVST_STEER_NFDS], char *reason, size_t len)

@@ -11,6 +11,7 @@
 
 #include <event2/event.h>
 
+#include "reasons.h"
 #include "uring.h"
 
 /*
@@ -157,6 +158,22 @@ struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r)
 		sqe = io_uring_get_sqe(&r->ring);
 	}
 	return sqe;
+}
+
+struct io_uring_sqe *evst_ring_sqe_now(struct evsteer_uring *r)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+	if (!sqe) {
+		io_uring_submit(&r->ring);
+		sqe = io_uring_get_sqe(&r->ring);
+	}
+	return sqe;
+}
+
+int evst_ring_submit_now(struct evsteer_uring *r)
+{
+	int n = io_uring_submit(&r->ring);
+	return n < 0 ? n : 0;
 }
 
 void evst_ring_reserve(struct evsteer_uring *r, unsigned int n)
@@ -513,20 +530,13 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	run_loop_work(arg);
 }
 
+/* EPERM is a sysctl, a seccomp profile or an LSM: say which, and the fix. */
 static const char *explain(int err)
 {
-	switch (err) {
-	case ENOSYS:
-		return "io_uring: io_uring_setup() is not available (ENOSYS: seccomp or kernel)";
-	case EPERM:
-		return "io_uring: io_uring_setup() refused (EPERM: container seccomp profile or kernel.io_uring_disabled)";
-	case EOPNOTSUPP:
-		return "io_uring: the kernel lacks multishot accept (Linux 5.19+)";
-	default:
-		snprintf(probe_buf, sizeof(probe_buf), "io_uring: set-up failed: %s",
-			 strerror(err));
-		return probe_buf;
-	}
+	struct evst_uring_facts f;
+	evst_uring_facts_gather(err, &f);
+	evst_uring_reason(&f, probe_buf, sizeof(probe_buf));
+	return probe_buf;
 }
 
 static int ring_init(struct evsteer_uring *r)
@@ -718,6 +728,72 @@ void evst_ring_close_slot(struct evsteer_uring *r, int slot)
 	io_uring_sqe_set_data64(sqe, EVST_UDATA_IGNORE);
 	if (evst_ring_submit(r, 0) == 0 && r->slots)
 		r->slots--;
+}
+
+/* A request whose completion someone waits for; if they stop waiting,
+ * the completion frees it. */
+struct wait_op {
+	struct evst_uop op;
+	int res;
+	bool done, orphan;
+};
+
+static struct evst_uop *wait_complete(struct evst_uop *op,
+				      const struct io_uring_cqe *cqe)
+{
+	struct wait_op *w = (struct wait_op *)op;
+	if (w->orphan) {
+		free(w);
+		return NULL;
+	}
+	w->res = cqe->res;
+	w->done = true;
+	return NULL;
+}
+
+int evst_ring_send_slot(struct evsteer_uring *from, int slot,
+			struct evsteer_uring *to, uint64_t to_op)
+{
+	struct wait_op *w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->op.complete = wait_complete;
+	evst_ring_lock(from);
+	struct io_uring_sqe *sqe = evst_ring_sqe(from);
+	if (!sqe) {
+		evst_ring_unlock(from);
+		free(w);
+		return -EBUSY;
+	}
+	/* by hand: liburing 2.3 has no helper for IORING_MSG_SEND_FD */
+	io_uring_prep_rw(IORING_OP_MSG_RING, sqe, to->ring.ring_fd,
+			 (void *)(uintptr_t)IORING_MSG_SEND_FD, 0, to_op);
+	sqe->addr3 = (uint64_t)slot;
+	sqe->file_index = IORING_FILE_INDEX_ALLOC;
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&w->op);
+	/* submitted here and waited for: the sender is going away. It
+	 * completes inside the submission unless the target ring is busy. */
+	if (deferring(from))
+		unstage_all(from);
+	int err = io_uring_submit(&from->ring);
+	for (int i = 0; err >= 0 && !w->done && i < 1000; i++)
+		evst_ring_reap(from, 1000);
+	if (err < 0) {
+		free(w);
+	} else if (!w->done) {
+		/* gone asynchronous and not back in a second: the caller
+		 * closes the slot here; if it lands there after all, it is
+		 * that ring's (a different table) */
+		w->orphan = true;
+		err = -ETIMEDOUT;
+	} else {
+		err = w->res < 0 ? w->res : 0;
+		free(w);
+	}
+	if (!err)
+		evst_ring_close_slot(from, slot);
+	evst_ring_unlock(from);
+	return err;
 }
 
 unsigned int evsteer_uring_slots_in_use(const struct evsteer_uring *r)

@@ -58,6 +58,11 @@ EVST_HIDDEN void evst_ring_unlock(struct evsteer_uring *r);
 /* Ring lock held. An SQE (submitting what is queued if the SQ is full);
  * staged for the end of the round when the loop thread is draining. */
 EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r);
+/* Ring lock held: an SQE in the SQ itself, never staged: for a request
+ * that must be submitted (evst_ring_submit_now) before the lock is let go. */
+EVST_HIDDEN struct io_uring_sqe *evst_ring_sqe_now(struct evsteer_uring *r);
+/* Ring lock held: submit the SQ now, whatever thread and round. */
+EVST_HIDDEN int evst_ring_submit_now(struct evsteer_uring *r);
 /* Ring lock held: the next n evst_ring_sqe() come without a submission in
  * between (a linked chain). */
 EVST_HIDDEN void evst_ring_reserve(struct evsteer_uring *r, unsigned int n);
@@ -108,6 +113,15 @@ EVST_HIDDEN int evst_ring_direct_table(struct evsteer_uring *r, unsigned int siz
 /* Ring lock held: a direct slot was accepted / is being closed by us. */
 EVST_HIDDEN void evst_ring_slot_opened(struct evsteer_uring *r);
 EVST_HIDDEN void evst_ring_close_slot(struct evsteer_uring *r, int slot);
+
+/*
+ * Ring lock of `from` NOT held, any thread: send direct slot `slot` of
+ * `from` into the fixed-file table of `to` (IORING_OP_MSG_RING), where it
+ * arrives as a completion for `to_op` with the new slot in res; then close
+ * it in `from`. 0, or -errno (nothing was sent: the slot is still open).
+ */
+EVST_HIDDEN int evst_ring_send_slot(struct evsteer_uring *from, int slot,
+				    struct evsteer_uring *to, uint64_t to_op);
 
 /* user_data of requests whose completion nobody needs (cancels). */
 #define EVST_UDATA_IGNORE 0

@@ -334,6 +334,87 @@ static void test_direct_first_pass(void **state)
 	event_base_free(base);
 }
 
+/* ---- a stalled direct worker's queue is taken by a healthy one */
+
+static void need_bpf(void)
+{
+	const char *why = tl_bpf_unavailable();
+	tl_skip_unless(why == NULL, "bpf", why ? why : "");
+}
+
+/*
+ * Two direct workers in a BPF group; worker 0 never runs its loop. Once it
+ * is past the stall threshold with a connection pending, worker 1 accepts
+ * that connection from worker 0's socket into its own table and serves
+ * it, and new connections go to worker 1 only.
+ */
+static void test_direct_stall_steal(void **state)
+{
+	(void)state;
+	need_bpf();
+	need_uring();
+	struct event_base *a = tl_base(), *b = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	/* 20 ms, so that this test does not depend on the machine's speed */
+	EVSTEER_LISTENER_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE,
+			      .policy = EVSTEER_POLICY_ROUND_ROBIN,
+			      .stall_us = 20000);
+	struct replier p0 = {0}, p1 = {0};
+	unsigned int fl = EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_REUSEABLE_PORT;
+	struct evsteer_listener *l0 = evsteer_listener_new_bind_direct(
+		a, reply_and_close, &p0, fl, -1, (struct sockaddr *)&ss, len, 0, &o);
+	assert_non_null(l0);
+	len = tl_sockname(evsteer_listener_get_fd(l0), &ss);
+	struct evsteer_listener *l1 = evsteer_listener_new_bind_direct(
+		b, reply_and_close, &p1, fl, -1, (struct sockaddr *)&ss, len, 0, &o);
+	assert_non_null(l1);
+	struct evsteer_group *g = evsteer_listener_get_group(l0);
+	assert_non_null(g);
+
+	int c[12], n = 0;
+	EVSTEER_WORKER_STATS_OPTS(s0);
+	/* until one lands on the stalled worker 0 (round-robin: within 2) */
+	while (n < 4) {
+		c[n++] = tl_connect_to(evsteer_listener_get_fd(l1));
+		evsteer_group_worker_stats(g, 0, &s0);
+		if (s0.steered)
+			break;
+		assert_true(tl_loop_until(b, &p1.accepted, p1.accepted + 1));
+	}
+	assert_int_equal(s0.steered, 1);
+	int served1 = p1.accepted;
+	/* let worker 0's silence pass the threshold */
+	tl_loop_for(b, 60);
+	for (int i = 0; i < 10; i++)
+		c[n++] = tl_connect_to(evsteer_listener_get_fd(l1));
+	assert_true(tl_loop_until(b, &p1.accepted, served1 + 11));
+	EVSTEER_WORKER_STATS_OPTS(t0);
+	EVSTEER_WORKER_STATS_OPTS(t1);
+	evsteer_group_worker_stats(g, 0, &t0);
+	evsteer_group_worker_stats(g, 1, &t1);
+	assert_int_equal(t0.steered, 1);     /* nothing new for the stalled */
+	assert_int_equal(t0.stolen_from, 1); /* its queue was taken */
+	assert_int_equal(t0.pending, 0);
+	assert_int_equal(t1.stolen, 1);
+	assert_int_equal(p0.accepted, 0);
+	/* every client got its reply */
+	for (int i = 0; i < n; i++) {
+		char buf[8];
+		struct timeval tv = {.tv_sec = TL_TIMEOUT_MS / 1000};
+		setsockopt(c[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		ssize_t r = read(c[i], buf, sizeof(buf));
+		if (r != 5)
+			fail_msg("client %d of %d: read %zd (%s)", i, n, r,
+				 r < 0 ? strerror(errno) : "");
+	}
+	tl_close_n(c, n);
+	evsteer_listener_free(l0);
+	evsteer_listener_free(l1);
+	event_base_free(a);
+	event_base_free(b);
+}
+
 /* ---- a full fixed-file table */
 
 struct holder {
@@ -541,6 +622,7 @@ int main(void)
 		cmocka_unit_test(test_send_and_close),
 		cmocka_unit_test(test_send_and_close_no_cb),
 		cmocka_unit_test(test_direct_first_pass),
+		cmocka_unit_test(test_direct_stall_steal),
 		cmocka_unit_test(test_table_full),
 		cmocka_unit_test(test_cq_overflow),
 		cmocka_unit_test(test_free_releases_socket),

@@ -188,6 +188,73 @@ static void test_leave_from_callback(void **state)
 	leave_from_callback(EVSTEER_ACCEPT_URING);
 }
 
+/* ---- the same with direct descriptors: the slots cross rings */
+
+struct dworker {
+	struct evsteer_listener *lev;
+	int served;
+	bool free_self;
+};
+
+static void direct_reply(struct evsteer_listener *lev, struct evsteer_uring *r,
+			 int slot, void *arg)
+{
+	struct dworker *w = arg;
+	if (evsteer_uring_send_and_close(r, slot, "ok", 2, NULL, NULL) < 0)
+		abort();
+	w->served++;
+	if (w->free_self) {
+		w->lev = NULL;
+		evsteer_listener_free(lev);
+	}
+}
+
+static void test_leave_direct(void **state)
+{
+	(void)state;
+	need_bpf();
+	need_uring();
+	struct event_base *a = tl_base(), *b = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	EVSTEER_LISTENER_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE,
+			      .policy = EVSTEER_POLICY_CPU, .stall_us = -1);
+	struct dworker w0 = {0}, w1 = {.free_self = true};
+	unsigned int fl = EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_REUSEABLE_PORT;
+	w0.lev = evsteer_listener_new_bind_direct(a, direct_reply, &w0, fl, -1,
+						  (struct sockaddr *)&ss, len, 0,
+						  &o);
+	assert_non_null(w0.lev);
+	len = tl_sockname(evsteer_listener_get_fd(w0.lev), &ss);
+	w1.lev = evsteer_listener_new_bind_direct(b, direct_reply, &w1, fl, -1,
+						  (struct sockaddr *)&ss, len, 0,
+						  &o);
+	assert_non_null(w1.lev);
+	struct evsteer_group *g = evsteer_listener_get_group(w0.lev);
+	assert_non_null(g);
+	assert_ptr_equal(evsteer_listener_get_group(w1.lev), g);
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+	for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
+		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)cpu, 1), 0);
+	event_base_loop(a, EVLOOP_NONBLOCK);
+	event_base_loop(b, EVLOOP_NONBLOCK);
+
+	int c[10];
+	for (int i = 0; i < 10; i++)
+		c[i] = client(&ss, len);
+	assert_true(tl_loop_until(b, &w1.served, 1));
+	assert_null(w1.lev);
+	assert_true(tl_loop_until(a, &w0.served, 9));
+	assert_int_equal(check_replies(c, 10, "direct"), 0);
+	assert_int_equal(w0.served, 9);
+	tl_loop_for(a, 20); /* the closes */
+	assert_int_equal(evsteer_uring_slots_in_use(evsteer_listener_get_uring(w0.lev)),
+			 0);
+	evsteer_listener_free(w0.lev);
+	event_base_free(a);
+	event_base_free(b);
+}
+
 /*
  * Both workers run in their own threads; clients keep connecting (every
  * CPU steers to worker 1) and worker 1's listener is freed from the main
@@ -216,8 +283,18 @@ static void leave_from_other_thread(enum evsteer_accept_mode engine)
 	int c[300];
 	for (int i = 0; i < 300; i++) {
 		c[i] = client(&ss, len);
-		if (i == 100)
+		if (i == 100) {
+			/* worker 1 is running and delivering: free it now */
+			struct timespec t0, t;
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			do {
+				sched_yield();
+				clock_gettime(CLOCK_MONOTONIC, &t);
+			} while (atomic_load(&w[1].served) == 0 &&
+				 t.tv_sec - t0.tv_sec < TL_TIMEOUT_MS / 1000);
+			assert_true(atomic_load(&w[1].served) > 0);
 			evsteer_listener_free(w[1].lev);
+		}
 	}
 	/* worker 1's dispatch returns by itself once its listener is gone */
 	pthread_join(w[1].thread, NULL);
@@ -391,6 +468,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_leave_from_callback),
 		cmocka_unit_test(test_leave_from_other_thread),
+		cmocka_unit_test(test_leave_direct),
 		cmocka_unit_test(test_churn),
 		cmocka_unit_test(test_lone_listener_counts),
 	};

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -82,10 +83,12 @@ static void count_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 
 /*
  * expect_bpf: BPF must steer (round-robin exact); otherwise the group must
- * run on the kernel hash with a reason containing `reason`, and "require"
- * must fail with `require_errno`.
+ * run on the kernel hash with a reason containing `reason` and not
+ * `wrong` (the fix it must not send the operator to), and "require" must
+ * fail with `require_errno`.
  */
-static void child_check(bool expect_bpf, const char *reason, int require_errno)
+static void child_check(bool expect_bpf, const char *reason, const char *wrong,
+			int require_errno)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
@@ -101,7 +104,8 @@ static void child_check(bool expect_bpf, const char *reason, int require_errno)
 	if (expect_bpf && p.steering != EVSTEER_STEER_BPF)
 		child_fail(11, "expected BPF steering");
 	if (!expect_bpf && (p.steering != EVSTEER_STEER_KERNEL_HASH ||
-			    !strstr(p.steering_reason, reason)))
+			    !strstr(p.steering_reason, reason) ||
+			    (wrong && strstr(p.steering_reason, wrong))))
 		child_fail(12, "expected kernel hash with the reason");
 
 	/* the group serves connections either way */
@@ -157,17 +161,20 @@ static void child_check(bool expect_bpf, const char *reason, int require_errno)
 	_exit(0);
 }
 
+/* seccomp_err: deny bpf() with it; -1: enter a new user namespace. */
 static int run_forked(int seccomp_err, bool expect_bpf, const char *reason,
-		      int require_errno)
+		      const char *wrong, int require_errno)
 {
 	fflush(NULL);
 	pid_t pid = fork();
 	if (pid < 0)
 		return -1;
 	if (pid == 0) {
-		if (seccomp_err && deny_syscall(__NR_bpf, seccomp_err) < 0)
+		if (seccomp_err > 0 && deny_syscall(__NR_bpf, seccomp_err) < 0)
 			child_fail(2, "seccomp");
-		child_check(expect_bpf, reason, require_errno);
+		if (seccomp_err < 0 && unshare(CLONE_NEWUSER) < 0)
+			child_fail(3, "unshare(CLONE_NEWUSER)");
+		child_check(expect_bpf, reason, wrong, require_errno);
 	}
 	int st;
 	if (waitpid(pid, &st, 0) < 0)
@@ -195,7 +202,11 @@ static void test_seccomp_eperm(void **state)
 	(void)state;
 	need_bpf();
 	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
-	assert_int_equal(run_forked(EPERM, false, "CAP_BPF", EPERM), 0);
+	/* root holds CAP_BPF: the reason must blame the filter, not ask for
+	 * the capability */
+	assert_int_equal(run_forked(EPERM, false, "seccomp", "needs CAP_BPF",
+				    EPERM),
+			 0);
 }
 
 static void test_seccomp_enosys(void **state)
@@ -203,7 +214,21 @@ static void test_seccomp_enosys(void **state)
 	(void)state;
 	need_bpf();
 	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
-	assert_int_equal(run_forked(ENOSYS, false, "unavailable", ENOSYS), 0);
+	assert_int_equal(run_forked(ENOSYS, false, "unavailable: a seccomp",
+				    "CAP_BPF", ENOSYS),
+			 0);
+}
+
+/* Full capabilities inside a new user namespace do not count for bpf(). */
+static void test_user_namespace(void **state)
+{
+	(void)state;
+	need_bpf();
+	int max = tl_sysctl_int("user/max_user_namespaces", 1);
+	tl_skip_unless(max > 0, "bpf", "user namespaces disabled here");
+	assert_int_equal(run_forked(-1, false, "user namespace", "needs CAP_BPF",
+				    EPERM),
+			 0);
 }
 
 static void test_env_off(void **state)
@@ -298,7 +323,7 @@ static void test_uring_seccomp_eperm(void **state)
 	(void)state;
 	need_uring();
 	tl_skip_unless(ARCH != 0, "uring", "no seccomp arch constant here");
-	assert_int_equal(run_uring_child(EPERM, "EPERM"), 0);
+	assert_int_equal(run_uring_child(EPERM, "(EPERM) by a seccomp filter"), 0);
 }
 
 static void test_uring_seccomp_enosys(void **state)
@@ -306,23 +331,28 @@ static void test_uring_seccomp_enosys(void **state)
 	(void)state;
 	need_uring();
 	tl_skip_unless(ARCH != 0, "uring", "no seccomp arch constant here");
-	assert_int_equal(run_uring_child(ENOSYS, "ENOSYS"), 0);
+	assert_int_equal(run_uring_child(ENOSYS, "(ENOSYS) under a seccomp"), 0);
 }
 
-/* Run this binary again under setpriv with `args`, in child mode `mode`. */
+/*
+ * Run this binary again under setpriv with `args`, in child mode `mode`,
+ * from a staged copy: an unprivileged uid may not reach the build tree
+ * (a checkout under /root), and it gets no CAP_DAC_* to help it there.
+ */
 static int run_setpriv(const char *const *args, const char *mode)
 {
-	char self[4096];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	assert_true(n > 0);
-	self[n] = '\0';
+	char dir[256], exe[512], libdir[512];
+	int err = tl_stage_self(dir, sizeof(dir), exe, sizeof(exe), libdir,
+				sizeof(libdir));
+	if (err < 0)
+		fail_msg("staging the test binary: %s", strerror(-err));
 	const char *argv[32];
 	int k = 0;
 	argv[k++] = "setpriv";
 	for (int i = 0; args[i]; i++)
 		argv[k++] = args[i];
 	argv[k++] = "--";
-	argv[k++] = self;
+	argv[k++] = exe;
 	argv[k++] = "--child";
 	argv[k++] = mode;
 	argv[k] = NULL;
@@ -330,11 +360,17 @@ static int run_setpriv(const char *const *args, const char *mode)
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
+		/* the staged library, not the build tree's; and a cwd the
+		 * child can enter (meson runs us inside the build tree) */
+		setenv("LD_LIBRARY_PATH", libdir, 1);
+		if (chdir("/") < 0)
+			_exit(126);
 		execvp("setpriv", (char *const *)argv);
 		_exit(127);
 	}
 	int st;
 	assert_int_equal(waitpid(pid, &st, 0), pid);
+	tl_unstage(dir);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
@@ -381,11 +417,13 @@ int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "--child")) {
 		evthread_use_pthreads();
-		child_check(!strcmp(argv[2], "expect-bpf"), "CAP_BPF", EPERM);
+		child_check(!strcmp(argv[2], "expect-bpf"), "needs CAP_BPF",
+			    "seccomp", EPERM);
 	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_seccomp_eperm),
 		cmocka_unit_test(test_seccomp_enosys),
+		cmocka_unit_test(test_user_namespace),
 		cmocka_unit_test(test_env_off),
 		cmocka_unit_test(test_uring_seccomp_eperm),
 		cmocka_unit_test(test_uring_seccomp_enosys),

@@ -150,3 +150,14 @@ void tl_srv_close(struct tl_srv *s);
 void tl_wait_queued(int listen_fd, int n);
 /* Connections queued on a TCP listener right now. */
 int tl_queued(int listen_fd);
+
+/*
+ * For a child that runs as an unprivileged uid: copy this binary and the
+ * libevsteer it uses into a fresh directory under /tmp that anyone can
+ * traverse (the build tree may be under /root or another 0700 directory).
+ * dir gets the directory (for tl_unstage), exe the staged binary, libdir the
+ * staged library's directory (for LD_LIBRARY_PATH). 0 or -errno.
+ */
+int tl_stage_self(char *dir, size_t dlen, char *exe, size_t elen,
+		  char *libdir, size_t llen);
+void tl_unstage(const char *dir);

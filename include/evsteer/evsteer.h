@@ -396,6 +396,45 @@ evsteer_listener_get_group(const struct evsteer_listener *lev);
 EVSTEER_API int evsteer_group_get_path(const struct evsteer_group *g,
 				       struct evsteer_path *out);
 
+/*
+ * Socket activation (systemd's LISTEN_FDS protocol; no libsystemd needed).
+ *
+ * evsteer_listen_fds() collects the listening sockets passed to this
+ * process: descriptors 3 .. 3+$LISTEN_FDS-1 when $LISTEN_PID is this
+ * process, those whose $LISTEN_FDNAMES entry (FileDescriptorName= in the
+ * .socket unit; "unknown" when unnamed) equals name, or all of them for a
+ * NULL name. At most max are written to fds. Every passed descriptor gets
+ * FD_CLOEXEC, as sd_listen_fds() does. Returns how many matched (0 when
+ * nothing was passed, or it was passed to another process), or -errno:
+ * EINVAL (NULL fds with max > 0, malformed variables), EBADF (a passed
+ * descriptor is not open), ENOSPC (more than max matched; the first max
+ * are written).
+ * With unset_env, LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES are removed
+ * from the environment whatever the outcome, so child processes do not
+ * take them for theirs (not thread-safe: call it before starting threads).
+ */
+EVSTEER_API int evsteer_listen_fds(const char *name, int *fds, unsigned int max,
+				   int unset_env);
+
+/*
+ * A worker group made of n listening sockets the caller already has, e.g.
+ * from evsteer_listen_fds() (a .socket unit with ReusePort=yes and one
+ * ListenStream= per worker, all on one address): slot i serves fds[i].
+ * Each must be a listening TCP socket (IPv4 or IPv6) with SO_REUSEPORT,
+ * all bound to the same address. They are made non-blocking, and the group
+ * owns them from then on (closed when their worker leaves, or by
+ * evsteer_group_free() if never attached), as with evsteer_group_new().
+ * flags and opts are evsteer_group_new()'s (bind-time flags apply only to
+ * sockets evsteer_group_add_worker() binds later). Errors (the sockets are
+ * then left open): EINVAL (NULL, n not in 1..EVSTEER_MAX_WORKERS, bad
+ * flags or opts, a socket not listening, without SO_REUSEPORT, or bound to
+ * another address), ENOTSOCK, EAFNOSUPPORT, EPROTONOSUPPORT (not TCP), and
+ * with EVSTEER_BPF_REQUIRE the BPF error.
+ */
+EVSTEER_API struct evsteer_group *
+evsteer_group_from_fds(const int *fds, unsigned int n, unsigned int flags,
+		       const struct evsteer_group_opts *opts);
+
 struct evsteer_worker_stats {
 	size_t sz;
 	uint64_t steered;   /* connections the program chose this socket for */

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""The demo in real runc containers: capabilities and seccomp profiles as a
+container runtime applies them, and the path and reasons evsteer reports.
+
+  container.py DEMO LIBEVSTEER SOURCE_DIR
+
+No image: the rootfs is empty directories with the host's /usr and /etc
+bind-mounted read-only, the demo and libevsteer staged into a fresh
+world-readable directory (the build tree may sit under a 0700 directory
+such as /root, which a non-root container user cannot enter) and mounted
+read-only at /opt/evsteer; the host's network namespace. Docker-format
+profiles are resolved for each container's capabilities with
+deploy/seccomp/profile.py, as dockerd and podman do (runc reads only the
+OCI form).
+
+Exit 77 (skip) without root or runc, unless EVSTEER_TEST_REQUIRE is "all"
+or names "container": then that is a failure.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+DEMO, LIB, SRC = sys.argv[1:4]
+PROFILE_PY = os.path.join(SRC, "deploy", "seccomp", "profile.py")
+OURS = os.path.join(SRC, "deploy", "seccomp", "evsteer.json")
+DOCKER = os.path.join(SRC, "deploy", "seccomp", "docker-default.json")
+TIMEOUT = 120  # seconds per container; a loaded 2-core box is slow
+
+
+def required():
+    req = os.environ.get("EVSTEER_TEST_REQUIRE", "")
+    return req == "all" or "container" in req.split(",")
+
+
+def skip(why):
+    if required():
+        print(f"container: required (EVSTEER_TEST_REQUIRE) but: {why}")
+        sys.exit(1)
+    print(f"container: skipped: {why}")
+    sys.exit(77)
+
+
+def stage(top):
+    """The demo and the library, in the build's layout ($ORIGIN/../src),
+    readable by any uid."""
+    d = os.path.join(top, "stage")
+    for sub in ("", "examples", "src"):
+        os.mkdir(os.path.join(d, sub))
+        os.chmod(os.path.join(d, sub), 0o755)
+    shutil.copy(DEMO, os.path.join(d, "examples", "evsteer-demo"))
+    # under its soname (libevsteer.so.0), which is what the demo asks for
+    base = os.path.basename(LIB)
+    soname = base[:base.index(".so.") + 4] + base.split(".so.")[1].split(".")[0]
+    shutil.copy(os.path.realpath(LIB), os.path.join(d, "src", soname))
+    for f in ("examples/evsteer-demo", "src/" + soname):
+        os.chmod(os.path.join(d, f), 0o755)
+    return d
+
+
+def rootfs(top):
+    r = os.path.join(top, "rootfs")
+    os.mkdir(r)
+    for sub in ("usr", "etc", "proc", "dev", "sys", "tmp", "opt",
+                "opt/evsteer"):
+        os.mkdir(os.path.join(r, sub))
+    # Debian 12 has merged /usr: these are links into it
+    for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        if os.path.islink("/" + link):
+            os.symlink(os.readlink("/" + link), os.path.join(r, link))
+    os.chmod(top, 0o755)
+    return r
+
+
+def seccomp(profile, caps, deny=()):
+    out = subprocess.run(
+        [sys.executable, PROFILE_PY, "resolve", profile,
+         "--caps", ",".join(caps), "--deny", ",".join(deny)],
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def config(stagedir, caps, uid, sec):
+    ro = ["rbind", "ro", "nosuid", "nodev"]
+    env = ["PATH=/usr/bin:/bin", "LD_LIBRARY_PATH=/opt/evsteer/src"]
+    for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+        if k in os.environ:
+            env.append(f"{k}={os.environ[k]}")
+    cfg = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": uid},
+            "args": ["/opt/evsteer/examples/evsteer-demo",
+                     "--connections", "200"],
+            "env": env,
+            "cwd": "/",
+            "capabilities": {k: list(caps) for k in (
+                "bounding", "effective", "permitted", "inheritable",
+                "ambient")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024,
+                         "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "evsteer-test",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "mode=1777"]},
+            {"destination": "/usr", "type": "bind", "source": "/usr",
+             "options": ro},
+            {"destination": "/etc", "type": "bind", "source": "/etc",
+             "options": ro},
+            {"destination": "/opt/evsteer", "type": "bind",
+             "source": stagedir, "options": ro},
+        ],
+        "linux": {
+            # no network namespace: the host's, as in `--network host`
+            "namespaces": [{"type": t} for t in
+                           ("pid", "ipc", "uts", "mount")],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list",
+                            "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq",
+                              "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+    if sec is not None:
+        cfg["linux"]["seccomp"] = sec
+    return cfg
+
+
+def parse(out):
+    """path name, steering reason, engine reason from the demo's report"""
+    path, steer_why, engine_why, last = None, "", "", None
+    for line in out.splitlines():
+        s = line.strip()
+        if s.startswith("path: "):
+            path = s[6:]
+        elif s.startswith("steering:"):
+            last = "steer"
+        elif s.startswith("accept engine:"):
+            last = "engine"
+        elif s.startswith("why: "):
+            if last == "steer":
+                steer_why = s[5:]
+            elif last == "engine":
+                engine_why = s[5:]
+    return path, steer_why, engine_why
+
+
+def run(top, n, name, caps, uid, sec):
+    b = os.path.join(top, f"bundle{n}")
+    os.mkdir(b)
+    cfg = config(os.path.join(top, "stage"), caps, uid, sec)
+    cfg["root"]["path"] = os.path.join(top, "rootfs")  # one for all
+    with open(os.path.join(b, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    cid = f"evsteer-test-{os.getpid()}-{n}"
+    state = os.path.join(top, "state")
+    try:
+        p = subprocess.run(["runc", "--root", state, "run", "--bundle", b,
+                            cid], capture_output=True, text=True,
+                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["runc", "--root", state, "delete", "--force", cid],
+                       capture_output=True)
+    print(f"--- {name}: exit {p.returncode}")
+    sys.stdout.write(p.stdout)
+    sys.stdout.write(p.stderr)
+    return p.returncode, parse(p.stdout)
+
+
+def main():
+    if os.geteuid() != 0:
+        skip("needs root to run runc")
+    if not shutil.which("runc"):
+        skip("runc not installed (apt-get install runc)")
+    # The real thing must work here first, or the expectations mean nothing.
+    host = subprocess.run([DEMO, "--connections", "50"], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    if parse(host.stdout)[0] != "bpf+uring":
+        skip(f"the demo does not get bpf+uring on this host:\n{host.stdout}")
+
+    failures = []
+
+    def expect(cond, what):
+        if not cond:
+            failures.append(what)
+            print(f"FAIL: {what}")
+
+    top = tempfile.mkdtemp(prefix="evsteer-runc-", dir="/tmp")
+    try:
+        stage(top)
+        rootfs(top)
+        os.mkdir(os.path.join(top, "state"))
+        bpf = ["CAP_BPF"]
+        cases = [
+            # (a) CAP_BPF only + our profile: the full fast path
+            ("a: CAP_BPF + evsteer.json", bpf, 0, seccomp(OURS, bpf)),
+            # (a') the same as a non-root user: ambient capabilities
+            ("a': uid 65534, ambient CAP_BPF + evsteer.json", bpf, 65534,
+             seccomp(OURS, bpf)),
+            # (b) Docker 25+'s default profile refuses io_uring
+            ("b: CAP_BPF + Docker's default", bpf, 0, seccomp(DOCKER, bpf)),
+            # (c) no capabilities at all
+            ("c: no capabilities + evsteer.json", [], 0, seccomp(OURS, [])),
+            ("c': no capabilities, no seccomp", [], 0, None),
+            # (d) CAP_BPF held, bpf refused by the profile (podman's
+            # default allows bpf only with CAP_SYS_ADMIN)
+            ("d: CAP_BPF + a profile without bpf", bpf, 0,
+             seccomp(OURS, bpf, deny=["bpf"])),
+        ]
+        res = {}
+        for n, (name, caps, uid, sec) in enumerate(cases):
+            rc, r = run(top, n, name, caps, uid, sec)
+            expect(rc == 0, f"{name}: the demo exited {rc}")
+            res[name[:2].rstrip(":")] = r
+
+        path, sw, ew = res["a"]
+        expect(path == "bpf+uring", f"a: path {path}, want bpf+uring")
+        path, sw, ew = res["a'"]
+        expect(path == "bpf+uring", f"a': path {path}, want bpf+uring")
+        path, sw, ew = res["b"]
+        expect(path == "bpf+event", f"b: path {path}, want bpf+event")
+        expect("seccomp" in ew and "io_uring" in ew,
+               f"b: engine reason does not name seccomp: {ew!r}")
+        for k in ("c", "c'"):
+            path, sw, ew = res[k]
+            expect(path == "event", f"{k}: path {path}, want event")
+            expect("needs CAP_BPF" in sw,
+                   f"{k}: steering reason does not name CAP_BPF: {sw!r}")
+        path, sw, ew = res["d"]
+        expect(path == "event", f"d: path {path}, want event")
+        expect("seccomp" in sw, f"d: reason does not name seccomp: {sw!r}")
+        expect("needs CAP_BPF" not in sw and "lacks" not in sw,
+               f"d: reason says CAP_BPF is missing: {sw!r}")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+    if failures:
+        print(f"container: {len(failures)} failed")
+        sys.exit(1)
+    print(f"container: {len(cases)} containers, all as expected")
+
+
+main()
