@@ -733,11 +733,14 @@ evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 		unsigned int f = known_flags(flags);
 		if (group_port(fd))
 			f |= LEV_OPT_REUSEABLE_PORT;
+		/* libevent takes any socket here (a datagram one fails
+		 * every accept): so does evsteer in compat mode */
+		EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1);
 		creating = true;
 		group_lock(f);
 		struct evsteer_listener *lev = S.core->listener_new(
 			base, (evsteer_accept_cb)cb, ptr, f | LEV_OPT_DISABLED,
-			backlog, fd, NULL);
+			backlog, fd, &o);
 		group_unlock(f);
 		struct evconnlistener *r = adopt(lev, f, false);
 		creating = false;

