@@ -488,7 +488,7 @@ def stun_binding_tcp(port):
                 mapped == s.getsockname())
 
 
-def turnserver(prefix_for, relay_lo):
+def turnserver(prefix_for, relay_lo, extra_env=None):
     """turnserver under the shim on a free port; prefix_for(port) is the
     evsteer-run part of the command line. Ready once a TCP connect succeeds."""
     db = os.path.join(TMP, f"turndb-{relay_lo}")
@@ -501,7 +501,8 @@ def turnserver(prefix_for, relay_lo):
             "--lt-cred-mech", "--user=evsteer:secret", "--realm=evsteer.test",
             "--allow-loopback-peers", f"--userdb={db}",
             f"--pidfile={os.path.join(TMP, 'turn.pid')}",
-            "--log-file=stdout", "--simple-log", "-v"], shim_env(foreign=True))
+            "--log-file=stdout", "--simple-log", "-v"],
+            dict(shim_env(foreign=True), **(extra_env or {})))
         deadline = time.monotonic() + TIMEOUT
         while True:
             if s.p.poll() is not None:
@@ -582,11 +583,15 @@ def case_coturn():
     print(lines[0])
 
     # 2. --group: the two per-thread listeners are one BPF-steered group;
-    #    TCP relay allocations make (and free) listeners of their own
+    #    TCP relay allocations make (and free) listeners of their own.
+    #    Stall avoidance off: it sends connections to whichever thread runs,
+    #    which on a loaded machine is no even split (test_group covers it);
+    #    without it least-pending alternates between idle members exactly.
     stats = os.path.join(TMP, "coturn.json")
     relay_lo += 200
     s = turnserver(lambda port: [A.run, "--log", "info", "--group", str(port),
-                                 "--stats", stats], relay_lo)
+                                 "--stats", stats], relay_lo,
+                   {"EVSTEER_STALL_US": "-1"})
     try:
         ok = sum(stun_binding_tcp(s.port) for _ in range(200))
         check(ok == 200, f"{ok} of 200 STUN binding answers over TCP were right")
@@ -604,9 +609,8 @@ def case_coturn():
     check(sorted(re.search(r" path bpf\+uring \(bpf steering, policy least-pending, "
                            r"worker (\d+)\)$", l).group(1) for l in main) == ["0", "1"],
           "\n".join(main))
-    # least-pending rotates ties: each relay thread gets a share (about
-    # half; a thread late for a moment is skipped for 100 ms, not for good)
-    check(len(steered) == 2 and min(steered.values()) >= 20,
+    # one group: least-pending rotates ties, each relay thread gets half
+    check(len(steered) == 2 and min(steered.values()) >= 95,
           f"connections per relay thread: {steered}\n" + "\n".join(main))
     relay = [x for x in read_stats(stats) if x["event"] == "free"]
     relay_ports = {int(x["address"].rsplit(":", 1)[1]) for x in relay}
