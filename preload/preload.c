@@ -433,21 +433,30 @@ static void report_at_exit(void)
 
 /* ---- deciding what to do, once ------------------------------------------ */
 
-static bool load_core(void)
+/*
+ * The core sits next to this file, wherever that was installed. Found at
+ * load time: LD_PRELOAD may name this file by a relative path, and a daemon
+ * has often changed directory by the time it makes its first listener.
+ */
+static char core_path[4096];
+
+__attribute__((constructor)) static void find_core(void)
 {
 	Dl_info self;
-	char path[4096];
+	char *dir = NULL;
+	if (dladdr((void *)find_core, &self) && self.dli_fname)
+		dir = realpath(self.dli_fname, NULL);
+	char *slash = dir ? strrchr(dir, '/') : NULL;
+	if (slash)
+		slash[1] = '\0';
+	snprintf(core_path, sizeof(core_path), "%s%s", slash ? dir : "",
+		 CORE_FILE);
+	free(dir);
+}
 
-	/* the core sits next to this file, wherever that was installed */
-	if (!dladdr((void *)load_core, &self) || !self.dli_fname) {
-		say(EVSTEER_LOG_WARN, "cannot find where libevsteer-preload.so is; "
-		    "evconnlistener calls pass through to libevent unchanged");
-		return false;
-	}
-	const char *slash = strrchr(self.dli_fname, '/');
-	int dir = slash ? (int)(slash - self.dli_fname + 1) : 0;
-	snprintf(path, sizeof(path), "%.*s%s", dir, self.dli_fname, CORE_FILE);
-
+static bool load_core(void)
+{
+	const char *path = core_path;
 	void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	const struct evst_preload_core *c =
 		h ? dlsym(h, EVST_PRELOAD_CORE_SYMBOL) : NULL;
