@@ -389,6 +389,49 @@ def case_evhttp():
         print(f"--accept {mode}: same answers; " + lines[0])
         print(json.dumps(t))
 
+    # out of descriptors: libevent spins (not asserted: it is libevent's),
+    # the shim backs off, and both answer again afterwards
+    share, nlines, answer = emfile_session([], base_env())
+    print(f"at the fd limit, libevent: {share:.0%} CPU, {nlines} stderr lines in 2 s")
+    share, nlines, answer = emfile_session([A.run], shim_env())
+    print(f"at the fd limit, evsteer-run: {share:.0%} CPU, {nlines} stderr lines in 2 s")
+    check(share < 0.3 and nlines <= 4 and answer[2] == b"hello from evhttp\n",
+          f"under the shim at EMFILE: {share:.0%} CPU, {nlines} lines, then {answer}")
+
+
+def emfile_session(prefix, env):
+    """preload_http at its descriptor limit (ulimit -n 24, 40 connections
+    held open): the server's CPU share over 2 s, its stderr line count, and
+    whether it answers once the connections are gone."""
+    err_path = os.path.join(TMP, "emfile.err")
+    with open(err_path, "w") as err:
+        p = subprocess.Popen(["sh", "-c", 'ulimit -n 24 && exec "$@"', "sh"] +
+                             prefix + [A.http], env=env, stdout=subprocess.PIPE,
+                             stderr=err, text=True)
+    try:
+        line = p.stdout.readline()
+        check(line.startswith("ready "), f"preload_http: {line!r}")
+        port = int(line.split()[1])
+
+        def cpu():
+            f = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30)
+                for _ in range(40)]
+        time.sleep(0.5)  # at the limit by now
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(2)
+        share = (cpu() - c0) / (time.monotonic() - t0)
+        for h in held:
+            h.close()
+        answer = curl(f"http://127.0.0.1:{port}/hello")
+    finally:
+        p.kill()
+        p.wait()
+    with open(err_path) as f:
+        lines = sum(1 for _ in f)
+    return share, lines, answer
+
 
 # ---- ustreamer ------------------------------------------------------------
 
