@@ -6,6 +6,8 @@
  *
  * A worker is "stale" when connections are pending on it and it has made no
  * progress for stall_ns: it gets nothing new unless every worker is stale.
+ * One a sibling stole from stays stale with nothing pending, but only for
+ * PROBE_STALLS x stall_ns: then it gets one connection again (see stale()).
  * When no socket can be selected the program returns SK_PASS without a
  * selection and the kernel falls back to its own hash.
  */
@@ -45,10 +47,26 @@ static __always_inline __u64 pending(struct evst_worker *w)
 	return p > 0 ? (__u64)p : 0;
 }
 
+/*
+ * A worker siblings stole from (`stalled`) shows it is back by accepting,
+ * but once the thieves have emptied its queue nothing wakes it to accept:
+ * kept out for good, it never would (one steal while its loop was late, and
+ * every later connection went to the others). So it is out only for
+ * PROBE_STALLS x stall_ns after its last progress or probe; then it gets a
+ * connection: accepted, it is in again; stuck, that one is stolen in turn
+ * after stall_ns, and it is out for another interval.
+ */
+#define PROBE_STALLS 50
+
 static __always_inline int stale(struct evst_worker *w, __u64 now)
 {
 	__u64 st = stall_ns;
-	return st && (pending(w) || w->stalled) && now - w->progress_ns > st;
+	if (!st)
+		return 0;
+	__u64 age = now - w->progress_ns;
+	if (pending(w))
+		return age > st;
+	return w->stalled && age <= st * PROBE_STALLS;
 }
 
 /*
@@ -64,8 +82,9 @@ static __always_inline int steer_to(struct sk_reuseport_md *md, __u32 wi,
 	if (bpf_sk_select_reuseport(md, &socks, &wi, 0))
 		return 0;
 	/* Work arriving on an idle worker starts its progress clock, so an
-	 * idle worker is never judged stale by an old timestamp. */
-	if (!pending(w) && !w->stalled)
+	 * idle worker is never judged stale by an old timestamp (and a probe
+	 * of a stalled one starts its next interval). */
+	if (!pending(w))
 		w->progress_ns = now;
 	__sync_fetch_and_add(&w->steered, 1);
 	if (migrating)

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NW 4
@@ -371,6 +372,65 @@ static void test_stall_steal(void **state)
 }
 
 /* read "ok" or see the reset */
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* both workers' loops, alternately, until `want` were delivered in all */
+static bool serve_both(struct fx *f, int want)
+{
+	uint64_t deadline = now_ms() + 10000;
+	while (total(f) < want && now_ms() < deadline)
+		for (int i = 0; i < f->n; i++)
+			event_base_loop(f->w[i].base, EVLOOP_NONBLOCK);
+	return total(f) >= want;
+}
+
+/*
+ * A worker that was stolen from once while its loop was late (a thread
+ * still starting, say) must get connections again once it runs: nothing
+ * wakes an idle worker to show progress, so steering gives it one again
+ * after a while (PROBE_STALLS x stall in the program) rather than never.
+ */
+static void test_stall_recovers(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_LEAST_PENDING, 2000, EVSTEER_BPF_REQUIRE,
+		true);
+	int c[20], n = 0;
+	/* worker 0's loop does not run: what lands there is stolen by 1 */
+	while (wstats(&f, 0).stolen_from == 0 && n < 20) {
+		c[n++] = client(&f);
+		assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n, n));
+	}
+	assert_int_equal(wstats(&f, 0).stolen_from, 1);
+	assert_int_equal(f.w[0].s.n, 0);
+	/* now both run: worker 0 must be back within the probe interval
+	 * (100 ms here), not left out while worker 1 takes everything */
+	int made = n;
+	uint64_t start = now_ms();
+	while (f.w[0].s.n < 10 && now_ms() - start < 10000) {
+		int fd = client(&f);
+		assert_true(serve_both(&f, ++made));
+		close(fd);
+		usleep(1000);
+	}
+	struct evsteer_worker_stats s0 = wstats(&f, 0);
+	if (f.w[0].s.n < 10)
+		fail_msg("worker 0 served %d of %d in 10 s after it was stolen "
+			 "from (steered %lu)", f.w[0].s.n, total(&f),
+			 (unsigned long)s0.steered);
+	print_message("worker 0 back after %d connections, %llu ms\n",
+		      made - n, (unsigned long long)(now_ms() - start));
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
 static int read_reply(int c)
 {
 	char buf[4];
@@ -643,6 +703,7 @@ int main(void)
 		cmocka_unit_test(test_weights),
 		cmocka_unit_test(test_join_leave),
 		cmocka_unit_test(test_stall_steal),
+		cmocka_unit_test(test_stall_recovers),
 		cmocka_unit_test(test_drain_zero_resets),
 		cmocka_unit_test(test_drain_without_bpf_resets),
 		cmocka_unit_test(test_bpf_off_reports),
