@@ -120,6 +120,9 @@ class Server:
         except subprocess.TimeoutExpired:
             self.p.kill()
             out, _ = self.p.communicate()
+        if self.p.returncode != 0:
+            # a sanitizer build reports there; a crash is not a figure
+            raise RuntimeError(f"server exited with {self.p.returncode}")
         lines = [l for l in out.splitlines() if l.startswith("{")]
         return json.loads(lines[-1]) if lines else {}
 
@@ -549,6 +552,9 @@ def main():
     ap.add_argument("--json", help="also write the JSON report here")
     ap.add_argument("--out", default=None, help="results folder")
     ap.add_argument("--impl", default=",".join(IMPLS))
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 if any run failed (a crash, a server that "
+                         "did not start): the test suite's smoke run")
     ap.add_argument("--profile", action="store_true",
                     help="perf record -g of the server in the rate scenario, "
                          "per implementation: folded stacks and flame graphs")
@@ -573,6 +579,7 @@ def main():
                   if not ((scen.startswith("drain") or scen == "restart")
                           and i == "floor")]
         runs = {i: [] for i in simpls}
+        failed_runs = report.setdefault("failed_runs", [])
         for rep in range(repeat):
             for impl in simpls:  # interleaved: A B A B ...
                 log(f"{scen}: {impl} (repeat {rep + 1}/{repeat})")
@@ -580,6 +587,7 @@ def main():
                     runs[impl].append(run_one(scen, impl, a.quick))
                 except Exception as e:  # a failed run is reported, not fatal
                     log(f"{scen}: {impl}: failed: {e}")
+                    failed_runs.append(f"{scen}/{impl}: {e}")
         report["scenarios"][scen] = {
             i: summarize(scen, r) for i, r in runs.items() if r}
     if a.profile:
@@ -603,6 +611,10 @@ def main():
     print(md)
     log(f"wrote {path}, latest.md" + (", " + ", ".join(
         os.path.basename(p) for p in made) if made else ""))
+    if a.strict and report.get("failed_runs"):
+        log(f"{len(report['failed_runs'])} runs failed: "
+            + "; ".join(report["failed_runs"]))
+        return 1
     return 0
 
 

@@ -106,6 +106,7 @@ static int run_closed(int threads, double seconds, long max)
 	printf("{\"connections\": %ld, \"seconds\": %.3f, \"conn_per_s\": %.1f, "
 	       "\"errors\": %ld}\n",
 	       n, dt, n / dt, errors);
+	fflush(stdout);
 	return 0;
 }
 
@@ -217,6 +218,10 @@ static int run_open(double rate, double seconds)
 		printf("%s[%.4f, %.4f]", i ? ", " : "", PCT(q), q);
 	}
 	printf("]}\n");
+	fflush(stdout);
+	close(ep);
+	free(lat);
+	free(pend);
 	return 0;
 }
 
@@ -297,8 +302,10 @@ static int run_hold(long count, double rate)
 	printf("held %ld %ld\n", opened, failed);
 	fflush(stdout);
 	char line[64];
-	if (!fgets(line, sizeof(line), stdin))
+	if (!fgets(line, sizeof(line), stdin)) {
+		free(fds);
 		return 1;
+	}
 
 	/* read every held connection, all at once, bounded in time */
 	long served = 0, reset = 0, other = 0, left = 0;
@@ -337,6 +344,13 @@ static int run_hold(long count, double rate)
 	printf("{\"opened\": %ld, \"connect_failed\": %ld, \"served\": %ld, "
 	       "\"reset\": %ld, \"other\": %ld}\n",
 	       opened, failed, served, reset, other);
+	/* flushed before exit: a sanitizer's exit would drop the buffer */
+	fflush(stdout);
+	for (long i = 0; i < count; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	close(ep);
+	free(fds);
 	return 0;
 }
 

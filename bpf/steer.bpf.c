@@ -6,6 +6,8 @@
  *
  * A worker is "stale" when connections are pending on it and it has made no
  * progress for stall_ns: it gets nothing new unless every worker is stale.
+ * One a sibling stole from stays stale with nothing pending, but only for
+ * PROBE_STALLS x stall_ns: then it gets one connection again (see stale()).
  * When no socket can be selected the program returns SK_PASS without a
  * selection and the kernel falls back to its own hash.
  */
@@ -46,22 +48,25 @@ static __always_inline __u64 pending(struct evst_worker *w)
 }
 
 /*
- * A worker with connections pending and no progress for stall_ns is stale.
- * One a sibling stole from (`stalled`) stays stale with an empty queue
- * until it makes progress itself, but not for ever: nothing may ever wake
- * an idle worker (an io_uring worker whose queue was taken sees no
- * completion), so after PROBE_AFTER stall periods it gets one connection
- * again. Healthy, it accepts at once and is back; stuck, that connection
- * is pending, the worker stale again, and a sibling takes it.
+ * A worker siblings stole from (`stalled`) shows it is back by accepting,
+ * but once the thieves have emptied its queue nothing wakes it to accept:
+ * kept out for good, it never would (one steal while its loop was late, and
+ * every later connection went to the others). So it is out only for
+ * PROBE_STALLS x stall_ns after its last progress or probe; then it gets a
+ * connection: accepted, it is in again; stuck, that one is stolen in turn
+ * after stall_ns, and it is out for another interval.
  */
-#define PROBE_AFTER 16
+#define PROBE_STALLS 50
+
 static __always_inline int stale(struct evst_worker *w, __u64 now)
 {
 	__u64 st = stall_ns;
-	__u64 age = now - w->progress_ns;
-	if (!st || age <= st)
+	if (!st)
 		return 0;
-	return pending(w) || (w->stalled && age <= st * PROBE_AFTER);
+	__u64 age = now - w->progress_ns;
+	if (pending(w))
+		return age > st;
+	return w->stalled && age <= st * PROBE_STALLS;
 }
 
 /*
@@ -77,8 +82,9 @@ static __always_inline int steer_to(struct sk_reuseport_md *md, __u32 wi,
 	if (bpf_sk_select_reuseport(md, &socks, &wi, 0))
 		return 0;
 	/* Work arriving on an idle worker starts its progress clock, so an
-	 * idle worker is never judged stale by an old timestamp. */
-	if (!pending(w) && !w->stalled)
+	 * idle worker is never judged stale by an old timestamp (and a probe
+	 * of a stalled one starts its next interval). */
+	if (!pending(w))
 		w->progress_ns = now;
 	__sync_fetch_and_add(&w->steered, 1);
 	if (migrating)

@@ -24,6 +24,8 @@ packages=(
 	runc python3-yaml systemd
 	# the benchmark report's plots
 	gnuplot-nox
+	# the preload tests: real Debian programs and their clients
+	coturn ustreamer curl
 )
 
 # the bench job also counts system calls and draws flame graphs
@@ -43,6 +45,11 @@ if ((${#missing[@]})); then
 	$sudo apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
 		--no-install-recommends "${missing[@]}"
+	# coturn's package starts a TURN server on port 3478: the tests run
+	# their own, so stop the one we caused
+	if [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
+		$sudo systemctl disable --now coturn >/dev/null 2>&1 || true
+	fi
 fi
 
 # build DIR [meson options...]
@@ -99,8 +106,14 @@ install_check() {
 			pkg-config --cflags --libs evsteer libevent_pthreads)
 	LD_LIBRARY_PATH=$(dirname "$(find "$root" -name 'libevsteer.so' | head -n1)") \
 		"$root/demo" --connections 200 >/dev/null
+	# the installed preload finds its core next to it
+	local preload log
+	preload=$(find "$root" -name libevsteer-preload.so | head -n1)
+	log=$(LD_PRELOAD=$preload EVSTEER_LOG=info ./build/tests/compat_prog_libevent 2>&1 >/dev/null)
+	grep -q '^evsteer: info: listener 127.0.0.1:' <<<"$log"
+	[ -x "$(find "$root" -path '*/bin/evsteer-run' | head -n1)" ]
 	rm -rf "$root"
-	echo "install check: headers, library and evsteer.pc work from an install"
+	echo "install check: headers, library, evsteer.pc and the preload work from an install"
 }
 
 case $job in

@@ -44,6 +44,8 @@ struct worker {
 	int want;         /* what served_reached() waits for */
 	pthread_t thread;
 	struct event_base *base;
+	atomic_bool stop;     /* stop_loop(): the loop thread breaks itself */
+	struct event *keep;
 };
 
 static void reply_cb(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
@@ -133,6 +135,37 @@ static bool served_reached(void *arg)
 	return atomic_load(&w->served) >= w->want;
 }
 
+/*
+ * A base whose listener is toggled or freed from another thread would leave
+ * dispatch the moment it has no event (libevent's rule, which evsteer
+ * keeps), and an event_base_loopbreak() from another thread is lost if it
+ * comes before the thread has entered the loop. So each worker's loop has
+ * a 5 ms timer that breaks the loop from inside once `stop` is set.
+ */
+static void keep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct worker *w = arg;
+	if (atomic_load(&w->stop))
+		event_base_loopbreak(w->base);
+}
+
+static void keep_running(struct worker *w)
+{
+	w->keep = event_new(w->base, -1, EV_PERSIST, keep_cb, w);
+	struct timeval tv = {0, 5000};
+	event_add(w->keep, &tv);
+}
+
+static void stop_loop(struct worker *w)
+{
+	atomic_store(&w->stop, true);
+	pthread_join(w->thread, NULL);
+	event_free(w->keep);
+	w->keep = NULL;
+}
+
 static void *run_base(void *arg)
 {
 	struct worker *w = arg;
@@ -189,6 +222,12 @@ static void test_leave_from_callback(void **state)
 }
 
 /* ---- the same with direct descriptors: the slots cross rings */
+
+/* The closes are asynchronous: wait for the count, bounded. */
+static bool no_slots(void *arg)
+{
+	return evsteer_uring_slots_in_use(arg) == 0;
+}
 
 struct dworker {
 	struct evsteer_listener *lev;
@@ -247,9 +286,8 @@ static void test_leave_direct(void **state)
 	assert_true(tl_loop_until(a, &w0.served, 9));
 	assert_int_equal(check_replies(c, 10, "direct"), 0);
 	assert_int_equal(w0.served, 9);
-	tl_loop_for(a, 20); /* the closes */
-	assert_int_equal(evsteer_uring_slots_in_use(evsteer_listener_get_uring(w0.lev)),
-			 0);
+	assert_true(tl_loop_until_fn(a, no_slots,
+				     evsteer_listener_get_uring(w0.lev)));
 	evsteer_listener_free(w0.lev);
 	event_base_free(a);
 	event_base_free(b);
@@ -273,9 +311,7 @@ static void leave_from_other_thread(enum evsteer_accept_mode engine)
 	}
 	evsteer_group_free(g);
 	/* worker 0 would leave dispatch with nothing to do: keep it looping */
-	struct event *keep = event_new(w[0].base, -1, EV_PERSIST, NULL, NULL);
-	struct timeval hour = {3600, 0};
-	event_add(keep, &hour);
+	keep_running(&w[0]);
 	for (int i = 0; i < 2; i++)
 		assert_int_equal(pthread_create(&w[i].thread, NULL, run_base, &w[i]),
 				 0);
@@ -299,14 +335,12 @@ static void leave_from_other_thread(enum evsteer_accept_mode engine)
 	/* worker 1's dispatch returns by itself once its listener is gone */
 	pthread_join(w[1].thread, NULL);
 	int bad = check_replies(c, 300, engine_name(engine));
-	event_base_loopbreak(w[0].base);
-	pthread_join(w[0].thread, NULL);
+	stop_loop(&w[0]);
 	print_message("%s: worker 0 served %d, worker 1 %d\n", engine_name(engine),
 		      atomic_load(&w[0].served), atomic_load(&w[1].served));
 	assert_int_equal(bad, 0);
 	assert_int_equal(atomic_load(&w[0].served) + atomic_load(&w[1].served),
 			 300);
-	event_free(keep);
 	evsteer_listener_free(w[0].lev);
 	event_base_free(w[0].base);
 	event_base_free(w[1].base);
@@ -343,9 +377,7 @@ static void churn(enum evsteer_accept_mode engine)
 	assert_non_null(w0.lev);
 	/* slot 1 is not served at first: let it go, workers come and go */
 	evsteer_listener_free(evsteer_group_attach(g, 1, w0.base, reply_cb, &w0));
-	struct event *keep = event_new(w0.base, -1, EV_PERSIST, NULL, NULL);
-	struct timeval hour = {3600, 0};
-	event_add(keep, &hour);
+	keep_running(&w0);
 	assert_int_equal(pthread_create(&w0.thread, NULL, run_base, &w0), 0);
 
 	int lost = 0, total = 0;
@@ -358,6 +390,7 @@ static void churn(enum evsteer_accept_mode engine)
 		w1.lev = evsteer_group_attach(g, (unsigned)slot, w1.base, reply_cb,
 					      &w1);
 		assert_non_null(w1.lev);
+		keep_running(&w1);
 		assert_int_equal(pthread_create(&w1.thread, NULL, run_base, &w1), 0);
 		int c[PER_CYCLE];
 		for (int i = 0; i < PER_CYCLE; i++) {
@@ -386,7 +419,6 @@ static void churn(enum evsteer_accept_mode engine)
 				sched_yield();
 			}
 		}
-		pthread_join(w1.thread, NULL);
 		int l = check_replies(c, PER_CYCLE, engine_name(engine));
 		if (l)
 			print_message("cycle %d (%s): worker 1 served %d\n", cycle,
@@ -394,15 +426,14 @@ static void churn(enum evsteer_accept_mode engine)
 				      atomic_load(&w1.served));
 		lost += l;
 		total += PER_CYCLE;
+		stop_loop(&w1);
 		event_base_free(w1.base);
 	}
-	event_base_loopbreak(w0.base);
-	pthread_join(w0.thread, NULL);
+	stop_loop(&w0);
 	print_message("%s: %d cycles, %d connections, %d lost, worker 0 served %d\n",
 		      engine_name(engine), CYCLES, total, lost,
 		      atomic_load(&w0.served));
 	assert_int_equal(lost, 0);
-	event_free(keep);
 	evsteer_listener_free(w0.lev);
 	evsteer_group_free(g);
 	event_base_free(w0.base);
@@ -416,6 +447,60 @@ static void test_churn(void **state)
 	churn(EVSTEER_ACCEPT_EVENT);
 	need_uring();
 	churn(EVSTEER_ACCEPT_URING);
+}
+
+/*
+ * Churn of lone listeners, on the event and io_uring engines without BPF:
+ * created on a base whose loop runs in a thread, clients connect, the
+ * listener is disabled and enabled, serves them all, and is freed from
+ * the main thread (or from its own callback) while its loop runs. Every
+ * connection is answered; nothing is left open.
+ */
+static void churn_lone(enum evsteer_accept_mode engine)
+{
+	int fds_before = tl_count_fds();
+	for (int cycle = 0; cycle < 150; cycle++) {
+		struct worker w = {.base = tl_base(), .want = PER_CYCLE};
+		bool self = cycle % 2;
+		w.free_self_at = self ? PER_CYCLE : 0;
+		struct sockaddr_storage ss;
+		socklen_t len = tl_addr_loopback(AF_INET, &ss);
+		EVSTEER_LISTENER_OPTS(o, .accept = engine, .bpf = EVSTEER_BPF_OFF);
+		w.lev = evsteer_listener_new_bind(
+			w.base, reply_cb, &w,
+			EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_THREADSAFE, -1,
+			(struct sockaddr *)&ss, len, &o);
+		assert_non_null(w.lev);
+		len = tl_sockname(evsteer_listener_get_fd(w.lev), &ss);
+		keep_running(&w);
+		assert_int_equal(pthread_create(&w.thread, NULL, run_base, &w), 0);
+		int c[PER_CYCLE];
+		for (int i = 0; i < PER_CYCLE; i++) {
+			c[i] = client(&ss, len);
+			if (i == 2 && !self) {
+				evsteer_listener_disable(w.lev);
+				evsteer_listener_enable(w.lev);
+			}
+		}
+		/* every reply arrives while the listener lives */
+		int lost = check_replies(c, PER_CYCLE, engine_name(engine));
+		if (lost)
+			fail_msg("cycle %d: %d lost", cycle, lost);
+		if (!self)
+			evsteer_listener_free(w.lev);
+		stop_loop(&w);
+		assert_int_equal(atomic_load(&w.served), PER_CYCLE);
+		event_base_free(w.base);
+	}
+	assert_int_equal(tl_count_fds(), fds_before);
+}
+
+static void test_churn_lone(void **state)
+{
+	(void)state;
+	churn_lone(EVSTEER_ACCEPT_EVENT);
+	need_uring();
+	churn_lone(EVSTEER_ACCEPT_URING);
 }
 
 /*
@@ -470,6 +555,7 @@ int main(void)
 		cmocka_unit_test(test_leave_from_other_thread),
 		cmocka_unit_test(test_leave_direct),
 		cmocka_unit_test(test_churn),
+		cmocka_unit_test(test_churn_lone),
 		cmocka_unit_test(test_lone_listener_counts),
 	};
 	return tl_run_once("drain", tests, sizeof(tests) / sizeof(tests[0]));

@@ -173,8 +173,9 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 /*
  * Create a non-blocking stream socket (SO_KEEPALIVE, plus the options the
  * flags ask for), bind it to addr and listen. addr may be NULL with len 0:
- * like libevent, the socket is then AF_INET and the kernel picks the port
- * when listen() runs. backlog 0 is EINVAL (nothing would listen). On any
+ * the socket is then AF_INET and the kernel picks the port when listen()
+ * runs (libevent 2.1 fails there with EAFNOSUPPORT). backlog 0 is EINVAL
+ * (nothing would listen). On any
  * failure the socket is closed and NULL returned with errno set.
  */
 EVSTEER_API struct evsteer_listener *
