@@ -754,32 +754,26 @@ static int uring_steal(struct evsteer_listener *lev)
 	return fd;
 }
 
+/* One engine; a direct listener reports itself as such (steal_from: only
+ * a direct listener accepts a sibling's queue through its ring). */
+#define URING_ENGINE_OPS                                                       \
+	.init = uring_init, .enable = uring_enable, .disable = uring_disable,  \
+	.quiesce = uring_quiesce, .destroy = uring_destroy,                    \
+	.steal = uring_steal, .adopt = uring_adopt,                            \
+	.steal_from = uring_steal_from
+
 const struct evst_engine_ops evst_uring_engine = {
 	.kind = EVSTEER_ENGINE_URING,
 	.name = "uring",
 	.bpf_name = "bpf+uring",
-	.init = uring_init,
-	.enable = uring_enable,
-	.disable = uring_disable,
-	.quiesce = uring_quiesce,
-	.destroy = uring_destroy,
-	.steal = uring_steal,
-	.adopt = uring_adopt,
+	URING_ENGINE_OPS,
 };
 
-/* The same engine; a direct listener reports itself as such. */
 const struct evst_engine_ops evst_uring_direct_engine = {
 	.kind = EVSTEER_ENGINE_URING_DIRECT,
 	.name = "uring-direct",
 	.bpf_name = "bpf+uring-direct",
-	.init = uring_init,
-	.enable = uring_enable,
-	.disable = uring_disable,
-	.quiesce = uring_quiesce,
-	.destroy = uring_destroy,
-	.steal = uring_steal,
-	.adopt = uring_adopt,
-	.steal_from = uring_steal_from,
+	URING_ENGINE_OPS,
 };
 
 struct evsteer_uring *evsteer_listener_get_uring(const struct evsteer_listener *lev)
