@@ -55,6 +55,12 @@ SCENARIOS = {
                           server=["--slow-worker", "0", "--slow-us", "1000",
                                   "--cpu-to", "0"]),
     "emfile": dict(workers=2, seconds=(1.0, 2.0), rate=200),
+    # process A serves under an open loop, B starts on the same port, A
+    # leaves (SIGTERM: each implementation's graceful leave) while one of
+    # its workers is busy 50 ms of every 250 ms, so that it has a queue
+    "restart": dict(workers=2, seconds=(3.0, 6.0), rate=3000,
+                    server=["--stall-worker", "0", "--stall-ms", "50",
+                            "--stall-every-ms", "250"]),
 }
 # keys reported per scenario, and which way is better (for the ratio line)
 KEYS = {
@@ -66,6 +72,8 @@ KEYS = {
     "drain": ["queued", "served", "reset", "connect_failed"],
     "drain-running": ["served", "reset", "other", "connect_failed"],
     "emfile": ["server_cpu_pct", "recovered", "lost", "connect_failed"],
+    "restart": ["sent", "served", "reset", "refused", "closed", "timed_out",
+                "p99_ms", "max_ms", "a_leave_s"],
 }
 
 
@@ -267,6 +275,7 @@ def run_one(scen, impl, quick):
         extra += ["--fd-limit", "256"]
     srv = Server(impl, s["workers"], extra)
     res = {}
+    b = None
     try:
         if scen == "rate":
             sc = SyscallCounter(srv.p.pid, f"/tmp/evsteer-bench-perf.{os.getpid()}")
@@ -305,6 +314,26 @@ def run_one(scen, impl, quick):
                    "other": r["other"], "connect_failed": int(held[2])}
             if scen == "drain-running":
                 res["dropped_in_callback"] = drop.get("in_callback")
+        elif scen == "restart":
+            secs = pick(s["seconds"], quick)
+            lp = subprocess.Popen([LOAD, "open", "--port", str(srv.port),
+                                   "--rate", str(s["rate"]),
+                                   "--seconds", str(secs)],
+                                  stdout=subprocess.PIPE, text=True)
+            time.sleep(secs / 3)
+            # the new version: same port, no busy worker
+            b = Server(impl, s["workers"], ["--port", str(srv.port)])
+            time.sleep(secs / 3)
+            a_info = srv.stop()  # the old one leaves gracefully
+            out, _ = lp.communicate(timeout=secs + 60)
+            r = json.loads(out.strip().splitlines()[-1])
+            res = {"sent": r["sent"], "served": r["completed"],
+                   "reset": r["reset"], "refused": r["refused"],
+                   "closed": r["closed"], "timed_out": r["timed_out"],
+                   "other": r["other"], "p99_ms": r["p99_ms"],
+                   "max_ms": r["max_ms"],
+                   "a_accepted": a_info.get("accepted"),
+                   "a_leave_s": a_info.get("leave_s")}
         elif scen == "emfile":
             secs = pick(s["seconds"], quick)
             srv.signal(signal.SIGUSR2)  # the server uses up its descriptors
@@ -326,7 +355,11 @@ def run_one(scen, impl, quick):
                    "lost": opened - r["served"], "opened": opened,
                    "connect_failed": int(held[2])}
     finally:
-        info = srv.stop()
+        info = srv.stop() if srv.p.poll() is None else {}
+        if b is not None:
+            binfo = b.stop()
+            res["b_accepted"] = binfo.get("accepted")
+            info = info or binfo
     res["path"] = info.get("path")
     if scen == "balance":
         pw = info.get("per_worker", [])
@@ -540,9 +573,11 @@ def main():
     report = {"machine": machine(), "repeats": repeat, "quick": a.quick,
               "scenarios": {}}
     for scen in scens:
-        # the floor has no listener to drop: drain does not apply to it
+        # the floor has no listener to drop or leave: the drains and
+        # restart do not apply to it
         simpls = [i for i in impls
-                  if not (scen.startswith("drain") and i == "floor")]
+                  if not ((scen.startswith("drain") or scen == "restart")
+                          and i == "floor")]
         runs = {i: [] for i in simpls}
         failed_runs = report.setdefault("failed_runs", [])
         for rep in range(repeat):

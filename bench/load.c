@@ -9,7 +9,9 @@
  *       Connection i is due at start + i/R; its latency runs from that
  *       scheduled moment to the first byte, so a stalled server cannot hide
  *       the wait it causes (no coordinated omission). Exact percentiles
- *       from every sample, and a CDF of 200 points.
+ *       from every sample, and a CDF of 200 points. Connections that got
+ *       no reply are counted by what they saw: reset, refused, closed
+ *       (EOF), timed_out (no answer 5 s after the run), other.
  *   hold --port P --count N [--rate R]
  *       Open N connections (handshake done, nothing read), print "held",
  *       wait for a line on stdin, then read each: {"served", "reset",
@@ -128,6 +130,8 @@ static int run_open(double rate, double seconds)
 	struct pending *pend = calloc(65536, sizeof(*pend));
 	int ep = epoll_create1(EPOLL_CLOEXEC);
 	long next = 0, done = 0, errors = 0, inflight = 0;
+	/* what a failed connection saw (restart scenario) */
+	long reset = 0, refused = 0, closed = 0, other = 0;
 	double t0 = now_s() + 0.01;
 	double deadline = t0 + seconds + 5.0; /* stragglers get 5 s */
 
@@ -149,6 +153,10 @@ static int run_open(double rate, double seconds)
 					sizeof(target));
 			if (r < 0 && errno != EINPROGRESS) {
 				errors++;
+				if (errno == ECONNREFUSED)
+					refused++;
+				else
+					other++;
 				close(fd);
 				next++;
 				continue;
@@ -176,10 +184,19 @@ static int run_open(double rate, double seconds)
 			ssize_t r = read(fd, buf, sizeof(buf));
 			if (r < 0 && errno == EAGAIN)
 				continue;
-			if (r > 0)
+			if (r > 0) {
 				lat[done++] = (t - pend[fd].due) * 1000.0;
-			else
+			} else {
 				errors++;
+				if (r == 0)
+					closed++;
+				else if (errno == ECONNRESET)
+					reset++;
+				else if (errno == ECONNREFUSED)
+					refused++;
+				else
+					other++;
+			}
 			epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
 			close(fd);
 			inflight--;
@@ -187,10 +204,14 @@ static int run_open(double rate, double seconds)
 	}
 	qsort(lat, (size_t)done, sizeof(double), cmp_double);
 #define PCT(q) (done ? lat[(long)((q) * (done - 1))] : 0.0)
+	/* still in flight at the deadline: no answer in 5 s */
+	errors += inflight;
 	printf("{\"sent\": %ld, \"completed\": %ld, \"errors\": %ld, "
+	       "\"reset\": %ld, \"refused\": %ld, \"closed\": %ld, "
+	       "\"timed_out\": %ld, \"other\": %ld, "
 	       "\"rate\": %.0f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
 	       "\"p999_ms\": %.3f, \"max_ms\": %.3f, \"cdf\": [",
-	       next, done, errors, rate,
+	       next, done, errors, reset, refused, closed, inflight, other, rate,
 	       PCT(0.5), PCT(0.99), PCT(0.999), done ? lat[done - 1] : 0.0);
 	for (int i = 0; i <= 200 && done; i++) {
 		double q = i / 200.0;

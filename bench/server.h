@@ -41,6 +41,10 @@ struct bench_impl {
 	void *(*run)(void *worker);
 	void (*stop)(struct bench_worker *w);
 	void (*drop)(struct bench_worker *w); /* free the worker's listener */
+	/* SIGTERM, loops still running: leave the way this implementation
+	 * can (libevent: free the listeners; evsteer: retire, let what was
+	 * steered here be served, then free) */
+	void (*leave)(struct bench_worker *w, int n);
 	/* JSON object describing the path (steering, engine, reasons) */
 	void (*describe)(struct bench_worker *w, char *buf, size_t len);
 };

@@ -80,6 +80,15 @@ static void drop(struct bench_worker *w)
 	x->lev = NULL;
 }
 
+static void leave(struct bench_worker *w, int n)
+{
+	/* all a libevent server can do: what is queued on its sockets is
+	 * reset when they close */
+	for (int i = 0; i < n; i++)
+		if (((struct lw *)w[i].impl)->lev)
+			drop(&w[i]);
+}
+
 static void describe(struct bench_worker *w, char *buf, size_t len)
 {
 	(void)w;
@@ -95,5 +104,6 @@ const struct bench_impl bench_libevent = {
 	.run = run,
 	.stop = stop,
 	.drop = drop,
+	.leave = leave,
 	.describe = describe,
 };

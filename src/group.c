@@ -21,24 +21,16 @@
 #include <event2/event.h>
 
 #include "config.h"
-#include "steer.h"
+#include "shared.h"
 
 struct evst_slot {
-	int fd;       /* -1 when unused */
-	bool used;
+	int gslot;    /* the group-wide slot (shared.h); -1 when unused */
+	int fd;
 	bool owned;   /* the group closes fd when the worker leaves */
 	struct evsteer_listener *lev;
-	unsigned int weight;
-	atomic_uint_fast64_t accepted, stolen, stolen_from;
-};
-
-/* The shared state when there is no program to hold it. */
-struct evst_local_state {
-	struct evst_worker workers[EVST_MAX_WORKERS];
-	__u32 table[EVST_TABLE_SIZE];
-	__u32 table_len, policy, nslots;
-	__u64 stall_ns;
-	__u32 cpu_map[EVST_MAX_CPUS];
+	/* The shared entry, published last and cleared first: thieves look
+	 * at siblings through it without the lock. */
+	struct evst_worker *ws;
 };
 
 struct evsteer_group {
@@ -51,30 +43,38 @@ struct evsteer_group {
 	unsigned int flags;
 	int backlog;
 	struct evsteer_listener_opts lopts;
-	struct evst_steer *steer;
-	const char *steer_reason;
-	char reason_buf[192];
-	struct evst_shared_view v;
-	struct evst_local_state local;
-	unsigned int nslots;
+	struct evst_shared *sh; /* the address's steering, all processes */
+	bool retired;          /* evsteer_group_retire(): never live again */
+	unsigned int nslots;   /* this group's slots so far */
 	struct evst_slot slots[EVST_MAX_WORKERS];
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct evsteer_group *registry;
 
-/* A failed load is not retried: the process's privileges do not grow, and
- * the reason is logged once. */
-#if EVSTEER_HAVE_BPF
-static int probe_err;
-static char probe_reason[192];
-#endif
-
-uint64_t evst_now_ns(void)
+/* After fork the child's implicit groups start from nothing (shared.c
+ * says why). */
+static void atfork_prepare(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	pthread_mutex_lock(&registry_lock);
+}
+
+static void atfork_parent(void)
+{
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static void atfork_child(void)
+{
+	registry = NULL;
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 static uint64_t ld(const __u64 *p)
@@ -82,31 +82,7 @@ static uint64_t ld(const __u64 *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
-static uint64_t ws_pending(const struct evst_worker *w)
-{
-	int64_t p = (int64_t)(ld(&w->steered) - ld(&w->dequeued));
-	return p > 0 ? (uint64_t)p : 0;
-}
-
-/* The worker itself moved: its heartbeat, and it is no longer stalled. */
-static void made_progress(struct evst_worker *w, uint64_t now)
-{
-	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
-	if (__atomic_load_n(&w->stalled, __ATOMIC_RELAXED))
-		__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
-}
-
-/*
- * The socket was found empty. Whatever the program counted that never
- * arrived (handshakes that died, SYN floods) is dropped from pending here,
- * so drift cannot build up; a connection in flight right now may be counted
- * once more or once less until the next empty pass.
- */
-void evst_ws_empty(struct evst_worker *w, uint64_t now)
-{
-	__atomic_store_n(&w->dequeued, ld(&w->steered), __ATOMIC_RELAXED);
-	made_progress(w, now);
-}
+#define ws_pending evst_worker_pending
 
 static enum evsteer_bpf_mode env_bpf_mode(enum evsteer_bpf_mode opt)
 {
@@ -123,13 +99,10 @@ static enum evsteer_bpf_mode env_bpf_mode(enum evsteer_bpf_mode opt)
 	return EVSTEER_BPF_AUTO;
 }
 
-static const char *const policy_names[] = {"least-pending", "hash",
-					   "round-robin", "cpu"};
-
 static int policy_from_name(const char *e)
 {
-	for (int i = 0; i < 4; i++)
-		if (!strcmp(e, policy_names[i]))
+	for (int i = 0; i <= EVSTEER_POLICY_CPU; i++)
+		if (!strcmp(e, evst_policy_name((unsigned)i)))
 			return i;
 	return -1;
 }
@@ -165,101 +138,8 @@ static enum evsteer_policy env_policy(enum evsteer_policy opt)
 	return (enum evsteer_policy)p;
 }
 
-const char *evsteer_policy_name(enum evsteer_policy policy)
-{
-	return evst_policy_name((unsigned int)policy);
-}
-
-unsigned int evst_group_policy(const struct evsteer_group *g)
-{
-	return __atomic_load_n(g->v.policy, __ATOMIC_RELAXED);
-}
-
-const char *evst_policy_name(unsigned int p)
-{
-	return p < 4 ? policy_names[p] : "?";
-}
-
-/* g->lock held. Rebuild the weighted table of live workers. */
-static void rebuild_table(struct evsteer_group *g)
-{
-	__u32 n = 0, hi = 0;
-	for (unsigned int w = 0; w < 16; w++) {
-		for (unsigned int i = 0; i < g->nslots; i++) {
-			struct evst_slot *s = &g->slots[i];
-			if (!s->used || !__atomic_load_n(&g->v.workers[i].live,
-							 __ATOMIC_RELAXED))
-				continue;
-			hi = i + 1;
-			if (w < s->weight && n < EVST_TABLE_SIZE)
-				g->v.table[n++] = i;
-		}
-	}
-	/* the program reads the length first: publish entries before it */
-	__atomic_store_n(g->v.nslots, hi, __ATOMIC_RELEASE);
-	__atomic_store_n(g->v.table_len, n, __ATOMIC_RELEASE);
-}
-
-static void set_live(struct evsteer_group *g, unsigned int slot, bool live)
-{
-	__atomic_store_n(&g->v.workers[slot].live, live ? 1 : 0,
-			 __ATOMIC_RELAXED);
-	if (live)
-		__atomic_store_n(&g->v.workers[slot].progress_ns, evst_now_ns(),
-				 __ATOMIC_RELAXED);
-	rebuild_table(g);
-}
-
-/* Load the program unless the mode or an earlier failure says no. */
-static int setup_steering(struct evsteer_group *g, enum evsteer_bpf_mode mode)
-{
-	if (mode == EVSTEER_BPF_OFF) {
-		g->steer_reason = "bpf: off (EVSTEER_BPF=off or the bpf option)";
-		return 0;
-	}
-#if EVSTEER_HAVE_BPF
-	pthread_mutex_lock(&registry_lock);
-	int err = probe_err;
-	pthread_mutex_unlock(&registry_lock);
-	if (!err) {
-		g->steer = evst_steer_load(g->reason_buf, sizeof(g->reason_buf));
-		if (g->steer) {
-			g->steer_reason = "";
-			return 0;
-		}
-		err = errno;
-		pthread_mutex_lock(&registry_lock);
-		if (!probe_err) {
-			probe_err = err;
-			snprintf(probe_reason, sizeof(probe_reason), "%s",
-				 g->reason_buf);
-			evst_info("%s; using the kernel's SO_REUSEPORT hash",
-				  probe_reason);
-		}
-		pthread_mutex_unlock(&registry_lock);
-	}
-	snprintf(g->reason_buf, sizeof(g->reason_buf), "%s", probe_reason);
-	g->steer_reason = g->reason_buf;
-	if (mode == EVSTEER_BPF_REQUIRE) {
-		evst_warn("BPF steering required but unavailable: %s",
-			  g->reason_buf);
-		return -err;
-	}
-	return 0;
-#else
-	g->steer_reason = "bpf: not built (meson -Dbpf=disabled or no toolchain)";
-	if (mode == EVSTEER_BPF_REQUIRE) {
-		evst_warn("BPF steering required but %s", g->steer_reason);
-		return -EOPNOTSUPP;
-	}
-	return 0;
-#endif
-}
-
 static struct evsteer_group *group_alloc(unsigned int flags,
-					 const struct evsteer_listener_opts *lo,
-					 enum evsteer_bpf_mode mode,
-					 enum evsteer_policy policy, int stall_us)
+					 const struct evsteer_listener_opts *lo)
 {
 	struct evsteer_group *g = calloc(1, sizeof(*g));
 	if (!g) {
@@ -272,77 +152,36 @@ static struct evsteer_group *group_alloc(unsigned int flags,
 	g->lopts = *lo;
 	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
 		g->slots[i].fd = -1;
-		g->slots[i].weight = 1;
+		g->slots[i].gslot = -1;
 	}
-	int err = setup_steering(g, mode);
-	if (err < 0) {
-		pthread_mutex_destroy(&g->lock);
-		free(g);
-		errno = -err;
-		return NULL;
-	}
-	if (g->steer) {
-		evst_steer_view(g->steer, &g->v);
-	} else {
-		struct evst_local_state *l = &g->local;
-		g->v = (struct evst_shared_view){
-			.workers = l->workers, .table = l->table,
-			.table_len = &l->table_len, .policy = &l->policy,
-			.stall_ns = &l->stall_ns, .cpu_map = &l->cpu_map[0],
-			.nslots = &l->nslots};
-	}
-	*g->v.policy = (__u32)policy;
-	*g->v.stall_ns = stall_us < 0 ? 0 :
-			 (__u64)(stall_us ? stall_us : EVSTEER_DEFAULT_STALL_US) * 1000;
 	return g;
+}
+
+static bool slot_used(const struct evst_slot *s)
+{
+	return s->gslot >= 0;
 }
 
 /* g->lock held. Put fd into a free slot; returns the slot or -errno. */
 static int slot_add(struct evsteer_group *g, int fd, bool owned)
 {
 	unsigned int i;
-	for (i = 0; i < EVST_MAX_WORKERS && g->slots[i].used; i++)
+	for (i = 0; i < EVST_MAX_WORKERS && slot_used(&g->slots[i]); i++)
 		;
 	if (i == EVST_MAX_WORKERS)
 		return -ENOSPC;
-	if (g->steer) {
-		int err = evst_steer_set_slot(g->steer, i, fd);
-		if (err < 0)
-			return err;
-		/* One attach covers the kernel's whole reuseport group,
-		 * including sockets that join later; attach at the first. */
-		if (i == 0 || !g->nslots) {
-			err = evst_steer_attach(g->steer, fd);
-			if (err < 0) {
-				evst_steer_set_slot(g->steer, i, -1);
-				return err;
-			}
-		}
-	}
+	int gs = evst_shared_claim(g->sh, fd);
+	if (gs < 0)
+		return gs;
 	struct evst_slot *s = &g->slots[i];
+	s->gslot = gs;
 	s->fd = fd;
-	s->used = true;
 	s->owned = owned;
 	s->lev = NULL;
-	s->weight = 1;
-	atomic_store(&s->accepted, 0);
-	atomic_store(&s->stolen, 0);
-	atomic_store(&s->stolen_from, 0);
-	struct evst_worker *w = &g->v.workers[i];
-	memset(w, 0, sizeof(*w));
-	w->weight = 1;
+	__atomic_store_n(&s->ws, evst_shared_worker(g->sh, (unsigned)gs),
+			 __ATOMIC_RELEASE);
 	if (i >= g->nslots)
 		__atomic_store_n(&g->nslots, i + 1, __ATOMIC_RELAXED);
-	/* default CPU map: cpu % used slots */
-	unsigned int used = 0;
-	for (unsigned int k = 0; k < g->nslots; k++)
-		used += g->slots[k].used;
-	for (unsigned int c = 0, k = 0; c < EVST_MAX_CPUS && used; c++) {
-		while (!g->slots[k % g->nslots].used)
-			k++;
-		g->v.cpu_map[c] = (k % g->nslots) + 1;
-		k++;
-	}
 	return (int)i;
 }
 
@@ -350,17 +189,19 @@ static int slot_add(struct evsteer_group *g, int fd, bool owned)
 static int slot_remove(struct evsteer_group *g, unsigned int i)
 {
 	struct evst_slot *s = &g->slots[i];
-	set_live(g, i, false);
-	if (g->steer)
-		evst_steer_set_slot(g->steer, i, -1);
+	__atomic_store_n(&s->ws, NULL, __ATOMIC_RELEASE);
+	evst_shared_release(g->sh, (unsigned)s->gslot);
 	int fd = s->fd;
-	s->used = false;
+	s->gslot = -1;
 	s->fd = -1;
 	s->lev = NULL;
-	for (unsigned int c = 0; c < EVST_MAX_CPUS; c++)
-		if (g->v.cpu_map[c] == i + 1)
-			g->v.cpu_map[c] = 0;
 	return fd;
+}
+
+static struct evst_slot_counters *counters(struct evsteer_group *g,
+					   unsigned int slot)
+{
+	return evst_shared_counters(g->sh, (unsigned)g->slots[slot].gslot);
 }
 
 static void group_unref(struct evsteer_group *g)
@@ -378,7 +219,8 @@ static void group_unref(struct evsteer_group *g)
 			*pp = g->next;
 	}
 	pthread_mutex_unlock(&registry_lock);
-	evst_steer_destroy(g->steer);
+	if (g->sh)
+		evst_shared_put(g->sh);
 	pthread_mutex_destroy(&g->lock);
 	free(g);
 }
@@ -441,12 +283,14 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
 				   EVSTEER_ACCEPT_AUTO),
 	};
-	enum evsteer_bpf_mode mode = env_bpf_mode(
-		EVST_OPT(opts, struct evsteer_group_opts, bpf, EVSTEER_BPF_AUTO));
-	enum evsteer_policy policy = EVST_OPT(opts, struct evsteer_group_opts,
-					      policy, EVSTEER_POLICY_LEAST_PENDING);
-	int stall_us = env_stall_us(
-		EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0));
+	struct evst_shared_opts so = {
+		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_group_opts,
+					      bpf, EVSTEER_BPF_AUTO)),
+		.policy = EVST_OPT(opts, struct evsteer_group_opts, policy,
+				   EVSTEER_POLICY_LEAST_PENDING),
+		.stall_us = env_stall_us(
+			EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0)),
+	};
 	const char *bad = evst_enum_opts_check(
 		EVST_OPT(opts, struct evsteer_group_opts, bpf, 0),
 		EVST_OPT(opts, struct evsteer_group_opts, policy, 0),
@@ -457,14 +301,14 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 		return NULL;
 	}
 
-	struct evsteer_group *g = group_alloc(
-		flags | EVSTEER_OPT_REUSEABLE_PORT, &lo, mode, policy, stall_us);
+	struct evsteer_group *g =
+		group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
 	if (!g)
 		return NULL;
 
 	memcpy(&g->addr, addr, len);
 	g->addrlen = len;
-	g->lopts.backoff_max_ms = lo.backoff_max_ms;
+	g->backlog = backlog;
 	for (unsigned int i = 0; i < nworkers; i++) {
 		/* after the first, bind the port the kernel chose for it */
 		int fd = bind_worker_socket((struct sockaddr *)&g->addr,
@@ -476,6 +320,14 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 		if (i == 0) {
 			g->addrlen = sizeof(g->addr);
 			getsockname(fd, (struct sockaddr *)&g->addr, &g->addrlen);
+			/* this process's, or another's, steering of the
+			 * address: one address, one group */
+			g->sh = evst_shared_get(fd, &so);
+			if (!g->sh) {
+				err = -errno;
+				close(fd);
+				goto fail;
+			}
 		}
 		pthread_mutex_lock(&g->lock);
 		err = slot_add(g, fd, true);
@@ -485,13 +337,14 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 			goto fail;
 		}
 	}
-	g->backlog = backlog;
 	return g;
 fail:
 	evst_warn("%s: %s", fn, strerror(-err));
+	pthread_mutex_lock(&g->lock);
 	for (unsigned int i = 0; i < g->nslots; i++)
-		if (g->slots[i].used)
-			close(g->slots[i].fd);
+		if (slot_used(&g->slots[i]))
+			close(slot_remove(g, i));
+	pthread_mutex_unlock(&g->lock);
 	group_unref(g);
 	errno = -err;
 	return NULL;
@@ -510,9 +363,9 @@ struct evsteer_listener *evsteer_group_attach(struct evsteer_group *g,
 		return NULL;
 	}
 	pthread_mutex_lock(&g->lock);
-	int err = !g->slots[slot].used ? -ENOENT :
-		  g->slots[slot].lev   ? -EBUSY :
-					 0;
+	int err = !slot_used(&g->slots[slot]) ? -ENOENT :
+		  g->slots[slot].lev		? -EBUSY :
+						  0;
 	int fd = g->slots[slot].fd;
 	if (!err)
 		g->slots[slot].lev = EVST_SLOT_CLAIMED;
@@ -524,9 +377,10 @@ struct evsteer_listener *evsteer_group_attach(struct evsteer_group *g,
 		errno = -err;
 		return NULL;
 	}
+	struct evst_attach at = {g, slot};
 	struct evsteer_listener *lev = evst_listener_create(
 		base, cb, arg, g->flags & ~EVSTEER_OPT_CLOSE_ON_FREE, 0, fd,
-		&g->lopts, g, slot, 0);
+		&g->lopts, &evst_group_member, &at, 0);
 	if (!lev) {
 		err = errno;
 		pthread_mutex_lock(&g->lock);
@@ -537,20 +391,98 @@ struct evsteer_listener *evsteer_group_attach(struct evsteer_group *g,
 	return lev;
 }
 
-/*
- * Called by listener creation once lev is built and before it is enabled:
- * join g at slot (native), or find/create the implicit group for the
- * listener's address. Returns 0 (lev may stay ungrouped) or -errno.
- */
-int evst_group_join(struct evsteer_listener *lev, struct evsteer_group *g,
-		    unsigned int slot, const struct evsteer_listener_opts *opts)
+/* The implicit group of the address lev->fd is bound to, made if needed
+ * (one per address per process; it shares the address's steering with any
+ * explicit group and other processes). A reference is taken. */
+static struct evsteer_group *implicit_group(struct evsteer_listener *lev,
+					    const struct sockaddr_storage *ss,
+					    socklen_t len,
+					    const struct evsteer_listener_opts *opts)
 {
+	pthread_once(&atfork_once, atfork_register);
+	struct evsteer_group *g;
+	/* registry_lock is never held across evst_shared_get (which takes
+	 * shared.c's locks): no nesting, so the fork handlers cannot
+	 * deadlock against a creation in flight */
+	for (int pass = 0; pass < 2; pass++) {
+		pthread_mutex_lock(&registry_lock);
+		for (g = registry; g; g = g->next)
+			if (g->addrlen == len && !memcmp(&g->addr, ss, len))
+				break;
+		if (g) {
+			g->refcnt++;
+			pthread_mutex_unlock(&registry_lock);
+			return g;
+		}
+		pthread_mutex_unlock(&registry_lock);
+		if (pass)
+			break;
+	}
+	struct evsteer_listener_opts lo = {.sz = sizeof(lo)};
+	g = group_alloc(lev->flags, &lo);
+	if (!g)
+		return NULL;
+	struct evst_shared_opts so = {
+		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_listener_opts,
+					      bpf, EVSTEER_BPF_AUTO)),
+		.policy = env_policy(EVST_OPT(opts, struct evsteer_listener_opts,
+					      policy, EVSTEER_POLICY_LEAST_PENDING)),
+		.stall_us = env_stall_us(EVST_OPT(
+			opts, struct evsteer_listener_opts, stall_us, 0)),
+	};
+	g->sh = evst_shared_get(lev->fd, &so);
+	if (!g->sh) {
+		int err = errno;
+		pthread_mutex_destroy(&g->lock);
+		free(g);
+		errno = err;
+		return NULL;
+	}
+	g->implicit = true;
+	g->addr = *ss;
+	g->addrlen = len;
+	pthread_mutex_lock(&registry_lock);
+	struct evsteer_group *other;
+	for (other = registry; other; other = other->next)
+		if (other->addrlen == len && !memcmp(&other->addr, ss, len))
+			break;
+	if (other) {
+		/* another thread made it meanwhile: use theirs */
+		other->refcnt++;
+		pthread_mutex_unlock(&registry_lock);
+		evst_shared_put(g->sh);
+		pthread_mutex_destroy(&g->lock);
+		free(g);
+		return other;
+	}
+	g->next = registry;
+	registry = g;
+	pthread_mutex_unlock(&registry_lock);
+	return g;
+}
+
+static void member_leave(struct evsteer_listener *lev, bool close_fd);
+static void steal_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * member->join: called by listener creation once lev is built and before
+ * it is enabled: join g at slot (native: ctx is a struct evst_attach), or
+ * find/create the implicit group for the listener's address (ctx NULL).
+ * Returns 0 (lev may stay ungrouped) or -errno.
+ */
+static int member_join(struct evsteer_listener *lev, void *ctx,
+		       const struct evsteer_listener_opts *opts)
+{
+	struct evst_attach *at = ctx;
+	struct evsteer_group *g = at ? at->g : NULL;
+	unsigned int slot = at ? at->slot : 0;
 	if (!g) {
 		/* implicit: a TCP listener with SO_REUSEPORT */
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
 		int type = 0, rp = 0;
 		socklen_t il = sizeof(int);
+		memset(&ss, 0, sizeof(ss));
 		if (getsockname(lev->fd, (struct sockaddr *)&ss, &len) < 0 ||
 		    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
 		    getsockopt(lev->fd, SOL_SOCKET, SO_TYPE, &type, &il) < 0 ||
@@ -558,48 +490,25 @@ int evst_group_join(struct evsteer_listener *lev, struct evsteer_group *g,
 		    getsockopt(lev->fd, SOL_SOCKET, SO_REUSEPORT, &rp, &il) < 0 ||
 		    !rp)
 			return 0;
-
-		pthread_mutex_lock(&registry_lock);
-		for (g = registry; g; g = g->next)
-			if (g->addrlen == len && !memcmp(&g->addr, &ss, len))
-				break;
-		if (g)
-			g->refcnt++;
-		pthread_mutex_unlock(&registry_lock);
-		if (!g) {
-			enum evsteer_bpf_mode mode = env_bpf_mode(EVST_OPT(
-				opts, struct evsteer_listener_opts, bpf,
-				EVSTEER_BPF_AUTO));
-			enum evsteer_policy policy = env_policy(EVST_OPT(
-				opts, struct evsteer_listener_opts, policy,
-				EVSTEER_POLICY_LEAST_PENDING));
-			int stall = env_stall_us(EVST_OPT(
-				opts, struct evsteer_listener_opts, stall_us, 0));
-			struct evsteer_listener_opts lo = {.sz = sizeof(lo)};
-			g = group_alloc(lev->flags, &lo, mode, policy, stall);
-			if (!g)
-				return -errno;
-			g->implicit = true;
-			g->addr = ss;
-			g->addrlen = len;
-			pthread_mutex_lock(&registry_lock);
-			g->next = registry;
-			registry = g;
-			pthread_mutex_unlock(&registry_lock);
-		}
+		g = implicit_group(lev, &ss, len, opts);
+		if (!g)
+			return -errno;
 		pthread_mutex_lock(&g->lock);
 		int r = slot_add(g, lev->fd, false);
 		if (r >= 0)
 			g->slots[r].lev = lev;
 		pthread_mutex_unlock(&g->lock);
 		if (r < 0) {
-			/* e.g. SO_REUSEPORT set after bind: no kernel group to
-			 * steer in. A lone listener is still a listener. */
-			bool need = g->steer && env_bpf_mode(EVST_OPT(
+			/* e.g. SO_REUSEPORT set after bind (no kernel group to
+			 * steer in), or this very socket is in the group
+			 * already (EBUSY). A lone listener is still a
+			 * listener. */
+			bool need = env_bpf_mode(EVST_OPT(
 				opts, struct evsteer_listener_opts, bpf,
 				EVSTEER_BPF_AUTO)) == EVSTEER_BPF_REQUIRE;
-			evst_log(need ? EVSTEER_LOG_WARN : EVSTEER_LOG_DEBUG,
-				 "listener fd %d: cannot join a steering group: %s",
+			evst_log(need ? EVSTEER_LOG_WARN : EVSTEER_LOG_INFO,
+				 "listener fd %d: cannot join the steering group "
+				 "of its address: %s",
 				 lev->fd, strerror(-r));
 			group_unref(g);
 			return need ? r : 0;
@@ -613,12 +522,13 @@ int evst_group_join(struct evsteer_listener *lev, struct evsteer_group *g,
 		g->slots[slot].lev = lev;
 		pthread_mutex_unlock(&g->lock);
 	}
+	lev->member = &evst_group_member;
 	lev->group = g;
 	lev->slot = slot;
-	lev->ws = &g->v.workers[slot];
-	lev->steal_timer = evtimer_new(lev->base, evst_steal_timer_cb, lev);
+	lev->ws = g->slots[slot].ws;
+	lev->steal_timer = evtimer_new(lev->base, steal_timer_cb, lev);
 	if (!lev->steal_timer) {
-		evst_group_leave(lev, false);
+		member_leave(lev, false);
 		return -ENOMEM;
 	}
 	return 0;
@@ -627,7 +537,7 @@ int evst_group_join(struct evsteer_listener *lev, struct evsteer_group *g,
 /* The listener is going away (last reference): leave the group, closing
  * the socket when the group or the listener's CLOSE_ON_FREE owns it. The
  * kernel then migrates what was queued on it, through the program. */
-void evst_group_leave(struct evsteer_listener *lev, bool close_fd)
+static void member_leave(struct evsteer_listener *lev, bool close_fd)
 {
 	struct evsteer_group *g = lev->group;
 	if (lev->steal_timer) {
@@ -641,57 +551,84 @@ void evst_group_leave(struct evsteer_listener *lev, bool close_fd)
 	if (close_fd && (owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)))
 		close(fd);
 	lev->group = NULL;
+	lev->member = NULL;
 	lev->ws = NULL;
 	group_unref(g);
 }
 
 /* Listener lock held: steer to this worker only while it delivers. */
-void evst_group_sync_live(struct evsteer_listener *lev)
+static void member_sync_live(struct evsteer_listener *lev)
 {
 	struct evsteer_group *g = lev->group;
 	if (!g)
 		return;
 	bool live = evst_active(lev);
 	pthread_mutex_lock(&g->lock);
-	if (g->slots[lev->slot].used &&
-	    (bool)g->v.workers[lev->slot].live != live)
-		set_live(g, lev->slot, live);
+	live = live && !g->retired;
+	if (slot_used(&g->slots[lev->slot]))
+		evst_shared_set_live(g->sh, (unsigned)g->slots[lev->slot].gslot,
+				     live);
 	pthread_mutex_unlock(&g->lock);
 }
 
-void evst_member_stop(struct evsteer_listener *lev)
+static void member_stop(struct evsteer_listener *lev)
 {
 	if (!lev->group)
 		return;
-	evst_group_sync_live(lev);
+	member_sync_live(lev);
 	if (lev->steal_timer)
 		event_del_noblock(lev->steal_timer);
 }
 
-void evst_took(struct evsteer_listener *lev, uint64_t now)
+static void member_quiesce(struct evsteer_listener *lev)
 {
-	evst_end_episode(lev);
+	/* a steal timer callback on another thread finishes first */
+	if (lev->steal_timer)
+		event_del_block(lev->steal_timer);
+}
+
+static void group_steering(const struct evsteer_group *g,
+			   struct evst_steering *out)
+{
+	bool bpf = evst_shared_bpf(g->sh);
+	out->steering = bpf ? EVSTEER_STEER_BPF : EVSTEER_STEER_KERNEL_HASH;
+	out->reason = bpf ? "" : evst_shared_reason(g->sh);
+	out->policy = (enum evsteer_policy)evst_shared_policy(g->sh);
+}
+
+static void member_steering(const struct evsteer_listener *lev,
+			    struct evst_steering *out)
+{
+	group_steering(lev->group, out);
+}
+
+
+static void member_took(struct evsteer_listener *lev, uint64_t now)
+{
 	if (!lev->ws)
 		return;
 	__atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
-	made_progress(lev->ws, now);
-	atomic_fetch_add_explicit(&lev->group->slots[lev->slot].accepted, 1,
-				  memory_order_relaxed);
+	evst_made_progress(lev->ws, now);
+	__atomic_fetch_add(&counters(lev->group, lev->slot)->accepted, 1,
+			   __ATOMIC_RELAXED);
 }
 
 #define STEAL_BUDGET 64
 
 /*
  * Listener lock held, reference taken. Take connections queued on live
- * siblings that are stalled (pending, no progress for stall_ns) and deliver
- * them to lev's callback. Arms lev's timer to look again while any sibling
- * has work pending, so that nothing waits on a stalled worker even when no
- * new connection wakes us; with nothing pending anywhere, no timer runs.
+ * siblings of this process that are stalled (pending, no progress for
+ * stall_ns) and deliver them to lev's callback. Another process's sockets
+ * are not ours to accept from: its stalled workers only stop getting new
+ * connections (the program sees their heartbeat). Arms lev's timer to look
+ * again while any sibling has work pending, so that nothing waits on a
+ * stalled worker even when no new connection wakes us; with nothing
+ * pending anywhere, no timer runs.
  */
-void evst_group_steal(struct evsteer_listener *lev)
+static void member_steal(struct evsteer_listener *lev)
 {
 	struct evsteer_group *g = lev->group;
-	uint64_t stall = ld(g->v.stall_ns);
+	uint64_t stall = evst_shared_stall_ns(g->sh);
 	if (!stall || !evst_active(lev))
 		return;
 
@@ -704,8 +641,10 @@ void evst_group_steal(struct evsteer_listener *lev)
 			continue;
 		/* Look without the lock (shared memory, relaxed): this runs
 		 * on every wake-up and must stay cheap. Lock only to take. */
-		struct evst_worker *w = &g->v.workers[i];
-		if (!__atomic_load_n(&w->live, __ATOMIC_RELAXED) || !ws_pending(w))
+		struct evst_worker *w =
+			__atomic_load_n(&g->slots[i].ws, __ATOMIC_ACQUIRE);
+		if (!w || !__atomic_load_n(&w->live, __ATOMIC_RELAXED) ||
+		    !ws_pending(w))
 			continue;
 		uint64_t age = now - ld(&w->progress_ns);
 		if ((int64_t)age < 0 || age <= stall) {
@@ -721,7 +660,7 @@ void evst_group_steal(struct evsteer_listener *lev)
 			struct evst_slot *s = &g->slots[i];
 			int n = -1;
 			uint64_t want = ws_pending(w);
-			if (s->used && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
+			if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
 			    want && lev->ops->steal_from)
 				n = lev->ops->steal_from(
 					lev, s->fd,
@@ -730,11 +669,10 @@ void evst_group_steal(struct evsteer_listener *lev)
 			if (n > 0) {
 				__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
 				__atomic_store_n(&w->stalled, 1, __ATOMIC_RELAXED);
-				atomic_fetch_add_explicit(&s->stolen_from, n,
-							  memory_order_relaxed);
-				atomic_fetch_add_explicit(
-					&g->slots[lev->slot].stolen, n,
-					memory_order_relaxed);
+				__atomic_fetch_add(&counters(g, i)->stolen_from,
+						   (uint64_t)n, __ATOMIC_RELAXED);
+				__atomic_fetch_add(&counters(g, lev->slot)->stolen,
+						   (uint64_t)n, __ATOMIC_RELAXED);
 				budget -= n;
 			} else if (n == 0) {
 				/* counted but not there: resync */
@@ -751,12 +689,12 @@ void evst_group_steal(struct evsteer_listener *lev)
 
 			pthread_mutex_lock(&g->lock);
 			struct evst_slot *s = &g->slots[i];
-			if (s->used && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
+			if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
 			    ws_pending(w)) {
 				/* An io_uring sibling has taken its connections
 				 * off the socket into its ring already: take
 				 * them from there (under g->lock the sibling
-				 * cannot be destroyed: leaving clears `live`
+				 * cannot be destroyed: leaving clears `ws`
 				 * under this lock first). */
 				fd = -1;
 				if (s->lev && s->lev != EVST_SLOT_CLAIMED &&
@@ -780,9 +718,8 @@ void evst_group_steal(struct evsteer_listener *lev)
 							   __ATOMIC_RELAXED);
 					__atomic_store_n(&w->stalled, 1,
 							 __ATOMIC_RELAXED);
-					atomic_fetch_add_explicit(
-						&s->stolen_from, 1,
-						memory_order_relaxed);
+					__atomic_fetch_add(&counters(g, i)->stolen_from,
+							   1, __ATOMIC_RELAXED);
 				} else if (errno == EAGAIN) {
 					/* counted but not there: resync */
 					__atomic_store_n(&w->dequeued,
@@ -790,12 +727,13 @@ void evst_group_steal(struct evsteer_listener *lev)
 							 __ATOMIC_RELAXED);
 				}
 			}
+			if (fd >= 0)
+				__atomic_fetch_add(&counters(g, lev->slot)->stolen,
+						   1, __ATOMIC_RELAXED);
 			pthread_mutex_unlock(&g->lock);
 			if (fd < 0)
 				break;
 			budget--;
-			atomic_fetch_add_explicit(&g->slots[lev->slot].stolen, 1,
-						  memory_order_relaxed);
 			if (!evst_deliver(lev, fd, (struct sockaddr *)&ss, len))
 				return;
 		}
@@ -814,8 +752,13 @@ void evst_group_steal(struct evsteer_listener *lev)
 	}
 }
 
-unsigned int evst_group_handoff(struct evsteer_listener *lev,
-				const struct evst_conn *c, unsigned int n)
+/*
+ * member->handoff: lev is leaving with n connections its engine accepted
+ * and never delivered: give them to live siblings of this process that can
+ * take them (in order, spread over them). Returns how many were taken.
+ */
+static unsigned int member_handoff(struct evsteer_listener *lev,
+				   const struct evst_conn *c, unsigned int n)
 {
 	struct evsteer_group *g = lev->group;
 	unsigned int given = 0;
@@ -824,16 +767,17 @@ unsigned int evst_group_handoff(struct evsteer_listener *lev,
 	/* Live siblings only: `live` is cleared under this lock before a
 	 * listener starts going away, so a live one outlives the call. */
 	struct evsteer_listener *to[EVST_MAX_WORKERS];
-	unsigned int slot[EVST_MAX_WORKERS], k = 0;
+	struct evst_worker *ws[EVST_MAX_WORKERS];
+	unsigned int k = 0;
 	for (unsigned int i = 0; i < g->nslots; i++) {
 		struct evst_slot *s = &g->slots[i];
-		if (i == lev->slot || !s->used || !s->lev ||
+		if (i == lev->slot || !slot_used(s) || !s->lev ||
 		    s->lev == EVST_SLOT_CLAIMED || !s->lev->ops->adopt ||
 		    !s->lev->direct_table != !lev->direct_table ||
-		    !__atomic_load_n(&g->v.workers[i].live, __ATOMIC_RELAXED))
+		    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED))
 			continue;
 		to[k] = s->lev;
-		slot[k++] = i;
+		ws[k++] = s->ws;
 	}
 	/* spread in runs, so each sibling gets its share in order */
 	for (unsigned int j = 0; j < k && given < n; j++) {
@@ -841,16 +785,15 @@ unsigned int evst_group_handoff(struct evsteer_listener *lev,
 		unsigned int took = to[j]->ops->adopt(to[j], c + given, share);
 		/* as if the program had steered them there: its pending stays
 		 * right, and they show as migrated */
-		struct evst_worker *w = &g->v.workers[slot[j]];
-		__atomic_fetch_add(&w->steered, took, __ATOMIC_RELAXED);
-		__atomic_fetch_add(&w->migrated, took, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&ws[j]->steered, took, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&ws[j]->migrated, took, __ATOMIC_RELAXED);
 		given += took;
 	}
 	pthread_mutex_unlock(&g->lock);
 	return given;
 }
 
-void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg)
+static void steal_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct evsteer_listener *lev = arg;
 	(void)fd;
@@ -858,7 +801,7 @@ void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg)
 	evst_lock(lev);
 	lev->refcnt++;
 	if (lev->group)
-		evst_group_steal(lev);
+		member_steal(lev);
 	evst_decref_and_unlock(lev);
 }
 
@@ -888,7 +831,7 @@ void evsteer_group_free(struct evsteer_group *g)
 	int n = 0;
 	pthread_mutex_lock(&g->lock);
 	for (unsigned int i = 0; i < g->nslots; i++)
-		if (g->slots[i].used && !g->slots[i].lev)
+		if (slot_used(&g->slots[i]) && !g->slots[i].lev)
 			fds[n++] = slot_remove(g, i);
 	pthread_mutex_unlock(&g->lock);
 	for (int i = 0; i < n; i++)
@@ -896,11 +839,47 @@ void evsteer_group_free(struct evsteer_group *g)
 	group_unref(g);
 }
 
+int evsteer_group_retire(struct evsteer_group *g)
+{
+	if (!g)
+		return -(errno = EINVAL);
+	pthread_mutex_lock(&g->lock);
+	g->retired = true;
+	for (unsigned int i = 0; i < g->nslots; i++)
+		if (slot_used(&g->slots[i]))
+			evst_shared_set_live(g->sh, (unsigned)g->slots[i].gslot,
+					     false);
+	pthread_mutex_unlock(&g->lock);
+	return 0;
+}
+
+int evsteer_group_pending(const struct evsteer_group *g)
+{
+	if (!g)
+		return -(errno = EINVAL);
+	struct evsteer_group *mg = (struct evsteer_group *)g;
+	uint64_t n = 0;
+	pthread_mutex_lock(&mg->lock);
+	for (unsigned int i = 0; i < g->nslots; i++) {
+		struct evst_worker *w = g->slots[i].ws;
+		if (!w)
+			continue;
+		n += ws_pending(w);
+		/* accepted by an engine, not yet delivered */
+		struct evsteer_listener *l = g->slots[i].lev;
+		if (l && l != EVST_SLOT_CLAIMED)
+			n += (uint64_t)atomic_load_explicit(&l->counters.held,
+							    memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&mg->lock);
+	return n > INT32_MAX ? INT32_MAX : (int)n;
+}
+
 int evsteer_group_set_policy(struct evsteer_group *g, enum evsteer_policy policy)
 {
 	if (!g || (unsigned int)policy > EVSTEER_POLICY_CPU)
 		return -(errno = EINVAL);
-	__atomic_store_n(g->v.policy, (__u32)policy, __ATOMIC_RELAXED);
+	evst_shared_set_policy(g->sh, (unsigned int)policy);
 	evst_info("group: policy %s", evst_policy_name(policy));
 	return 0;
 }
@@ -911,12 +890,10 @@ int evsteer_group_set_weight(struct evsteer_group *g, unsigned int slot,
 	if (!g || slot >= EVST_MAX_WORKERS || weight < 1 || weight > 16)
 		return -(errno = EINVAL);
 	pthread_mutex_lock(&g->lock);
-	int r = g->slots[slot].used ? 0 : -ENOENT;
-	if (!r) {
-		g->slots[slot].weight = weight;
-		g->v.workers[slot].weight = weight;
-		rebuild_table(g);
-	}
+	int r = slot_used(&g->slots[slot]) ? 0 : -ENOENT;
+	if (!r)
+		evst_shared_set_weight(g->sh, (unsigned)g->slots[slot].gslot,
+				       weight);
 	pthread_mutex_unlock(&g->lock);
 	return r ? -(errno = -r) : 0;
 }
@@ -927,25 +904,31 @@ int evsteer_group_set_cpu(struct evsteer_group *g, unsigned int cpu,
 	if (!g || cpu >= EVST_MAX_CPUS || slot >= EVST_MAX_WORKERS)
 		return -(errno = EINVAL);
 	pthread_mutex_lock(&g->lock);
-	int r = g->slots[slot].used ? 0 : -ENOENT;
+	int r = slot_used(&g->slots[slot]) ? 0 : -ENOENT;
 	if (!r)
-		__atomic_store_n(&g->v.cpu_map[cpu], slot + 1, __ATOMIC_RELAXED);
+		evst_shared_set_cpu(g->sh, cpu, (unsigned)g->slots[slot].gslot);
 	pthread_mutex_unlock(&g->lock);
 	return r ? -(errno = -r) : 0;
 }
 
 int evsteer_group_get_fd(const struct evsteer_group *g, unsigned int slot)
 {
-	if (!g || slot >= EVST_MAX_WORKERS || !g->slots[slot].used) {
+	if (!g || slot >= EVST_MAX_WORKERS) {
 		errno = EINVAL;
 		return -1;
 	}
-	return g->slots[slot].fd;
+	struct evsteer_group *mg = (struct evsteer_group *)g;
+	pthread_mutex_lock(&mg->lock);
+	int fd = slot_used(&g->slots[slot]) ? g->slots[slot].fd : -1;
+	pthread_mutex_unlock(&mg->lock);
+	if (fd < 0)
+		errno = EINVAL;
+	return fd;
 }
 
 unsigned int evsteer_group_size(const struct evsteer_group *g)
 {
-	return g ? g->nslots : 0;
+	return g ? __atomic_load_n(&g->nslots, __ATOMIC_RELAXED) : 0;
 }
 
 struct evsteer_group *evsteer_listener_get_group(const struct evsteer_listener *lev)
@@ -953,23 +936,41 @@ struct evsteer_group *evsteer_listener_get_group(const struct evsteer_listener *
 	return lev ? lev->group : NULL;
 }
 
-bool evst_group_has_bpf(const struct evsteer_group *g)
-{
-	return g && g->steer;
-}
-
-const char *evst_group_steer_reason(const struct evsteer_group *g)
-{
-	return g->steer_reason;
-}
-
 int evsteer_group_get_path(const struct evsteer_group *g,
 			   struct evsteer_path *out)
 {
 	if (!g || !out || out->sz < sizeof(out->sz))
 		return -(errno = EINVAL);
-	return evst_fill_path(g, &evst_event_engine,
+	struct evst_steering st;
+	group_steering(g, &st);
+	return evst_fill_path(&st, NULL,
 			      "a group's listeners each report their engine", out);
+}
+
+/* gslot's counters, from shared memory: any member can read any slot. */
+static void fill_stats(struct evst_shared *sh, int gslot, bool mine,
+		       struct evsteer_worker_stats *out)
+{
+	struct evsteer_worker_stats st = {.sz = out->sz, .global_slot = -1};
+	uint32_t pid = gslot >= 0 ? evst_shared_slot_pid(sh, (unsigned)gslot) : 0;
+	if (pid) {
+		const struct evst_worker *w = evst_shared_worker(sh, (unsigned)gslot);
+		const struct evst_slot_counters *c =
+			evst_shared_counters(sh, (unsigned)gslot);
+		uint64_t prog = ld(&w->progress_ns), now = evst_now_ns();
+		st.steered = ld(&w->steered);
+		st.accepted = __atomic_load_n(&c->accepted, __ATOMIC_RELAXED);
+		st.pending = ws_pending(w);
+		st.stolen = __atomic_load_n(&c->stolen, __ATOMIC_RELAXED);
+		st.stolen_from = __atomic_load_n(&c->stolen_from, __ATOMIC_RELAXED);
+		st.migrated = ld(&w->migrated);
+		st.heartbeat_age_ns = prog && now > prog ? now - prog : 0;
+		st.live = (int)__atomic_load_n(&w->live, __ATOMIC_RELAXED);
+		st.pid = (int)pid;
+		st.global_slot = gslot;
+		st.mine = mine;
+	}
+	memcpy(out, &st, out->sz < sizeof(st) ? out->sz : sizeof(st));
 }
 
 int evsteer_group_worker_stats(const struct evsteer_group *g, unsigned int slot,
@@ -977,22 +978,31 @@ int evsteer_group_worker_stats(const struct evsteer_group *g, unsigned int slot,
 {
 	if (!g || !out || out->sz < sizeof(out->sz) || slot >= EVST_MAX_WORKERS)
 		return -(errno = EINVAL);
-	const struct evst_slot *s = &g->slots[slot];
-	const struct evst_worker *w = &g->v.workers[slot];
-	uint64_t prog = ld(&w->progress_ns), now = evst_now_ns();
-	struct evsteer_worker_stats st = {
-		.sz = out->sz,
-		.steered = ld(&w->steered),
-		.accepted = atomic_load_explicit(&s->accepted, memory_order_relaxed),
-		.pending = ws_pending(w),
-		.stolen = atomic_load_explicit(&s->stolen, memory_order_relaxed),
-		.stolen_from = atomic_load_explicit(&s->stolen_from,
-						    memory_order_relaxed),
-		.migrated = ld(&w->migrated),
-		.heartbeat_age_ns = prog && now > prog ? now - prog : 0,
-		.live = s->used && __atomic_load_n(&w->live, __ATOMIC_RELAXED),
-	};
-	memcpy(out, &st, out->sz < sizeof(st) ? out->sz : sizeof(st));
+	struct evsteer_group *mg = (struct evsteer_group *)g;
+	pthread_mutex_lock(&mg->lock);
+	fill_stats(g->sh, g->slots[slot].gslot, true, out);
+	pthread_mutex_unlock(&mg->lock);
+	return 0;
+}
+
+unsigned int evsteer_group_global_size(const struct evsteer_group *g)
+{
+	return g ? evst_shared_nslots(g->sh) : 0;
+}
+
+int evsteer_group_global_stats(const struct evsteer_group *g,
+			       unsigned int gslot,
+			       struct evsteer_worker_stats *out)
+{
+	if (!g || !out || out->sz < sizeof(out->sz) || gslot >= EVST_MAX_WORKERS)
+		return -(errno = EINVAL);
+	struct evsteer_group *mg = (struct evsteer_group *)g;
+	bool mine = false;
+	pthread_mutex_lock(&mg->lock);
+	for (unsigned int i = 0; i < g->nslots; i++)
+		mine |= g->slots[i].gslot == (int)gslot;
+	pthread_mutex_unlock(&mg->lock);
+	fill_stats(g->sh, (int)gslot, mine, out);
 	return 0;
 }
 
@@ -1015,18 +1025,28 @@ struct evsteer_group *evst_group_adopt(const int *fds, unsigned int n,
 		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
 				   EVSTEER_ACCEPT_AUTO),
 	};
-	enum evsteer_bpf_mode mode = env_bpf_mode(
-		EVST_OPT(opts, struct evsteer_group_opts, bpf, EVSTEER_BPF_AUTO));
-	enum evsteer_policy policy = env_policy(EVST_OPT(
-		opts, struct evsteer_group_opts, policy, EVSTEER_POLICY_LEAST_PENDING));
-	int stall_us = env_stall_us(
-		EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0));
-	struct evsteer_group *g = group_alloc(
-		flags | EVSTEER_OPT_REUSEABLE_PORT, &lo, mode, policy, stall_us);
+	struct evst_shared_opts so = {
+		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_group_opts,
+					      bpf, EVSTEER_BPF_AUTO)),
+		.policy = env_policy(EVST_OPT(opts, struct evsteer_group_opts,
+					      policy, EVSTEER_POLICY_LEAST_PENDING)),
+		.stall_us = env_stall_us(
+			EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0)),
+	};
+	struct evsteer_group *g =
+		group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
 	if (!g)
 		return NULL;
 	g->addrlen = sizeof(g->addr);
 	getsockname(fds[0], (struct sockaddr *)&g->addr, &g->addrlen);
+	/* the address's steering, as for evsteer_group_new() */
+	g->sh = evst_shared_get(fds[0], &so);
+	if (!g->sh) {
+		int err = errno;
+		group_unref(g);
+		errno = err;
+		return NULL;
+	}
 	g->backlog = -1; /* for evsteer_group_add_worker() */
 	int err = 0;
 	pthread_mutex_lock(&g->lock);
@@ -1034,7 +1054,7 @@ struct evsteer_group *evst_group_adopt(const int *fds, unsigned int n,
 		err = slot_add(g, fds[i], true);
 	if (err < 0) {
 		for (unsigned int i = 0; i < g->nslots; i++)
-			if (g->slots[i].used)
+			if (slot_used(&g->slots[i]))
 				slot_remove(g, i);
 	}
 	pthread_mutex_unlock(&g->lock);
@@ -1045,3 +1065,16 @@ struct evsteer_group *evst_group_adopt(const int *fds, unsigned int n,
 	}
 	return g;
 }
+
+/* What a listener knows of its group (internal.h). */
+const struct evst_member_ops evst_group_member = {
+	.join = member_join,
+	.took = member_took,
+	.steal = member_steal,
+	.handoff = member_handoff,
+	.leave = member_leave,
+	.sync_live = member_sync_live,
+	.stop = member_stop,
+	.quiesce = member_quiesce,
+	.steering = member_steering,
+};

@@ -118,7 +118,9 @@ struct evsteer_listener {
 
 	struct evst_counters counters;
 
-	/* Worker-group membership (group.c); NULL group: a lone listener. */
+	/* Worker-group membership (group.c, through `member`); NULL: a lone
+	 * listener. */
+	const struct evst_member_ops *member;
 	struct evsteer_group *group;
 	unsigned int slot;
 	struct evst_worker *ws;     /* this socket's shared counters */
@@ -181,50 +183,99 @@ EVST_HIDDEN unsigned int evst_next_backoff_ms(struct evsteer_listener *lev);
 EVST_HIDDEN int evst_validate_sockaddr(const struct sockaddr *sa, socklen_t len);
 /* SO_KEEPALIVE and the options the LEV_OPT flags ask for. 0 or -errno. */
 EVST_HIDDEN int evst_apply_sockopts(int fd, unsigned int flags);
+/* SO_COOKIE / SO_NETNS_COOKIE of a socket, 0 if unknown. */
+EVST_HIDDEN uint64_t evst_sock_cookie(int fd);
+EVST_HIDDEN uint64_t evst_netns_cookie(int fd);
+struct evst_sock_info {
+	uint64_t cookie, inode;
+	uint32_t uid;
+};
+EVST_HIDDEN int evst_list_listeners(const struct sockaddr *sa,
+				    struct evst_sock_info *out, int max);
+
+/*
+ * What a listener knows of its group: this member interface, which group.c
+ * implements. listener.c never calls group.c, so the layers read one way:
+ * create.c (the public constructors) -> group.c -> listener.c -> engines.
+ */
+struct evst_steering {
+	enum evsteer_steering steering;
+	const char *reason; /* "" with BPF */
+	enum evsteer_policy policy;
+};
+struct evst_member_ops {
+	/* At creation, before the engine starts (ctx: the caller's). 0 with
+	 * lev->member set, or 0 with the listener left alone, or -errno. */
+	int (*join)(struct evsteer_listener *lev, void *ctx,
+		    const struct evsteer_listener_opts *opts);
+	/* The engine took a connection off lev's socket (evst_took). */
+	void (*took)(struct evsteer_listener *lev, uint64_t now);
+	/* Lock held, reference taken: a wake-up; look at stalled siblings
+	 * (evst_group_steal). */
+	void (*steal)(struct evsteer_listener *lev);
+	/* lev's lock held: give what lev's engine accepted and never
+	 * delivered to live siblings (evst_group_handoff); how many taken. */
+	unsigned int (*handoff)(struct evsteer_listener *lev,
+				const struct evst_conn *c, unsigned int n);
+	/* Last reference (or a failed creation): leave; close_fd false keeps
+	 * the socket open whoever owns it. */
+	void (*leave)(struct evsteer_listener *lev, bool close_fd);
+	/* Listener lock held: steer to this worker only while it delivers. */
+	void (*sync_live)(struct evsteer_listener *lev);
+	/* Listener lock held, must not block: out of the steering table, no
+	 * stealing timer (disable, free). */
+	void (*stop)(struct evsteer_listener *lev);
+	/* No lock, after a final stop: return once no member callback for
+	 * lev runs on another thread. */
+	void (*quiesce)(struct evsteer_listener *lev);
+	void (*steering)(const struct evsteer_listener *lev,
+			 struct evst_steering *out);
+};
 
 /* listener.c */
 EVST_HIDDEN struct evsteer_listener *
 evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     unsigned int flags, int backlog, int fd,
 		     const struct evsteer_listener_opts *opts,
-		     struct evsteer_group *g, unsigned int slot,
+		     const struct evst_member_ops *member, void *member_ctx,
 		     unsigned int direct_table);
 /* evst_deliver() for a direct listener: the slot on ring. */
 EVST_HIDDEN bool evst_deliver_direct(struct evsteer_listener *lev,
 				     struct evsteer_uring *ring, int slot);
-EVST_HIDDEN int evst_fill_path(const struct evsteer_group *g,
+/* st NULL: a lone listener. */
+EVST_HIDDEN int evst_fill_path(const struct evst_steering *st,
 			       const struct evst_engine_ops *ops,
 			       const char *engine_reason, struct evsteer_path *out);
 
-/* group.c: what the engines call for a listener in a group. */
-#define EVST_SLOT_CLAIMED ((struct evsteer_listener *)1)
-EVST_HIDDEN int evst_group_join(struct evsteer_listener *lev,
-				struct evsteer_group *g, unsigned int slot,
-				const struct evsteer_listener_opts *opts);
-/* Leave; close_fd false keeps the socket open whoever owns it. */
-EVST_HIDDEN void evst_group_leave(struct evsteer_listener *lev, bool close_fd);
-EVST_HIDDEN void evst_group_sync_live(struct evsteer_listener *lev);
-/* Out of the steering table and no stealing timer (disable, free). */
-EVST_HIDDEN void evst_member_stop(struct evsteer_listener *lev);
-/* An engine took one connection off lev's socket: the episode is over and
- * a group member counts it (dequeued, heartbeat, accepted). */
+/* listener.c: what the engines call for a listener, passed on to its
+ * group through the member interface. An engine took one connection off
+ * lev's socket: the episode is over and a member counts it (dequeued,
+ * heartbeat, accepted). */
 EVST_HIDDEN void evst_took(struct evsteer_listener *lev, uint64_t now);
+/* A wake-up: a member looks at stalled siblings. */
 EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
 /*
  * lev is leaving with n connections its engine accepted and never
- * delivered: give them to live siblings of this process that can take them
- * (in order, spread over them). Returns how many were taken; the caller
- * closes the rest. lev's lock held; takes the group's.
+ * delivered: its member gives them to live siblings of this process that
+ * can take them (in order, spread over them). Returns how many were taken;
+ * the caller closes the rest. lev's lock held; takes the group's.
  */
 EVST_HIDDEN unsigned int evst_group_handoff(struct evsteer_listener *lev,
 					    const struct evst_conn *c,
 					    unsigned int n);
-EVST_HIDDEN void evst_steal_timer_cb(evutil_socket_t fd, short what, void *arg);
-EVST_HIDDEN bool evst_group_has_bpf(const struct evsteer_group *g);
-EVST_HIDDEN const char *evst_group_steer_reason(const struct evsteer_group *g);
+
+/* group.c: the member interface. */
+extern EVST_HIDDEN const struct evst_member_ops evst_group_member;
+struct evst_attach {
+	struct evsteer_group *g;
+	unsigned int slot;
+};
+#define EVST_SLOT_CLAIMED ((struct evsteer_listener *)1)
+
+/* shared.c: the accounting in the shared state, for everyone. */
 EVST_HIDDEN const char *evst_policy_name(unsigned int p);
-EVST_HIDDEN unsigned int evst_group_policy(const struct evsteer_group *g);
 EVST_HIDDEN uint64_t evst_now_ns(void);
+/* The socket was found empty: pending resynced, progress made. */
 EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
 /* A group of existing listening sockets (socket activation); it owns them
  * once made. NULL with errno, the sockets left open, on failure. */

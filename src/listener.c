@@ -21,6 +21,15 @@
 
 static const char *const steering_reason_none =
 	"single socket: no worker group to steer across";
+static bool steers_bpf(const struct evsteer_listener *lev)
+{
+	struct evst_steering st;
+	if (!lev->member)
+		return false;
+	lev->member->steering(lev, &st);
+	return st.steering == EVSTEER_STEER_BPF;
+}
+
 /* EVSTEER_ACCEPT when the option says AUTO. */
 static enum evsteer_accept_mode accept_mode(enum evsteer_accept_mode opt)
 {
@@ -49,7 +58,7 @@ static int start_engine(struct evsteer_listener *lev,
 {
 	enum evsteer_accept_mode mode = accept_mode(EVST_OPT(
 		opts, struct evsteer_listener_opts, accept, EVSTEER_ACCEPT_AUTO));
-	bool bpf = evst_group_has_bpf(lev->group);
+	bool bpf = steers_bpf(lev);
 
 	if (lev->direct_table) {
 #if EVSTEER_HAVE_LIBURING
@@ -100,33 +109,18 @@ static void *fail_null(int err)
 	return NULL;
 }
 
-static bool common_args_ok(const char *fn, struct event_base *base,
-			   unsigned int flags,
-			   const struct evsteer_listener_opts *opts)
+static void member_sync(struct evsteer_listener *lev)
 {
-	if (!base) {
-		evst_warn("%s: NULL event_base", fn);
-		return false;
-	}
-	if (flags & ~EVSTEER_OPT_ALL) {
-		evst_warn("%s: unknown flags 0x%x", fn, flags & ~EVSTEER_OPT_ALL);
-		return false;
-	}
-	if (!evst_opts_valid(opts, sizeof(*opts))) {
-		evst_warn("%s: bad options struct (sz or unknown non-zero fields)",
-			  fn);
-		return false;
-	}
-	const char *bad = evst_enum_opts_check(
-		EVST_OPT(opts, struct evsteer_listener_opts, bpf, 0),
-		EVST_OPT(opts, struct evsteer_listener_opts, policy, 0),
-		EVST_OPT(opts, struct evsteer_listener_opts, accept, 0));
-	if (bad) {
-		evst_warn("%s: options: %s out of range", fn, bad);
-		return false;
-	}
-	return true;
+	if (lev->member)
+		lev->member->sync_live(lev);
 }
+
+static void member_stop(struct evsteer_listener *lev)
+{
+	if (lev->member)
+		lev->member->stop(lev);
+}
+
 
 const char *evst_enum_opts_check(unsigned int bpf, unsigned int policy,
 				 unsigned int accept)
@@ -140,13 +134,13 @@ const char *evst_enum_opts_check(unsigned int bpf, unsigned int policy,
 	return NULL;
 }
 
-/* Everything after the argument checks: shared by new, new_bind and
- * evsteer_group_attach() (g != NULL). */
+/* Everything after the argument checks: shared by the constructors
+ * (create.c) and evsteer_group_attach(); member joins a group. */
 struct evsteer_listener *
 evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     unsigned int flags, int backlog, int fd,
 		     const struct evsteer_listener_opts *opts,
-		     struct evsteer_group *g, unsigned int slot,
+		     const struct evst_member_ops *member, void *member_ctx,
 		     unsigned int direct_table)
 {
 	int err;
@@ -199,8 +193,8 @@ evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		lev->locking = true;
 	}
 
-	if (g || (flags & EVSTEER_OPT_REUSEABLE_PORT)) {
-		err = evst_group_join(lev, g, slot, opts);
+	if (member) {
+		err = member->join(lev, member_ctx, opts);
 		if (err < 0)
 			goto err_lock;
 	}
@@ -215,7 +209,7 @@ evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 			goto err_engine;
 	}
 	EVSTEER_PATH_OPTS(path);
-	evst_fill_path(lev->group, lev->ops, lev->engine_reason, &path);
+	evsteer_listener_get_path(lev, &path);
 	evst_info("listener fd %d: path %s (%s%s%s)", fd, path.name,
 		  *path.steering_reason ? path.steering_reason : "bpf steering",
 		  *path.engine_reason ? "; " : "", path.engine_reason);
@@ -224,127 +218,14 @@ evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 err_engine:
 	lev->ops->destroy(lev);
 err_group:
-	if (lev->group)
-		evst_group_leave(lev, false);
+	if (lev->member)
+		lev->member->leave(lev, false);
 err_lock:
 	if (lev->locking)
 		pthread_mutex_destroy(&lev->lock);
 	free(lev);
 	return fail_null(-err);
 }
-
-struct evsteer_listener *
-evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
-		     unsigned int flags, int backlog, int fd,
-		     const struct evsteer_listener_opts *opts)
-{
-	if (!common_args_ok("evsteer_listener_new", base, flags, opts))
-		return fail_null(EINVAL);
-	if (fd < 0) {
-		evst_warn("evsteer_listener_new: invalid fd %d", fd);
-		return fail_null(EINVAL);
-	}
-	int type, acc = 1;
-	socklen_t tlen = sizeof(type);
-	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0) {
-		int err = errno;
-		evst_warn("evsteer_listener_new: fd %d is not a usable socket: %s", fd,
-			  strerror(err));
-		return fail_null(err);
-	}
-	bool compat = EVST_OPT(opts, struct evsteer_listener_opts,
-			       libevent_compat, 0);
-	if (type != SOCK_STREAM && type != SOCK_SEQPACKET) {
-		evst_warn("evsteer_listener_new: fd %d is not a stream socket "
-			  "(type %d): %s",
-			  fd, type,
-			  compat ? "every accept on it will fail (as in libevent)" :
-				   "nothing to accept");
-		if (!compat)
-			return fail_null(EINVAL);
-	} else if (backlog == 0) {
-		tlen = sizeof(acc);
-		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &tlen) == 0 &&
-		    !acc)
-			evst_warn("evsteer_listener_new: fd %d is not listening "
-				  "and backlog is 0 (\"the caller listened\"): "
-				  "every accept will fail until listen() is called",
-				  fd);
-	}
-	return evst_listener_create(base, cb, arg, flags, backlog, fd, opts, NULL,
-				    0, 0);
-}
-
-static struct evsteer_listener *
-bind_and_create(const char *fn, struct event_base *base, evsteer_accept_cb cb,
-		void *arg, unsigned int flags, int backlog,
-		const struct sockaddr *sa, socklen_t len,
-		const struct evsteer_listener_opts *opts, unsigned int direct_table)
-{
-	if (!common_args_ok(fn, base, flags, opts))
-		return fail_null(EINVAL);
-	if (backlog == 0) {
-		evst_warn("%s: backlog 0 would leave the socket not listening",
-			  fn);
-		return fail_null(EINVAL);
-	}
-	int err = evst_validate_sockaddr(sa, len);
-	if (err < 0) {
-		evst_warn("%s: bad address (family %d, length %u)", fn,
-			  sa ? sa->sa_family : -1, (unsigned int)len);
-		return fail_null(-err);
-	}
-
-	int family = sa ? sa->sa_family : AF_INET;
-	int type = SOCK_STREAM | SOCK_NONBLOCK |
-		   (flags & EVSTEER_OPT_CLOSE_ON_EXEC ? SOCK_CLOEXEC : 0);
-	int fd = socket(family, type, 0);
-	if (fd < 0)
-		return NULL;
-
-	err = evst_apply_sockopts(fd, flags);
-	if (err < 0) {
-		errno = -err;
-		goto err;
-	}
-	if (sa && bind(fd, sa, len) < 0)
-		goto err;
-	struct evsteer_listener *lev = evst_listener_create(
-		base, cb, arg, flags, backlog, fd, opts, NULL, 0, direct_table);
-	if (lev)
-		return lev;
-err:
-	err = errno;
-	evst_debug("%s: %s", fn, strerror(err));
-	close(fd);
-	return fail_null(err);
-}
-
-struct evsteer_listener *
-evsteer_listener_new_bind(struct event_base *base, evsteer_accept_cb cb,
-			  void *arg, unsigned int flags, int backlog,
-			  const struct sockaddr *sa, socklen_t len,
-			  const struct evsteer_listener_opts *opts)
-{
-	return bind_and_create("evsteer_listener_new_bind", base, cb, arg, flags,
-			       backlog, sa, len, opts, 0);
-}
-
-#if EVSTEER_HAVE_LIBURING
-struct evsteer_listener *
-evsteer_listener_new_bind_direct(struct event_base *base, evsteer_direct_cb cb,
-				 void *arg, unsigned int flags, int backlog,
-				 const struct sockaddr *sa, socklen_t len,
-				 unsigned int table_size,
-				 const struct evsteer_listener_opts *opts)
-{
-	/* stored as the accept callback; evst_deliver_direct() casts back */
-	return bind_and_create("evsteer_listener_new_bind_direct", base,
-			       (evsteer_accept_cb)(void (*)(void))cb, arg,
-			       flags, backlog, sa,
-			       len, opts, table_size ? table_size : 4096);
-}
-#endif
 
 void evst_decref_and_unlock(struct evsteer_listener *lev)
 {
@@ -353,8 +234,8 @@ void evst_decref_and_unlock(struct evsteer_listener *lev)
 		return;
 	}
 	lev->ops->destroy(lev);
-	if (lev->group)
-		evst_group_leave(lev, true); /* closes as the group says */
+	if (lev->member)
+		lev->member->leave(lev, true); /* closes as the group says */
 	else if (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)
 		close(lev->fd);
 	evst_unlock(lev);
@@ -378,7 +259,7 @@ void evsteer_listener_free(struct evsteer_listener *lev)
 	lev->cb = NULL;
 	lev->errcb = NULL;
 	lev->ops->disable(lev);
-	evst_member_stop(lev);
+	member_stop(lev);
 	evst_unlock(lev);
 
 	/*
@@ -389,8 +270,8 @@ void evsteer_listener_free(struct evsteer_listener *lev)
 	 * stops, and drops its reference.
 	 */
 	lev->ops->quiesce(lev);
-	if (lev->steal_timer)
-		event_del_block(lev->steal_timer);
+	if (lev->member)
+		lev->member->quiesce(lev);
 
 	evst_lock(lev);
 	evst_decref_and_unlock(lev);
@@ -408,7 +289,7 @@ int evsteer_listener_enable(struct evsteer_listener *lev)
 		lev->enabled = true;
 		if (lev->cb)
 			r = lev->ops->enable(lev);
-		evst_group_sync_live(lev);
+		member_sync(lev);
 	}
 	evst_unlock(lev);
 	return r < 0 ? fail(-r) : 0;
@@ -421,7 +302,7 @@ int evsteer_listener_disable(struct evsteer_listener *lev)
 	evst_lock(lev);
 	lev->enabled = false;
 	int r = lev->ops->disable(lev);
-	evst_member_stop(lev);
+	member_stop(lev);
 	evst_unlock(lev);
 	return r < 0 ? fail(-r) : 0;
 }
@@ -443,10 +324,10 @@ void evsteer_listener_set_cb(struct evsteer_listener *lev, evsteer_accept_cb cb,
 		 */
 		if (lev->enabled && !old && cb) {
 			lev->ops->enable(lev);
-			evst_group_sync_live(lev);
+			member_sync(lev);
 		} else if (lev->enabled && old && !cb) {
 			lev->ops->disable(lev);
-			evst_member_stop(lev);
+			member_stop(lev);
 		}
 	}
 	evst_unlock(lev);
@@ -477,24 +358,23 @@ int evsteer_listener_get_fd(const struct evsteer_listener *lev)
 	return lev->fd;
 }
 
-int evst_fill_path(const struct evsteer_group *g,
+int evst_fill_path(const struct evst_steering *st,
 		   const struct evst_engine_ops *ops, const char *engine_reason,
 		   struct evsteer_path *out)
 {
-	bool bpf = evst_group_has_bpf(g);
+	bool bpf = st && st->steering == EVSTEER_STEER_BPF;
+	if (!ops) /* a group: its listeners each report their engine */
+		ops = &evst_event_engine;
 	struct evsteer_path p = {
 		.sz = out->sz,
-		.steering = bpf ? EVSTEER_STEER_BPF :
-			    g   ? EVSTEER_STEER_KERNEL_HASH :
-				  EVSTEER_STEER_NONE,
+		.steering = st ? st->steering : EVSTEER_STEER_NONE,
 		.engine = ops->kind,
 		.name = bpf ? ops->bpf_name : ops->name,
 		.steering_reason = bpf ? "" :
-				   g   ? evst_group_steer_reason(g) :
+				   st  ? st->reason :
 					 steering_reason_none,
 		.engine_reason = engine_reason ? engine_reason : "",
-		.policy = g ? (enum evsteer_policy)evst_group_policy(g) :
-			      EVSTEER_POLICY_LEAST_PENDING,
+		.policy = st ? st->policy : EVSTEER_POLICY_LEAST_PENDING,
 	};
 	memcpy(out, &p, out->sz < sizeof(p) ? out->sz : sizeof(p));
 	return 0;
@@ -505,15 +385,18 @@ int evsteer_listener_get_path(const struct evsteer_listener *lev,
 {
 	if (!lev || !out || out->sz < sizeof(out->sz))
 		return fail(EINVAL);
-	return evst_fill_path(lev->group, lev->ops, lev->engine_reason, out);
+	struct evst_steering st;
+	if (lev->member)
+		lev->member->steering(lev, &st);
+	return evst_fill_path(lev->member ? &st : NULL, lev->ops,
+			      lev->engine_reason, out);
 }
 
 const char *evsteer_listener_path_name(const struct evsteer_listener *lev)
 {
 	if (!lev)
 		return "";
-	return evst_group_has_bpf(lev->group) ? lev->ops->bpf_name :
-						lev->ops->name;
+	return steers_bpf(lev) ? lev->ops->bpf_name : lev->ops->name;
 }
 
 int evsteer_listener_get_stats(const struct evsteer_listener *lev,
@@ -539,6 +422,25 @@ int evsteer_listener_get_stats(const struct evsteer_listener *lev,
 #undef LOAD
 	memcpy(out, &s, out->sz < sizeof(s) ? out->sz : sizeof(s));
 	return 0;
+}
+
+void evst_took(struct evsteer_listener *lev, uint64_t now)
+{
+	evst_end_episode(lev);
+	if (lev->member)
+		lev->member->took(lev, now);
+}
+
+void evst_group_steal(struct evsteer_listener *lev)
+{
+	if (lev->member)
+		lev->member->steal(lev);
+}
+
+unsigned int evst_group_handoff(struct evsteer_listener *lev,
+				const struct evst_conn *c, unsigned int n)
+{
+	return lev->member ? lev->member->handoff(lev, c, n) : 0;
 }
 
 bool evst_deliver(struct evsteer_listener *lev, int fd, struct sockaddr *sa,

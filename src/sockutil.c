@@ -4,6 +4,10 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/un.h>
+#include <unistd.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 
 #include "internal.h"
 
@@ -65,4 +69,108 @@ int evst_apply_sockopts(int fd, unsigned int flags)
 	if (!err && (flags & EVSTEER_OPT_BIND_IPV6ONLY))
 		err = on(fd, IPPROTO_IPV6, IPV6_V6ONLY);
 	return err;
+}
+
+uint64_t evst_sock_cookie(int fd)
+{
+	uint64_t c = 0;
+	socklen_t l = sizeof(c);
+	return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c, &l) < 0 ? 0 : c;
+}
+
+uint64_t evst_netns_cookie(int fd)
+{
+	uint64_t c = 0;
+	socklen_t l = sizeof(c);
+#ifdef SO_NETNS_COOKIE
+	if (getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &c, &l) < 0)
+		c = 0;
+#else
+	(void)fd;
+	(void)l;
+#endif
+	return c;
+}
+
+/*
+ * The TCP listeners bound to exactly sa (address and port) in this network
+ * namespace, from the kernel's socket diagnostics (what `ss -ltne` shows):
+ * cookie, owner uid and inode of each. Returns how many (at most max) or
+ * -errno.
+ */
+int evst_list_listeners(const struct sockaddr *sa, struct evst_sock_info *out,
+			int max)
+{
+	int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+	if (nl < 0)
+		return -errno;
+	struct {
+		struct nlmsghdr nlh;
+		struct inet_diag_req_v2 r;
+	} req = {
+		.nlh = {.nlmsg_len = sizeof(req),
+			.nlmsg_type = SOCK_DIAG_BY_FAMILY,
+			.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP},
+		.r = {.sdiag_family = (__u8)sa->sa_family,
+		      .sdiag_protocol = IPPROTO_TCP,
+		      .idiag_states = 1u << 10 /* TCP_LISTEN */},
+	};
+	struct sockaddr_nl k = {.nl_family = AF_NETLINK};
+	if (sendto(nl, &req, sizeof(req), 0, (struct sockaddr *)&k, sizeof(k)) < 0) {
+		int err = -errno;
+		close(nl);
+		return err;
+	}
+	__be16 port;
+	const void *addr;
+	size_t alen;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
+		port = s->sin_port;
+		addr = &s->sin_addr;
+		alen = 4;
+	} else {
+		const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
+		port = s->sin6_port;
+		addr = &s->sin6_addr;
+		alen = 16;
+	}
+	int n = 0, err = 0;
+	long buf[8192 / sizeof(long)];
+	for (bool done = false; !done;) {
+		ssize_t len = recv(nl, buf, sizeof(buf), 0);
+		if (len < 0) {
+			if (errno == EINTR)
+				continue;
+			err = -errno;
+			break;
+		}
+		if (len == 0)
+			break;
+		for (struct nlmsghdr *h = (struct nlmsghdr *)buf;
+		     NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
+			if (h->nlmsg_type == NLMSG_DONE) {
+				done = true;
+				break;
+			}
+			if (h->nlmsg_type == NLMSG_ERROR) {
+				struct nlmsgerr *e = NLMSG_DATA(h);
+				err = e->error < 0 ? e->error : -EIO;
+				done = true;
+				break;
+			}
+			struct inet_diag_msg *m = NLMSG_DATA(h);
+			if (m->id.idiag_sport != port ||
+			    memcmp(m->id.idiag_src, addr, alen) || n >= max)
+				continue;
+			out[n++] = (struct evst_sock_info){
+				.cookie = (uint64_t)m->id.idiag_cookie[0] |
+					  (uint64_t)m->id.idiag_cookie[1] << 32,
+				.uid = m->idiag_uid,
+				.inode = m->idiag_inode,
+			};
+		}
+	}
+	close(nl);
+	return err ? err : n;
 }

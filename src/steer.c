@@ -4,7 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -14,8 +17,9 @@
 #include "steer.skel.h"
 
 struct evst_steer {
-	struct steer_bpf *skel;
-	int map_fd;
+	int fds[EVST_STEER_NFDS];
+	struct steer_bpf__bss *bss; /* mmapped */
+	size_t bss_len;
 };
 
 /* libbpf's messages during our load go to our log at debug level. */
@@ -43,37 +47,131 @@ static void explain(int err, char *reason, size_t len)
 	evst_bpf_reason(&f, reason, len);
 }
 
-struct evst_steer *evst_steer_load(char *reason, size_t len)
+int evst_steer_load(int fds[EVST_STEER_NFDS], char *reason, size_t len)
 {
-	struct evst_steer *s = calloc(1, sizeof(*s));
-	if (!s) {
-		explain(ENOMEM, reason, len);
-		errno = ENOMEM;
-		return NULL;
-	}
 	/* Only for the duration of our load; the host's printer comes back. */
 	libbpf_print_fn_t prev = libbpf_set_print(libbpf_to_evst);
-	s->skel = steer_bpf__open_and_load();
-	int err = s->skel ? 0 : errno;
+	struct steer_bpf *skel = steer_bpf__open_and_load();
+	int err = skel ? 0 : errno;
 	libbpf_set_print(prev);
-	if (!s->skel) {
+	if (!skel) {
 		if (!err)
 			err = EINVAL;
 		explain(err, reason, len);
-		free(s);
-		errno = err;
-		return NULL;
+		return -err;
 	}
-	s->map_fd = bpf_map__fd(s->skel->maps.socks);
+	/* Our own copies, so that the creator and every joiner hold the same
+	 * three descriptors and nothing else: the skeleton goes. */
+	int src[EVST_STEER_NFDS] = {
+		[EVST_FD_PROG] = bpf_program__fd(skel->progs.evsteer_select),
+		[EVST_FD_SOCKS] = bpf_map__fd(skel->maps.socks),
+		[EVST_FD_BSS] = bpf_map__fd(skel->maps.bss),
+	};
+	int i;
+	for (i = 0; i < EVST_STEER_NFDS; i++) {
+		fds[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 3);
+		if (fds[i] < 0)
+			break;
+	}
+	err = i == EVST_STEER_NFDS ? 0 : errno;
+	steer_bpf__destroy(skel);
+	if (err) {
+		while (i-- > 0)
+			close(fds[i]);
+		explain(err, reason, len);
+		return -err;
+	}
+	return 0;
+}
+
+static bool map_is(int fd, enum bpf_map_type type, __u32 value_size,
+		   __u32 max_entries, __u32 *id)
+{
+	struct bpf_map_info info = {0};
+	__u32 il = sizeof(info);
+	if (bpf_obj_get_info_by_fd(fd, &info, &il) < 0)
+		return false;
+	*id = info.id;
+	return info.type == type && info.max_entries == max_entries &&
+	       (!value_size || ((info.value_size + 7) & ~7u) == value_size);
+	/* (the C struct of .bss is padded to 8 bytes, the map value not) */
+}
+
+/* Received descriptors come from another process of ours; still, check
+ * that they are a program of our type using exactly these two maps. */
+static int check_fds(const int fds[EVST_STEER_NFDS])
+{
+	__u32 socks_id, bss_id;
+	if (!map_is(fds[EVST_FD_SOCKS], BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 0,
+		    EVST_MAX_WORKERS, &socks_id) ||
+	    !map_is(fds[EVST_FD_BSS], BPF_MAP_TYPE_ARRAY,
+		    sizeof(struct steer_bpf__bss), 1, &bss_id))
+		return -EPROTO;
+	__u32 ids[8];
+	struct bpf_prog_info info = {0};
+	info.nr_map_ids = 8;
+	info.map_ids = (__u64)(uintptr_t)ids;
+	__u32 il = sizeof(info);
+	if (bpf_obj_get_info_by_fd(fds[EVST_FD_PROG], &info, &il) < 0)
+		return -errno;
+	if (info.type != BPF_PROG_TYPE_SK_REUSEPORT)
+		return -EPROTO;
+	bool s = false, b = false;
+	for (__u32 i = 0; i < info.nr_map_ids && i < 8; i++) {
+		s |= ids[i] == socks_id;
+		b |= ids[i] == bss_id;
+	}
+	return s && b ? 0 : -EPROTO;
+}
+
+struct evst_steer *evst_steer_open(int fds[EVST_STEER_NFDS])
+{
+	int err = check_fds(fds);
+	struct evst_steer *s = err ? NULL : calloc(1, sizeof(*s));
+	if (!s) {
+		err = err ? err : -ENOMEM;
+		goto fail;
+	}
+	long page = sysconf(_SC_PAGESIZE);
+	s->bss_len = (sizeof(struct steer_bpf__bss) + (size_t)page - 1) &
+		     ~((size_t)page - 1);
+	void *p = mmap(NULL, s->bss_len, PROT_READ | PROT_WRITE, MAP_SHARED,
+		       fds[EVST_FD_BSS], 0);
+	if (p == MAP_FAILED) {
+		err = -errno;
+		free(s);
+		goto fail;
+	}
+	s->bss = p;
+	memcpy(s->fds, fds, sizeof(s->fds));
 	return s;
+fail:
+	for (int i = 0; i < EVST_STEER_NFDS; i++)
+		close(fds[i]);
+	errno = -err;
+	return NULL;
+}
+
+const int *evst_steer_fds(const struct evst_steer *s)
+{
+	return s->fds;
 }
 
 int evst_steer_attach(struct evst_steer *s, int fd)
 {
-	int prog = bpf_program__fd(s->skel->progs.evsteer_select);
+	int prog = s->fds[EVST_FD_PROG];
 	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, &prog,
 		       sizeof(prog)) < 0)
 		return -errno;
+	return 0;
+}
+
+int evst_steer_detach(int fd)
+{
+	int dummy = 0;
+	if (setsockopt(fd, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &dummy,
+		       sizeof(dummy)) < 0)
+		return errno == ENOENT ? 0 : -errno;
 	return 0;
 }
 
@@ -82,18 +180,27 @@ int evst_steer_set_slot(struct evst_steer *s, unsigned int slot, int fd)
 	__u32 key = slot;
 	int r;
 	if (fd < 0) {
-		r = bpf_map_delete_elem(s->map_fd, &key);
+		r = bpf_map_delete_elem(s->fds[EVST_FD_SOCKS], &key);
 		/* an entry goes away by itself when its socket closes */
 		return r < 0 && errno != ENOENT ? -errno : 0;
 	}
 	__u64 val = (__u64)fd;
-	r = bpf_map_update_elem(s->map_fd, &key, &val, BPF_ANY);
+	r = bpf_map_update_elem(s->fds[EVST_FD_SOCKS], &key, &val, BPF_ANY);
 	return r < 0 ? -errno : 0;
+}
+
+uint64_t evst_steer_slot_cookie(struct evst_steer *s, unsigned int slot)
+{
+	__u32 key = slot;
+	__u64 cookie = 0;
+	if (bpf_map_lookup_elem(s->fds[EVST_FD_SOCKS], &key, &cookie) < 0)
+		return 0;
+	return cookie;
 }
 
 void evst_steer_view(struct evst_steer *s, struct evst_shared_view *v)
 {
-	struct steer_bpf__bss *b = s->skel->bss;
+	struct steer_bpf__bss *b = s->bss;
 	v->workers = b->workers;
 	v->table = b->table;
 	v->table_len = &b->table_len;
@@ -103,10 +210,12 @@ void evst_steer_view(struct evst_steer *s, struct evst_shared_view *v)
 	v->nslots = &b->nslots;
 }
 
-void evst_steer_destroy(struct evst_steer *s)
+void evst_steer_close(struct evst_steer *s)
 {
 	if (!s)
 		return;
-	steer_bpf__destroy(s->skel);
+	munmap(s->bss, s->bss_len);
+	for (int i = 0; i < EVST_STEER_NFDS; i++)
+		close(s->fds[i]);
 	free(s);
 }

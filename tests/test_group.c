@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <arpa/inet.h>
 #include <netinet/ip.h>
 #include <stdio.h>
@@ -693,6 +694,162 @@ static void test_implicit_group(void **state)
 	event_base_free(base);
 }
 
+/* One address, one group, in-process too: a second evsteer_group_new on
+ * the same port, and implicit REUSEABLE_PORT listeners beside an explicit
+ * group, join the first group's steering instead of replacing its
+ * program (the first group's counters froze before). */
+static void test_one_address_one_group(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
+	EVSTEER_GROUP_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE);
+	struct evsteer_group *g2 = evsteer_group_new(
+		(struct sockaddr *)&f.addr, f.len, 1, EVSTEER_OPT_REUSEABLE, -1, &o);
+	assert_non_null(g2);
+	struct tl_srv s2 = {.close_now = true};
+	s2.lev = evsteer_group_attach(g2, 0, f.w[0].base, tl_srv_accept_cb, &s2);
+	assert_non_null(s2.lev);
+	/* and an implicit listener on the same address */
+	struct tl_srv s3 = {.close_now = true};
+	s3.lev = evsteer_listener_new_bind(f.w[0].base, tl_srv_accept_cb, &s3,
+					   EVSTEER_OPT_REUSEABLE_PORT |
+						   EVSTEER_OPT_CLOSE_ON_FREE,
+					   -1, (struct sockaddr *)&f.addr, f.len,
+					   NULL);
+	assert_non_null(s3.lev);
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_listener_get_path(s3.lev, &p), 0);
+	assert_int_equal(p.steering, EVSTEER_STEER_BPF);
+	assert_int_equal(p.policy, EVSTEER_POLICY_ROUND_ROBIN);
+	/* four workers, one table */
+	assert_int_equal(evsteer_group_global_size(f.g), 4);
+	assert_int_equal(evsteer_group_global_size(g2), 4);
+	assert_int_equal(evsteer_group_size(g2), 1);
+	int c[40];
+	for (int i = 0; i < 40; i++)
+		c[i] = client(&f);
+	struct want w = {&f, 20};
+	(void)w;
+	for (int i = 0; i < 200 && (total(&f) < 20 || s2.n < 10 || s3.n < 10);
+	     i++)
+		tl_loop_for(f.w[0].base, 10);
+	tl_close_n(c, 40);
+	print_message("group 1: %d + %d, group 2: %d, implicit: %d\n",
+		      f.w[0].s.n, f.w[1].s.n, s2.n, s3.n);
+	assert_int_equal(f.w[0].s.n, 10);
+	assert_int_equal(f.w[1].s.n, 10);
+	assert_int_equal(s2.n, 10);
+	assert_int_equal(s3.n, 10);
+	/* each group's stats: its own workers, and the whole group */
+	EVSTEER_WORKER_STATS_OPTS(st);
+	assert_int_equal(evsteer_group_worker_stats(g2, 0, &st), 0);
+	assert_int_equal(st.steered, 10);
+	assert_true(st.mine);
+	assert_int_equal(st.pid, getpid());
+	int mine = 0;
+	for (unsigned int i = 0; i < 4; i++) {
+		assert_int_equal(evsteer_group_global_stats(g2, i, &st), 0);
+		assert_int_equal(st.steered, 10);
+		mine += st.mine;
+	}
+	assert_int_equal(mine, 1);
+	evsteer_listener_free(s3.lev);
+	evsteer_listener_free(s2.lev);
+	evsteer_group_free(g2);
+	assert_int_equal(evsteer_group_global_size(f.g), 2);
+	fx_close(&f);
+}
+
+/* The address's group runs on the kernel hash (made with BPF off): a
+ * second group there that requires BPF is refused, not silently hashed. */
+static void test_require_on_hashed_address(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	fx_open(&f, 1, EVSTEER_POLICY_LEAST_PENDING, -1, EVSTEER_BPF_OFF, false);
+	EVSTEER_GROUP_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE);
+	assert_null(evsteer_group_new((struct sockaddr *)&f.addr, f.len, 1,
+				      EVSTEER_OPT_REUSEABLE, -1, &o));
+	assert_int_equal(errno, EOPNOTSUPP);
+	/* auto joins it, and says it is the kernel hash */
+	EVSTEER_GROUP_OPTS(a);
+	struct evsteer_group *g2 = evsteer_group_new(
+		(struct sockaddr *)&f.addr, f.len, 1, EVSTEER_OPT_REUSEABLE, -1, &a);
+	assert_non_null(g2);
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_group_get_path(g2, &p), 0);
+	assert_int_equal(p.steering, EVSTEER_STEER_KERNEL_HASH);
+	assert_int_equal(evsteer_group_global_size(g2), 2);
+	evsteer_group_free(g2);
+	fx_close(&f);
+}
+
+struct churn {
+	struct evsteer_group *g;
+	struct event_base *base;
+	atomic_bool stop;
+	atomic_int cycles;
+};
+
+/* Workers join and leave at run time while the group's other workers
+ * accept and look at (steal from) their siblings: the interleaving TSan
+ * reported (a slot's shared entry reset while a thief read it). */
+static void *churn_thread(void *arg)
+{
+	struct churn *c = arg;
+	while (!atomic_load(&c->stop)) {
+		int slot = evsteer_group_add_worker(c->g);
+		if (slot < 0)
+			continue;
+		struct tl_srv s = {.close_now = true};
+		s.lev = evsteer_group_attach(c->g, (unsigned)slot, c->base,
+					     tl_srv_accept_cb, &s);
+		(void)evsteer_group_get_fd(c->g, (unsigned)slot);
+		EVSTEER_WORKER_STATS_OPTS(st);
+		evsteer_group_worker_stats(c->g, (unsigned)slot, &st);
+		evsteer_listener_free(s.lev);
+		atomic_fetch_add(&c->cycles, 1);
+	}
+	return NULL;
+}
+
+static void test_churn_while_stealing(void **state)
+{
+	(void)state;
+	need_bpf();
+	struct fx f;
+	/* a tiny stall threshold: every wake-up looks at its siblings */
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 100, EVSTEER_BPF_REQUIRE, true);
+	struct churn ch = {.g = f.g, .base = tl_base()};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, churn_thread, &ch), 0);
+	int served = 0;
+	for (int round = 0; round < 20; round++) {
+		int c[10];
+		for (int i = 0; i < 10; i++)
+			c[i] = client(&f);
+		/* whoever got them: the two attached workers, or a worker
+		 * that left (its queue migrates to these two) */
+		served += 10;
+		for (int i = 0; i < 200 && total(&f) < served; i++) {
+			tl_loop_for(f.w[0].base, 2);
+			tl_loop_for(f.w[1].base, 2);
+		}
+		tl_close_n(c, 10);
+	}
+	atomic_store(&ch.stop, true);
+	pthread_join(t, NULL);
+	print_message("%d join/leave cycles, %d of %d served\n",
+		      atomic_load(&ch.cycles), total(&f), served);
+	assert_true(atomic_load(&ch.cycles) > 0);
+	assert_int_equal(total(&f), served);
+	event_base_free(ch.base);
+	fx_close(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -709,6 +866,9 @@ int main(void)
 		cmocka_unit_test(test_bpf_off_reports),
 		cmocka_unit_test(test_implicit_group),
 		cmocka_unit_test(test_drift_resync),
+		cmocka_unit_test(test_one_address_one_group),
+		cmocka_unit_test(test_require_on_hashed_address),
+		cmocka_unit_test(test_churn_while_stealing),
 	};
 	return tl_run_once("group", tests, sizeof(tests) / sizeof(tests[0]));
 }

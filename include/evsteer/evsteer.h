@@ -119,8 +119,9 @@ struct evsteer_listener_opts {
 	unsigned int backoff_max_ms;
 	/*
 	 * For a listener with EVSTEER_OPT_REUSEABLE_PORT on a TCP address: the
-	 * listeners of this process on the same address form one group (the
-	 * one-base-per-thread pattern); the first one's settings apply.
+	 * listeners on the same address form one group (the one-base-per-thread
+	 * pattern), with those of other processes of the same user too; the
+	 * first member's settings apply.
 	 * bpf: EVSTEER_BPF env when AUTO; policy: EVSTEER_POLICY env
 	 * (least-pending|hash|round-robin|cpu) when 0; stall_us: see groups.
 	 */
@@ -321,6 +322,10 @@ struct evsteer_group_opts {
  * to addr (TCP over IPv4 or IPv6), listen, and set up steering. Connections
  * queue on the sockets until workers attach. flags are applied to every
  * worker's listener; the group owns the sockets (CLOSE_ON_FREE is implied).
+ * When the address is steered already, by another group or REUSEABLE_PORT
+ * listeners of this process or of another process of the same user, the
+ * new workers join that steering (one address, one group; its policy
+ * applies) and the group's own slots are still numbered 0..nworkers-1.
  * Errors: EINVAL, EAFNOSUPPORT, socket/bind errors, and with
  * EVSTEER_BPF_REQUIRE the BPF error (EPERM without CAP_BPF, ENOSYS...).
  */
@@ -347,6 +352,24 @@ EVSTEER_API int evsteer_group_add_worker(struct evsteer_group *g);
  * queues migrate); the group lives on while listeners are attached.
  */
 EVSTEER_API void evsteer_group_free(struct evsteer_group *g);
+
+/*
+ * A graceful leave, e.g. before a restart: no new connection is steered to
+ * this group's workers any more (the other members of the address, in this
+ * process or another, get them all), while they keep accepting what was
+ * already steered to them. Wait until evsteer_group_pending() is 0 (with a
+ * bound: a handshake that never completes counts until the next empty
+ * pass), then free the listeners: nothing is left on their sockets, and
+ * what still arrives there migrates. Retired workers do not come back on
+ * enable. With the kernel's hash (no BPF) there is no table to leave: the
+ * kernel keeps picking these sockets until they close, and what is queued
+ * on them then is reset unless net.ipv4.tcp_migrate_req=1. 0 or -errno.
+ */
+EVSTEER_API int evsteer_group_retire(struct evsteer_group *g);
+/* Connections steered to this group's workers and not yet handed to a
+ * callback (queued on their sockets, or accepted by io_uring and held);
+ * or -errno. */
+EVSTEER_API int evsteer_group_pending(const struct evsteer_group *g);
 
 /* A policy's name ("least-pending", "hash", "round-robin", "cpu"). */
 EVSTEER_API const char *evsteer_policy_name(enum evsteer_policy policy);
@@ -423,6 +446,13 @@ struct evsteer_worker_stats {
 	uint64_t migrated;  /* moved here from a sibling that left */
 	uint64_t heartbeat_age_ns; /* since this worker last made progress */
 	int live;           /* attached, enabled, in the steering table */
+	/* Across processes (evsteer_group_global_stats()): the process that
+	 * owns the slot (its getpid(); 0 when the slot is free), the slot's
+	 * number in the whole group (-1 when free), and whether it is one of
+	 * this group's own workers. */
+	int pid;
+	int global_slot;
+	int mine;
 };
 #define EVSTEER_WORKER_STATS_OPTS(NAME) \
 	struct evsteer_worker_stats NAME = { \
@@ -431,6 +461,21 @@ struct evsteer_worker_stats {
 /* Per-worker counters; cheap (no system call). 0 or -errno. */
 EVSTEER_API int evsteer_group_worker_stats(const struct evsteer_group *g,
 					   unsigned int slot,
+					   struct evsteer_worker_stats *out);
+
+/*
+ * The whole group across processes. Every group and REUSEABLE_PORT
+ * listener on one address, in this process and in any other process of the
+ * same user in the same network namespace, is steered as one group (see
+ * README "Several processes"); its slots are numbered 0..global_size-1
+ * across all of them, and each member's workers take the free ones. Any
+ * member reads any slot's counters (shared memory, no system call); a free
+ * slot reads as zeros with pid 0. With the kernel hash (no BPF) the group
+ * spans this process only.
+ */
+EVSTEER_API unsigned int evsteer_group_global_size(const struct evsteer_group *g);
+EVSTEER_API int evsteer_group_global_stats(const struct evsteer_group *g,
+					   unsigned int global_slot,
 					   struct evsteer_worker_stats *out);
 
 /*

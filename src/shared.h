@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The steering group of one address, shared by every member: the groups
+ * and listeners of this process on the address, and of every other process
+ * of the same user in the same network namespace (rendezvous.h). One
+ * program, one sockarray, one table of slots, whoever created them.
+ *
+ * Slots are global (0..EVST_MAX_WORKERS-1, across processes); each member
+ * claims and releases its own under a robust process-shared mutex in the
+ * control page, so a member killed while holding it cannot wedge the rest.
+ * A member that dies without leaving is found by the others' ticks (its
+ * liveness name is free, or its socket left the sockarray) and its slots
+ * released.
+ *
+ * Without BPF the same code runs on process-local memory: the group then
+ * spans this process only and the kernel's hash steers.
+ */
+#ifndef EVSTEER_SHARED_H
+#define EVSTEER_SHARED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "steer.h"
+
+struct evst_shared;
+
+/* Per-slot counters the workers keep (steered/migrated are the program's). */
+struct evst_slot_counters {
+	uint64_t accepted, stolen, stolen_from;
+};
+
+struct evst_shared_opts {
+	enum evsteer_bpf_mode mode;
+	enum evsteer_policy policy;
+	int stall_us;
+};
+
+/*
+ * The group of the address the listening socket fd is bound to: found in
+ * this process, joined from another process, or created (loading the
+ * program). Without BPF, or where we may not join, a local group on the
+ * kernel hash with the reason. NULL with errno only when BPF is required
+ * and cannot be had, or on ENOMEM.
+ */
+EVST_HIDDEN struct evst_shared *evst_shared_get(int fd,
+						const struct evst_shared_opts *o);
+EVST_HIDDEN void evst_shared_put(struct evst_shared *sh);
+
+/* Claim a free slot for fd (put in the sockarray); the slot or -errno
+ * (ENOSPC; EBUSY when the socket is in the group already). */
+EVST_HIDDEN int evst_shared_claim(struct evst_shared *sh, int fd);
+/* Stop steering to the slot and free it (the socket stays open). */
+EVST_HIDDEN void evst_shared_release(struct evst_shared *sh, unsigned int slot);
+EVST_HIDDEN void evst_shared_set_live(struct evst_shared *sh, unsigned int slot,
+				      bool live);
+EVST_HIDDEN void evst_shared_set_weight(struct evst_shared *sh,
+					unsigned int slot, unsigned int weight);
+EVST_HIDDEN void evst_shared_set_cpu(struct evst_shared *sh, unsigned int cpu,
+				     unsigned int slot);
+EVST_HIDDEN void evst_shared_set_policy(struct evst_shared *sh,
+					unsigned int policy);
+EVST_HIDDEN unsigned int evst_shared_policy(const struct evst_shared *sh);
+EVST_HIDDEN uint64_t evst_shared_stall_ns(const struct evst_shared *sh);
+
+/* Our program steers right now (loaded or joined, and not stood down
+ * for a foreign listener on the port). */
+EVST_HIDDEN bool evst_shared_bpf(const struct evst_shared *sh);
+/* Why not, when not: a sentence valid while sh lives. */
+EVST_HIDDEN const char *evst_shared_reason(const struct evst_shared *sh);
+
+EVST_HIDDEN struct evst_worker *evst_shared_worker(struct evst_shared *sh,
+						   unsigned int slot);
+EVST_HIDDEN struct evst_slot_counters *
+evst_shared_counters(struct evst_shared *sh, unsigned int slot);
+/* Highest slot in use anywhere + 1. */
+EVST_HIDDEN unsigned int evst_shared_nslots(const struct evst_shared *sh);
+/* Who owns a slot: its process id, 0 when free. */
+EVST_HIDDEN uint32_t evst_shared_slot_pid(const struct evst_shared *sh,
+					  unsigned int slot);
+
+/* shared state helpers used by the accounting (group.c) */
+EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);
+/* The worker itself moved: its heartbeat, and it is no longer stalled. */
+EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
+
+#endif
