@@ -61,6 +61,7 @@ struct uring_engine {
 	bool backing_off;
 	bool ended;       /* the kernel ended the multishot (not our cancel) */
 	bool probing;     /* after a failure: one accept until one succeeds */
+	bool orphaned;    /* the thread that armed them exited: re-arm all */
 	int err;          /* an accept error for ready() to report */
 	unsigned long gen; /* the ring's wake-up the count below belongs to */
 	unsigned int done; /* delivered in that wake-up (the accept cap) */
@@ -258,10 +259,21 @@ static void accept_result(struct uring_engine *e, int res,
 	if (res == -ENFILE && e->lev->direct_table)
 		/* the table is full and the kernel closed that connection */
 		evst_count(e->lev, table_full);
-	if (res != -ECANCELED || !e->cancel_sent) {
-		e->err = -res;
-		e->probing = true;
+	if (res == -ECANCELED) {
+		/* ours, or the kernel's: the thread that armed it exited, and
+		 * another thread runs the loop now. Then the others it armed
+		 * are dead too (each would cost a connection's wake-up): the
+		 * loop thread cancels them all and arms afresh; no error. */
+		if (!e->cancel_sent && !e->orphaned) {
+			evst_debug("listener fd %d: accept cancelled by the kernel "
+				   "(the thread that armed it exited): re-arming",
+				   e->lev->fd);
+			e->orphaned = true;
+		}
+		return;
 	}
+	e->err = -res;
+	e->probing = true;
 }
 
 static struct evst_uop *multishot_complete(struct evst_uop *op,
@@ -351,8 +363,15 @@ static void deliver_held(struct uring_engine *e)
 		evst_count(lev, capped_wakeups);
 		evst_ring_mark_later(e->r, &e->op); /* yield, then more */
 	}
-	if (lev->ws && !e->count && e->armed && !e->cancel_sent)
-		evst_ws_empty(lev->ws, now);
+	if (lev->ws && !e->count) {
+		/* with accepts armed the socket is empty: resync; either way
+		 * the loop runs, which a worker siblings stole from must show
+		 * (its first pass arms, so nothing can be said of the queue) */
+		if (e->armed && !e->cancel_sent)
+			evst_ws_empty(lev->ws, now);
+		else
+			evst_made_progress(lev->ws, now);
+	}
 	evst_ring_unlock(e->r);
 }
 
@@ -379,7 +398,14 @@ static void accept_ready(struct evst_uop *op)
 		e->backing_off = true;
 		evtimer_add(e->timer, &tv);
 	}
+	if (e->orphaned) {
+		if (e->armed)
+			cancel(e); /* from this thread; they end with ECANCELED */
+		else
+			e->orphaned = false;
+	}
 	if (active && e->want && !e->cancel_sent && !e->backing_off &&
+	    !e->orphaned &&
 	    (!e->armed || (!e->multishot && e->armed <= ACCEPT_REFILL)))
 		arm(e);
 	evst_ring_unlock(e->r);
@@ -610,6 +636,9 @@ static void uring_destroy(struct evsteer_listener *lev)
 	lev->engine = NULL;
 }
 
+static unsigned int adopt_slots(struct uring_engine *e,
+				const struct evst_conn *c, unsigned int n);
+
 /* ---- a direct worker takes a stalled sibling's queue into its table */
 
 struct steal_op {
@@ -644,12 +673,38 @@ static struct evst_uop *steal_complete(struct evst_uop *op,
  * nothing stays armed on the sibling's socket), submitted now and reaped
  * now, under the group's lock: the socket cannot close in between.
  */
-static int uring_steal_from(struct evsteer_listener *lev, int sock_fd,
+static int uring_steal_from(struct evsteer_listener *lev,
+			    struct evsteer_listener *victim, int sock_fd,
 			    unsigned int max)
 {
 	struct uring_engine *e = engine_of(lev);
 	if (!lev->direct_table || e->no_dontwait)
 		return -1;
+	int took = 0;
+	/*
+	 * First what the sibling's ring already accepted (its loop stalled
+	 * with completions not yet delivered): those slots are sent into our
+	 * table, as when a worker leaves.
+	 */
+	if (victim && victim->direct_table && victim->ops == lev->ops) {
+		struct uring_engine *ve = engine_of(victim);
+		struct evst_conn c[16];
+		evst_ring_lock(ve->r);
+		evst_ring_reap(ve->r, 0);
+		unsigned int k = held_pop(ve, c, max < 16 ? max : 16);
+		evst_ring_unlock(ve->r);
+		for (unsigned int i = 0; i < k; i++)
+			c[i].ring = ve->r;
+		unsigned int sent = adopt_slots(e, c, k);
+		if (sent < k) {
+			/* not sent: still the sibling's, delivered by it */
+			evst_ring_lock(ve->r);
+			held_push_front(ve, c + sent, k - sent);
+			evst_ring_unlock(ve->r);
+		}
+		took += (int)sent;
+		max -= sent;
+	}
 	evst_ring_lock(e->r);
 	unsigned int before = e->stolen_now, n = 0;
 	for (; n < max; n++) {
@@ -675,9 +730,19 @@ static int uring_steal_from(struct evsteer_listener *lev, int sock_fd,
 		evst_ring_reap(e->r, 0);
 	for (int i = 0; e->steals_in && i < 1000; i++)
 		evst_ring_reap(e->r, 1000);
-	int took = (int)(e->stolen_now - before);
+	took += (int)(e->stolen_now - before);
 	evst_ring_unlock(e->r);
 	return took;
+}
+
+/* A sibling stole from this listener: run its loop, so that if it was
+ * only late it shows progress now (an empty pass clears `stalled`). */
+static void uring_poke(struct evsteer_listener *lev)
+{
+	struct uring_engine *e = engine_of(lev);
+	evst_ring_lock(e->r);
+	evst_ring_mark_ready(e->r, &e->op);
+	evst_ring_unlock(e->r);
 }
 
 /* A leaving direct sibling's slots: sent into this ring's table. */
@@ -760,7 +825,7 @@ static int uring_steal(struct evsteer_listener *lev)
 	.init = uring_init, .enable = uring_enable, .disable = uring_disable,  \
 	.quiesce = uring_quiesce, .destroy = uring_destroy,                    \
 	.steal = uring_steal, .adopt = uring_adopt,                            \
-	.steal_from = uring_steal_from
+	.steal_from = uring_steal_from, .poke = uring_poke
 
 const struct evst_engine_ops evst_uring_engine = {
 	.kind = EVSTEER_ENGINE_URING,

@@ -660,12 +660,16 @@ static void member_steal(struct evsteer_listener *lev)
 			struct evst_slot *s = &g->slots[i];
 			int n = -1;
 			uint64_t want = ws_pending(w);
+			struct evsteer_listener *victim =
+				s->lev && s->lev != EVST_SLOT_CLAIMED ? s->lev : NULL;
 			if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
 			    want && lev->ops->steal_from)
 				n = lev->ops->steal_from(
-					lev, s->fd,
+					lev, victim, s->fd,
 					want < (uint64_t)budget ? (unsigned)want :
 								  (unsigned)budget);
+			if (n > 0 && victim && victim->ops->poke)
+				victim->ops->poke(victim);
 			if (n > 0) {
 				__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
 				__atomic_store_n(&w->stalled, 1, __ATOMIC_RELAXED);
@@ -682,6 +686,7 @@ static void member_steal(struct evsteer_listener *lev)
 			pthread_mutex_unlock(&g->lock);
 			continue;
 		}
+		bool poked = false;
 		while (budget > 0) {
 			struct sockaddr_storage ss;
 			socklen_t len = sizeof(ss);
@@ -727,9 +732,17 @@ static void member_steal(struct evsteer_listener *lev)
 							 __ATOMIC_RELAXED);
 				}
 			}
-			if (fd >= 0)
+			if (fd >= 0) {
 				__atomic_fetch_add(&counters(g, lev->slot)->stolen,
 						   1, __ATOMIC_RELAXED);
+				/* once a pass: if the sibling was only late,
+				 * its loop shows progress now */
+				if (!poked && s->lev && s->lev != EVST_SLOT_CLAIMED &&
+				    s->lev->ops->poke) {
+					s->lev->ops->poke(s->lev);
+					poked = true;
+				}
+			}
 			pthread_mutex_unlock(&g->lock);
 			if (fd < 0)
 				break;

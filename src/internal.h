@@ -66,13 +66,22 @@ struct evst_engine_ops {
 	unsigned int (*adopt)(struct evsteer_listener *lev,
 			      const struct evst_conn *c, unsigned int n);
 	/*
-	 * Optional, the loop thread of lev, the group's lock held: accept up
-	 * to max connections from a stalled sibling's listening socket into
-	 * lev's own delivery (a direct listener: into its own table). Returns
-	 * how many it took, or -1 when it cannot.
+	 * Optional, the loop thread of lev, the group's lock held: take up
+	 * to max connections from a stalled sibling (victim, when it is a
+	 * listener of this process: what its ring already accepted) and from
+	 * its listening socket into lev's own delivery (a direct listener:
+	 * into its own table). Returns how many it took, or -1 when it cannot.
 	 */
-	int (*steal_from)(struct evsteer_listener *lev, int sock_fd,
+	int (*steal_from)(struct evsteer_listener *lev,
+			  struct evsteer_listener *victim, int sock_fd,
 			  unsigned int max);
+	/*
+	 * Optional, any thread, the group's lock held, lev live: have lev's
+	 * loop run soon. A worker its siblings stole from is kept out of the
+	 * steering until it shows progress itself; if it was only late, the
+	 * poke lets it show that at once instead of after the probe interval.
+	 */
+	void (*poke)(struct evsteer_listener *lev);
 };
 
 struct evst_counters {
@@ -277,6 +286,8 @@ EVST_HIDDEN const char *evst_policy_name(unsigned int p);
 EVST_HIDDEN uint64_t evst_now_ns(void);
 /* The socket was found empty: pending resynced, progress made. */
 EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
+/* The worker's loop ran: its heartbeat, and it is no longer stalled. */
+EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
 /* A group of existing listening sockets (socket activation); it owns them
  * once made. NULL with errno, the sockets left open, on failure. */
 EVST_HIDDEN struct evsteer_group *

@@ -457,15 +457,22 @@ static void run_loop_work(struct evsteer_uring *r)
 	}
 	eventfd_quiet(r, true);
 	for (int round = 0;; round++) {
+		bool tw_before = taskrun_pending(r);
 		flush(r);
 		evst_ring_reap(r, 0);
 		if (!r->ready_head) {
 			/* Nothing to do: let the kernel signal again, then
 			 * look once more for what came in while it could
-			 * not (the signal for it was suppressed). */
+			 * not (the signal for it was suppressed). Task work
+			 * still flagged right after the flush ran ours is
+			 * another task's (one that armed requests and
+			 * exited, say): no reason to go round again, and the
+			 * rounds are bounded whatever the flag says. */
 			eventfd_quiet(r, false);
-			if (!io_uring_cq_ready(&r->ring) && !taskrun_pending(r) &&
-			    !io_uring_sq_ready(&r->ring) && !r->nstaged)
+			bool tw = taskrun_pending(r) && !tw_before;
+			if ((!io_uring_cq_ready(&r->ring) && !tw &&
+			     !io_uring_sq_ready(&r->ring) && !r->nstaged) ||
+			    round >= MAX_ROUNDS)
 				break;
 			eventfd_quiet(r, true);
 			continue;

@@ -548,6 +548,53 @@ static void test_lone_listener_counts(void **state)
 	assert_int_equal(tl_count_fds(), fds_before);
 }
 
+/*
+ * The thread that armed a listener's accepts exits and another thread runs
+ * the base from then on (a thread pool, say): the kernel cancels requests
+ * of an exiting thread, and the engine re-arms from the new loop thread,
+ * without reporting an error and without losing the connections.
+ */
+static void *one_pass(void *arg)
+{
+	event_base_loop(arg, EVLOOP_NONBLOCK);
+	return NULL;
+}
+
+static void count_errors(struct evsteer_listener *lev, void *arg)
+{
+	(void)lev;
+	(void)arg;
+	fail_msg("error callback: %s", strerror(errno));
+}
+
+static void test_loop_thread_exits(void **state)
+{
+	(void)state;
+	need_uring();
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct worker w = {.base = base, .want = 5};
+	EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING,
+			      .bpf = EVSTEER_BPF_OFF);
+	w.lev = evsteer_listener_new_bind(base, reply_cb, &w,
+					  EVSTEER_OPT_CLOSE_ON_FREE, -1,
+					  (struct sockaddr *)&ss, len, &o);
+	assert_non_null(w.lev);
+	evsteer_listener_set_error_cb(w.lev, count_errors);
+	len = tl_sockname(evsteer_listener_get_fd(w.lev), &ss);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, one_pass, base), 0);
+	pthread_join(t, NULL); /* armed there; that thread is gone */
+	int c[5];
+	for (int i = 0; i < 5; i++)
+		c[i] = client(&ss, len);
+	assert_true(tl_loop_until_fn(base, served_reached, &w));
+	assert_int_equal(check_replies(c, 5, "uring"), 0);
+	evsteer_listener_free(w.lev);
+	event_base_free(base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -557,6 +604,7 @@ int main(void)
 		cmocka_unit_test(test_churn),
 		cmocka_unit_test(test_churn_lone),
 		cmocka_unit_test(test_lone_listener_counts),
+		cmocka_unit_test(test_loop_thread_exits),
 	};
 	return tl_run_once("drain", tests, sizeof(tests) / sizeof(tests[0]));
 }
