@@ -712,6 +712,55 @@ def case_safety():
     print("core missing: same answers as libevent; " + lines[0])
 
 
+# ---- prefork ----------------------------------------------------------------
+
+def case_prefork():
+    """Two processes of an unmodified libevent server (the benchmark
+    server's libevent build: evconnlistener_new_bind with
+    LEV_OPT_REUSEABLE_PORT, one base per thread) on one port under
+    evsteer-run --group: one steering group across both processes, every
+    listener on the BPF path, each process its share, all served."""
+    need("bench", A.server and os.path.exists(A.server),
+         "the benchmark server is not built (needs liburing)")
+    port = free_port()
+    env = shim_env()
+    cmd = [A.run, "--log", "info", "--group", str(port), "--",
+           A.server, "--impl", "libevent", "--workers", "2",
+           "--port", str(port)]
+    procs = []
+    try:
+        for _ in range(2):
+            s = Server(cmd, env)
+            s.wait_for(r"^ready %d$" % port)
+            s.wait_count(r"evsteer: info: listener 127\.0\.0\.1:%d .*path " % port, 2)
+            procs.append(s)
+        paths = [m.group(1) for s in procs for m in
+                 s.wait_count(r"listener 127\.0\.0\.1:%d .*path (\S+)" % port, 2)]
+        bpf = all(p.startswith("bpf+") for p in paths)
+        need("bpf", bpf, "the listeners are not steered by BPF: "
+             + "; ".join(listener_lines("\n".join(procs[0].err))))
+        r = run([A.load, "closed", "--port", str(port), "--threads", "2",
+                 "--max", "1000", "--seconds", "30"], base_env())
+        check(r.returncode == 0, f"load: {r}")
+        made = json.loads(r.stdout.strip().splitlines()[-1])
+        check(made["errors"] == 0, f"load errors: {made}")
+        got = []
+        for s in procs:
+            check(s.stop() == 0, "server exit:\n" + s.text())
+            out = [l for l in s.out if l.startswith("{")]
+            got.append(json.loads(out[-1])["accepted"])
+        procs = []
+        print(f"prefork: {made['connections']} connections, per process {got}; "
+              f"paths {paths}")
+        check(sum(got) == made["connections"],
+              f"served {sum(got)} of {made['connections']}")
+        check(min(got) >= made["connections"] // 4,
+              f"one process got {min(got)} of {made['connections']}: not one group")
+    finally:
+        for s in procs:
+            s.kill()
+
+
 def main():
     global A, TMP
     ap = argparse.ArgumentParser()
@@ -722,8 +771,11 @@ def main():
     ap.add_argument("--compat")
     ap.add_argument("--fake")
     ap.add_argument("--local")
+    ap.add_argument("--server")
+    ap.add_argument("--load")
     A = ap.parse_args()
-    for k in ("run", "preload", "http", "compat", "fake", "local"):
+    for k in ("run", "preload", "http", "compat", "fake", "local", "server",
+              "load"):
         if getattr(A, k):
             setattr(A, k, os.path.abspath(getattr(A, k)))
     case = globals().get("case_" + A.case)
