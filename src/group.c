@@ -245,6 +245,34 @@ static int bind_worker_socket(const struct sockaddr *sa, socklen_t len,
 	return fd;
 }
 
+/*
+ * What a group's options (validated by the caller) mean for its workers'
+ * listeners and for the address's steering, environment included: the
+ * same for evsteer_group_new() and evsteer_group_from_fds().
+ */
+static void group_opts_read(const struct evsteer_group_opts *opts,
+			    struct evsteer_listener_opts *lo,
+			    struct evst_shared_opts *so)
+{
+	*lo = (struct evsteer_listener_opts){
+		.sz = sizeof(*lo),
+		.max_accepts_per_wakeup = EVST_OPT(opts, struct evsteer_group_opts,
+						   max_accepts_per_wakeup, 0),
+		.backoff_max_ms = EVST_OPT(opts, struct evsteer_group_opts,
+					   backoff_max_ms, 0),
+		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
+				   EVSTEER_ACCEPT_AUTO),
+	};
+	*so = (struct evst_shared_opts){
+		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_group_opts,
+					      bpf, EVSTEER_BPF_AUTO)),
+		.policy = env_policy(EVST_OPT(opts, struct evsteer_group_opts,
+					      policy, EVSTEER_POLICY_LEAST_PENDING)),
+		.stall_us = env_stall_us(
+			EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0)),
+	};
+}
+
 struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 					socklen_t len, unsigned int nworkers,
 					unsigned int flags, int backlog,
@@ -274,23 +302,9 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 		errno = EINVAL;
 		return NULL;
 	}
-	struct evsteer_listener_opts lo = {
-		.sz = sizeof(lo),
-		.max_accepts_per_wakeup = EVST_OPT(opts, struct evsteer_group_opts,
-						   max_accepts_per_wakeup, 0),
-		.backoff_max_ms = EVST_OPT(opts, struct evsteer_group_opts,
-					   backoff_max_ms, 0),
-		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
-				   EVSTEER_ACCEPT_AUTO),
-	};
-	struct evst_shared_opts so = {
-		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_group_opts,
-					      bpf, EVSTEER_BPF_AUTO)),
-		.policy = EVST_OPT(opts, struct evsteer_group_opts, policy,
-				   EVSTEER_POLICY_LEAST_PENDING),
-		.stall_us = env_stall_us(
-			EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0)),
-	};
+	struct evsteer_listener_opts lo;
+	struct evst_shared_opts so;
+	group_opts_read(opts, &lo, &so);
 	const char *bad = evst_enum_opts_check(
 		EVST_OPT(opts, struct evsteer_group_opts, bpf, 0),
 		EVST_OPT(opts, struct evsteer_group_opts, policy, 0),
@@ -1029,23 +1043,9 @@ struct evsteer_group *evst_group_adopt(const int *fds, unsigned int n,
 				       unsigned int flags,
 				       const struct evsteer_group_opts *opts)
 {
-	struct evsteer_listener_opts lo = {
-		.sz = sizeof(lo),
-		.max_accepts_per_wakeup = EVST_OPT(opts, struct evsteer_group_opts,
-						   max_accepts_per_wakeup, 0),
-		.backoff_max_ms = EVST_OPT(opts, struct evsteer_group_opts,
-					   backoff_max_ms, 0),
-		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
-				   EVSTEER_ACCEPT_AUTO),
-	};
-	struct evst_shared_opts so = {
-		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_group_opts,
-					      bpf, EVSTEER_BPF_AUTO)),
-		.policy = env_policy(EVST_OPT(opts, struct evsteer_group_opts,
-					      policy, EVSTEER_POLICY_LEAST_PENDING)),
-		.stall_us = env_stall_us(
-			EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0)),
-	};
+	struct evsteer_listener_opts lo;
+	struct evst_shared_opts so;
+	group_opts_read(opts, &lo, &so);
 	struct evsteer_group *g =
 		group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
 	if (!g)

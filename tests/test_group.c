@@ -635,6 +635,34 @@ static void test_drain_without_bpf_resets(void **state)
 }
 
 /* With BPF off the group still works, on the kernel's hash, and says so. */
+/* The group options read the environment as the listener options do:
+ * EVSTEER_POLICY when the policy is 0, for evsteer_group_new() too. An
+ * explicit policy wins. */
+static void test_env_policy(void **state)
+{
+	(void)state;
+	setenv("EVSTEER_POLICY", "round-robin", 1);
+	struct sockaddr_storage a;
+	socklen_t len = tl_addr_loopback(AF_INET, &a);
+	EVSTEER_GROUP_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE);
+	struct evsteer_group *g = evsteer_group_new((struct sockaddr *)&a, len,
+						    2, 0, -1, &o);
+	assert_non_null(g);
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_group_get_path(g, &p), 0);
+	assert_int_equal(p.policy, EVSTEER_POLICY_ROUND_ROBIN);
+	evsteer_group_free(g);
+
+	EVSTEER_GROUP_OPTS(h, .bpf = EVSTEER_BPF_REQUIRE,
+			   .policy = EVSTEER_POLICY_HASH);
+	g = evsteer_group_new((struct sockaddr *)&a, len, 2, 0, -1, &h);
+	assert_non_null(g);
+	assert_int_equal(evsteer_group_get_path(g, &p), 0);
+	assert_int_equal(p.policy, EVSTEER_POLICY_HASH);
+	evsteer_group_free(g);
+	unsetenv("EVSTEER_POLICY");
+}
+
 static void test_bpf_off_reports(void **state)
 {
 	(void)state;
@@ -952,6 +980,7 @@ int main(void)
 		cmocka_unit_test(test_drain_zero_resets),
 		cmocka_unit_test(test_drain_without_bpf_resets),
 		cmocka_unit_test(test_bpf_off_reports),
+		cmocka_unit_test(test_env_policy),
 		cmocka_unit_test(test_implicit_group),
 		cmocka_unit_test(test_drift_resync),
 		cmocka_unit_test(test_one_address_one_group),

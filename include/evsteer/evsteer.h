@@ -300,10 +300,13 @@ struct evsteer_group;
 
 struct evsteer_group_opts {
 	size_t sz;
+	/* EVSTEER_POLICY env (least-pending|hash|round-robin|cpu) when 0 */
 	enum evsteer_policy policy;
+	/* EVSTEER_BPF env (auto|off|require) when AUTO */
 	enum evsteer_bpf_mode bpf;
 	/* A worker with pending connections and no progress for this long is
-	 * stalled. 0: 2000 us; < 0: stall detection off. */
+	 * stalled. 0: EVSTEER_STALL_US env, else 2000 us; < 0: stall
+	 * detection off. */
 	int stall_us;
 	/* Passed to each worker's listener (see evsteer_listener_opts). */
 	unsigned int max_accepts_per_wakeup;
