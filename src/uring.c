@@ -554,8 +554,12 @@ static int ring_init(struct evsteer_uring *r)
 		 * enters the kernel (it is woken if asleep) instead of by IPI;
 		 * measured ~8% more connections/s here. Safe because only the
 		 * loop thread arms long-lived requests. Not DEFER_TASKRUN: its
-		 * SINGLE_ISSUER would refuse the cancels that disable/free
-		 * submit from other threads.
+		 * SINGLE_ISSUER refuses other threads' submissions and
+		 * registrations (EEXIST), IORING_REGISTER_SYNC_CANCEL from
+		 * disable/free included; and from an epoll loop it still costs
+		 * two system calls a wake-up (epoll_wait, then io_uring_enter
+		 * to run the accepts) where COOP_TASKRUN costs an EINTR'd
+		 * epoll_wait and a second one (bench/probe_taskrun.c).
 		 */
 		.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP |
 			 IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
