@@ -647,20 +647,23 @@ static void test_env_policy(void **state)
 	EVSTEER_GROUP_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE);
 	struct evsteer_group *g = evsteer_group_new((struct sockaddr *)&a, len,
 						    2, 0, -1, &o);
+	/* read at creation: unset before any assert can leave it behind */
+	unsetenv("EVSTEER_POLICY");
 	assert_non_null(g);
 	EVSTEER_PATH_OPTS(p);
 	assert_int_equal(evsteer_group_get_path(g, &p), 0);
 	assert_int_equal(p.policy, EVSTEER_POLICY_ROUND_ROBIN);
 	evsteer_group_free(g);
 
+	setenv("EVSTEER_POLICY", "round-robin", 1);
 	EVSTEER_GROUP_OPTS(h, .bpf = EVSTEER_BPF_REQUIRE,
 			   .policy = EVSTEER_POLICY_HASH);
 	g = evsteer_group_new((struct sockaddr *)&a, len, 2, 0, -1, &h);
+	unsetenv("EVSTEER_POLICY");
 	assert_non_null(g);
 	assert_int_equal(evsteer_group_get_path(g, &p), 0);
 	assert_int_equal(p.policy, EVSTEER_POLICY_HASH);
 	evsteer_group_free(g);
-	unsetenv("EVSTEER_POLICY");
 }
 
 static void test_bpf_off_reports(void **state)
