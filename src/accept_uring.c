@@ -86,6 +86,16 @@ static inline struct uring_engine *engine_of(struct evsteer_listener *lev)
 	return lev->engine;
 }
 
+/* Ring lock held: close an accepted connection that will not be
+ * delivered (a direct slot of this ring, or an fd). */
+static void conn_close(struct uring_engine *e, int fd)
+{
+	if (e->lev->direct_table)
+		evst_ring_close_slot(e->r, fd);
+	else
+		close(fd);
+}
+
 /* Ring lock held. */
 static int held_grow(struct uring_engine *e)
 {
@@ -108,10 +118,7 @@ static void held_push(struct uring_engine *e, int fd,
 		      const struct sockaddr_storage *ss, socklen_t len)
 {
 	if (e->count == e->cap && held_grow(e) < 0) {
-		if (e->lev->direct_table)
-			evst_ring_close_slot(e->r, fd);
-		else
-			close(fd);
+		conn_close(e, fd);
 		evst_count(e->lev, accept_errors);
 		return;
 	}
@@ -147,10 +154,7 @@ static void held_push_front(struct uring_engine *e, const struct evst_conn *c,
 		;
 	for (unsigned int i = k; i-- > 0;) {
 		if (e->count == e->cap) {
-			if (e->lev->direct_table)
-				evst_ring_close_slot(e->r, c[i].fd);
-			else
-				close(c[i].fd);
+			conn_close(e, c[i].fd);
 			evst_count(e->lev, accept_errors);
 			continue;
 		}
@@ -614,19 +618,13 @@ static void uring_destroy(struct evsteer_listener *lev)
 
 	evst_ring_lock(r);
 	for (unsigned int i = given; left && i < n; i++) {
-		if (lev->direct_table)
-			evst_ring_close_slot(r, left[i].fd);
-		else
-			close(left[i].fd);
+		conn_close(e, left[i].fd);
 		evst_count(lev, closed_on_free);
 	}
 	while (e->count) { /* no memory for the list above */
 		struct evst_conn c;
 		held_pop(e, &c, 1);
-		if (lev->direct_table)
-			evst_ring_close_slot(r, c.fd);
-		else
-			close(c.fd);
+		conn_close(e, c.fd);
 		evst_count(lev, closed_on_free);
 	}
 	free(left);
