@@ -343,15 +343,9 @@ static void deliver_held(struct uring_engine *e)
 				break;
 			continue;
 		}
-		if (!c->len) {
-			/* multishot accept shares one address buffer between
-			 * completions, so ask the socket itself */
-			c->len = sizeof(c->ss);
-			if (getpeername(c->fd, (struct sockaddr *)&c->ss, &c->len) < 0) {
-				close(c->fd); /* reset before we got to it */
-				continue;
-			}
-		}
+		/* an fd listener's connections all carry the address their
+		 * single-shot accept filled in (slot_complete; adopted ones
+		 * come from a sibling's) */
 		if (!evst_deliver(lev, c->fd, (struct sockaddr *)&c->ss, c->len))
 			break;
 	}

@@ -15,7 +15,7 @@ struct evsteer_uring;
 /* An accepted connection not yet delivered. */
 struct evst_conn {
 	int fd;        /* or a direct slot of `ring` */
-	socklen_t len; /* 0: no address known (direct, or ask the socket) */
+	socklen_t len; /* 0: no address (a direct slot) */
 	struct evsteer_uring *ring; /* direct: the ring whose slot fd is */
 	struct sockaddr_storage ss;
 };
