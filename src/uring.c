@@ -141,23 +141,14 @@ static void unstage_all(struct evsteer_uring *r)
 	r->nstaged = 0;
 }
 
-struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r)
+/* Ring lock held, loop thread: no room for n more staged SQEs: submit
+ * what is staged now rather than wait for the end of the round. */
+static void stage_make_room(struct evsteer_uring *r, unsigned int n)
 {
-	if (deferring(r)) {
-		if (r->nstaged == STAGE_MAX) {
-			unstage_all(r);
-			io_uring_submit(&r->ring);
-		}
-		struct io_uring_sqe *sqe = &r->stage[r->nstaged++];
-		memset(sqe, 0, sizeof(*sqe));
-		return sqe;
-	}
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
-	if (!sqe) {
+	if (r->nstaged + n > STAGE_MAX) {
+		unstage_all(r);
 		io_uring_submit(&r->ring);
-		sqe = io_uring_get_sqe(&r->ring);
 	}
-	return sqe;
 }
 
 struct io_uring_sqe *evst_ring_sqe_now(struct evsteer_uring *r)
@@ -170,6 +161,16 @@ struct io_uring_sqe *evst_ring_sqe_now(struct evsteer_uring *r)
 	return sqe;
 }
 
+struct io_uring_sqe *evst_ring_sqe(struct evsteer_uring *r)
+{
+	if (!deferring(r))
+		return evst_ring_sqe_now(r);
+	stage_make_room(r, 1);
+	struct io_uring_sqe *sqe = &r->stage[r->nstaged++];
+	memset(sqe, 0, sizeof(*sqe));
+	return sqe;
+}
+
 int evst_ring_submit_now(struct evsteer_uring *r)
 {
 	int n = io_uring_submit(&r->ring);
@@ -179,10 +180,7 @@ int evst_ring_submit_now(struct evsteer_uring *r)
 void evst_ring_reserve(struct evsteer_uring *r, unsigned int n)
 {
 	if (deferring(r)) {
-		if (r->nstaged + n > STAGE_MAX) {
-			unstage_all(r);
-			io_uring_submit(&r->ring);
-		}
+		stage_make_room(r, n);
 	} else if (io_uring_sq_space_left(&r->ring) < n) {
 		io_uring_submit(&r->ring);
 	}
@@ -222,14 +220,9 @@ static int cancel_req(struct evsteer_uring *r, uint64_t user_data, int flags)
 	return err == -ENOENT || err == -EALREADY ? 0 : err;
 }
 
-int evst_ring_cancel(struct evsteer_uring *r, uint64_t user_data)
-{
-	if (evst_ring_unstage(r, user_data))
-		return 1;
-	return cancel_req(r, user_data, 0);
-}
-
-bool evst_ring_unstage(struct evsteer_uring *r, uint64_t user_data)
+/* Ring lock held, any thread: drop a staged, not yet submitted, unlinked
+ * request; true if it was there (it will never complete). */
+static bool unstage_one(struct evsteer_uring *r, uint64_t user_data)
 {
 	for (unsigned int i = 0; i < r->nstaged; i++) {
 		if (r->stage[i].user_data == user_data) {
@@ -241,6 +234,14 @@ bool evst_ring_unstage(struct evsteer_uring *r, uint64_t user_data)
 	}
 	return false;
 }
+
+int evst_ring_cancel(struct evsteer_uring *r, uint64_t user_data)
+{
+	if (unstage_one(r, user_data))
+		return 1;
+	return cancel_req(r, user_data, 0);
+}
+
 int evst_ring_submit(struct evsteer_uring *r, int long_lived)
 {
 	if (!deferring(r)) {

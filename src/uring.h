@@ -66,9 +66,6 @@ EVST_HIDDEN int evst_ring_submit_now(struct evsteer_uring *r);
 /* Ring lock held: the next n evst_ring_sqe() come without a submission in
  * between (a linked chain). */
 EVST_HIDDEN void evst_ring_reserve(struct evsteer_uring *r, unsigned int n);
-/* Ring lock held, any thread: drop a staged, not yet submitted, unlinked
- * request; true if it was there (it will never complete). */
-EVST_HIDDEN bool evst_ring_unstage(struct evsteer_uring *r, uint64_t user_data);
 /*
  * Ring lock held, any thread: cancel the request with user_data. 1: it was
  * staged and is dropped (no completion will come); 0: cancelled, its
