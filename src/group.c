@@ -245,6 +245,19 @@ static int bind_worker_socket(const struct sockaddr *sa, socklen_t len,
 	return fd;
 }
 
+/* The address's steering as options ask for it, the environment filling
+ * in what they leave at 0: groups and REUSEABLE_PORT listeners alike. */
+static struct evst_shared_opts shared_opts(enum evsteer_bpf_mode bpf,
+					   enum evsteer_policy policy,
+					   int stall_us)
+{
+	return (struct evst_shared_opts){
+		.mode = env_bpf_mode(bpf),
+		.policy = env_policy(policy),
+		.stall_us = env_stall_us(stall_us),
+	};
+}
+
 /*
  * What a group's options (validated by the caller) mean for its workers'
  * listeners and for the address's steering, environment included: the
@@ -263,14 +276,11 @@ static void group_opts_read(const struct evsteer_group_opts *opts,
 		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
 				   EVSTEER_ACCEPT_AUTO),
 	};
-	*so = (struct evst_shared_opts){
-		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_group_opts,
-					      bpf, EVSTEER_BPF_AUTO)),
-		.policy = env_policy(EVST_OPT(opts, struct evsteer_group_opts,
-					      policy, EVSTEER_POLICY_LEAST_PENDING)),
-		.stall_us = env_stall_us(
-			EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0)),
-	};
+	*so = shared_opts(
+		EVST_OPT(opts, struct evsteer_group_opts, bpf, EVSTEER_BPF_AUTO),
+		EVST_OPT(opts, struct evsteer_group_opts, policy,
+			 EVSTEER_POLICY_LEAST_PENDING),
+		EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0));
 }
 
 struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
@@ -405,6 +415,19 @@ struct evsteer_listener *evsteer_group_attach(struct evsteer_group *g,
 	return lev;
 }
 
+/* registry_lock held: the implicit group of this address, with a
+ * reference taken, or NULL. */
+static struct evsteer_group *registry_ref(const struct sockaddr_storage *ss,
+					  socklen_t len)
+{
+	for (struct evsteer_group *g = registry; g; g = g->next)
+		if (g->addrlen == len && !memcmp(&g->addr, ss, len)) {
+			g->refcnt++;
+			return g;
+		}
+	return NULL;
+}
+
 /* The implicit group of the address lev->fd is bound to, made if needed
  * (one per address per process; it shares the address's steering with any
  * explicit group and other processes). A reference is taken. */
@@ -414,36 +437,23 @@ static struct evsteer_group *implicit_group(struct evsteer_listener *lev,
 					    const struct evsteer_listener_opts *opts)
 {
 	pthread_once(&atfork_once, atfork_register);
-	struct evsteer_group *g;
 	/* registry_lock is never held across evst_shared_get (which takes
 	 * shared.c's locks): no nesting, so the fork handlers cannot
 	 * deadlock against a creation in flight */
-	for (int pass = 0; pass < 2; pass++) {
-		pthread_mutex_lock(&registry_lock);
-		for (g = registry; g; g = g->next)
-			if (g->addrlen == len && !memcmp(&g->addr, ss, len))
-				break;
-		if (g) {
-			g->refcnt++;
-			pthread_mutex_unlock(&registry_lock);
-			return g;
-		}
-		pthread_mutex_unlock(&registry_lock);
-		if (pass)
-			break;
-	}
+	pthread_mutex_lock(&registry_lock);
+	struct evsteer_group *g = registry_ref(ss, len);
+	pthread_mutex_unlock(&registry_lock);
+	if (g)
+		return g;
 	struct evsteer_listener_opts lo = {.sz = sizeof(lo)};
 	g = group_alloc(lev->flags, &lo);
 	if (!g)
 		return NULL;
-	struct evst_shared_opts so = {
-		.mode = env_bpf_mode(EVST_OPT(opts, struct evsteer_listener_opts,
-					      bpf, EVSTEER_BPF_AUTO)),
-		.policy = env_policy(EVST_OPT(opts, struct evsteer_listener_opts,
-					      policy, EVSTEER_POLICY_LEAST_PENDING)),
-		.stall_us = env_stall_us(EVST_OPT(
-			opts, struct evsteer_listener_opts, stall_us, 0)),
-	};
+	struct evst_shared_opts so = shared_opts(
+		EVST_OPT(opts, struct evsteer_listener_opts, bpf, EVSTEER_BPF_AUTO),
+		EVST_OPT(opts, struct evsteer_listener_opts, policy,
+			 EVSTEER_POLICY_LEAST_PENDING),
+		EVST_OPT(opts, struct evsteer_listener_opts, stall_us, 0));
 	g->sh = evst_shared_get(lev->fd, &so);
 	if (!g->sh) {
 		int err = errno;
@@ -456,13 +466,9 @@ static struct evsteer_group *implicit_group(struct evsteer_listener *lev,
 	g->addr = *ss;
 	g->addrlen = len;
 	pthread_mutex_lock(&registry_lock);
-	struct evsteer_group *other;
-	for (other = registry; other; other = other->next)
-		if (other->addrlen == len && !memcmp(&other->addr, ss, len))
-			break;
+	struct evsteer_group *other = registry_ref(ss, len);
 	if (other) {
 		/* another thread made it meanwhile: use theirs */
-		other->refcnt++;
 		pthread_mutex_unlock(&registry_lock);
 		evst_shared_put(g->sh);
 		pthread_mutex_destroy(&g->lock);
