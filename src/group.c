@@ -82,8 +82,6 @@ static uint64_t ld(const __u64 *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
-#define ws_pending evst_worker_pending
-
 static enum evsteer_bpf_mode env_bpf_mode(enum evsteer_bpf_mode opt)
 {
 	if (opt != EVSTEER_BPF_AUTO)
@@ -160,6 +158,12 @@ static struct evsteer_group *group_alloc(unsigned int flags,
 static bool slot_used(const struct evst_slot *s)
 {
 	return s->gslot >= 0;
+}
+
+/* The listener serving the slot, if one does yet (g->lock held). */
+static struct evsteer_listener *slot_lev(const struct evst_slot *s)
+{
+	return s->lev != EVST_SLOT_CLAIMED ? s->lev : NULL;
 }
 
 /* g->lock held. Put fd into a free slot; returns the slot or -errno. */
@@ -633,6 +637,20 @@ static void member_took(struct evsteer_listener *lev, uint64_t now)
 			   __ATOMIC_RELAXED);
 }
 
+/* n connections counted on slot `from` (its worker entry w) were taken by
+ * slot `to`: off the victim's pending, which stays out of the steering until it shows
+ * progress (`stalled`), and into both counters. */
+static void note_stolen(struct evsteer_group *g, struct evst_worker *w,
+			unsigned int from, unsigned int to, unsigned int n)
+{
+	__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
+	__atomic_store_n(&w->stalled, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&counters(g, from)->stolen_from, (uint64_t)n,
+			   __ATOMIC_RELAXED);
+	__atomic_fetch_add(&counters(g, to)->stolen, (uint64_t)n,
+			   __ATOMIC_RELAXED);
+}
+
 #define STEAL_BUDGET 64
 
 /*
@@ -664,7 +682,7 @@ static void member_steal(struct evsteer_listener *lev)
 		struct evst_worker *w =
 			__atomic_load_n(&g->slots[i].ws, __ATOMIC_ACQUIRE);
 		if (!w || !__atomic_load_n(&w->live, __ATOMIC_RELAXED) ||
-		    !ws_pending(w))
+		    !evst_worker_pending(w))
 			continue;
 		uint64_t age = now - ld(&w->progress_ns);
 		if ((int64_t)age < 0 || age <= stall) {
@@ -679,9 +697,8 @@ static void member_steal(struct evsteer_listener *lev)
 			pthread_mutex_lock(&g->lock);
 			struct evst_slot *s = &g->slots[i];
 			int n = -1;
-			uint64_t want = ws_pending(w);
-			struct evsteer_listener *victim =
-				s->lev && s->lev != EVST_SLOT_CLAIMED ? s->lev : NULL;
+			uint64_t want = evst_worker_pending(w);
+			struct evsteer_listener *victim = slot_lev(s);
 			if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
 			    want && lev->ops->steal_from)
 				n = lev->ops->steal_from(
@@ -691,17 +708,11 @@ static void member_steal(struct evsteer_listener *lev)
 			if (n > 0 && victim && victim->ops->poke)
 				victim->ops->poke(victim);
 			if (n > 0) {
-				__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
-				__atomic_store_n(&w->stalled, 1, __ATOMIC_RELAXED);
-				__atomic_fetch_add(&counters(g, i)->stolen_from,
-						   (uint64_t)n, __ATOMIC_RELAXED);
-				__atomic_fetch_add(&counters(g, lev->slot)->stolen,
-						   (uint64_t)n, __ATOMIC_RELAXED);
+				note_stolen(g, w, i, lev->slot, (unsigned)n);
 				budget -= n;
 			} else if (n == 0) {
-				/* counted but not there: resync */
-				__atomic_store_n(&w->dequeued, ld(&w->steered),
-						 __ATOMIC_RELAXED);
+				/* counted but not there */
+				evst_ws_resync(w);
 			}
 			pthread_mutex_unlock(&g->lock);
 			continue;
@@ -715,15 +726,14 @@ static void member_steal(struct evsteer_listener *lev)
 			pthread_mutex_lock(&g->lock);
 			struct evst_slot *s = &g->slots[i];
 			if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
-			    ws_pending(w)) {
+			    evst_worker_pending(w)) {
 				/* An io_uring sibling has taken its connections
 				 * off the socket into its ring already: take
 				 * them from there (under g->lock the sibling
 				 * cannot be destroyed: leaving clears `ws`
 				 * under this lock first). */
 				fd = -1;
-				if (s->lev && s->lev != EVST_SLOT_CLAIMED &&
-				    s->lev->ops->steal)
+				if (slot_lev(s) && s->lev->ops->steal)
 					fd = s->lev->ops->steal(s->lev);
 				if (fd >= 0) {
 					len = sizeof(ss);
@@ -738,27 +748,16 @@ static void member_steal(struct evsteer_listener *lev)
 					fd = accept4(s->fd, (struct sockaddr *)&ss,
 						     &len, lev->accept4_flags);
 				}
-				if (fd >= 0) {
-					__atomic_fetch_add(&w->dequeued, 1,
-							   __ATOMIC_RELAXED);
-					__atomic_store_n(&w->stalled, 1,
-							 __ATOMIC_RELAXED);
-					__atomic_fetch_add(&counters(g, i)->stolen_from,
-							   1, __ATOMIC_RELAXED);
-				} else if (errno == EAGAIN) {
-					/* counted but not there: resync */
-					__atomic_store_n(&w->dequeued,
-							 ld(&w->steered),
-							 __ATOMIC_RELAXED);
-				}
+				if (fd >= 0)
+					note_stolen(g, w, i, lev->slot, 1);
+				else if (errno == EAGAIN)
+					/* counted but not there */
+					evst_ws_resync(w);
 			}
 			if (fd >= 0) {
-				__atomic_fetch_add(&counters(g, lev->slot)->stolen,
-						   1, __ATOMIC_RELAXED);
 				/* once a pass: if the sibling was only late,
 				 * its loop shows progress now */
-				if (!poked && s->lev && s->lev != EVST_SLOT_CLAIMED &&
-				    s->lev->ops->poke) {
+				if (!poked && slot_lev(s) && s->lev->ops->poke) {
 					s->lev->ops->poke(s->lev);
 					poked = true;
 				}
@@ -804,8 +803,8 @@ static unsigned int member_handoff(struct evsteer_listener *lev,
 	unsigned int k = 0;
 	for (unsigned int i = 0; i < g->nslots; i++) {
 		struct evst_slot *s = &g->slots[i];
-		if (i == lev->slot || !slot_used(s) || !s->lev ||
-		    s->lev == EVST_SLOT_CLAIMED || !s->lev->ops->adopt ||
+		if (i == lev->slot || !slot_used(s) || !slot_lev(s) ||
+		    !s->lev->ops->adopt ||
 		    !s->lev->direct_table != !lev->direct_table ||
 		    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED))
 			continue;
@@ -897,10 +896,10 @@ int evsteer_group_pending(const struct evsteer_group *g)
 		struct evst_worker *w = g->slots[i].ws;
 		if (!w)
 			continue;
-		n += ws_pending(w);
+		n += evst_worker_pending(w);
 		/* accepted by an engine, not yet delivered */
-		struct evsteer_listener *l = g->slots[i].lev;
-		if (l && l != EVST_SLOT_CLAIMED)
+		struct evsteer_listener *l = slot_lev(&g->slots[i]);
+		if (l)
 			n += (uint64_t)atomic_load_explicit(&l->counters.held,
 							    memory_order_relaxed);
 	}
@@ -993,7 +992,7 @@ static void fill_stats(struct evst_shared *sh, int gslot, bool mine,
 		uint64_t prog = ld(&w->progress_ns), now = evst_now_ns();
 		st.steered = ld(&w->steered);
 		st.accepted = __atomic_load_n(&c->accepted, __ATOMIC_RELAXED);
-		st.pending = ws_pending(w);
+		st.pending = evst_worker_pending(w);
 		st.stolen = __atomic_load_n(&c->stolen, __ATOMIC_RELAXED);
 		st.stolen_from = __atomic_load_n(&c->stolen_from, __ATOMIC_RELAXED);
 		st.migrated = ld(&w->migrated);

@@ -286,6 +286,9 @@ EVST_HIDDEN const char *evst_policy_name(unsigned int p);
 EVST_HIDDEN uint64_t evst_now_ns(void);
 /* The socket was found empty: pending resynced, progress made. */
 EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
+/* Nothing counted as pending is there (handshakes that died, SYN
+ * floods): pending back to 0. */
+EVST_HIDDEN void evst_ws_resync(struct evst_worker *w);
 /* The worker's loop ran: its heartbeat, and it is no longer stalled. */
 EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
 /* A group of existing listening sockets (socket activation); it owns them

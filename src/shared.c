@@ -150,8 +150,13 @@ void evst_made_progress(struct evst_worker *w, uint64_t now)
  */
 void evst_ws_empty(struct evst_worker *w, uint64_t now)
 {
-	__atomic_store_n(&w->dequeued, ld64(&w->steered), __ATOMIC_RELAXED);
+	evst_ws_resync(w);
 	evst_made_progress(w, now);
+}
+
+void evst_ws_resync(struct evst_worker *w)
+{
+	__atomic_store_n(&w->dequeued, ld64(&w->steered), __ATOMIC_RELAXED);
 }
 
 uint64_t evst_worker_pending(const struct evst_worker *w)
