@@ -16,12 +16,6 @@
 #include "config.h"
 #include "internal.h"
 
-static void *fail_null(int err)
-{
-	errno = err;
-	return NULL;
-}
-
 /* A REUSEABLE_PORT listener joins the steering group of its address
  * (group.c checks the rest: TCP, inet, SO_REUSEPORT on the socket). */
 static const struct evst_member_ops *member_for(unsigned int flags)
@@ -63,10 +57,10 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     const struct evsteer_listener_opts *opts)
 {
 	if (!common_args_ok("evsteer_listener_new", base, flags, opts))
-		return fail_null(EINVAL);
+		return evst_fail_null(EINVAL);
 	if (fd < 0) {
 		evst_warn("evsteer_listener_new: invalid fd %d", fd);
-		return fail_null(EINVAL);
+		return evst_fail_null(EINVAL);
 	}
 	int type, acc = 1;
 	socklen_t tlen = sizeof(type);
@@ -74,7 +68,7 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		int err = errno;
 		evst_warn("evsteer_listener_new: fd %d is not a usable socket: %s", fd,
 			  strerror(err));
-		return fail_null(err);
+		return evst_fail_null(err);
 	}
 	bool compat = EVST_OPT(opts, struct evsteer_listener_opts,
 			       libevent_compat, 0);
@@ -85,7 +79,7 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 			  compat ? "every accept on it will fail (as in libevent)" :
 				   "nothing to accept");
 		if (!compat)
-			return fail_null(EINVAL);
+			return evst_fail_null(EINVAL);
 	} else if (backlog == 0) {
 		tlen = sizeof(acc);
 		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &tlen) == 0 &&
@@ -106,17 +100,17 @@ bind_and_create(const char *fn, struct event_base *base, evsteer_accept_cb cb,
 		const struct evsteer_listener_opts *opts, unsigned int direct_table)
 {
 	if (!common_args_ok(fn, base, flags, opts))
-		return fail_null(EINVAL);
+		return evst_fail_null(EINVAL);
 	if (backlog == 0) {
 		evst_warn("%s: backlog 0 would leave the socket not listening",
 			  fn);
-		return fail_null(EINVAL);
+		return evst_fail_null(EINVAL);
 	}
 	int err = evst_validate_sockaddr(sa, len);
 	if (err < 0) {
 		evst_warn("%s: bad address (family %d, length %u)", fn,
 			  sa ? sa->sa_family : -1, (unsigned int)len);
-		return fail_null(-err);
+		return evst_fail_null(-err);
 	}
 
 	int family = sa ? sa->sa_family : AF_INET;
@@ -142,7 +136,7 @@ err:
 	err = errno;
 	evst_debug("%s: %s", fn, strerror(err));
 	close(fd);
-	return fail_null(err);
+	return evst_fail_null(err);
 }
 
 struct evsteer_listener *

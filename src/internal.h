@@ -2,6 +2,7 @@
 #ifndef EVSTEER_INTERNAL_H
 #define EVSTEER_INTERNAL_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -21,6 +22,19 @@ struct evst_conn {
 };
 
 #define EVST_HIDDEN __attribute__((visibility("hidden")))
+
+/* The native API's error returns: -errno (errno set too), or NULL. */
+static inline int evst_fail(int err)
+{
+	errno = err;
+	return -err;
+}
+
+static inline void *evst_fail_null(int err)
+{
+	errno = err;
+	return NULL;
+}
 
 /* log.c */
 EVST_HIDDEN void evst_log(enum evsteer_log_level level, const char *fmt, ...)

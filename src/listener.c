@@ -97,18 +97,6 @@ static int start_engine(struct evsteer_listener *lev,
 	return lev->ops->init(lev);
 }
 
-static int fail(int err)
-{
-	errno = err;
-	return -err;
-}
-
-static void *fail_null(int err)
-{
-	errno = err;
-	return NULL;
-}
-
 static void member_sync(struct evsteer_listener *lev)
 {
 	if (lev->member)
@@ -159,7 +147,7 @@ evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 
 	struct evsteer_listener *lev = calloc(1, sizeof(*lev));
 	if (!lev)
-		return fail_null(ENOMEM);
+		return evst_fail_null(ENOMEM);
 	lev->base = base;
 	lev->fd = fd;
 	lev->flags = flags;
@@ -188,7 +176,7 @@ evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		pthread_mutexattr_destroy(&attr);
 		if (err) {
 			free(lev);
-			return fail_null(err);
+			return evst_fail_null(err);
 		}
 		lev->locking = true;
 	}
@@ -224,7 +212,7 @@ err_lock:
 	if (lev->locking)
 		pthread_mutex_destroy(&lev->lock);
 	free(lev);
-	return fail_null(-err);
+	return evst_fail_null(-err);
 }
 
 void evst_decref_and_unlock(struct evsteer_listener *lev)
@@ -280,7 +268,7 @@ void evsteer_listener_free(struct evsteer_listener *lev)
 int evsteer_listener_enable(struct evsteer_listener *lev)
 {
 	if (!lev)
-		return fail(EINVAL);
+		return evst_fail(EINVAL);
 	int r = 0;
 	evst_lock(lev);
 	if (lev->freeing) {
@@ -292,19 +280,19 @@ int evsteer_listener_enable(struct evsteer_listener *lev)
 		member_sync(lev);
 	}
 	evst_unlock(lev);
-	return r < 0 ? fail(-r) : 0;
+	return r < 0 ? evst_fail(-r) : 0;
 }
 
 int evsteer_listener_disable(struct evsteer_listener *lev)
 {
 	if (!lev)
-		return fail(EINVAL);
+		return evst_fail(EINVAL);
 	evst_lock(lev);
 	lev->enabled = false;
 	int r = lev->ops->disable(lev);
 	member_stop(lev);
 	evst_unlock(lev);
-	return r < 0 ? fail(-r) : 0;
+	return r < 0 ? evst_fail(-r) : 0;
 }
 
 void evsteer_listener_set_cb(struct evsteer_listener *lev, evsteer_accept_cb cb,
@@ -346,7 +334,7 @@ void evsteer_listener_set_error_cb(struct evsteer_listener *lev,
 
 struct event_base *evsteer_listener_get_base(const struct evsteer_listener *lev)
 {
-	return lev ? lev->base : fail_null(EINVAL);
+	return lev ? lev->base : evst_fail_null(EINVAL);
 }
 
 int evsteer_listener_get_fd(const struct evsteer_listener *lev)
@@ -384,7 +372,7 @@ int evsteer_listener_get_path(const struct evsteer_listener *lev,
 			      struct evsteer_path *out)
 {
 	if (!lev || !out || out->sz < sizeof(out->sz))
-		return fail(EINVAL);
+		return evst_fail(EINVAL);
 	struct evst_steering st;
 	if (lev->member)
 		lev->member->steering(lev, &st);
@@ -403,7 +391,7 @@ int evsteer_listener_get_stats(const struct evsteer_listener *lev,
 			       struct evsteer_listener_stats *out)
 {
 	if (!lev || !out || out->sz < sizeof(out->sz))
-		return fail(EINVAL);
+		return evst_fail(EINVAL);
 #define LOAD(f) atomic_load_explicit(&lev->counters.f, memory_order_relaxed)
 	struct evsteer_listener_stats s = {
 		.sz = out->sz,

@@ -19,12 +19,6 @@
 
 #define LISTEN_FDS_START 3 /* SD_LISTEN_FDS_START */
 
-static int fail(int err)
-{
-	errno = err;
-	return -err;
-}
-
 /* A decimal number making up the whole string, in 0..max. */
 static int parse_num(const char *s, long max, long *out)
 {
@@ -118,7 +112,7 @@ int evsteer_listen_fds(const char *name, int *fds, unsigned int max,
 		unsetenv("LISTEN_FDS");
 		unsetenv("LISTEN_FDNAMES");
 	}
-	return r < 0 ? fail(-r) : r;
+	return r < 0 ? evst_fail(-r) : r;
 }
 
 static int sockopt(int fd, int opt, int *v)
