@@ -673,27 +673,6 @@ static struct evconnlistener *adopt(struct evsteer_listener *lev,
 	return (struct evconnlistener *)lev;
 }
 
-/*
- * evsteer forms a port's group when the first REUSEABLE_PORT listener of
- * that address joins; two threads doing that at the same moment (coturn
- * starts its relay threads together) each found no group and made one, and
- * the second group's BPF program took every connection from the first.
- * Creating one group member at a time here keeps them one group.
- */
-static pthread_mutex_t group_join_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void group_lock(unsigned int flags)
-{
-	if (flags & LEV_OPT_REUSEABLE_PORT)
-		pthread_mutex_lock(&group_join_lock);
-}
-
-static void group_unlock(unsigned int flags)
-{
-	if (flags & LEV_OPT_REUSEABLE_PORT)
-		pthread_mutex_unlock(&group_join_lock);
-}
-
 /* libevent ignores bits it does not know; so do we, rather than fail. */
 static unsigned int known_flags(unsigned int flags)
 {
@@ -746,11 +725,9 @@ evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 		 * every accept): so does evsteer in compat mode */
 		EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1);
 		creating = true;
-		group_lock(f);
 		struct evsteer_listener *lev = S.core->listener_new(
 			base, (evsteer_accept_cb)cb, ptr, f | LEV_OPT_DISABLED,
 			backlog, fd, &o);
-		group_unlock(f);
 		struct evconnlistener *r = adopt(lev, f, false);
 		creating = false;
 		return r;
@@ -781,11 +758,9 @@ evconnlistener_new_bind(struct event_base *base, evconnlistener_cb cb,
 	     sa->sa_family == AF_UNIX)) {
 		unsigned int f = known_flags(flags);
 		creating = true;
-		group_lock(f);
 		struct evsteer_listener *lev = S.core->listener_new_bind(
 			base, (evsteer_accept_cb)cb, ptr, f | LEV_OPT_DISABLED,
 			backlog, sa, (socklen_t)socklen, NULL);
-		group_unlock(f);
 		/* on failure libevent closes the socket it made */
 		struct evconnlistener *r =
 			adopt(lev, f, !(f & LEV_OPT_CLOSE_ON_FREE));
