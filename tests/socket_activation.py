@@ -181,6 +181,9 @@ def main():
     # bounding set, no_new_privs. The binary is staged where that user can
     # reach it (the build tree may be under /root).
     if os.geteuid() != 0 or not shutil.which("setpriv"):
+        if failures:  # a skip must not hide them
+            print(f"socket-activation: {len(failures)} failed")
+            sys.exit(1)
         skip("the unit's privileges need root and setpriv")
     top = tempfile.mkdtemp(prefix="evsteer-sa-", dir="/tmp")
     try:
