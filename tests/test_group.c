@@ -383,7 +383,7 @@ static uint64_t now_ms(void)
 /* both workers' loops, alternately, until `want` were delivered in all */
 static bool serve_both(struct fx *f, int want)
 {
-	uint64_t deadline = now_ms() + 10000;
+	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
 	while (total(f) < want && now_ms() < deadline)
 		for (int i = 0; i < f->n; i++)
 			event_base_loop(f->w[i].base, EVLOOP_NONBLOCK);
@@ -415,7 +415,7 @@ static void test_stall_recovers(void **state)
 	 * (100 ms here), not left out while worker 1 takes everything */
 	int made = n;
 	uint64_t start = now_ms();
-	while (f.w[0].s.n < 10 && now_ms() - start < 10000) {
+	while (f.w[0].s.n < 10 && now_ms() - start < TL_TIMEOUT_MS) {
 		int fd = client(&f);
 		assert_true(serve_both(&f, ++made));
 		close(fd);
@@ -449,11 +449,15 @@ struct busy_worker {
 static void *busy_thread(void *arg)
 {
 	struct busy_worker *b = arg;
+	/* bounded: if the test fails half-way, nobody moves the phase on,
+	 * and a thread spinning for the rest of the run would load the CPU
+	 * the other tests time */
+	uint64_t deadline = now_ms() + 3 * TL_TIMEOUT_MS;
 	event_base_loop(b->base, EVLOOP_NONBLOCK);
 	atomic_store(&b->phase, 1);
-	while (atomic_load(&b->phase) == 1)
+	while (atomic_load(&b->phase) == 1 && now_ms() < deadline)
 		; /* busy, no system call */
-	while (atomic_load(&b->phase) == 2) {
+	while (atomic_load(&b->phase) == 2 && now_ms() < deadline) {
 		event_base_loop(b->base, EVLOOP_NONBLOCK);
 		atomic_fetch_add(&b->passes, 1);
 		sched_yield();
@@ -486,8 +490,10 @@ static void test_stall_back_at_once(void **state)
 	struct busy_worker b = {.base = f.w[0].base};
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, busy_thread, &b), 0);
-	while (atomic_load(&b.phase) == 0)
+	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
+	while (atomic_load(&b.phase) == 0 && now_ms() < deadline)
 		sched_yield();
+	assert_int_equal(atomic_load(&b.phase), 1);
 	int c[24], n = 0;
 	while (wstats(&f, 0).stolen_from == 0 && n < 12) {
 		c[n++] = client(&f);
@@ -499,8 +505,10 @@ static void test_stall_back_at_once(void **state)
 	uint64_t steered = wstats(&f, 0).steered;
 	/* worker 0's thread runs its loop again */
 	atomic_store(&b.phase, 2);
-	while (atomic_load(&b.passes) < 2)
+	deadline = now_ms() + TL_TIMEOUT_MS;
+	while (atomic_load(&b.passes) < 2 && now_ms() < deadline)
 		sched_yield();
+	assert_true(atomic_load(&b.passes) >= 2);
 	/* round-robin: worker 0 gets one of the next two */
 	for (int i = 0; i < 2; i++) {
 		c[n++] = client(&f);
@@ -848,10 +856,9 @@ static void test_one_address_one_group(void **state)
 	int c[40];
 	for (int i = 0; i < 40; i++)
 		c[i] = client(&f);
-	struct want w = {&f, 20};
-	(void)w;
-	for (int i = 0; i < 200 && (total(&f) < 20 || s2.n < 10 || s3.n < 10);
-	     i++)
+	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
+	while ((total(&f) < 20 || s2.n < 10 || s3.n < 10) &&
+	       now_ms() < deadline)
 		tl_loop_for(f.w[0].base, 10);
 	tl_close_n(c, 40);
 	print_message("group 1: %d + %d, group 2: %d, implicit: %d\n",
@@ -952,7 +959,8 @@ static void test_churn_while_stealing(void **state)
 		/* whoever got them: the two attached workers, or a worker
 		 * that left (its queue migrates to these two) */
 		served += 10;
-		for (int i = 0; i < 200 && total(&f) < served; i++) {
+		uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
+		while (total(&f) < served && now_ms() < deadline) {
 			tl_loop_for(f.w[0].base, 2);
 			tl_loop_for(f.w[1].base, 2);
 		}
