@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -399,6 +400,13 @@ def case_evhttp():
           f"under the shim at EMFILE: {share:.0%} CPU, {nlines} lines, then {answer}")
 
 
+def fd_count(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def emfile_session(prefix, env):
     """preload_http at its descriptor limit (ulimit -n 24, 40 connections
     held open): the server's CPU share over 2 s, its stderr line count, and
@@ -409,7 +417,8 @@ def emfile_session(prefix, env):
                              prefix + [A.http], env=env, stdout=subprocess.PIPE,
                              stderr=err, text=True)
     try:
-        line = p.stdout.readline()
+        ready, _, _ = select.select([p.stdout], [], [], TIMEOUT)
+        line = p.stdout.readline() if ready else ""
         check(line.startswith("ready "), f"preload_http: {line!r}")
         port = int(line.split()[1])
 
@@ -418,7 +427,12 @@ def emfile_session(prefix, env):
             return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
         held = [socket.create_connection(("127.0.0.1", port), timeout=30)
                 for _ in range(40)]
-        time.sleep(0.5)  # at the limit by now
+        # at the limit: all 24 descriptors in use, the rest queued
+        deadline = time.monotonic() + TIMEOUT
+        while fd_count(p.pid) < 24 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        check(fd_count(p.pid) >= 24,
+              f"preload_http never reached its fd limit ({fd_count(p.pid)} of 24)")
         c0, t0 = cpu(), time.monotonic()
         time.sleep(2)
         share = (cpu() - c0) / (time.monotonic() - t0)
