@@ -56,6 +56,66 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* Wait for a child that should exit by itself, within the timeout (then
+ * it is killed); true if it exited in time, with its status in *st. */
+static bool reap(pid_t pid, int *st)
+{
+	int dummy;
+	if (!st)
+		st = &dummy;
+	for (int ms = 0; ms < TL_TIMEOUT_MS; ms += 10) {
+		pid_t r = waitpid(pid, st, WNOHANG);
+		if (r == pid || (r < 0 && errno != EINTR)) {
+			track(pid, false);
+			return r == pid;
+		}
+		usleep(10000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, st, 0);
+	track(pid, false);
+	return false;
+}
+
+/* This network namespace's cookie, as the rendezvous name spells it. */
+static uint64_t netns_cookie(void)
+{
+	int s0 = socket(AF_INET, SOCK_STREAM, 0);
+	uint64_t netns = 0;
+	socklen_t l = sizeof(netns);
+	assert_int_equal(getsockopt(s0, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &l), 0);
+	close(s0);
+	return netns;
+}
+
+/* Run `sh -c cmd` with pipes to its stdin (*in_fd) and from its stdout
+ * (*out_fd), tracked, and wait for the "ok" it prints when set up. */
+static pid_t spawn_sh_ok(const char *cmd, int *in_fd, int *out_fd)
+{
+	int in[2], out[2];
+	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
+	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+	pid_t p = fork();
+	assert_true(p >= 0);
+	if (p == 0) {
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	track(p, true);
+	close(in[0]);
+	close(out[1]);
+	char ok[8] = "";
+	struct pollfd pf = {.fd = out[0], .events = POLLIN};
+	assert_int_equal(poll(&pf, 1, TL_TIMEOUT_MS), 1);
+	assert_true(read(out[0], ok, sizeof(ok) - 1) > 0);
+	assert_memory_equal(ok, "ok", 2);
+	*in_fd = in[1];
+	*out_fd = out[0];
+	return p;
+}
+
 static void need_bpf(void)
 {
 	const char *why = tl_bpf_unavailable();
@@ -198,11 +258,10 @@ static long srv_leave(struct srv *s)
 	if (srv_line(s, line, sizeof(line)))
 		sscanf(line, "left %ld", &n);
 	int st;
-	waitpid(s->pid, &st, 0);
-	track(s->pid, false);
+	bool exited = reap(s->pid, &st);
 	close(s->in);
 	fclose(s->out);
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_true(exited && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	return n;
 }
 
@@ -581,8 +640,6 @@ static void test_concurrent_joins(void **state)
 	need_bpf();
 	int port = free_port();
 	struct srv s[6];
-	char ports[16];
-	snprintf(ports, sizeof(ports), "%d", port);
 	/* start all four before reading any "ready" */
 	for (int i = 0; i < 4; i++)
 		srv_start_nowait(&s[i], port, 1, "--policy", "round-robin",
@@ -607,10 +664,11 @@ static void test_concurrent_joins(void **state)
 	for (int i = 0; i < 2; i++) {
 		char line[64];
 		assert_true(srv_line(&s[i], line, sizeof(line)));
-		waitpid(s[i].pid, NULL, 0);
-		track(s[i].pid, false);
+		int st;
+		bool exited = reap(s[i].pid, &st);
 		close(s[i].in);
 		fclose(s[i].out);
+		assert_true(exited && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	}
 	t = serial(port, 400);
 	assert_int_equal(t.served, 400);
@@ -669,11 +727,7 @@ static void test_other_user(void **state)
 				      "/usr/bin/python3 -c 1 2>/dev/null") == 0,
 		       "bpf", "needs root, setpriv and python3");
 	int port = free_port();
-	int s0 = socket(AF_INET, SOCK_STREAM, 0);
-	uint64_t netns = 0;
-	socklen_t l = sizeof(netns);
-	assert_int_equal(getsockopt(s0, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &l), 0);
-	close(s0);
+	uint64_t netns = netns_cookie();
 	for (int listen_too = 0; listen_too < 2; listen_too++) {
 		/* the rendezvous name, as README documents it */
 		char cmd[1024];
@@ -687,25 +741,8 @@ static void test_other_user(void **state)
 			 " t.bind((\"127.0.0.1\", %d)); t.listen()\n"
 			 "print(\"ok\", flush=True); sys.stdin.read()'",
 			 (unsigned long long)netns, port, listen_too, port);
-		int in[2], out[2];
-		assert_int_equal(pipe(in), 0);
-		assert_int_equal(pipe(out), 0);
-		pid_t p = fork();
-		if (p == 0) {
-			dup2(in[0], 0);
-			dup2(out[1], 1);
-			close(in[1]);
-			close(out[0]);
-			execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-			_exit(127);
-		}
-		close(in[0]);
-		close(out[1]);
-		char ok[8] = "";
-		struct pollfd pf = {.fd = out[0], .events = POLLIN};
-		assert_int_equal(poll(&pf, 1, TL_TIMEOUT_MS), 1);
-		assert_true(read(out[0], ok, sizeof(ok) - 1) > 0);
-		assert_memory_equal(ok, "ok", 2);
+		int in, out;
+		pid_t p = spawn_sh_ok(cmd, &in, &out);
 		if (!listen_too) {
 			struct srv s;
 			srv_start(&s, port, 2, NULL);
@@ -718,36 +755,19 @@ static void test_other_user(void **state)
 		} else {
 			/* a group of another user on the port: the kernel
 			 * refuses the bind, and we say so */
-			char ports[16];
-			snprintf(ports, sizeof(ports), "%d", port);
-			struct srv s = {0};
-			int fds[2], fo[2];
-			assert_int_equal(pipe(fds), 0);
-			assert_int_equal(pipe(fo), 0);
-			s.pid = fork();
-			if (s.pid == 0) {
-				dup2(fds[0], 0);
-				dup2(fo[1], 1);
-				execl(server_exe, server_exe, "--port", ports,
-				      "--workers", "1", (char *)NULL);
-				_exit(127);
-			}
-			close(fds[0]);
-			close(fo[1]);
-			s.in = fds[1];
-			s.out = fdopen(fo[0], "r");
+			struct srv s;
+			srv_start_nowait(&s, port, 1, NULL);
 			char line[256];
 			assert_true(srv_line(&s, line, sizeof(line)));
 			print_message("%s", line);
 			assert_int_equal(strncmp(line, "error 98", 8), 0);
-			int st;
-			waitpid(s.pid, &st, 0);
+			reap(s.pid, NULL);
 			close(s.in);
 			fclose(s.out);
 		}
-		close(in[1]);
-		close(out[0]);
-		waitpid(p, NULL, 0);
+		close(in);
+		close(out);
+		assert_true(reap(p, NULL));
 	}
 }
 
@@ -757,11 +777,7 @@ static void test_other_user(void **state)
 static pid_t fake_rendezvous(int port, const char *mode, int *stdin_fd,
 			     int *stdout_fd)
 {
-	int s0 = socket(AF_INET, SOCK_STREAM, 0);
-	uint64_t netns = 0;
-	socklen_t l = sizeof(netns);
-	assert_int_equal(getsockopt(s0, SOL_SOCKET, SO_NETNS_COOKIE, &netns, &l), 0);
-	close(s0);
+	uint64_t netns = netns_cookie();
 	char cmd[1024];
 	snprintf(cmd, sizeof(cmd),
 		 "exec /usr/bin/python3 -c 'import socket,struct,sys,threading,os\n"
@@ -775,30 +791,9 @@ static pid_t fake_rendezvous(int port, const char *mode, int *stdin_fd,
 		 "threading.Thread(target=serve,daemon=True).start()\n"
 		 "print(\"ok\", flush=True); sys.stdin.read()'",
 		 (unsigned long long)netns, port, mode);
-	int in[2], out[2];
-	assert_int_equal(pipe(in), 0);
-	assert_int_equal(pipe(out), 0);
-	pid_t p = fork();
-	if (p == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		close(in[1]);
-		close(out[0]);
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	char ok[8] = "";
-	struct pollfd pf = {.fd = out[0], .events = POLLIN};
-	assert_int_equal(poll(&pf, 1, TL_TIMEOUT_MS), 1);
-	assert_true(read(out[0], ok, sizeof(ok) - 1) > 0);
-	assert_memory_equal(ok, "ok", 2);
 	/* kept open until it exits: with PYTHONUNBUFFERED its newline comes
 	 * in a write of its own, after the "ok" we read */
-	*stdin_fd = in[1];
-	*stdout_fd = out[0];
-	return p;
+	return spawn_sh_ok(cmd, stdin_fd, stdout_fd);
 }
 
 /* Never silent: a rendezvous that does not answer, or answers in another
@@ -823,7 +818,7 @@ static void test_rendezvous_refused(void **state)
 		assert_int_equal(tally_of(&t, s.pid), 10);
 		srv_leave(&s);
 		close(in);
-		waitpid(p, NULL, 0);
+		assert_true(reap(p, NULL));
 		close(out);
 	}
 }
@@ -864,6 +859,9 @@ static void test_fork_child_is_a_member(void **state)
 	pid_t p = fork();
 	assert_true(p >= 0);
 	if (p == 0) {
+		/* only the parent's end: its exit is an EOF here */
+		close(down[1]);
+		close(up[0]);
 		struct event_base *cb = event_base_new();
 		struct evsteer_listener *cl = evsteer_listener_new_bind(
 			cb, noop_cb, NULL, fl, -1, (struct sockaddr *)&ss, len, NULL);
@@ -881,6 +879,7 @@ static void test_fork_child_is_a_member(void **state)
 		evsteer_listener_free(cl);
 		_exit(0);
 	}
+	track(p, true);
 	char msg[64] = "";
 	struct pollfd pf = {.fd = up[0], .events = POLLIN};
 	assert_int_equal(poll(&pf, 1, TL_TIMEOUT_MS), 1);
@@ -901,7 +900,7 @@ static void test_fork_child_is_a_member(void **state)
 	assert_false(st.mine);
 	assert_int_equal(write(down[1], "x", 1), 1);
 	int status;
-	waitpid(p, &status, 0);
+	assert_true(reap(p, &status));
 	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	close(up[0]), close(up[1]), close(down[0]), close(down[1]);
 	evsteer_listener_free(l);
