@@ -45,14 +45,19 @@ static pthread_cond_t freeze_cond = PTHREAD_COND_INITIALIZER;
 static bool unfrozen;
 static atomic_bool stopping;
 
-void bench_spin_ms(int ms)
+static void spin_us(long us)
 {
 	struct timespec a, b;
 	clock_gettime(CLOCK_MONOTONIC, &a);
 	do
 		clock_gettime(CLOCK_MONOTONIC, &b);
-	while ((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 <
-	       ms);
+	while ((b.tv_sec - a.tv_sec) * 1000000 + (b.tv_nsec - a.tv_nsec) / 1000 <
+	       us);
+}
+
+void bench_spin_ms(int ms)
+{
+	spin_us((long)ms * 1000);
 }
 
 void bench_freeze_if(struct bench_cfg *cfg, int id)
@@ -101,19 +106,9 @@ void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id)
 	event_base_dispatch(base);
 }
 
-static void spin_us(int us)
-{
-	struct timespec a, b;
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	do
-		clock_gettime(CLOCK_MONOTONIC, &b);
-	while ((b.tv_sec - a.tv_sec) * 1000000 + (b.tv_nsec - a.tv_nsec) / 1000 <
-	       us);
-}
-
 void bench_slow(struct bench_worker *w)
 {
-	if (w->cfg && w->cfg->slow_worker == w->id && w->cfg->slow_us > 0)
+	if (w->cfg->slow_worker == w->id && w->cfg->slow_us > 0)
 		spin_us(w->cfg->slow_us);
 }
 
@@ -123,7 +118,7 @@ static pthread_cond_t drop_cond = PTHREAD_COND_INITIALIZER;
 
 bool bench_drop_now(struct bench_worker *w)
 {
-	return w->cfg && w->cfg->slow_worker == w->id &&
+	return w->cfg->slow_worker == w->id &&
 	       atomic_exchange(&drop_asked, false);
 }
 
@@ -148,21 +143,22 @@ void bench_reply(struct bench_worker *w, int fd)
 /* ---- evsteer, evsteer-event, evsteer-direct */
 
 struct ew {
-	struct bench_cfg *cfg;
 	struct event_base *base;
 	struct evsteer_listener *lev;
 };
 
+static void ev_drop(struct bench_worker *w);
+
 static void ev_accept(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 		      int len, void *arg)
 {
+	(void)l;
 	(void)sa;
 	(void)len;
 	struct bench_worker *w = arg;
 	bench_reply(w, fd);
 	if (bench_drop_now(w)) {
-		((struct ew *)w->impl)->lev = NULL;
-		evsteer_listener_free(l);
+		ev_drop(w);
 		bench_dropped();
 	}
 }
@@ -170,6 +166,7 @@ static void ev_accept(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 static void ev_direct(struct evsteer_listener *l, struct evsteer_uring *r,
 		      int slot, void *arg)
 {
+	(void)l;
 	struct bench_worker *w = arg;
 	bench_slow(w);
 	/* the reply and the close as one chain, no completion to handle */
@@ -177,8 +174,7 @@ static void ev_direct(struct evsteer_listener *l, struct evsteer_uring *r,
 		evsteer_uring_close(r, slot, NULL, NULL);
 	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
 	if (bench_drop_now(w)) {
-		((struct ew *)w->impl)->lev = NULL;
-		evsteer_listener_free(l);
+		ev_drop(w);
 		bench_dropped();
 	}
 }
@@ -194,10 +190,10 @@ static enum evsteer_policy policy_of(const char *p)
 	return EVSTEER_POLICY_CPU;
 }
 
-static int ev_setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)
+static int ev_setup(struct bench_worker *w, int *port)
 {
+	struct bench_cfg *cfg = w->cfg;
 	struct ew *x = calloc(1, sizeof(*x));
-	x->cfg = cfg;
 	x->base = event_base_new();
 	struct sockaddr_in sin = {.sin_family = AF_INET,
 				  .sin_port = htons((uint16_t)*port),
@@ -236,7 +232,7 @@ static void *ev_run(void *arg)
 {
 	struct bench_worker *w = arg;
 	struct ew *x = w->impl;
-	bench_run_base(x->cfg, x->base, w->id);
+	bench_run_base(w->cfg, x->base, w->id);
 	return NULL;
 }
 
@@ -245,6 +241,7 @@ static void ev_stop(struct bench_worker *w)
 	event_base_loopbreak(((struct ew *)w->impl)->base);
 }
 
+/* free the worker's listener, if it still has one */
 static void ev_drop(struct bench_worker *w)
 {
 	struct ew *x = w->impl;
@@ -272,9 +269,6 @@ static void ev_leave(struct bench_worker *w, int n)
 		while (evsteer_group_pending(g) > 0 && mono_s() < until)
 			usleep(1000);
 	}
-	for (int i = 0; i < n; i++)
-		if (((struct ew *)w[i].impl)->lev)
-			ev_drop(&w[i]);
 }
 
 static void ev_describe(struct bench_worker *w, char *buf, size_t len)
@@ -310,15 +304,13 @@ static const struct bench_impl bench_evsteer = {
 /* ---- floor: a bare io_uring multishot accept loop per worker, no library */
 
 struct fw {
-	struct bench_cfg *cfg;
 	struct io_uring ring;
 	int fd;
 };
 
-static int floor_setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)
+static int floor_setup(struct bench_worker *w, int *port)
 {
 	struct fw *x = calloc(1, sizeof(*x));
-	x->cfg = cfg;
 	x->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int one = 1;
 	setsockopt(x->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
@@ -348,8 +340,8 @@ static void *floor_run(void *arg)
 	io_uring_sqe_set_data64(sqe, 1);
 	io_uring_submit(&x->ring);
 	/* the stalled worker spins like the others' timer callbacks do */
-	bool stalls = x->cfg->stall_worker == w->id && x->cfg->stall_ms > 0 &&
-		      x->cfg->stall_every_ms > 0;
+	bool stalls = w->cfg->stall_worker == w->id && w->cfg->stall_ms > 0 &&
+		      w->cfg->stall_every_ms > 0;
 	struct timespec next_stall;
 	clock_gettime(CLOCK_MONOTONIC, &next_stall);
 	while (!atomic_load(&stopping)) {
@@ -362,9 +354,9 @@ static void *floor_run(void *arg)
 				(next_stall.tv_sec - now.tv_sec) * 1000000000LL +
 				(next_stall.tv_nsec - now.tv_nsec);
 			if (left <= 0) {
-				bench_spin_ms(x->cfg->stall_ms);
+				bench_spin_ms(w->cfg->stall_ms);
 				next_stall.tv_nsec +=
-					(long)x->cfg->stall_every_ms * 1000000L;
+					(long)w->cfg->stall_every_ms * 1000000L;
 				next_stall.tv_sec += next_stall.tv_nsec / 1000000000L;
 				next_stall.tv_nsec %= 1000000000L;
 				continue;
@@ -512,7 +504,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < cfg.workers; i++) {
 		w[i].id = i;
 		w[i].cfg = &cfg;
-		if (impl->setup(&cfg, &w[i], &port) < 0) {
+		if (impl->setup(&w[i], &port) < 0) {
 			fprintf(stderr, "worker %d: setup: %s\n", i, strerror(errno));
 			return 1;
 		}
@@ -582,6 +574,8 @@ int main(int argc, char **argv)
 	bench_unfreeze();
 	if (impl->leave)
 		impl->leave(w, cfg.workers);
+	for (int i = 0; i < cfg.workers; i++)
+		impl->drop(&w[i]);
 	double leave_s = mono_s() - t0;
 	atomic_store(&stopping, true);
 	bench_unfreeze();

@@ -37,13 +37,15 @@ struct bench_worker {
  * loops in their threads, stop them, drop a worker (drain scenario). */
 struct bench_impl {
 	const char *name;
-	int (*setup)(struct bench_cfg *cfg, struct bench_worker *w, int *port);
+	int (*setup)(struct bench_worker *w, int *port); /* w->cfg set */
 	void *(*run)(void *worker);
 	void (*stop)(struct bench_worker *w);
-	void (*drop)(struct bench_worker *w); /* free the worker's listener */
-	/* SIGTERM, loops still running: leave the way this implementation
-	 * can (libevent: free the listeners; evsteer: retire, let what was
-	 * steered here be served, then free) */
+	/* free the worker's listener if it still has one (the drain
+	 * scenarios; and every worker on SIGTERM, after leave) */
+	void (*drop)(struct bench_worker *w);
+	/* Optional. SIGTERM, loops still running, before the drops: what this
+	 * implementation can do to leave without loss (evsteer: retire, and
+	 * let what was steered here be served) */
 	void (*leave)(struct bench_worker *w, int n);
 	/* JSON object describing the path (steering, engine, reasons) */
 	void (*describe)(struct bench_worker *w, char *buf, size_t len);

@@ -18,29 +18,29 @@
 #include "server.h"
 
 struct lw {
-	struct bench_cfg *cfg;
 	struct event_base *base;
 	struct evconnlistener *lev;
 };
 
+static void drop(struct bench_worker *w);
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 		      struct sockaddr *sa, int len, void *arg)
 {
+	(void)l;
 	(void)sa;
 	(void)len;
 	struct bench_worker *w = arg;
 	bench_reply(w, fd);
 	if (bench_drop_now(w)) {
-		((struct lw *)w->impl)->lev = NULL;
-		evconnlistener_free(l);
+		drop(w);
 		bench_dropped();
 	}
 }
 
-static int setup(struct bench_cfg *cfg, struct bench_worker *w, int *port)
+static int setup(struct bench_worker *w, int *port)
 {
 	struct lw *x = calloc(1, sizeof(*x));
-	x->cfg = cfg;
 	x->base = event_base_new();
 	struct sockaddr_in sin = {.sin_family = AF_INET,
 				  .sin_port = htons((uint16_t)*port),
@@ -63,7 +63,7 @@ static void *run(void *arg)
 {
 	struct bench_worker *w = arg;
 	struct lw *x = w->impl;
-	bench_run_base(x->cfg, x->base, w->id);
+	bench_run_base(w->cfg, x->base, w->id);
 	return NULL;
 }
 
@@ -73,20 +73,15 @@ static void stop(struct bench_worker *w)
 	event_base_loopbreak(x->base);
 }
 
+/* free the worker's listener, if it still has one: on SIGTERM all a
+ * libevent server can do (what is queued on its sockets is reset when
+ * they close) */
 static void drop(struct bench_worker *w)
 {
 	struct lw *x = w->impl;
-	evconnlistener_free(x->lev);
+	if (x->lev)
+		evconnlistener_free(x->lev);
 	x->lev = NULL;
-}
-
-static void leave(struct bench_worker *w, int n)
-{
-	/* all a libevent server can do: what is queued on its sockets is
-	 * reset when they close */
-	for (int i = 0; i < n; i++)
-		if (((struct lw *)w[i].impl)->lev)
-			drop(&w[i]);
 }
 
 static void describe(struct bench_worker *w, char *buf, size_t len)
@@ -104,6 +99,5 @@ const struct bench_impl bench_libevent = {
 	.run = run,
 	.stop = stop,
 	.drop = drop,
-	.leave = leave,
 	.describe = describe,
 };
