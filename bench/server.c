@@ -99,7 +99,7 @@ void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id)
 void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id)
 {
 	bench_freeze_if(cfg, id);
-	/* a loopbreak before dispatch started would be forgotten */
+	/* let go at exit (stop() then needs no loop to end) */
 	if (atomic_load(&stopping))
 		return;
 	bench_add_stall(base, cfg, id);
@@ -238,7 +238,9 @@ static void *ev_run(void *arg)
 
 static void ev_stop(struct bench_worker *w)
 {
-	event_base_loopbreak(((struct ew *)w->impl)->base);
+	/* loopexit, not loopbreak: a loop that has not started yet (the
+	 * frozen worker, just let go) would forget a break */
+	event_base_loopexit(((struct ew *)w->impl)->base, NULL);
 }
 
 /* free the worker's listener, if it still has one */
@@ -578,7 +580,6 @@ int main(int argc, char **argv)
 		impl->drop(&w[i]);
 	double leave_s = mono_s() - t0;
 	atomic_store(&stopping, true);
-	bench_unfreeze();
 	for (int i = 0; i < cfg.workers; i++)
 		impl->stop(&w[i]);
 	for (int i = 0; i < cfg.workers; i++)

@@ -70,7 +70,8 @@ static void *run(void *arg)
 static void stop(struct bench_worker *w)
 {
 	struct lw *x = w->impl;
-	event_base_loopbreak(x->base);
+	/* see ev_stop(): a break before the loop starts is forgotten */
+	event_base_loopexit(x->base, NULL);
 }
 
 /* free the worker's listener, if it still has one: on SIGTERM all a
