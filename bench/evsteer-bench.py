@@ -253,11 +253,16 @@ def find_flamegraph_template():
     return None
 
 
+def last_json(out):
+    """The load generator's result: the JSON on its last line."""
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def load(mode, port, *args, timeout=120):
     cmd = [LOAD, mode, "--port", str(port)] + [str(a) for a in args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                          check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return last_json(out)
 
 
 def pick(v, quick):
@@ -308,7 +313,7 @@ def run_one(scen, impl, quick):
             srv.signal(signal.SIGUSR1)
             drop = json.loads(srv.readline())
             out, _ = lp.communicate("go\n", timeout=60)
-            r = json.loads(out.strip().splitlines()[-1])
+            r = last_json(out)
             res = {"queued": int(held[1]) - drop["served_by_others_before"],
                    "served": r["served"], "reset": r["reset"],
                    "other": r["other"], "connect_failed": int(held[2])}
@@ -326,7 +331,7 @@ def run_one(scen, impl, quick):
             time.sleep(secs / 3)
             a_info = srv.stop()  # the old one leaves gracefully
             out, _ = lp.communicate(timeout=secs + 60)
-            r = json.loads(out.strip().splitlines()[-1])
+            r = last_json(out)
             res = {"sent": r["sent"], "served": r["completed"],
                    "reset": r["reset"], "refused": r["refused"],
                    "closed": r["closed"], "timed_out": r["timed_out"],
@@ -348,7 +353,7 @@ def run_one(scen, impl, quick):
             cpu, dt = srv.cpu() - c0, time.monotonic() - t0
             srv.signal(signal.SIGUSR2)  # descriptors free up again
             out, _ = lp.communicate("go\n", timeout=60)
-            r = json.loads(out.strip().splitlines()[-1])
+            r = last_json(out)
             opened = int(held[1])
             res = {"server_cpu_pct": 100.0 * cpu / dt,
                    "recovered": r["served"] == opened,
