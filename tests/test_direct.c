@@ -13,12 +13,6 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-static void need_uring(void)
-{
-	const char *why = tl_uring_unavailable();
-	tl_skip_unless(why == NULL, "uring", why ? why : "");
-}
-
 /* ---- a request/response server on direct descriptors */
 
 #define NCONN 20
@@ -94,7 +88,7 @@ static struct evsteer_listener *direct_listener(struct event_base *base,
 static void test_direct_request_response(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	struct event_base *base = tl_base();
 	struct srv s = {0};
 	s.lev = direct_listener(base, on_direct, &s, 0);
@@ -184,7 +178,7 @@ static bool slot_seen(void *arg)
 static void test_slot_to_fd(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	struct event_base *base = tl_base();
 	struct install in = {.slot = -1, .res = -1};
 	struct evsteer_listener *lev = direct_listener(base, keep_slot, &in, 0);
@@ -304,14 +298,14 @@ static void send_and_close(bool with_cb)
 static void test_send_and_close(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	send_and_close(true);
 }
 
 static void test_send_and_close_no_cb(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	send_and_close(false);
 }
 
@@ -319,7 +313,7 @@ static void test_send_and_close_no_cb(void **state)
 static void test_direct_first_pass(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	struct event_base *base = tl_base();
 	struct replier p = {0};
 	struct sockaddr_storage ss;
@@ -342,12 +336,6 @@ static void test_direct_first_pass(void **state)
 
 /* ---- a stalled direct worker's queue is taken by a healthy one */
 
-static void need_bpf(void)
-{
-	const char *why = tl_bpf_unavailable();
-	tl_skip_unless(why == NULL, "bpf", why ? why : "");
-}
-
 /*
  * Two direct workers in a BPF group; worker 0 never runs its loop. Once it
  * is past the stall threshold with a connection pending, worker 1 accepts
@@ -357,8 +345,8 @@ static void need_bpf(void)
 static void test_direct_stall_steal(void **state)
 {
 	(void)state;
-	need_bpf();
-	need_uring();
+	tl_need_bpf();
+	tl_need_uring();
 	struct event_base *a = tl_base(), *b = tl_base();
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
@@ -449,7 +437,7 @@ static void holder_error(struct evsteer_listener *lev, void *arg)
 static void test_table_full(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	struct event_base *base = tl_base();
 	struct holder h = {0};
 	struct evsteer_listener *lev = direct_listener(base, hold_slot, &h, 4);
@@ -500,7 +488,7 @@ static void close_at_once(struct evsteer_listener *lev, struct evsteer_uring *r,
 static void test_cq_overflow(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	enum { N = 4600 }; /* the CQ has 4096 entries */
 	/* the fixed-file table may not exceed RLIMIT_NOFILE */
 	struct rlimit rl, saved;
@@ -554,7 +542,7 @@ static void test_cq_overflow(void **state)
 static void test_free_releases_socket(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	for (int direct = 0; direct < 2; direct++) {
 		struct event_base *base = tl_base();
 		struct sockaddr_storage ss;
@@ -588,7 +576,7 @@ static void test_free_releases_socket(void **state)
 static void test_no_leak_10k(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	int before = tl_count_fds();
 	struct event_base *base = tl_base();
 	struct sockaddr_storage ss;

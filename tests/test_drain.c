@@ -20,18 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static void need_bpf(void)
-{
-	const char *why = tl_bpf_unavailable();
-	tl_skip_unless(why == NULL, "bpf", why ? why : "");
-}
-
-static void need_uring(void)
-{
-	const char *why = tl_uring_unavailable();
-	tl_skip_unless(why == NULL, "uring", why ? why : "");
-}
-
 static const char *engine_name(enum evsteer_accept_mode m)
 {
 	return m == EVSTEER_ACCEPT_EVENT ? "event" : "uring";
@@ -224,9 +212,9 @@ static void leave_from_callback(enum evsteer_accept_mode engine)
 static void test_leave_from_callback(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	leave_from_callback(EVSTEER_ACCEPT_EVENT);
-	need_uring();
+	tl_need_uring();
 	leave_from_callback(EVSTEER_ACCEPT_URING);
 }
 
@@ -260,8 +248,8 @@ static void direct_reply(struct evsteer_listener *lev, struct evsteer_uring *r,
 static void test_leave_direct(void **state)
 {
 	(void)state;
-	need_bpf();
-	need_uring();
+	tl_need_bpf();
+	tl_need_uring();
 	struct event_base *a = tl_base(), *b = tl_base();
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
@@ -360,9 +348,9 @@ static void leave_from_other_thread(enum evsteer_accept_mode engine)
 static void test_leave_from_other_thread(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	leave_from_other_thread(EVSTEER_ACCEPT_EVENT);
-	need_uring();
+	tl_need_uring();
 	leave_from_other_thread(EVSTEER_ACCEPT_URING);
 }
 
@@ -454,9 +442,9 @@ static void churn(enum evsteer_accept_mode engine)
 static void test_churn(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	churn(EVSTEER_ACCEPT_EVENT);
-	need_uring();
+	tl_need_uring();
 	churn(EVSTEER_ACCEPT_URING);
 }
 
@@ -510,7 +498,7 @@ static void test_churn_lone(void **state)
 {
 	(void)state;
 	churn_lone(EVSTEER_ACCEPT_EVENT);
-	need_uring();
+	tl_need_uring();
 	churn_lone(EVSTEER_ACCEPT_URING);
 }
 
@@ -534,7 +522,7 @@ static void lone_closed(struct evsteer_listener *lev, int fd,
 static void test_lone_listener_counts(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	int fds_before = tl_count_fds();
 	struct event_base *base = tl_base();
 	struct sockaddr_storage ss;
@@ -581,7 +569,7 @@ static void count_errors(struct evsteer_listener *lev, void *arg)
 static void test_loop_thread_exits(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	struct event_base *base = tl_base();
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);

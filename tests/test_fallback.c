@@ -185,22 +185,10 @@ static int run_forked(int seccomp_err, bool expect_bpf, const char *reason,
 /* ---- the parent side: cmocka tests. A forced fallback only means
  * something where the real thing works here. */
 
-static void need_bpf(void)
-{
-	const char *why = tl_bpf_unavailable();
-	tl_skip_unless(!why, "bpf", why ? why : "");
-}
-
-static void need_uring(void)
-{
-	const char *why = tl_uring_unavailable();
-	tl_skip_unless(!why, "uring", why ? why : "");
-}
-
 static void test_seccomp_eperm(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
 	/* root holds CAP_BPF: the reason must blame the filter, not ask for
 	 * the capability */
@@ -212,7 +200,7 @@ static void test_seccomp_eperm(void **state)
 static void test_seccomp_enosys(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
 	assert_int_equal(run_forked(ENOSYS, false, "unavailable: a seccomp",
 				    "CAP_BPF", ENOSYS),
@@ -223,7 +211,7 @@ static void test_seccomp_enosys(void **state)
 static void test_user_namespace(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	int max = tl_sysctl_int("user/max_user_namespaces", 1);
 	tl_skip_unless(max > 0, "bpf", "user namespaces disabled here");
 #if defined(__SANITIZE_THREAD__)
@@ -328,7 +316,7 @@ static int run_uring_child(int err, const char *reason)
 static void test_uring_seccomp_eperm(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	tl_skip_unless(ARCH != 0, "uring", "no seccomp arch constant here");
 	assert_int_equal(run_uring_child(EPERM, "(EPERM) by a seccomp filter"), 0);
 }
@@ -336,7 +324,7 @@ static void test_uring_seccomp_eperm(void **state)
 static void test_uring_seccomp_enosys(void **state)
 {
 	(void)state;
-	need_uring();
+	tl_need_uring();
 	tl_skip_unless(ARCH != 0, "uring", "no seccomp arch constant here");
 	assert_int_equal(run_uring_child(ENOSYS, "(ENOSYS) under a seccomp"), 0);
 }
@@ -389,7 +377,7 @@ static bool have_setpriv(void)
 static void test_cap_bpf_alone_as_root(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	tl_skip_unless(have_setpriv(), "bpf", "needs root and setpriv");
 	const char *a[] = {"--bounding-set=-all,+bpf", "--inh-caps=-all,+bpf",
 			   "--ambient-caps=-all,+bpf", NULL};
@@ -399,7 +387,7 @@ static void test_cap_bpf_alone_as_root(void **state)
 static void test_cap_bpf_ambient_unprivileged(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	tl_skip_unless(have_setpriv(), "bpf", "needs root and setpriv");
 	const char *a[] = {"--reuid=65534", "--regid=65534", "--clear-groups",
 			   "--bounding-set=-all,+bpf", "--inh-caps=-all,+bpf",
@@ -410,7 +398,7 @@ static void test_cap_bpf_ambient_unprivileged(void **state)
 static void test_no_cap_bpf_falls_back(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	tl_skip_unless(have_setpriv(), "bpf", "needs root and setpriv");
 	/* root without CAP_BPF and CAP_SYS_ADMIN (either would allow it) */
 	const char *a[] = {"--bounding-set=-all", "--inh-caps=-all", NULL};

@@ -34,12 +34,6 @@ struct fx {
 	socklen_t len;
 };
 
-static void need_bpf(void)
-{
-	const char *why = tl_bpf_unavailable();
-	tl_skip_unless(why == NULL, "bpf", why ? why : "");
-}
-
 /* n workers; each on its own base when separate, else all on w[0].base */
 static void fx_open(struct fx *f, int n, enum evsteer_policy policy,
 		    int stall_us, enum evsteer_bpf_mode mode, bool separate)
@@ -118,7 +112,7 @@ static void serve_shared(struct fx *f, int want)
 static void test_round_robin_exact(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 4, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
 	EVSTEER_PATH_OPTS(p);
@@ -155,7 +149,7 @@ static void test_round_robin_exact(void **state)
 static void test_least_pending_avoids_busy(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_LEAST_PENDING, -1, EVSTEER_BPF_REQUIRE, true);
 	int c[100];
@@ -204,7 +198,7 @@ static void *pinned_client(void *arg)
 static void test_cpu_policy(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_CPU, -1, EVSTEER_BPF_REQUIRE, false);
 	cpu_set_t mine;
@@ -237,7 +231,7 @@ static void test_cpu_policy(void **state)
 static void test_policy_switch(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
 	int c[40];
@@ -267,7 +261,7 @@ static void test_policy_switch(void **state)
 static void test_weights(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
 	assert_int_equal(evsteer_group_set_weight(f.g, 0, 3), 0);
@@ -288,7 +282,7 @@ static void test_weights(void **state)
 static void test_join_leave(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
 	int slot = evsteer_group_add_worker(f.g);
@@ -342,7 +336,7 @@ static void test_join_leave(void **state)
 static void test_stall_steal(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	/* 20 ms, so that this test does not depend on the machine's speed */
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000, EVSTEER_BPF_REQUIRE,
@@ -399,7 +393,7 @@ static bool serve_both(struct fx *f, int want)
 static void test_stall_recovers(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_LEAST_PENDING, 2000, EVSTEER_BPF_REQUIRE,
 		true);
@@ -481,9 +475,8 @@ static bool two_served(void *arg)
 static void test_stall_back_at_once(void **state)
 {
 	(void)state;
-	need_bpf();
-	const char *why = tl_uring_unavailable();
-	tl_skip_unless(why == NULL, "uring", why ? why : "");
+	tl_need_bpf();
+	tl_need_uring();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000, EVSTEER_BPF_REQUIRE,
 		true);
@@ -622,7 +615,7 @@ static int migrate_req_sysctl(void)
 static void test_drain_zero_resets(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	int queued, served, resets;
 	drain(EVSTEER_BPF_REQUIRE, &queued, &served, &resets);
 	assert_int_equal(queued, 200);
@@ -751,7 +744,7 @@ static int raw_syn(const struct sockaddr_in *dst, uint16_t sport)
 static void test_drift_resync(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 1, EVSTEER_POLICY_LEAST_PENDING, -1, EVSTEER_BPF_REQUIRE,
 		false);
@@ -781,7 +774,7 @@ static void test_drift_resync(void **state)
 static void test_implicit_group(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct event_base *base = tl_base();
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
@@ -827,7 +820,7 @@ static void test_implicit_group(void **state)
 static void test_one_address_one_group(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE, false);
 	EVSTEER_GROUP_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE);
@@ -892,7 +885,7 @@ static void test_one_address_one_group(void **state)
 static void test_require_on_hashed_address(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 1, EVSTEER_POLICY_LEAST_PENDING, -1, EVSTEER_BPF_OFF, false);
 	EVSTEER_GROUP_OPTS(o, .bpf = EVSTEER_BPF_REQUIRE);
@@ -944,7 +937,7 @@ static void *churn_thread(void *arg)
 static void test_churn_while_stealing(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct fx f;
 	/* a tiny stall threshold: every wake-up looks at its siblings */
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 100, EVSTEER_BPF_REQUIRE, true);

@@ -306,8 +306,7 @@ static void serve_group(enum evsteer_bpf_mode mode)
 static void test_from_fds_bpf(void **state)
 {
 	(void)state;
-	const char *why = tl_bpf_unavailable();
-	tl_skip_unless(!why, "bpf", why ? why : "");
+	tl_need_bpf();
 	serve_group(EVSTEER_BPF_REQUIRE);
 }
 

@@ -116,12 +116,6 @@ static pid_t spawn_sh_ok(const char *cmd, int *in_fd, int *out_fd)
 	return p;
 }
 
-static void need_bpf(void)
-{
-	const char *why = tl_bpf_unavailable();
-	tl_skip_unless(why == NULL, "bpf", why ? why : "");
-}
-
 /* A line from the server within the timeout, or false. */
 static bool srv_line(struct srv *s, char *buf, size_t n)
 {
@@ -394,7 +388,7 @@ static bool is_bpf(const struct srv *s)
 static void test_two_processes(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct srv a, b;
 	srv_start(&a, 0, 2, NULL);
 	srv_start(&b, a.port, 2, NULL);
@@ -432,7 +426,7 @@ static void test_two_processes(void **state)
 static void test_round_robin_2x2(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct srv a, b;
 	/* stall detection off: on a loaded machine a worker descheduled for
 	 * 2 ms would (rightly) be skipped, and the rotation not exact */
@@ -507,7 +501,7 @@ static void leave_with_queue(const char *accept, bool kill_it)
 static void test_leave_migrates(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	leave_with_queue("event", false);
 	if (!tl_uring_unavailable())
 		leave_with_queue("uring", false);
@@ -519,7 +513,7 @@ static void test_leave_migrates(void **state)
 static void test_sigkill_member(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	leave_with_queue("event", true);
 	if (!tl_uring_unavailable())
 		leave_with_queue("uring", true);
@@ -530,7 +524,7 @@ static void test_sigkill_member(void **state)
 static void test_creator_leaves_first(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct srv a, b, c;
 	srv_start(&a, 0, 1, "--policy", "round-robin", "--stall-us", "-1", NULL);
 	srv_start(&b, a.port, 2, NULL);
@@ -562,7 +556,7 @@ static void test_creator_leaves_first(void **state)
 static void test_retire(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct srv a, b;
 	srv_start(&a, 0, 2, "--policy", "round-robin", "--stall-us", "-1", NULL);
 	srv_start(&b, a.port, 2, "--frozen", NULL);
@@ -605,7 +599,7 @@ static void test_retire(void **state)
 static void test_sigkill_server(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	struct srv a, b, c;
 	srv_start(&a, 0, 2, "--policy", "round-robin", "--stall-us", "-1", NULL);
 	srv_start(&b, a.port, 1, NULL);
@@ -637,7 +631,7 @@ static void test_sigkill_server(void **state)
 static void test_concurrent_joins(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	int port = free_port();
 	struct srv s[6];
 	/* start all four before reading any "ready" */
@@ -684,7 +678,7 @@ static void test_concurrent_joins(void **state)
 static void test_foreign_socket(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	int port = free_port();
 	int f = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int one = 1;
@@ -721,7 +715,7 @@ static void test_foreign_socket(void **state)
 static void test_other_user(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	tl_skip_unless(geteuid() == 0 &&
 			       system("setpriv --version >/dev/null 2>&1 && "
 				      "/usr/bin/python3 -c 1 2>/dev/null") == 0,
@@ -801,7 +795,7 @@ static pid_t fake_rendezvous(int port, const char *mode, int *stdin_fd,
 static void test_rendezvous_refused(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 	tl_skip_unless(system("/usr/bin/python3 -c 1 2>/dev/null") == 0, "bpf",
 		       "needs python3");
 	const char *modes[] = {"mute", "version"};
@@ -836,7 +830,7 @@ static void noop_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 static void test_fork_child_is_a_member(void **state)
 {
 	(void)state;
-	need_bpf();
+	tl_need_bpf();
 #if defined(__SANITIZE_THREAD__)
 	/* ThreadSanitizer does not support threads started in the child of a
 	 * multi-threaded fork ("dup thread with used id"); the plain and ASan

@@ -142,6 +142,18 @@ void tl_skip_unless(bool have, const char *feature, const char *why)
 	skip();
 }
 
+void tl_need_bpf(void)
+{
+	const char *why = tl_bpf_unavailable();
+	tl_skip_unless(why == NULL, "bpf", why ? why : "");
+}
+
+void tl_need_uring(void)
+{
+	const char *why = tl_uring_unavailable();
+	tl_skip_unless(why == NULL, "uring", why ? why : "");
+}
+
 static bool path_selected(const char *name)
 {
 	const char *sel = getenv("EVSTEER_TEST_PATHS");
