@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+import evtest
+
 DEMO, LIB, SRC = sys.argv[1:4]
 PROFILE_PY = os.path.join(SRC, "deploy", "seccomp", "profile.py")
 OURS = os.path.join(SRC, "deploy", "seccomp", "evsteer.json")
@@ -31,17 +33,8 @@ DOCKER = os.path.join(SRC, "deploy", "seccomp", "docker-default.json")
 TIMEOUT = 120  # seconds per container; a loaded 2-core box is slow
 
 
-def required():
-    req = os.environ.get("EVSTEER_TEST_REQUIRE", "")
-    return req == "all" or "container" in req.split(",")
-
-
 def skip(why):
-    if required():
-        print(f"container: required (EVSTEER_TEST_REQUIRE) but: {why}")
-        sys.exit(1)
-    print(f"container: skipped: {why}")
-    sys.exit(77)
+    evtest.skip("container", "container", why)
 
 
 def stage(top):

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 
+import evtest
+
 SRC, BUILD, SERVICE = sys.argv[1:4]
 DEPLOY = os.path.join(SRC, "deploy")
 failures = []
@@ -28,14 +30,9 @@ def expect(cond, what):
         failures.append(what)
 
 
-def required():
-    req = os.environ.get("EVSTEER_TEST_REQUIRE", "")
-    return req == "all" or "deploy" in req.split(",")
-
-
 def missing(what):
     """a tool this check needs is not installed: skip it, or fail in CI"""
-    if required():
+    if evtest.required("deploy"):
         expect(False, f"{what} (required: EVSTEER_TEST_REQUIRE)")
     else:
         print(f"skip {what}")

@@ -35,6 +35,8 @@ import tempfile
 import threading
 import time
 
+import evtest
+
 SKIP = 77
 TIMEOUT = 60  # seconds, for anything that should take well under one
 A = None      # parsed arguments
@@ -45,15 +47,10 @@ class Skip(Exception):
     pass
 
 
-def required(feature):
-    req = os.environ.get("EVSTEER_TEST_REQUIRE", "")
-    return req == "all" or feature in req.split(",")
-
-
 def need(feature, have, why):
     if have:
         return
-    if required(feature):
+    if evtest.required(feature):
         raise AssertionError(f"{feature} is required (EVSTEER_TEST_REQUIRE) but: {why}")
     raise Skip(f"{feature}: {why}")
 

@@ -21,22 +21,15 @@ import tempfile
 import threading
 import time
 
+import evtest
+
 SERVICE = sys.argv[1]
 N = 200
 TIMEOUT = 60
 
 
-def required():
-    req = os.environ.get("EVSTEER_TEST_REQUIRE", "")
-    return req == "all" or "systemd" in req.split(",")
-
-
 def skip(why):
-    if required():
-        print(f"socket-activation: required (EVSTEER_TEST_REQUIRE) but: {why}")
-        sys.exit(1)
-    print(f"socket-activation: skipped: {why}")
-    sys.exit(77)
+    evtest.skip("socket-activation", "systemd", why)
 
 
 def listener(port, reuseport):
