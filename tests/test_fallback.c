@@ -10,27 +10,15 @@
 #include "tlib.h"
 
 #include <errno.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <event2/thread.h>
-
-#if defined(__x86_64__)
-#define ARCH AUDIT_ARCH_X86_64
-#elif defined(__aarch64__)
-#define ARCH AUDIT_ARCH_AARCH64
-#else
-#define ARCH 0
-#endif
 
 /* ---- the child side: plain C, no cmocka (its state belongs to the parent) */
 
@@ -39,26 +27,6 @@ static void child_fail(int code, const char *what)
 	fprintf(stderr, "child: %s (errno %d: %s)\n", what, errno,
 		strerror(errno));
 	_exit(code);
-}
-
-static int deny_syscall(long nr, int err)
-{
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, arch)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ARCH, 1, 0),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K,
-			 SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-		return -1;
-	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
 }
 
 struct count {
@@ -170,16 +138,13 @@ static int run_forked(int seccomp_err, bool expect_bpf, const char *reason,
 	if (pid < 0)
 		return -1;
 	if (pid == 0) {
-		if (seccomp_err > 0 && deny_syscall(__NR_bpf, seccomp_err) < 0)
+		if (seccomp_err > 0 && tl_deny_syscall(__NR_bpf, seccomp_err) < 0)
 			child_fail(2, "seccomp");
 		if (seccomp_err < 0 && unshare(CLONE_NEWUSER) < 0)
 			child_fail(3, "unshare(CLONE_NEWUSER)");
 		child_check(expect_bpf, reason, wrong, require_errno);
 	}
-	int st;
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	return tl_wait_status(pid);
 }
 
 /* ---- the parent side: cmocka tests. A forced fallback only means
@@ -189,7 +154,7 @@ static void test_seccomp_eperm(void **state)
 {
 	(void)state;
 	tl_need_bpf();
-	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
+	tl_skip_unless(TL_SECCOMP_ARCH != 0, "bpf", "no seccomp arch constant here");
 	/* root holds CAP_BPF: the reason must blame the filter, not ask for
 	 * the capability */
 	assert_int_equal(run_forked(EPERM, false, "seccomp", "needs CAP_BPF",
@@ -201,7 +166,7 @@ static void test_seccomp_enosys(void **state)
 {
 	(void)state;
 	tl_need_bpf();
-	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
+	tl_skip_unless(TL_SECCOMP_ARCH != 0, "bpf", "no seccomp arch constant here");
 	assert_int_equal(run_forked(ENOSYS, false, "unavailable: a seccomp",
 				    "CAP_BPF", ENOSYS),
 			 0);
@@ -260,7 +225,7 @@ static void test_env_off(void **state)
  */
 static void uring_child(int err, const char *reason)
 {
-	if (deny_syscall(__NR_io_uring_setup, err) < 0)
+	if (tl_deny_syscall(__NR_io_uring_setup, err) < 0)
 		child_fail(2, "seccomp");
 	struct event_base *base = event_base_new();
 	struct sockaddr_storage ss;
@@ -307,17 +272,14 @@ static int run_uring_child(int err, const char *reason)
 		return -1;
 	if (pid == 0)
 		uring_child(err, reason);
-	int st;
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	return tl_wait_status(pid);
 }
 
 static void test_uring_seccomp_eperm(void **state)
 {
 	(void)state;
 	tl_need_uring();
-	tl_skip_unless(ARCH != 0, "uring", "no seccomp arch constant here");
+	tl_skip_unless(TL_SECCOMP_ARCH != 0, "uring", "no seccomp arch constant here");
 	assert_int_equal(run_uring_child(EPERM, "(EPERM) by a seccomp filter"), 0);
 }
 
@@ -325,7 +287,7 @@ static void test_uring_seccomp_enosys(void **state)
 {
 	(void)state;
 	tl_need_uring();
-	tl_skip_unless(ARCH != 0, "uring", "no seccomp arch constant here");
+	tl_skip_unless(TL_SECCOMP_ARCH != 0, "uring", "no seccomp arch constant here");
 	assert_int_equal(run_uring_child(ENOSYS, "(ENOSYS) under a seccomp"), 0);
 }
 

@@ -10,13 +10,9 @@
 #include "tlib.h"
 
 #include <errno.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -143,33 +139,6 @@ static void test_uring_table(void **state)
 
 /* ---- the facts, from real processes */
 
-#if defined(__x86_64__)
-#define ARCH AUDIT_ARCH_X86_64
-#elif defined(__aarch64__)
-#define ARCH AUDIT_ARCH_AARCH64
-#else
-#define ARCH 0
-#endif
-
-static int deny_bpf(void)
-{
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, arch)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ARCH, 1, 0),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bpf, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-		return -1;
-	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
-}
-
 /* mode 0: as is; 1: under a seccomp filter on bpf; 2: in a user namespace.
  * Exit code 0 when the gathered facts are what that world implies. */
 static int facts_child(int mode)
@@ -179,7 +148,7 @@ static int facts_child(int mode)
 	if (pid < 0)
 		return -1;
 	if (pid == 0) {
-		if (mode == 1 && deny_bpf() < 0)
+		if (mode == 1 && tl_deny_syscall(__NR_bpf, EPERM) < 0)
 			_exit(2);
 		if (mode == 2 && unshare(CLONE_NEWUSER) < 0)
 			_exit(3);
@@ -209,10 +178,7 @@ static int facts_child(int mode)
 				      13);
 		}
 	}
-	int st;
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	return tl_wait_status(pid);
 }
 
 static void test_facts_real(void **state)
@@ -220,7 +186,7 @@ static void test_facts_real(void **state)
 	(void)state;
 	tl_skip_unless(geteuid() == 0, "bpf", "needs root (full capabilities)");
 	assert_int_equal(facts_child(0), 0);
-	tl_skip_unless(ARCH != 0, "bpf", "no seccomp arch constant here");
+	tl_skip_unless(TL_SECCOMP_ARCH != 0, "bpf", "no seccomp arch constant here");
 	assert_int_equal(facts_child(1), 0);
 	tl_skip_unless(tl_sysctl_int("user/max_user_namespaces", 1) > 0, "bpf",
 		       "user namespaces disabled here");

@@ -27,10 +27,7 @@ static int child_run(int (*body)(void))
 		return -1;
 	if (pid == 0)
 		_exit(body());
-	int st;
-	if (waitpid(pid, &st, 0) < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	return tl_wait_status(pid);
 }
 
 static void put_fds(int n)

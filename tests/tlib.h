@@ -14,8 +14,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <linux/audit.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <sys/un.h>
 
 #include <event2/event.h>
@@ -164,3 +166,19 @@ int tl_queued(int listen_fd);
 int tl_stage_self(char *dir, size_t dlen, char *exe, size_t elen,
 		  char *libdir, size_t llen);
 void tl_unstage(const char *dir);
+
+/* ---- for forked children (tlib_child.c: no cmocka there) */
+
+/* This build's seccomp audit arch; 0 where unknown (seccomp tests skip). */
+#if defined(__x86_64__)
+#define TL_SECCOMP_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define TL_SECCOMP_ARCH AUDIT_ARCH_AARCH64
+#else
+#define TL_SECCOMP_ARCH 0
+#endif
+/* A seccomp filter (with no_new_privs) under which syscall nr fails with
+ * err; 0, or -1 with errno. */
+int tl_deny_syscall(long nr, int err);
+/* Wait for a child: its exit code, 128 + the signal that killed it, or -1. */
+int tl_wait_status(pid_t pid);
