@@ -96,6 +96,14 @@ static int check_replies(int *c, int n, const char *what)
 	return bad;
 }
 
+/* Every CPU steers to the group's slot (policy cpu). */
+static void steer_all_to(struct evsteer_group *g, unsigned int slot)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+	for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
+		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)cpu, slot), 0);
+}
+
 /* A 2-worker BPF group; every CPU steers to worker 1 (policy cpu). */
 static struct evsteer_group *two_workers(enum evsteer_accept_mode engine,
 					 enum evsteer_policy policy,
@@ -110,12 +118,26 @@ static struct evsteer_group *two_workers(enum evsteer_accept_mode engine,
 		(struct sockaddr *)ss, *len, 2, EVSTEER_OPT_THREADSAFE, 512, &o);
 	assert_non_null(g);
 	*len = tl_sockname(evsteer_group_get_fd(g, 0), ss);
-	if (policy == EVSTEER_POLICY_CPU) {
-		long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-		for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
-			assert_int_equal(evsteer_group_set_cpu(g, (unsigned)cpu, 1), 0);
-	}
+	if (policy == EVSTEER_POLICY_CPU)
+		steer_all_to(g, 1);
 	return g;
+}
+
+/* A worker whose loop runs in its own thread served n, within the
+ * timeout (yielding to it meanwhile). */
+static bool wait_served(struct worker *w, int n)
+{
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		if (atomic_load(&w->served) >= n)
+			return true;
+		sched_yield();
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	} while ((t.tv_sec - t0.tv_sec) * 1000 +
+			 (t.tv_nsec - t0.tv_nsec) / 1000000 <
+		 TL_TIMEOUT_MS);
+	return atomic_load(&w->served) >= n;
 }
 
 static bool served_reached(void *arg)
@@ -269,9 +291,7 @@ static void test_leave_direct(void **state)
 	struct evsteer_group *g = evsteer_listener_get_group(w0.lev);
 	assert_non_null(g);
 	assert_ptr_equal(evsteer_listener_get_group(w1.lev), g);
-	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-	for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
-		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)cpu, 1), 0);
+	steer_all_to(g, 1);
 	event_base_loop(a, EVLOOP_NONBLOCK);
 	event_base_loop(b, EVLOOP_NONBLOCK);
 
@@ -319,14 +339,8 @@ static void leave_from_other_thread(enum evsteer_accept_mode engine)
 		c[i] = client(&ss, len);
 		if (i == 100) {
 			/* worker 1 is running and delivering: free it now */
-			struct timespec t0, t;
-			clock_gettime(CLOCK_MONOTONIC, &t0);
-			do {
-				sched_yield();
-				clock_gettime(CLOCK_MONOTONIC, &t);
-			} while (atomic_load(&w[1].served) == 0 &&
-				 t.tv_sec - t0.tv_sec < TL_TIMEOUT_MS / 1000);
-			assert_true(atomic_load(&w[1].served) > 0);
+			if (!wait_served(&w[1], 1))
+				fail_msg("worker 1 served nothing");
 			evsteer_listener_free(w[1].lev);
 		}
 	}
@@ -406,17 +420,9 @@ static void churn(enum evsteer_accept_mode engine)
 		} else {
 			/* it frees itself at its second connection; round-robin
 			 * gives it one of every two, so it gets there */
-			struct timespec until;
-			clock_gettime(CLOCK_MONOTONIC, &until);
-			until.tv_sec += TL_TIMEOUT_MS / 1000;
-			while (atomic_load(&w1.served) < 2) {
-				struct timespec now;
-				clock_gettime(CLOCK_MONOTONIC, &now);
-				if (now.tv_sec > until.tv_sec)
-					fail_msg("cycle %d: worker 1 served %d", cycle,
-						 atomic_load(&w1.served));
-				sched_yield();
-			}
+			if (!wait_served(&w1, 2))
+				fail_msg("cycle %d: worker 1 served %d", cycle,
+					 atomic_load(&w1.served));
 		}
 		int l = check_replies(c, PER_CYCLE, engine_name(engine));
 		if (l)
@@ -448,6 +454,24 @@ static void test_churn(void **state)
 	churn(EVSTEER_ACCEPT_URING);
 }
 
+/* A lone listener (no BPF, no group) on a loopback port on this engine;
+ * ss and len become its address. */
+static struct evsteer_listener *lone(struct event_base *base,
+				     enum evsteer_accept_mode engine,
+				     evsteer_accept_cb cb, void *arg,
+				     unsigned int flags,
+				     struct sockaddr_storage *ss, socklen_t *len)
+{
+	*len = tl_addr_loopback(AF_INET, ss);
+	EVSTEER_LISTENER_OPTS(o, .accept = engine, .bpf = EVSTEER_BPF_OFF);
+	struct evsteer_listener *lev = evsteer_listener_new_bind(
+		base, cb, arg, EVSTEER_OPT_CLOSE_ON_FREE | flags, -1,
+		(struct sockaddr *)ss, *len, &o);
+	assert_non_null(lev);
+	*len = tl_sockname(evsteer_listener_get_fd(lev), ss);
+	return lev;
+}
+
 /*
  * Churn of lone listeners, on the event and io_uring engines without BPF:
  * created on a base whose loop runs in a thread, clients connect, the
@@ -463,14 +487,9 @@ static void churn_lone(enum evsteer_accept_mode engine)
 		bool self = cycle % 2;
 		w.free_self_at = self ? PER_CYCLE : 0;
 		struct sockaddr_storage ss;
-		socklen_t len = tl_addr_loopback(AF_INET, &ss);
-		EVSTEER_LISTENER_OPTS(o, .accept = engine, .bpf = EVSTEER_BPF_OFF);
-		w.lev = evsteer_listener_new_bind(
-			w.base, reply_cb, &w,
-			EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_THREADSAFE, -1,
-			(struct sockaddr *)&ss, len, &o);
-		assert_non_null(w.lev);
-		len = tl_sockname(evsteer_listener_get_fd(w.lev), &ss);
+		socklen_t len;
+		w.lev = lone(w.base, engine, reply_cb, &w, EVSTEER_OPT_THREADSAFE,
+			     &ss, &len);
 		keep_running(&w);
 		assert_int_equal(pthread_create(&w.thread, NULL, run_base, &w), 0);
 		int c[PER_CYCLE];
@@ -526,14 +545,10 @@ static void test_lone_listener_counts(void **state)
 	int fds_before = tl_count_fds();
 	struct event_base *base = tl_base();
 	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	socklen_t len;
 	struct evsteer_listener_stats st = {0};
-	EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING,
-			      .bpf = EVSTEER_BPF_OFF);
-	struct evsteer_listener *lev = evsteer_listener_new_bind(
-		base, lone_closed, &st, EVSTEER_OPT_CLOSE_ON_FREE, -1,
-		(struct sockaddr *)&ss, len, &o);
-	assert_non_null(lev);
+	struct evsteer_listener *lev = lone(base, EVSTEER_ACCEPT_URING,
+					    lone_closed, &st, 0, &ss, &len);
 	event_base_loop(base, EVLOOP_NONBLOCK); /* armed */
 	int c[5];
 	tl_connect_n(evsteer_listener_get_fd(lev), c, 5);
@@ -572,16 +587,10 @@ static void test_loop_thread_exits(void **state)
 	tl_need_uring();
 	struct event_base *base = tl_base();
 	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	socklen_t len;
 	struct worker w = {.base = base, .want = 5};
-	EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING,
-			      .bpf = EVSTEER_BPF_OFF);
-	w.lev = evsteer_listener_new_bind(base, reply_cb, &w,
-					  EVSTEER_OPT_CLOSE_ON_FREE, -1,
-					  (struct sockaddr *)&ss, len, &o);
-	assert_non_null(w.lev);
+	w.lev = lone(base, EVSTEER_ACCEPT_URING, reply_cb, &w, 0, &ss, &len);
 	evsteer_listener_set_error_cb(w.lev, count_errors);
-	len = tl_sockname(evsteer_listener_get_fd(w.lev), &ss);
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, one_pass, base), 0);
 	pthread_join(t, NULL); /* armed there; that thread is gone */
