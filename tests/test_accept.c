@@ -111,13 +111,8 @@ static void accepted_flags(unsigned int flags, bool want_nonblock,
 			   bool want_cloexec)
 {
 	struct event_base *base = tl_base();
-	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct tl_srv s = {0};
-	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s,
-			    flags | EVSTEER_OPT_CLOSE_ON_FREE, -1,
-			    (struct sockaddr *)&ss, len);
-	assert_non_null(s.lev);
+	tl_srv_listen(&s, base, flags | EVSTEER_OPT_CLOSE_ON_FREE);
 	int c = tl_connect_to(evsteer_listener_get_fd(s.lev));
 	assert_true(tl_loop_until(base, &s.n, 1));
 	assert_int_equal(tl_is_nonblocking(s.fds[0]), want_nonblock);
@@ -149,42 +144,26 @@ static void test_accepted_cloexec(void **state)
 		       false, true);
 }
 
-/* One loop pass, as libevent's own tests and some servers' start-up code
- * run it: what was queued before it is delivered in it, on every engine. */
-static void first_delivery(struct event_base *base, struct tl_srv *s)
-{
-	(void)s;
-	event_base_loop(base, EVLOOP_ONCE);
-}
-
 /* One wake-up drains everything queued (below the cap), like libevent. */
 static void test_drain_until_eagain(void **state)
 {
 	(void)state;
 	struct event_base *base = tl_base();
-	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct tl_srv s = {0};
-	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s,
-			    EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_DISABLED, -1,
-			    (struct sockaddr *)&ss, len);
-	assert_non_null(s.lev);
-	int lfd = evsteer_listener_get_fd(s.lev);
+	int lfd = tl_srv_listen(&s, base, EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_DISABLED);
 	int c[20];
 	tl_connect_n(lfd, c, 20);
 	tl_wait_queued(lfd, 20);
 	assert_int_equal(evsteer_listener_enable(s.lev), 0);
-	first_delivery(base, &s);
+	/* one pass, as libevent's own tests and start-up code run it */
+	event_base_loop(base, EVLOOP_ONCE);
 	assert_int_equal(s.n, 20);
 	EVSTEER_STATS_OPTS(st);
 	assert_int_equal(evsteer_listener_get_stats(s.lev, &st), 0);
 	assert_int_equal(st.accepted, 20);
 	assert_int_equal(st.capped_wakeups, 0);
 	check_peers(&s, c, 20);
-	tl_close_n(c, 20);
-	tl_srv_close(&s);
-	evsteer_listener_free(s.lev);
-	event_base_free(base);
+	tl_srv_done(&s, base, c, 20);
 }
 
 /* With a cap, one wake-up takes at most `cap` and yields to the loop. */
@@ -205,7 +184,8 @@ static void test_accept_cap(void **state)
 	tl_connect_n(lfd, c, 10);
 	tl_wait_queued(lfd, 10);
 	evsteer_listener_enable(s.lev);
-	first_delivery(base, &s);
+	/* one pass, as libevent's own tests and start-up code run it */
+	event_base_loop(base, EVLOOP_ONCE);
 	assert_int_equal(s.n, 4);
 	assert_int_equal(tl_waiting(s.lev), 6);
 	assert_true(tl_loop_until(base, &s.n, 10));
@@ -214,10 +194,7 @@ static void test_accept_cap(void **state)
 	assert_true(st.capped_wakeups >= 2);
 	assert_true(st.wakeups >= 3);
 	check_peers(&s, c, 10);
-	tl_close_n(c, 10);
-	tl_srv_close(&s);
-	evsteer_listener_free(s.lev);
-	event_base_free(base);
+	tl_srv_done(&s, base, c, 10);
 }
 
 /* The same after disable + enable of a listener that had been running:
@@ -226,13 +203,8 @@ static void test_first_pass_after_reenable(void **state)
 {
 	(void)state;
 	struct event_base *base = tl_base();
-	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct tl_srv s = {0};
-	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s, EVSTEER_OPT_CLOSE_ON_FREE,
-			    -1, (struct sockaddr *)&ss, len);
-	assert_non_null(s.lev);
-	int lfd = evsteer_listener_get_fd(s.lev);
+	int lfd = tl_srv_listen(&s, base, EVSTEER_OPT_CLOSE_ON_FREE);
 	int c[13];
 	tl_connect_n(lfd, c, 1);
 	assert_true(tl_loop_until(base, &s.n, 1));
@@ -243,10 +215,7 @@ static void test_first_pass_after_reenable(void **state)
 	event_base_loop(base, EVLOOP_ONCE);
 	assert_int_equal(s.n, 13);
 	check_peers(&s, c, 13);
-	tl_close_n(c, 13);
-	tl_srv_close(&s);
-	evsteer_listener_free(s.lev);
-	event_base_free(base);
+	tl_srv_done(&s, base, c, 13);
 }
 
 /* A listener made on a socket that already has connections queued (the
@@ -271,10 +240,7 @@ static void test_first_pass_existing_socket(void **state)
 	event_base_loop(base, EVLOOP_ONCE);
 	assert_int_equal(s.n, 9);
 	check_peers(&s, c, 9);
-	tl_close_n(c, 9);
-	tl_srv_close(&s);
-	evsteer_listener_free(s.lev);
-	event_base_free(base);
+	tl_srv_done(&s, base, c, 9);
 }
 
 /* Many connections, then nothing left open but what we started with. */
@@ -283,13 +249,8 @@ static void test_no_fd_leak(void **state)
 	(void)state;
 	int before = tl_count_fds();
 	struct event_base *base = tl_base();
-	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct tl_srv s = {.close_now = true};
-	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s, EVSTEER_OPT_CLOSE_ON_FREE,
-			    -1, (struct sockaddr *)&ss, len);
-	assert_non_null(s.lev);
-	int lfd = evsteer_listener_get_fd(s.lev);
+	int lfd = tl_srv_listen(&s, base, EVSTEER_OPT_CLOSE_ON_FREE);
 	for (int round = 0; round < 10; round++) {
 		int c[50];
 		tl_connect_n(lfd, c, 50);

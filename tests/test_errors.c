@@ -67,12 +67,8 @@ static void test_emfile_pauses_and_recovers(void **state)
 {
 	(void)state;
 	struct event_base *base = tl_base();
-	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct tl_srv s = {0};
-	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s, EVSTEER_OPT_CLOSE_ON_FREE,
-			    -1, (struct sockaddr *)&ss, len);
-	assert_non_null(s.lev);
+	tl_srv_listen(&s, base, EVSTEER_OPT_CLOSE_ON_FREE);
 	evsteer_listener_set_error_cb(s.lev, tl_srv_error_cb);
 	int lfd = evsteer_listener_get_fd(s.lev);
 	int c[12];
@@ -119,10 +115,7 @@ static void test_emfile_pauses_and_recovers(void **state)
 	assert_true(tl_loop_until(base, &s.n, 12));
 	assert_int_equal(stats(s.lev).exhausted_episodes, 2);
 
-	tl_close_n(c, 12);
-	tl_srv_close(&s);
-	evsteer_listener_free(s.lev);
-	event_base_free(base);
+	tl_srv_done(&s, base, c, 12);
 }
 
 /* EMFILE is reported in the first loop pass after enable, as the event
@@ -132,13 +125,8 @@ static void test_emfile_first_pass(void **state)
 {
 	(void)state;
 	struct event_base *base = tl_base();
-	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct tl_srv s = {0};
-	s.lev = tl_new_bind(base, tl_srv_accept_cb, &s,
-			    EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_DISABLED, -1,
-			    (struct sockaddr *)&ss, len);
-	assert_non_null(s.lev);
+	tl_srv_listen(&s, base, EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_DISABLED);
 	evsteer_listener_set_error_cb(s.lev, tl_srv_error_cb);
 	int lfd = evsteer_listener_get_fd(s.lev);
 	int c[4];
@@ -153,10 +141,7 @@ static void test_emfile_first_pass(void **state)
 	assert_int_equal(s.n, 0);
 	release(&fl);
 	assert_true(tl_loop_until(base, &s.n, 4));
-	tl_close_n(c, 4);
-	tl_srv_close(&s);
-	evsteer_listener_free(s.lev);
-	event_base_free(base);
+	tl_srv_done(&s, base, c, 4);
 }
 
 /* A listener whose socket was shut down: accept() says EINVAL, epoll says

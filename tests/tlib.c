@@ -541,6 +541,24 @@ void tl_srv_close(struct tl_srv *s)
 	tl_close_n(s->fds, kept);
 }
 
+int tl_srv_listen(struct tl_srv *s, struct event_base *base, unsigned int flags)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	s->lev = tl_new_bind(base, tl_srv_accept_cb, s, flags, -1,
+			     (struct sockaddr *)&ss, len);
+	assert_non_null(s->lev);
+	return evsteer_listener_get_fd(s->lev);
+}
+
+void tl_srv_done(struct tl_srv *s, struct event_base *base, int *c, int n)
+{
+	tl_close_n(c, n);
+	tl_srv_close(s);
+	evsteer_listener_free(s->lev);
+	event_base_free(base);
+}
+
 int tl_queued(int listen_fd)
 {
 	struct tcp_info ti;

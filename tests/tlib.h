@@ -149,6 +149,12 @@ void tl_srv_accept_cb(struct evsteer_listener *lev, int fd,
 		      struct sockaddr *sa, int len, void *arg);
 void tl_srv_error_cb(struct evsteer_listener *lev, void *arg);
 void tl_srv_close(struct tl_srv *s);
+/* s listening on a loopback port through the current path (tl_new_bind,
+ * flags as given), asserted; returns the listening fd. */
+int tl_srv_listen(struct tl_srv *s, struct event_base *base, unsigned int flags);
+/* The usual end: close the n clients and s's connections, free s's
+ * listener and the base. */
+void tl_srv_done(struct tl_srv *s, struct event_base *base, int *c, int n);
 
 /* Wait (bounded) until a TCP listener has n connections queued; no-op for
  * other families, whose connect() queues synchronously. */
