@@ -614,19 +614,27 @@ def sessions_per_thread(s, n):
     return counts
 
 
+def coturn_round(s, n, relay_lo, tcp_relay):
+    """n STUN bindings over TCP to the running turnserver s, all answered
+    right, then coturn's own client through a relay; s is stopped after.
+    Returns the connections per relay thread and the client's summary."""
+    try:
+        ok = sum(stun_binding_tcp(s.port) for _ in range(n))
+        check(ok == n, f"{ok} of {n} STUN binding answers over TCP were right")
+        per_thread = sessions_per_thread(s, n)
+        msgs = uclient(s.port, relay_lo, tcp_relay=tcp_relay)
+    finally:
+        s.stop()
+    return per_thread, msgs
+
+
 def case_coturn():
     need_programs("turnserver", "turnutils_uclient", "turnutils_peer")
     relay_lo = random.randrange(20000, 29000, 400)
 
     # 1. as it is: two lone listeners on coturn's own SO_REUSEPORT sockets
     s = turnserver(lambda port: [A.run, "--log", "info"], relay_lo)
-    try:
-        ok = sum(stun_binding_tcp(s.port) for _ in range(50))
-        check(ok == 50, f"{ok} of 50 STUN binding answers over TCP were right")
-        hashed = sessions_per_thread(s, 50)
-        msgs = uclient(s.port, relay_lo, tcp_relay=False)
-    finally:
-        s.stop()
+    hashed, msgs = coturn_round(s, 50, relay_lo, tcp_relay=False)
     lines = listener_lines("\n".join(s.out + s.err))
     check(len(lines) == 2 and all(
         l.startswith(f"evsteer: info: listener 127.0.0.1:{s.port} fd ") and
@@ -646,13 +654,7 @@ def case_coturn():
     s = turnserver(lambda port: [A.run, "--log", "info", "--group", str(port),
                                  "--stats", stats], relay_lo,
                    {"EVSTEER_STALL_US": "-1"})
-    try:
-        ok = sum(stun_binding_tcp(s.port) for _ in range(200))
-        check(ok == 200, f"{ok} of 200 STUN binding answers over TCP were right")
-        steered = sessions_per_thread(s, 200)
-        msgs = uclient(s.port, relay_lo, tcp_relay=True)
-    finally:
-        s.stop()
+    steered, msgs = coturn_round(s, 200, relay_lo, tcp_relay=True)
     lines = listener_lines("\n".join(s.out + s.err))
     main = [l for l in lines if l.startswith(f"evsteer: info: listener 127.0.0.1:{s.port} ")]
     check(len(main) == 2, "expected two listener lines on the port:\n" + s.text())
