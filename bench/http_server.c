@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * evsteer-http-server: an ordinary multi-threaded evhttp server, as people
+ * write them, built against libevent only (it knows nothing of evsteer; run
+ * it under evsteer-run to put evsteer underneath).
+ *
+ * One thread per worker, each with its own event_base, evhttp and
+ * SO_REUSEPORT listening socket of the same port, handed to
+ * evhttp_accept_socket_with_handle().
+ *
+ *   evsteer-http-server [--threads N] [--port P] [--work-us U]
+ *                       [--stall-ms M] [--block-fd FD]
+ *
+ * Paths:
+ *   /          replies "ok\n" after burning --work-us of CPU (default 0)
+ *   /stall     blocks its thread in nanosleep() for --stall-ms (default 50),
+ *              as a synchronous database or DNS call would, then replies
+ *   /block     prints "blocked THREAD" on stdout, then blocks its thread in
+ *              read() on --block-fd until one byte arrives there (a test
+ *              decides when a stall ends), then replies
+ *   /thread    replies with the index of the thread that served it
+ *
+ * Prints "ready PORT" on stdout once every thread listens. On SIGTERM or
+ * SIGINT the loops stop and one JSON line goes to stdout: requests served
+ * per thread, and the process's CPU time.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/thread.h>
+
+#define MAX_THREADS 64
+
+struct worker {
+	int id;
+	int fd;
+	struct event_base *base;
+	struct evhttp *http;
+	pthread_t thread;
+	atomic_ulong served;
+};
+
+static struct {
+	int threads, port, work_us, stall_ms, block_fd;
+	struct worker w[MAX_THREADS];
+} S = {.threads = 2, .stall_ms = 50, .block_fd = -1};
+
+static void burn_us(int us)
+{
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &b);
+	while ((b.tv_sec - a.tv_sec) * 1000000L + (b.tv_nsec - a.tv_nsec) / 1000 < us);
+}
+
+static void reply(struct evhttp_request *req, struct worker *w, const char *body)
+{
+	struct evbuffer *out = evhttp_request_get_output_buffer(req);
+	evbuffer_add_printf(out, "%s\n", body);
+	evhttp_send_reply(req, HTTP_OK, "OK", NULL);
+	atomic_fetch_add_explicit(&w->served, 1, memory_order_relaxed);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+	struct worker *w = arg;
+	const char *uri = evhttp_request_get_uri(req);
+	if (!strcmp(uri, "/stall")) {
+		struct timespec ts = {S.stall_ms / 1000,
+				      (long)(S.stall_ms % 1000) * 1000000L};
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+		reply(req, w, "stalled");
+		return;
+	}
+	if (!strcmp(uri, "/block") && S.block_fd >= 0) {
+		/* say which thread is stuck, for a test to know */
+		printf("blocked %d\n", w->id);
+		fflush(stdout);
+		char c;
+		while (read(S.block_fd, &c, 1) < 0 && errno == EINTR)
+			;
+		reply(req, w, "unblocked");
+		return;
+	}
+	if (!strcmp(uri, "/thread")) {
+		char id[16];
+		snprintf(id, sizeof(id), "%d", w->id);
+		reply(req, w, id);
+		return;
+	}
+	if (S.work_us > 0)
+		burn_us(S.work_us);
+	reply(req, w, "ok");
+}
+
+static int listen_socket(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1;
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)))
+		return -1;
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+				  .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) || listen(fd, 1024))
+		return -1;
+	return fd;
+}
+
+static void *run(void *arg)
+{
+	struct worker *w = arg;
+	event_base_dispatch(w->base);
+	return NULL;
+}
+
+static int arg_int(char **argv, int *i, int argc)
+{
+	if (*i + 1 >= argc) {
+		fprintf(stderr, "%s needs a value\n", argv[*i]);
+		exit(2);
+	}
+	return atoi(argv[++*i]);
+}
+
+int main(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--threads"))
+			S.threads = arg_int(argv, &i, argc);
+		else if (!strcmp(argv[i], "--port"))
+			S.port = arg_int(argv, &i, argc);
+		else if (!strcmp(argv[i], "--work-us"))
+			S.work_us = arg_int(argv, &i, argc);
+		else if (!strcmp(argv[i], "--stall-ms"))
+			S.stall_ms = arg_int(argv, &i, argc);
+		else if (!strcmp(argv[i], "--block-fd"))
+			S.block_fd = arg_int(argv, &i, argc);
+		else {
+			fprintf(stderr,
+				"usage: %s [--threads N] [--port P] [--work-us U] "
+				"[--stall-ms M] [--block-fd FD]\n",
+				argv[0]);
+			return 2;
+		}
+	}
+	if (S.threads < 1 || S.threads > MAX_THREADS) {
+		fprintf(stderr, "--threads: 1..%d\n", MAX_THREADS);
+		return 2;
+	}
+	evthread_use_pthreads(); /* loopexit from the main thread */
+
+	/* signals are taken by sigwait() below, not by the workers */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	int port = S.port;
+	for (int i = 0; i < S.threads; i++) {
+		struct worker *w = &S.w[i];
+		w->id = i;
+		w->fd = listen_socket(port);
+		if (w->fd < 0) {
+			perror("listen");
+			return 1;
+		}
+		if (!port) { /* the others bind the port the first one got */
+			struct sockaddr_in sin;
+			socklen_t sl = sizeof(sin);
+			getsockname(w->fd, (struct sockaddr *)&sin, &sl);
+			port = ntohs(sin.sin_port);
+		}
+		w->base = event_base_new();
+		w->http = w->base ? evhttp_new(w->base) : NULL;
+		if (!w->http || !evhttp_accept_socket_with_handle(w->http, w->fd)) {
+			fprintf(stderr, "evhttp set-up failed\n");
+			return 1;
+		}
+		evhttp_set_gencb(w->http, on_request, w);
+	}
+	for (int i = 0; i < S.threads; i++)
+		pthread_create(&S.w[i].thread, NULL, run, &S.w[i]);
+	printf("ready %d\n", port);
+	fflush(stdout);
+
+	int sig;
+	sigwait(&set, &sig);
+	for (int i = 0; i < S.threads; i++)
+		event_base_loopexit(S.w[i].base, NULL);
+	for (int i = 0; i < S.threads; i++)
+		pthread_join(S.w[i].thread, NULL);
+
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	printf("{\"threads\": %d, \"served\": [", S.threads);
+	for (int i = 0; i < S.threads; i++)
+		printf("%s%lu", i ? ", " : "", atomic_load(&S.w[i].served));
+	printf("], \"cpu_s\": %.6f}\n",
+	       (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+		       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
+	for (int i = 0; i < S.threads; i++) {
+		evhttp_free(S.w[i].http);
+		event_base_free(S.w[i].base);
+	}
+	return 0;
+}
