@@ -6,8 +6,9 @@
  *
  * A worker is "stale" when connections are pending on it and it has made no
  * progress for stall_ns: it gets nothing new unless every worker is stale.
- * One a sibling stole from stays stale with nothing pending, but only for
- * PROBE_STALLS x stall_ns: then it gets one connection again (see stale()).
+ * One a sibling stole from stays out with nothing pending until its own
+ * loop runs again (progress_ns passes stolen_ns; the thief pokes it), and
+ * at most PROBE_STALLS x stall_ns after the theft (see stale()).
  * When no socket can be selected the program returns SK_PASS without a
  * selection and the kernel falls back to its own hash.
  */
@@ -48,13 +49,13 @@ static __always_inline __u64 pending(struct evst_worker *w)
 }
 
 /*
- * A worker siblings stole from (`stalled`) shows it is back by accepting,
- * but once the thieves have emptied its queue nothing wakes it to accept:
- * kept out for good, it never would (one steal while its loop was late, and
- * every later connection went to the others). So it is out only for
- * PROBE_STALLS x stall_ns after its last progress or probe; then it gets a
- * connection: accepted, it is in again; stuck, that one is stolen in turn
- * after stall_ns, and it is out for another interval.
+ * A worker siblings stole from shows it is back by running its loop: the
+ * thief pokes it, and the pass that poke causes moves progress_ns past
+ * stolen_ns. Until then it is out, since its empty queue says nothing of
+ * its loop. The poke cannot be lost in this process, but the bound keeps a
+ * worker whose poke never ran from being out for good: after PROBE_STALLS
+ * x stall_ns it gets a connection again (accepted, it is in; stuck, that
+ * one is stolen in turn after stall_ns, and it is out again).
  */
 #define PROBE_STALLS 50
 
@@ -63,10 +64,11 @@ static __always_inline int stale(struct evst_worker *w, __u64 now)
 	__u64 st = stall_ns;
 	if (!st)
 		return 0;
-	__u64 age = now - w->progress_ns;
+	__u64 progress = w->progress_ns;
 	if (pending(w))
-		return age > st;
-	return w->stalled && age <= st * PROBE_STALLS;
+		return now - progress > st;
+	__u64 stolen = w->stolen_ns;
+	return stolen > progress && now - stolen <= st * PROBE_STALLS;
 }
 
 /*

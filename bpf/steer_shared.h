@@ -29,11 +29,13 @@ struct evst_worker {
 	__u64 migrated;    /* program: moved here from a closing sibling */
 	__u32 live;        /* user: in the sockarray and served */
 	__u32 weight;      /* user: >= 1 */
-	/* user: a sibling stole from this worker; it stays stalled until it
-	 * makes progress itself (stealing empties its queue, and an empty
-	 * queue alone would make it look healthy again) */
-	__u32 stalled;
-	__u32 pad32;
+	/* user: when a sibling last stole from this worker. It is held out
+	 * of the steering while progress_ns < stolen_ns: stealing empties
+	 * its queue, and an empty queue alone would make it look healthy
+	 * while its loop is still stuck. Its own next pass (the thief pokes
+	 * it) moves progress_ns past this and lets it back in; a pass that
+	 * raced ahead of the theft does not. */
+	__u64 stolen_ns;
 	__u64 pad[2];
 };
 

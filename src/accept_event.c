@@ -41,7 +41,7 @@ static void accept_loop(struct evsteer_listener *lev)
 	if (!evst_active(lev))
 		return;
 	evst_count(lev, wakeups);
-	uint64_t now = lev->ws ? evst_now_ns() : 0;
+	uint64_t now = lev->member ? evst_now_ns() : 0;
 
 	for (unsigned int n = 0; n < lev->max_accepts; n++) {
 		struct sockaddr_storage ss;
@@ -53,8 +53,8 @@ static void accept_loop(struct evsteer_listener *lev)
 			switch (evst_classify_accept_errno(err)) {
 			case EVST_ERR_AGAIN:
 				evst_end_episode(lev);
-				if (lev->ws)
-					evst_ws_empty(lev->ws, now);
+				if (lev->member)
+					evst_queue_empty(lev, now);
 				return;
 			case EVST_ERR_RETRY:
 				continue;

@@ -322,7 +322,7 @@ static void deliver_held(struct uring_engine *e)
 		e->done = 0;
 		evst_count(lev, wakeups);
 	}
-	uint64_t now = lev->ws ? evst_now_ns() : 0;
+	uint64_t now = lev->member ? evst_now_ns() : 0;
 	unsigned int n, bi = 0, nb = 0;
 	struct evst_conn batch[16];
 	for (n = e->done; n < lev->max_accepts; n++) {
@@ -361,14 +361,15 @@ static void deliver_held(struct uring_engine *e)
 		evst_count(lev, capped_wakeups);
 		evst_ring_mark_later(e->r, &e->op); /* yield, then more */
 	}
-	if (lev->ws && !e->count) {
-		/* with accepts armed the socket is empty: resync; either way
-		 * the loop runs, which a worker siblings stole from must show
-		 * (its first pass arms, so nothing can be said of the queue) */
-		if (e->armed && !e->cancel_sent)
-			evst_ws_empty(lev->ws, now);
+	if (lev->member && !e->count) {
+		/* The loop runs, which a worker siblings stole from must
+		 * show. The queue is empty only if accepts are armed and the
+		 * kernel has nothing for us: a connection already taken by an
+		 * accept may wait in the CQ or as task work still. */
+		if (e->armed && !e->cancel_sent && evst_ring_quiet(e->r))
+			evst_queue_empty(lev, now);
 		else
-			evst_made_progress(lev->ws, now);
+			evst_loop_ran(lev, now);
 	}
 	evst_ring_unlock(e->r);
 }
@@ -727,14 +728,11 @@ static int uring_steal_from(struct evsteer_listener *lev,
 	return took;
 }
 
-/* A sibling stole from this listener: run its loop, so that if it was
- * only late it shows progress now (an empty pass clears `stalled`). */
-static void uring_poke(struct evsteer_listener *lev)
+/* The stall watch also waits on the ring's eventfd: a stuck loop's ring
+ * still accepts (its task work runs inside whatever call blocks it). */
+static int uring_signal_fd(struct evsteer_listener *lev)
 {
-	struct uring_engine *e = engine_of(lev);
-	evst_ring_lock(e->r);
-	evst_ring_mark_ready(e->r, &e->op);
-	evst_ring_unlock(e->r);
+	return evst_ring_eventfd(engine_of(lev)->r);
 }
 
 /* A leaving direct sibling's slots: sent into this ring's table. */
@@ -817,7 +815,7 @@ static int uring_steal(struct evsteer_listener *lev)
 	.init = uring_init, .enable = uring_enable, .disable = uring_disable,  \
 	.quiesce = uring_quiesce, .destroy = uring_destroy,                    \
 	.steal = uring_steal, .adopt = uring_adopt,                            \
-	.steal_from = uring_steal_from, .poke = uring_poke
+	.steal_from = uring_steal_from, .signal_fd = uring_signal_fd
 
 const struct evst_engine_ops evst_uring_engine = {
 	.kind = EVSTEER_ENGINE_URING,

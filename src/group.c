@@ -18,10 +18,12 @@
 #include <unistd.h>
 
 #include <netinet/in.h>
+#include <sys/eventfd.h>
 #include <event2/event.h>
 
 #include "config.h"
 #include "shared.h"
+#include "watch.h"
 
 struct evst_slot {
 	int gslot;    /* the group-wide slot (shared.h); -1 when unused */
@@ -51,6 +53,19 @@ struct evsteer_group {
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct evsteer_group *registry;
+
+/*
+ * What a member keeps of its own (lev->ms). The poke is an eventfd in the
+ * member's base: written by a sibling that stole from it (its next pass
+ * shows its loop runs again) or by the stall watch (take a stuck sibling's
+ * queue). An eventfd, not event_active(): it wakes the loop from any
+ * thread whether or not the host made its base thread-aware.
+ */
+struct evst_member_state {
+	int poke_fd;
+	struct event *poke_ev;
+	struct evst_watched watch;
+};
 
 /* After fork the child's implicit groups start from nothing (shared.c
  * says why). */
@@ -486,7 +501,43 @@ static struct evsteer_group *implicit_group(struct evsteer_listener *lev,
 }
 
 static void member_leave(struct evsteer_listener *lev, bool close_fd);
-static void steal_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void poke_cb(evutil_socket_t fd, short what, void *arg);
+
+/* The member's own state and its poke event; -errno. */
+static int member_state_new(struct evsteer_listener *lev)
+{
+	struct evst_member_state *ms = calloc(1, sizeof(*ms));
+	if (!ms)
+		return -ENOMEM;
+	ms->poke_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (ms->poke_fd < 0) {
+		int err = -errno;
+		free(ms);
+		return err;
+	}
+	ms->poke_ev = event_new(lev->base, ms->poke_fd, EV_READ | EV_PERSIST,
+				poke_cb, lev);
+	if (!ms->poke_ev) {
+		close(ms->poke_fd);
+		free(ms);
+		return -ENOMEM;
+	}
+	ms->watch.poke_fd = ms->poke_fd;
+	lev->ms = ms;
+	return 0;
+}
+
+static void member_state_free(struct evsteer_listener *lev)
+{
+	struct evst_member_state *ms = lev->ms;
+	if (!ms)
+		return;
+	evst_watch_remove(&ms->watch);
+	event_free(ms->poke_ev);
+	close(ms->poke_fd);
+	free(ms);
+	lev->ms = NULL;
+}
 
 /*
  * member->join: called by listener creation once lev is built and before
@@ -550,10 +601,10 @@ static int member_join(struct evsteer_listener *lev, void *ctx,
 	lev->group = g;
 	lev->slot = slot;
 	lev->ws = g->slots[slot].ws;
-	lev->steal_timer = evtimer_new(lev->base, steal_timer_cb, lev);
-	if (!lev->steal_timer) {
+	int err = member_state_new(lev);
+	if (err < 0) {
 		member_leave(lev, false);
-		return -ENOMEM;
+		return err;
 	}
 	return 0;
 }
@@ -564,10 +615,8 @@ static int member_join(struct evsteer_listener *lev, void *ctx,
 static void member_leave(struct evsteer_listener *lev, bool close_fd)
 {
 	struct evsteer_group *g = lev->group;
-	if (lev->steal_timer) {
-		event_free(lev->steal_timer);
-		lev->steal_timer = NULL;
-	}
+	/* out of the watch first: it must never look at a freed entry */
+	member_state_free(lev);
 	pthread_mutex_lock(&g->lock);
 	bool owned = g->slots[lev->slot].owned;
 	int fd = slot_remove(g, lev->slot);
@@ -580,7 +629,8 @@ static void member_leave(struct evsteer_listener *lev, bool close_fd)
 	group_unref(g);
 }
 
-/* Listener lock held: steer to this worker only while it delivers. */
+/* Listener lock held: steer to this worker only while it delivers, and
+ * have the stall watch look at it (as victim or as thief) while it does. */
 static void member_sync_live(struct evsteer_listener *lev)
 {
 	struct evsteer_group *g = lev->group;
@@ -593,22 +643,38 @@ static void member_sync_live(struct evsteer_listener *lev)
 		evst_shared_set_live(g->sh, (unsigned)g->slots[lev->slot].gslot,
 				     live);
 	pthread_mutex_unlock(&g->lock);
+
+	struct evst_member_state *ms = lev->ms;
+	if (!ms)
+		return;
+	/* in the base only while live: a disabled listener must not keep
+	 * the loop running, as libevent's does not (noblock: see stop) */
+	if (!live) {
+		event_del_noblock(ms->poke_ev);
+		evst_watch_remove(&ms->watch);
+		return;
+	}
+	event_add(ms->poke_ev, NULL);
+	if (!ms->watch.on && lev->ws && evst_shared_stall_ns(g->sh)) {
+		ms->watch.group = g;
+		ms->watch.ws = lev->ws;
+		ms->watch.stall_ns = evst_shared_stall_ptr(g->sh);
+		int ring_fd = lev->ops->signal_fd ? lev->ops->signal_fd(lev) : -1;
+		evst_watch_add(&ms->watch, lev->fd, ring_fd);
+	}
 }
 
 static void member_stop(struct evsteer_listener *lev)
 {
-	if (!lev->group)
-		return;
-	member_sync_live(lev);
-	if (lev->steal_timer)
-		event_del_noblock(lev->steal_timer);
+	if (lev->group)
+		member_sync_live(lev);
 }
 
 static void member_quiesce(struct evsteer_listener *lev)
 {
-	/* a steal timer callback on another thread finishes first */
-	if (lev->steal_timer)
-		event_del_block(lev->steal_timer);
+	/* a poke callback on another thread finishes first */
+	if (lev->ms)
+		event_del_block(lev->ms->poke_ev);
 }
 
 static void group_steering(const struct evsteer_group *g,
@@ -637,31 +703,159 @@ static void member_took(struct evsteer_listener *lev, uint64_t now)
 			   __ATOMIC_RELAXED);
 }
 
+static void member_alive(struct evsteer_listener *lev, uint64_t now)
+{
+	if (lev->ws)
+		evst_made_progress(lev->ws, now);
+}
+
+/*
+ * The engine found the queue empty: whatever the program counted that
+ * never arrived (handshakes that died, SYN floods) is dropped from pending
+ * here, so drift cannot build up; a connection in its handshake right now
+ * may be counted once less until it is accepted. dequeued never stays
+ * past steered either (a connection the program did not count: a SYN
+ * cookie completed on another socket), which would hide a real one.
+ */
+static void member_empty(struct evsteer_listener *lev, uint64_t now)
+{
+	if (!lev->ws)
+		return;
+	evst_made_progress(lev->ws, now);
+	evst_ws_resync(lev->ws);
+}
+
 /* n connections counted on slot `from` (its worker entry w) were taken by
- * slot `to`: off the victim's pending, which stays out of the steering until it shows
- * progress (`stalled`), and into both counters. */
+ * slot `to`: off the victim's pending, and into both counters. The victim
+ * stays out of the steering until its loop runs after this (stolen_ns). */
 static void note_stolen(struct evsteer_group *g, struct evst_worker *w,
-			unsigned int from, unsigned int to, unsigned int n)
+			unsigned int from, unsigned int to, unsigned int n,
+			uint64_t now)
 {
 	__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
-	__atomic_store_n(&w->stalled, 1, __ATOMIC_RELAXED);
+	if (ld(&w->stolen_ns) < now)
+		__atomic_store_n(&w->stolen_ns, now, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&counters(g, from)->stolen_from, (uint64_t)n,
 			   __ATOMIC_RELAXED);
 	__atomic_fetch_add(&counters(g, to)->stolen, (uint64_t)n,
 			   __ATOMIC_RELAXED);
 }
 
+/* g->lock held: wake the loop of the listener at slot s (it was stolen
+ * from: if it was only late, its next pass lets it back in). */
+static void poke_slot(const struct evst_slot *s)
+{
+	struct evsteer_listener *l = slot_lev(s);
+	if (l && l->ms)
+		eventfd_write(l->ms->poke_fd, 1);
+}
+
 #define STEAL_BUDGET 64
 
 /*
- * Listener lock held, reference taken. Take connections queued on live
- * siblings of this process that are stalled (pending, no progress for
- * stall_ns) and deliver them to lev's callback. Another process's sockets
- * are not ours to accept from: its stalled workers only stop getting new
- * connections (the program sees their heartbeat). Arms lev's timer to look
- * again while any sibling has work pending, so that nothing waits on a
- * stalled worker even when no new connection wakes us; with nothing
- * pending anywhere, no timer runs.
+ * A direct lev takes up to max of stuck slot i's connections into its own
+ * table, through its own ring (what the victim's ring already accepted is
+ * sent over): lev delivers them on its next round. Taken, or 0.
+ */
+static int steal_direct(struct evsteer_listener *lev, struct evsteer_group *g,
+			unsigned int i, struct evst_worker *w, int max,
+			uint64_t now)
+{
+	int n = -1;
+	pthread_mutex_lock(&g->lock);
+	struct evst_slot *s = &g->slots[i];
+	uint64_t want = evst_worker_pending(w);
+	if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) && want &&
+	    lev->ops->steal_from)
+		n = lev->ops->steal_from(lev, slot_lev(s), s->fd,
+					 want < (uint64_t)max ? (unsigned)want :
+								(unsigned)max);
+	if (n > 0) {
+		note_stolen(g, w, i, lev->slot, (unsigned)n, now);
+		poke_slot(s);
+	} else if (n == 0) {
+		evst_ws_resync(w); /* counted but not there */
+	}
+	pthread_mutex_unlock(&g->lock);
+	return n > 0 ? n : 0;
+}
+
+/*
+ * g->lock held: one connection of stuck slot s (entry w), from what its
+ * io_uring engine accepted and has not delivered, else from its socket.
+ * The fd, or -1 (nothing there: errno EAGAIN), or -2 (try again).
+ */
+static int take_one(struct evsteer_listener *lev, struct evst_slot *s,
+		    struct evst_worker *w, struct sockaddr_storage *ss,
+		    socklen_t *len)
+{
+	if (s->ws != w || !__atomic_load_n(&w->live, __ATOMIC_RELAXED) ||
+	    !evst_worker_pending(w)) {
+		errno = 0;
+		return -1;
+	}
+	/* under g->lock the sibling cannot be destroyed: leaving clears
+	 * `ws` under this lock first */
+	struct evsteer_listener *v = slot_lev(s);
+	int fd = v && v->ops->steal ? v->ops->steal(v) : -1;
+	if (fd >= 0) {
+		*len = sizeof(*ss);
+		if (getpeername(fd, (struct sockaddr *)ss, len) < 0) {
+			close(fd); /* reset meanwhile: gone */
+			return -2;
+		}
+		return fd;
+	}
+	*len = sizeof(*ss);
+	return accept4(s->fd, (struct sockaddr *)ss, len, lev->accept4_flags);
+}
+
+/* lev takes stuck slot i's connections one by one and delivers them.
+ * Taken, or -1 when lev stopped delivering. */
+static int steal_fds(struct evsteer_listener *lev, struct evsteer_group *g,
+		     unsigned int i, struct evst_worker *w, int max,
+		     uint64_t now)
+{
+	struct evst_slot *s = &g->slots[i];
+	int taken = 0;
+	bool more = true;
+	while (more && taken < max) {
+		struct sockaddr_storage ss;
+		socklen_t len;
+		pthread_mutex_lock(&g->lock);
+		int fd = take_one(lev, s, w, &ss, &len);
+		if (fd >= 0)
+			note_stolen(g, w, i, lev->slot, 1, now);
+		else if (fd == -1 && errno == EAGAIN)
+			evst_ws_resync(w); /* counted but not there */
+		pthread_mutex_unlock(&g->lock);
+		if (fd == -2)
+			continue;
+		if (fd < 0)
+			break;
+		taken++;
+		more = evst_deliver(lev, fd, (struct sockaddr *)&ss, len);
+	}
+	if (taken) {
+		/* after the last theft: if it was only late, the pass this
+		 * causes shows its loop runs and lets it back in */
+		pthread_mutex_lock(&g->lock);
+		if (s->ws == w)
+			poke_slot(s);
+		pthread_mutex_unlock(&g->lock);
+	}
+	return more ? taken : -1;
+}
+
+/*
+ * Listener lock held, reference taken: lev's loop runs (a wake-up of its
+ * own, or the stall watch woke it). Take the connections of live siblings
+ * of this process that are stuck (pending, no progress for stall_ns) and
+ * deliver them to lev's callback. Another process's sockets are not ours
+ * to accept from: its stuck workers only stop getting new connections (the
+ * program sees their heartbeat). Looking is cheap (shared counters, no
+ * lock, no system call), so every wake-up looks; the stall watch (watch.c)
+ * covers the time when nothing wakes a healthy sibling.
  */
 static void member_steal(struct evsteer_listener *lev)
 {
@@ -671,116 +865,26 @@ static void member_steal(struct evsteer_listener *lev)
 		return;
 
 	uint64_t now = evst_now_ns();
-	uint64_t next = 0;
 	int budget = STEAL_BUDGET;
 	unsigned int nslots = __atomic_load_n(&g->nslots, __ATOMIC_RELAXED);
 	for (unsigned int i = 0; i < nslots && budget > 0; i++) {
 		if (i == lev->slot)
 			continue;
-		/* Look without the lock (shared memory, relaxed): this runs
-		 * on every wake-up and must stay cheap. Lock only to take. */
+		/* without the lock (shared memory, relaxed); lock to take */
 		struct evst_worker *w =
 			__atomic_load_n(&g->slots[i].ws, __ATOMIC_ACQUIRE);
 		if (!w || !__atomic_load_n(&w->live, __ATOMIC_RELAXED) ||
 		    !evst_worker_pending(w))
 			continue;
 		uint64_t age = now - ld(&w->progress_ns);
-		if ((int64_t)age < 0 || age <= stall) {
-			uint64_t left = (int64_t)age < 0 ? stall : stall - age + 1;
-			if (!next || left < next)
-				next = left;
+		if ((int64_t)age < 0 || age <= stall)
 			continue;
-		}
-		if (lev->direct_table) {
-			/* a direct worker accepts into its own table, through
-			 * its own ring; it delivers them on its next round */
-			pthread_mutex_lock(&g->lock);
-			struct evst_slot *s = &g->slots[i];
-			int n = -1;
-			uint64_t want = evst_worker_pending(w);
-			struct evsteer_listener *victim = slot_lev(s);
-			if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
-			    want && lev->ops->steal_from)
-				n = lev->ops->steal_from(
-					lev, victim, s->fd,
-					want < (uint64_t)budget ? (unsigned)want :
-								  (unsigned)budget);
-			if (n > 0 && victim && victim->ops->poke)
-				victim->ops->poke(victim);
-			if (n > 0) {
-				note_stolen(g, w, i, lev->slot, (unsigned)n);
-				budget -= n;
-			} else if (n == 0) {
-				/* counted but not there */
-				evst_ws_resync(w);
-			}
-			pthread_mutex_unlock(&g->lock);
-			continue;
-		}
-		bool poked = false;
-		while (budget > 0) {
-			struct sockaddr_storage ss;
-			socklen_t len = sizeof(ss);
-			int fd = -1;
-
-			pthread_mutex_lock(&g->lock);
-			struct evst_slot *s = &g->slots[i];
-			if (s->ws == w && __atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
-			    evst_worker_pending(w)) {
-				/* An io_uring sibling has taken its connections
-				 * off the socket into its ring already: take
-				 * them from there (under g->lock the sibling
-				 * cannot be destroyed: leaving clears `ws`
-				 * under this lock first). */
-				fd = -1;
-				if (slot_lev(s) && s->lev->ops->steal)
-					fd = s->lev->ops->steal(s->lev);
-				if (fd >= 0) {
-					len = sizeof(ss);
-					if (getpeername(fd, (struct sockaddr *)&ss,
-							&len) < 0) {
-						close(fd);
-						fd = -1;
-						pthread_mutex_unlock(&g->lock);
-						continue;
-					}
-				} else {
-					fd = accept4(s->fd, (struct sockaddr *)&ss,
-						     &len, lev->accept4_flags);
-				}
-				if (fd >= 0)
-					note_stolen(g, w, i, lev->slot, 1);
-				else if (errno == EAGAIN)
-					/* counted but not there */
-					evst_ws_resync(w);
-			}
-			if (fd >= 0) {
-				/* once a pass: if the sibling was only late,
-				 * its loop shows progress now */
-				if (!poked && slot_lev(s) && s->lev->ops->poke) {
-					s->lev->ops->poke(s->lev);
-					poked = true;
-				}
-			}
-			pthread_mutex_unlock(&g->lock);
-			if (fd < 0)
-				break;
-			budget--;
-			if (!evst_deliver(lev, fd, (struct sockaddr *)&ss, len))
-				return;
-		}
-	}
-	if (!budget)
-		next = 1;
-	/* Under load a sibling nearly always has something pending; re-arming
-	 * on every wake-up cost ~5% of throughput. A timer already pending
-	 * fires within stall_ns anyway, and wake-ups look again meanwhile. */
-	if (next && lev->steal_timer && !evtimer_pending(lev->steal_timer, NULL)) {
-		if (next < 100000)
-			next = 100000; /* no finer than 100 us */
-		struct timeval tv = {.tv_sec = (time_t)(next / 1000000000ull),
-				     .tv_usec = (suseconds_t)(next % 1000000000ull) / 1000};
-		evtimer_add(lev->steal_timer, &tv);
+		int n = lev->direct_table ?
+				steal_direct(lev, g, i, w, budget, now) :
+				steal_fds(lev, g, i, w, budget, now);
+		if (n < 0)
+			return;
+		budget -= n;
 	}
 }
 
@@ -825,15 +929,20 @@ static unsigned int member_handoff(struct evsteer_listener *lev,
 	return given;
 }
 
-static void steal_timer_cb(evutil_socket_t fd, short what, void *arg)
+/* lev's loop runs: a sibling stole from it, or the stall watch wants a
+ * stuck sibling's queue taken. */
+static void poke_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct evsteer_listener *lev = arg;
-	(void)fd;
+	eventfd_t v;
 	(void)what;
+	eventfd_read(fd, &v);
 	evst_lock(lev);
 	lev->refcnt++;
-	if (lev->group)
+	if (lev->group && evst_active(lev)) {
+		member_alive(lev, evst_now_ns());
 		member_steal(lev);
+	}
 	evst_decref_and_unlock(lev);
 }
 
@@ -1088,6 +1197,8 @@ struct evsteer_group *evst_group_adopt(const int *fds, unsigned int n,
 const struct evst_member_ops evst_group_member = {
 	.join = member_join,
 	.took = member_took,
+	.alive = member_alive,
+	.empty = member_empty,
 	.steal = member_steal,
 	.handoff = member_handoff,
 	.leave = member_leave,

@@ -90,12 +90,11 @@ struct evst_engine_ops {
 			  struct evsteer_listener *victim, int sock_fd,
 			  unsigned int max);
 	/*
-	 * Optional, any thread, the group's lock held, lev live: have lev's
-	 * loop run soon. A worker its siblings stole from is kept out of the
-	 * steering until it shows progress itself; if it was only late, the
-	 * poke lets it show that at once instead of after the probe interval.
+	 * Optional, for the stall watch: a descriptor that turns readable (an
+	 * edge) when the engine has connections the loop has not taken yet
+	 * (io_uring: the ring's eventfd), besides the listening socket; -1.
 	 */
-	void (*poke)(struct evsteer_listener *lev);
+	int (*signal_fd)(struct evsteer_listener *lev);
 };
 
 struct evst_counters {
@@ -147,7 +146,7 @@ struct evsteer_listener {
 	struct evsteer_group *group;
 	unsigned int slot;
 	struct evst_worker *ws;     /* this socket's shared counters */
-	struct event *steal_timer;  /* looks at stalled siblings */
+	struct evst_member_state *ms; /* the member's own (group.c) */
 };
 
 static inline void evst_lock(struct evsteer_listener *lev)
@@ -233,6 +232,10 @@ struct evst_member_ops {
 		    const struct evsteer_listener_opts *opts);
 	/* The engine took a connection off lev's socket (evst_took). */
 	void (*took)(struct evsteer_listener *lev, uint64_t now);
+	/* lev's loop ran a pass of its engine (evst_loop_ran). */
+	void (*alive)(struct evsteer_listener *lev, uint64_t now);
+	/* The engine found nothing queued for lev (evst_queue_empty). */
+	void (*empty)(struct evsteer_listener *lev, uint64_t now);
 	/* Lock held, reference taken: a wake-up; look at stalled siblings
 	 * (evst_group_steal). */
 	void (*steal)(struct evsteer_listener *lev);
@@ -275,6 +278,12 @@ EVST_HIDDEN int evst_fill_path(const struct evst_steering *st,
  * lev's socket: the episode is over and a member counts it (dequeued,
  * heartbeat, accepted). */
 EVST_HIDDEN void evst_took(struct evsteer_listener *lev, uint64_t now);
+/* A pass of the engine ran (the loop is alive), with nothing to say of
+ * the queue. */
+EVST_HIDDEN void evst_loop_ran(struct evsteer_listener *lev, uint64_t now);
+/* A pass of the engine found nothing queued on lev's socket (accept4
+ * said EAGAIN; every io_uring accept armed and nothing completed). */
+EVST_HIDDEN void evst_queue_empty(struct evsteer_listener *lev, uint64_t now);
 /* A wake-up: a member looks at stalled siblings. */
 EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
 /*
@@ -298,13 +307,6 @@ struct evst_attach {
 /* shared.c: the accounting in the shared state, for everyone. */
 EVST_HIDDEN const char *evst_policy_name(unsigned int p);
 EVST_HIDDEN uint64_t evst_now_ns(void);
-/* The socket was found empty: pending resynced, progress made. */
-EVST_HIDDEN void evst_ws_empty(struct evst_worker *w, uint64_t now);
-/* Nothing counted as pending is there (handshakes that died, SYN
- * floods): pending back to 0. */
-EVST_HIDDEN void evst_ws_resync(struct evst_worker *w);
-/* The worker's loop ran: its heartbeat, and it is no longer stalled. */
-EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
 /* A group of existing listening sockets (socket activation); it owns them
  * once made. NULL with errno, the sockets left open, on failure. */
 EVST_HIDDEN struct evsteer_group *

@@ -419,6 +419,18 @@ void evst_took(struct evsteer_listener *lev, uint64_t now)
 		lev->member->took(lev, now);
 }
 
+void evst_loop_ran(struct evsteer_listener *lev, uint64_t now)
+{
+	if (lev->member)
+		lev->member->alive(lev, now);
+}
+
+void evst_queue_empty(struct evsteer_listener *lev, uint64_t now)
+{
+	if (lev->member)
+		lev->member->empty(lev, now);
+}
+
 void evst_group_steal(struct evsteer_listener *lev)
 {
 	if (lev->member)

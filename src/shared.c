@@ -24,7 +24,7 @@
 #include "rendezvous.h"
 #include "shared.h"
 
-#define EVST_SHARED_VERSION 1
+#define EVST_SHARED_VERSION 2 /* 2: evst_worker.stolen_ns */
 #define EVST_MAX_MEMBERS 64
 
 struct evst_slot_rec {
@@ -134,24 +134,11 @@ uint64_t evst_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* The worker itself moved: its heartbeat, and it is no longer stalled. */
+/* The worker's loop ran: its heartbeat. Past the last theft (stolen_ns),
+ * it is back in the steering. */
 void evst_made_progress(struct evst_worker *w, uint64_t now)
 {
 	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
-	if (__atomic_load_n(&w->stalled, __ATOMIC_RELAXED))
-		__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
-}
-
-/*
- * The socket was found empty. Whatever the program counted that never
- * arrived (handshakes that died, SYN floods) is dropped from pending here,
- * so drift cannot build up; a connection in flight right now may be counted
- * once more or once less until the next empty pass.
- */
-void evst_ws_empty(struct evst_worker *w, uint64_t now)
-{
-	evst_ws_resync(w);
-	evst_made_progress(w, now);
 }
 
 void evst_ws_resync(struct evst_worker *w)
@@ -918,7 +905,7 @@ int evst_shared_claim(struct evst_shared *sh, int fd)
 	__atomic_store_n(&w->dequeued, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&w->progress_ns, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&w->migrated, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&w->stalled, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&w->stolen_ns, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&w->weight, 1, __ATOMIC_RELAXED);
 	struct evst_slot_rec *s = &sh->ctl->slots[i];
 	__atomic_store_n(&s->c.accepted, 0, __ATOMIC_RELAXED);
@@ -996,6 +983,11 @@ void evst_shared_set_policy(struct evst_shared *sh, unsigned int policy)
 unsigned int evst_shared_policy(const struct evst_shared *sh)
 {
 	return __atomic_load_n(sh->v.policy, __ATOMIC_RELAXED);
+}
+
+const __u64 *evst_shared_stall_ptr(const struct evst_shared *sh)
+{
+	return sh->v.stall_ns;
 }
 
 uint64_t evst_shared_stall_ns(const struct evst_shared *sh)

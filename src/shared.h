@@ -62,6 +62,8 @@ EVST_HIDDEN void evst_shared_set_policy(struct evst_shared *sh,
 					unsigned int policy);
 EVST_HIDDEN unsigned int evst_shared_policy(const struct evst_shared *sh);
 EVST_HIDDEN uint64_t evst_shared_stall_ns(const struct evst_shared *sh);
+/* Where the threshold lives, for readers that outlive a call (watch.c). */
+EVST_HIDDEN const __u64 *evst_shared_stall_ptr(const struct evst_shared *sh);
 
 /* Our program steers right now (loaded or joined, and not stood down
  * for a foreign listener on the port). */
@@ -81,7 +83,10 @@ EVST_HIDDEN uint32_t evst_shared_slot_pid(const struct evst_shared *sh,
 
 /* shared state helpers used by the accounting (group.c) */
 EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);
-/* The worker itself moved: its heartbeat, and it is no longer stalled. */
+/* The worker's loop ran: its heartbeat. */
 EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
+/* Nothing is where the program counted some (the queue found empty by
+ * its worker or by a thief): pending back to 0. */
+EVST_HIDDEN void evst_ws_resync(struct evst_worker *w);
 
 #endif

@@ -427,6 +427,17 @@ static void flush(struct evsteer_uring *r)
 		evst_warn("ring: io_uring_enter: %s", strerror(-n));
 }
 
+bool evst_ring_quiet(struct evsteer_uring *r)
+{
+	return !io_uring_cq_ready(&r->ring) && !taskrun_pending(r) &&
+	       !io_uring_cq_has_overflow(&r->ring);
+}
+
+int evst_ring_eventfd(const struct evsteer_uring *r)
+{
+	return r->efd;
+}
+
 /* Ring lock held: no signal from the kernel while we drain anyway. */
 static void eventfd_quiet(struct evsteer_uring *r, bool quiet)
 {

@@ -100,6 +100,11 @@ EVST_HIDDEN void evst_ring_wait_idle(struct evsteer_uring *r, struct evst_uop *o
  * (when the owner is destroyed from inside it). */
 EVST_HIDDEN void evst_ring_release(struct evsteer_uring *r, struct evst_uop *op);
 EVST_HIDDEN struct io_uring *evst_ring_uring(struct evsteer_uring *r);
+/* Ring lock held: no completion waits in the CQ and no task work is
+ * pending (what an armed accept took off the socket has been reaped). */
+EVST_HIDDEN bool evst_ring_quiet(struct evsteer_uring *r);
+/* The eventfd the ring signals on completions (never read by us). */
+EVST_HIDDEN int evst_ring_eventfd(const struct evsteer_uring *r);
 EVST_HIDDEN struct event_base *evst_ring_base(struct evsteer_uring *r);
 
 /*

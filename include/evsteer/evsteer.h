@@ -284,9 +284,16 @@ evsteer_listener_get_stats(const struct evsteer_listener *lev,
  * Worker groups: N listening sockets on one address, one per worker
  * event_base (thread), with a BPF SK_REUSEPORT program choosing the socket
  * for each new connection by policy. Workers that stall (connections
- * pending, no progress for stall_us) get no new connections, and their
- * queued ones are accepted by healthy siblings ("stolen") and handed to the
- * sibling's callback. A worker that leaves has its queued connections
+ * pending, no progress of their loop for stall_us: a callback blocked in a
+ * system call, a thread the scheduler left waiting, a pass busy with many
+ * ready events) get no new connections, and their queued ones are accepted
+ * by healthy siblings of the same process ("stolen") and handed to the
+ * sibling's callback; a worker stolen from gets connections again as soon
+ * as its loop runs. A thread per process (the stall watch) wakes a healthy
+ * sibling when nothing else would, so a connection waits on a stuck worker
+ * about 2 x stall_us plus the time the sibling takes to run, at most; what
+ * the program already took from a worker that then blocks waits for it.
+ * A worker that leaves has its queued connections
  * migrated to the others instead of reset. Without BPF (no CAP_BPF,
  * seccomp, EVSTEER_BPF=off, not built) the group runs on the kernel's
  * SO_REUSEPORT hash; evsteer_group_get_path() says which, and why.
