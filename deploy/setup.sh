@@ -24,6 +24,8 @@ packages=(
 	runc python3-yaml systemd
 	# the benchmark report's plots
 	gnuplot-nox
+	# the man-pages test renders every page
+	groff-base
 	# the preload tests: real Debian programs and their clients
 	coturn ustreamer curl
 )
