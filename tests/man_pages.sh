@@ -49,66 +49,51 @@ for f in $funcs; do
 	esac
 done
 
-# The names a page's NAME section lists, one a line.
-names_of() {
-	sed -n '/^\.SH NAME/,/^\.SH /p' "$1" | sed '1d;$d' |
-		sed 's/\\-.*//' | tr ',' '\n' | tr -d ' \\' | grep .
-}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+printf '%s\n' "$funcs" >"$tmp/funcs"
 
-# The page a name lands on: man/NAME.N, or the target of a link page.
-page_for() {
-	for s in 3 1; do
-		if [ -f "$mandir/$1.$s" ]; then
-			echo "$mandir/$1.$s"
-			return
-		fi
-		if [ -f "$built/$1.$s" ]; then
-			target=$(sed -n 's/^\.so[[:space:]]\{1,\}man[0-9]\///p' "$built/$1.$s")
-			if [ -n "$target" ] && [ -f "$mandir/$target" ]; then
-				echo "$mandir/$target"
-			else
-				echo "broken:$built/$1.$s"
-			fi
-			return
-		fi
-	done
-}
+# "NAME PAGE" for every name a page's NAME section lists.
+for p in "$mandir"/*.[13]; do
+	sed -n '/^\.SH NAME/,/^\.SH /p' "$p" | sed '1d;$d' | sed 's/ \\- .*//; s/\\-/-/g' |
+		tr ',' '\n' | tr -d ' \\' | grep . | sed "s|\$| $(basename "$p")|"
+done >"$tmp/names"
 
-for f in $funcs; do
-	p=$(page_for "$f")
-	case $p in
-	'') bad "$f has no man page (add it to a page's NAME and to man/meson.build)" ;;
-	broken:*) bad "${p#broken:} does not link to a page in man/" ;;
-	*)
-		names_of "$p" | grep -qx "$f" ||
-			bad "$f lands on $(basename "$p"), whose NAME section does not list it"
-		;;
-	esac
-done
-
-# Every link page points at a page that lists it.
+# "NAME PAGE" for every name with a page of its own or a link page.
+for p in "$mandir"/*.[13]; do
+	n=$(basename "$p")
+	echo "${n%.*} $n"
+done >"$tmp/pages"
 for l in "$built"/*.[13]; do
 	[ -e "$l" ] || continue
 	n=$(basename "$l")
-	n=${n%.*}
-	p=$(page_for "$n")
-	case $p in
-	broken:* | '') bad "link page $l is broken" ;;
-	*) names_of "$p" | grep -qx "$n" || bad "link page $n.* points at $(basename "$p"), which does not list $n" ;;
-	esac
+	target=$(sed -n 's/^\.so[[:space:]]\{1,\}man[0-9]\///p' "$l")
+	if [ -z "$target" ] || [ ! -f "$mandir/$target" ]; then
+		bad "link page $l does not point at a page in man/"
+		continue
+	fi
+	echo "${n%.*} $target"
+done >>"$tmp/pages"
+
+# Every function lands on a page that lists it; so does every link page.
+for f in $funcs; do
+	grep -q "^$f " "$tmp/pages" ||
+		bad "$f has no man page (add it to a page's NAME and to man/meson.build)"
 done
+while read -r n p; do
+	grep -qx "$n $p" "$tmp/names" ||
+		bad "$n lands on $p, whose NAME section does not list it"
+done <"$tmp/pages"
 
 # No page documents a function the header does not declare.
-for p in "$mandir"/*.[13]; do
-	for n in $(names_of "$p"); do
-		case $n in
-		evsteer_*)
-			printf '%s\n' "$funcs" | grep -qx "$n" ||
-				bad "$(basename "$p") documents $n, which evsteer.h does not declare"
-			;;
-		esac
-	done
-done
+while read -r n p; do
+	case $n in
+	evsteer_*)
+		grep -qx "$n" "$tmp/funcs" ||
+			bad "$p documents $n, which evsteer.h does not declare"
+		;;
+	esac
+done <"$tmp/names"
 
 # Every page renders without a warning (groff exits 0 even with some).
 npages=0
