@@ -138,7 +138,8 @@ asan)
 tsan)
 	# libevent is not instrumented: TSan sees its locks through the
 	# pthread interceptors (evthread_use_pthreads), which is what orders
-	# our callbacks; no suppression is needed so far (see README).
+	# our callbacks; no suppression is needed so far (docs/ARCHITECTURE.md,
+	# Tests).
 	build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug
 	run_tests build-tsan "$@"
 	;;
