@@ -24,6 +24,8 @@ packages=(
 	runc python3-yaml systemd
 	# the benchmark report's plots
 	gnuplot-nox
+	# the man-pages test renders every page
+	groff-base
 	# the preload tests: real Debian programs and their clients
 	coturn ustreamer curl
 )
@@ -136,7 +138,8 @@ asan)
 tsan)
 	# libevent is not instrumented: TSan sees its locks through the
 	# pthread interceptors (evthread_use_pthreads), which is what orders
-	# our callbacks; no suppression is needed so far (see README).
+	# our callbacks; no suppression is needed so far (docs/ARCHITECTURE.md,
+	# Tests).
 	build build-tsan -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug
 	run_tests build-tsan "$@"
 	;;
