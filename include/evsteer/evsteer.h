@@ -144,8 +144,15 @@ struct evsteer_listener_opts {
 	struct evsteer_listener_opts NAME = {                                  \
 		.sz = sizeof(struct evsteer_listener_opts), __VA_ARGS__}
 
-/* An options struct larger than this is refused (EINVAL) unread: a newer
- * caller's struct may be larger than ours, but not without bound. */
+/*
+ * An options struct larger than this is refused (EINVAL) unread: a newer
+ * caller's struct may be larger than ours, but not without bound. Within
+ * sz, every byte past the end of the last field this library knows must be
+ * zero (libbpf's rule), the struct's tail padding included: a newer
+ * caller's option that an older library does not have is refused (EINVAL,
+ * with a warning naming the struct), never silently ignored. A smaller sz
+ * (an older caller) gets the defaults for the fields it does not cover.
+ */
 #define EVSTEER_OPTS_MAX_SZ 4096
 
 /* listen() backlog for backlog < 0; the kernel clamps it to net.core.somaxconn. */
@@ -241,7 +248,13 @@ struct evsteer_path {
 #define EVSTEER_PATH_OPTS(NAME) \
 	struct evsteer_path NAME = {.sz = sizeof(struct evsteer_path)}
 
-/* Fill *out (out->sz set by the caller). Returns 0 or -errno. */
+/*
+ * Fill *out (out->sz set by the caller). Output structs are written up to
+ * the end of the last field this library knows, or out->sz if smaller;
+ * bytes past that (a newer caller's fields, even in our tail padding) keep
+ * the value the caller gave them (0 with the *_OPTS() macros). The same
+ * holds for every struct the library fills. Returns 0 or -errno.
+ */
 EVSTEER_API int evsteer_listener_get_path(const struct evsteer_listener *lev,
 					  struct evsteer_path *out);
 /* The path's short name ("event", "bpf+event", ...), "" for NULL. */
