@@ -335,8 +335,9 @@ EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_end,
 #define EVST_OPTS_VALID(opts, type, last_field)                                \
 	evst_opts_valid((opts), evst_offsetofend(type, last_field), #type,     \
 			#last_field)
-/* The last field of each input options struct: move these when a field is
- * added (the abi test flags the struct change). */
+/* The last field of each input options struct: move these, and the one
+ * evsteer.h's *_OPTS() macro names, when a field is added (the abi test
+ * flags the struct change). */
 #define EVST_LISTENER_OPTS_VALID(opts)                                         \
 	EVST_OPTS_VALID(opts, struct evsteer_listener_opts, libevent_compat)
 #define EVST_GROUP_OPTS_VALID(opts)                                            \

@@ -66,12 +66,10 @@ struct addr {
 	struct sockaddr *sa;
 };
 
-static struct addr loopback(void)
+static void loopback(struct addr *a)
 {
-	struct addr a;
-	a.len = tl_addr_loopback(AF_INET, &a.ss);
-	a.sa = (struct sockaddr *)&a.ss;
-	return a;
+	a->len = tl_addr_loopback(AF_INET, &a->ss);
+	a->sa = (struct sockaddr *)&a->ss;
 }
 
 static void test_layout(void **state)
@@ -111,7 +109,8 @@ static void test_tail_padding_refused(void **state)
 		skip();
 	}
 	struct event_base *base = tl_base();
-	struct addr a = loopback();
+	struct addr a;
+	loopback(&a);
 	int before = tl_count_fds();
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	assert_true(fd >= 0);
@@ -153,7 +152,8 @@ static void test_tail_padding_refused(void **state)
 static void test_unknown_option_refused(void **state)
 {
 	(void)state;
-	struct addr a = loopback();
+	struct addr a;
+	loopback(&a);
 	struct {
 		struct evsteer_group_opts o;
 		unsigned char future[16];
@@ -190,7 +190,8 @@ static void test_newer_caller_zeros_accepted(void **state)
 {
 	(void)state;
 	struct event_base *base = tl_base();
-	struct addr a = loopback();
+	struct addr a;
+	loopback(&a);
 	struct {
 		struct evsteer_listener_opts o;
 		unsigned char future[64];
@@ -221,7 +222,8 @@ static void test_older_caller_defaults(void **state)
 {
 	(void)state;
 	struct event_base *base = tl_base();
-	struct addr a = loopback();
+	struct addr a;
+	loopback(&a);
 	int u = socket(AF_INET, SOCK_DGRAM, 0);
 	assert_true(u >= 0);
 
@@ -275,6 +277,50 @@ static void test_older_caller_defaults(void **state)
 	event_base_free(base);
 }
 
+/* Leave non-zero bytes where the next call's frame will be. */
+__attribute__((noinline)) static void dirty_stack(void)
+{
+	volatile unsigned char junk[4096];
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = 0xee;
+}
+
+/* Every field named: with a plain initializer GCC -O2 stores the fields
+ * one by one and leaves the stack's bytes in the tail padding. */
+__attribute__((noinline)) static struct evsteer_listener *
+new_bind_every_field(struct event_base *base, const struct addr *a,
+		     unsigned int n)
+{
+	EVSTEER_LISTENER_OPTS(o, .max_accepts_per_wakeup = n,
+			      .backoff_max_ms = n, .bpf = EVSTEER_BPF_OFF,
+			      .policy = EVSTEER_POLICY_HASH, .stall_us = (int)n,
+			      .accept = EVSTEER_ACCEPT_EVENT,
+			      .libevent_compat = 1);
+	for (size_t i = END_LOPTS; i < sizeof(o); i++)
+		if (((unsigned char *)&o)[i])
+			print_message("EVSTEER_LISTENER_OPTS() left 0x%02x at "
+				      "offset %zu\n",
+				      ((unsigned char *)&o)[i], i);
+	return evsteer_listener_new_bind(base, dummy_cb, NULL,
+					 EVSTEER_OPT_CLOSE_ON_FREE, -1, a->sa,
+					 a->len, &o);
+}
+
+/* The *_OPTS() macros zero the padding themselves, so a caller who names
+ * every field is not refused for what the compiler left there. */
+static void test_macro_zeroes_padding(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct addr a;
+	loopback(&a);
+	dirty_stack();
+	struct evsteer_listener *lev = new_bind_every_field(base, &a, 7);
+	assert_non_null(lev);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+}
+
 /* Bytes of the caller's struct from end up to sz still hold fill. */
 static void assert_untouched(const void *out, size_t end, size_t sz,
 			     unsigned char fill, const char *what)
@@ -293,7 +339,8 @@ static void test_output_stops_at_last_field(void **state)
 {
 	(void)state;
 	struct event_base *base = tl_base();
-	struct addr a = loopback();
+	struct addr a;
+	loopback(&a);
 	struct evsteer_listener *lev = evsteer_listener_new_bind(
 		base, dummy_cb, NULL, EVSTEER_OPT_CLOSE_ON_FREE, -1, a.sa, a.len,
 		NULL);
@@ -357,6 +404,7 @@ int main(void)
 		cmocka_unit_test(test_unknown_option_refused),
 		cmocka_unit_test(test_newer_caller_zeros_accepted),
 		cmocka_unit_test(test_older_caller_defaults),
+		cmocka_unit_test(test_macro_zeroes_padding),
 		cmocka_unit_test(test_output_stops_at_last_field),
 	};
 	return tl_run_once("opts", tests, sizeof(tests) / sizeof(tests[0]));
