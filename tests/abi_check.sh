@@ -108,7 +108,8 @@ if [ $rc -ne 0 ]; then
 If this change is intended, announce it (abi/README.md):
   - only additions: new functions, new enumerators, new fields at the end
     of a struct that starts with size_t sz (then move that struct's last
-    field in src/internal.h, EVST_*_OPTS_VALID / EVST_*_COPY_OUT);
+    field in src/internal.h, EVST_*_OPTS_VALID / EVST_*_COPY_OUT, and in
+    its EVSTEER_*_OPTS() macro in evsteer.h);
   - list new functions in a new version node of src/libevsteer.map that
     inherits the previous one (EVSTEER_0.2 { global: ...; } EVSTEER_0.1;);
     a released node never changes;
