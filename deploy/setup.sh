@@ -22,6 +22,8 @@ packages=(
 	libseccomp-dev util-linux libcap2-bin
 	# deployment tests: a real container runtime, the manifests, the units
 	runc python3-yaml systemd
+	# the abi test: abidw/abidiff against the committed baseline (abi/)
+	abigail-tools
 	# the benchmark report's plots
 	gnuplot-nox
 	# the man-pages test renders every page

@@ -35,7 +35,7 @@ static bool common_args_ok(const char *fn, struct event_base *base,
 		evst_warn("%s: unknown flags 0x%x", fn, flags & ~EVSTEER_OPT_ALL);
 		return false;
 	}
-	if (!evst_opts_valid(opts, sizeof(*opts))) {
+	if (!EVST_LISTENER_OPTS_VALID(opts)) {
 		evst_warn("%s: bad options struct (sz or unknown non-zero fields)",
 			  fn);
 		return false;

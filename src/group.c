@@ -325,7 +325,7 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 		errno = EINVAL;
 		return NULL;
 	}
-	if ((flags & ~EVSTEER_OPT_ALL) || !evst_opts_valid(opts, sizeof(*opts)) ||
+	if ((flags & ~EVSTEER_OPT_ALL) || !EVST_GROUP_OPTS_VALID(opts) ||
 	    backlog == 0) {
 		evst_warn("%s: bad flags, options or backlog 0", fn);
 		errno = EINVAL;
@@ -1111,7 +1111,7 @@ static void fill_stats(struct evst_shared *sh, int gslot, bool mine,
 		st.global_slot = gslot;
 		st.mine = mine;
 	}
-	memcpy(out, &st, out->sz < sizeof(st) ? out->sz : sizeof(st));
+	EVST_WORKER_STATS_COPY_OUT(out, &st);
 }
 
 int evsteer_group_worker_stats(const struct evsteer_group *g, unsigned int slot,

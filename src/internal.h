@@ -322,10 +322,49 @@ extern EVST_HIDDEN const struct evst_engine_ops evst_uring_direct_engine;
 EVST_HIDDEN const char *evst_enum_opts_check(unsigned int bpf,
 					     unsigned int policy,
 					     unsigned int accept);
-/* Options struct helpers (libbpf's rule: bytes past what we know are zero). */
-EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_sz);
+/*
+ * Options struct helpers, libbpf's rule (OPTS_VALID): every byte of the
+ * caller's struct past the end of the last field this library knows, up to
+ * the caller's sz, is zero. Past the end of the last *field*, not past
+ * sizeof: a field a newer header adds in today's tail padding keeps sizeof,
+ * and an older library must refuse it set rather than ignore it.
+ */
+#define evst_offsetofend(type, field)                                          \
+	(offsetof(type, field) + sizeof(((type *)0)->field))
+/* false (after a warning naming the struct) if opts is not acceptable. */
+EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_end,
+				 const char *type_name, const char *last_field);
+#define EVST_OPTS_VALID(opts, type, last_field)                                \
+	evst_opts_valid((opts), evst_offsetofend(type, last_field), #type,     \
+			#last_field)
+/* The last field of each input options struct: move these, and the one
+ * evsteer.h's *_OPTS() macro names, when a field is added (the abi test
+ * flags the struct change). */
+#define EVST_LISTENER_OPTS_VALID(opts)                                         \
+	EVST_OPTS_VALID(opts, struct evsteer_listener_opts, libevent_compat)
+#define EVST_GROUP_OPTS_VALID(opts)                                            \
+	EVST_OPTS_VALID(opts, struct evsteer_group_opts, accept)
+/* A field, or def when it is zero or beyond the caller's sz. */
 #define EVST_OPT(opts, type, field, def)                                      \
-	(((opts) && (opts)->sz >= offsetof(type, field) + sizeof((opts)->field) && \
+	(((opts) && (opts)->sz >= evst_offsetofend(type, field) &&             \
 	  (opts)->field) ? (opts)->field : (def))
+/*
+ * Output structs (path, stats): write the fields we know that fit in the
+ * caller's sz, and nothing else: not our tail padding, where a newer
+ * caller's field may live (it keeps the value the caller gave it, 0 with
+ * the *_OPTS() macros), nor anything past it.
+ */
+#define EVST_COPY_OUT(out, src, type, last_field)                              \
+	memcpy((out), (src),                                                   \
+	       (out)->sz < evst_offsetofend(type, last_field) ?                \
+		       (out)->sz :                                             \
+		       evst_offsetofend(type, last_field))
+/* The last field of each output struct (as above: move them with it). */
+#define EVST_PATH_COPY_OUT(out, src)                                           \
+	EVST_COPY_OUT(out, src, struct evsteer_path, policy)
+#define EVST_LISTENER_STATS_COPY_OUT(out, src)                                 \
+	EVST_COPY_OUT(out, src, struct evsteer_listener_stats, handed_off)
+#define EVST_WORKER_STATS_COPY_OUT(out, src)                                   \
+	EVST_COPY_OUT(out, src, struct evsteer_worker_stats, mine)
 
 #endif /* EVSTEER_INTERNAL_H */

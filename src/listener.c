@@ -364,7 +364,7 @@ int evst_fill_path(const struct evst_steering *st,
 		.engine_reason = engine_reason ? engine_reason : "",
 		.policy = st ? st->policy : EVSTEER_POLICY_LEAST_PENDING,
 	};
-	memcpy(out, &p, out->sz < sizeof(p) ? out->sz : sizeof(p));
+	EVST_PATH_COPY_OUT(out, &p);
 	return 0;
 }
 
@@ -408,7 +408,7 @@ int evsteer_listener_get_stats(const struct evsteer_listener *lev,
 		.handed_off = LOAD(handed_off),
 	};
 #undef LOAD
-	memcpy(out, &s, out->sz < sizeof(s) ? out->sz : sizeof(s));
+	EVST_LISTENER_STATS_COPY_OUT(out, &s);
 	return 0;
 }
 

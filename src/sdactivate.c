@@ -173,7 +173,7 @@ struct evsteer_group *evsteer_group_from_fds(const int *fds, unsigned int n,
 	else if (n < 1 || n > EVSTEER_MAX_WORKERS)
 		bad = "n not in 1..64";
 	else if ((flags & ~EVSTEER_OPT_ALL) ||
-		 !evst_opts_valid(opts, sizeof(*opts)))
+		 !EVST_GROUP_OPTS_VALID(opts))
 		bad = "bad flags or options";
 	else
 		bad = evst_enum_opts_check(

@@ -9,6 +9,7 @@
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 
+#include "config.h"
 #include "internal.h"
 
 /*
@@ -34,20 +35,31 @@ int evst_validate_sockaddr(const struct sockaddr *sa, socklen_t len)
 	}
 }
 
-bool evst_opts_valid(const void *opts, size_t known_sz)
+bool evst_opts_valid(const void *opts, size_t known_end, const char *type_name,
+		     const char *last_field)
 {
 	if (!opts)
 		return true;
 	size_t sz = *(const size_t *)opts;
 	/* bounded before reading past what we know: a wild sz must not walk
 	 * off the end of the caller's memory */
-	if (sz < sizeof(size_t) || sz > EVSTEER_OPTS_MAX_SZ)
+	if (sz < sizeof(size_t) || sz > EVSTEER_OPTS_MAX_SZ) {
+		evst_warn("%s: sz %zu not in %zu..%d", type_name, sz,
+			  sizeof(size_t), EVSTEER_OPTS_MAX_SZ);
 		return false;
-	/* a newer caller's struct: fine as long as what we don't know is zero */
+	}
+	/* a newer caller's struct: fine as long as what we don't know is
+	 * zero, from the end of our last field (our tail padding included) */
 	const unsigned char *p = opts;
-	for (size_t i = known_sz; i < sz; i++)
-		if (p[i])
+	for (size_t i = known_end; i < sz; i++)
+		if (p[i]) {
+			evst_warn("%s: non-zero byte at offset %zu, past its last "
+				  "field known to evsteer " EVSTEER_VERSION
+				  " (%s, ending at %zu): a newer caller's "
+				  "option this library does not have",
+				  type_name, i, last_field, known_end);
 			return false;
+		}
 	return true;
 }
 

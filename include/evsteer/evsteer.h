@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h> /* memset(), memcpy() in the *_OPTS() macros */
 #include <sys/socket.h>
 
 #ifdef __cplusplus
@@ -140,12 +141,40 @@ struct evsteer_listener_opts {
 	 */
 	int libevent_compat;
 };
+/*
+ * The *_OPTS() macros for input structs declare NAME zeroed, its padding
+ * included, with sz and the given fields set. The library refuses a
+ * non-zero byte past the last field it knows (to it, an option from a
+ * newer header), and a plain initializer does not promise zero padding:
+ * GCC leaves stack bytes in the tail padding of a struct whose every field
+ * is named (at -O2, and at -O0 even through libbpf's memset-then-assign
+ * LIBBPF_OPTS()). So the fields are copied in up to the end of the last
+ * one, and NAME's own zeroed bytes are what initialize it. A struct
+ * declared any other way must be memset() to 0 first.
+ */
+#define EVSTEER_OPTS_DECLARE_(TYPE, LAST, NAME, ...)                           \
+	struct TYPE NAME = __extension__({                                     \
+		struct TYPE evsteer_opts_init_ = {.sz = sizeof(struct TYPE),   \
+						  __VA_ARGS__};                \
+		*(struct TYPE *)memcpy(                                        \
+			memset(&NAME, 0, sizeof(struct TYPE)),                 \
+			&evsteer_opts_init_,                                   \
+			offsetof(struct TYPE, LAST) +                          \
+				sizeof(evsteer_opts_init_.LAST));              \
+	})
 #define EVSTEER_LISTENER_OPTS(NAME, ...)                                       \
-	struct evsteer_listener_opts NAME = {                                  \
-		.sz = sizeof(struct evsteer_listener_opts), __VA_ARGS__}
+	EVSTEER_OPTS_DECLARE_(evsteer_listener_opts, libevent_compat, NAME,    \
+			      __VA_ARGS__)
 
-/* An options struct larger than this is refused (EINVAL) unread: a newer
- * caller's struct may be larger than ours, but not without bound. */
+/*
+ * An options struct larger than this is refused (EINVAL) unread: a newer
+ * caller's struct may be larger than ours, but not without bound. Within
+ * sz, every byte past the end of the last field this library knows must be
+ * zero (libbpf's rule), the struct's tail padding included: a newer
+ * caller's option that an older library does not have is refused (EINVAL,
+ * with a warning naming the struct), never silently ignored. A smaller sz
+ * (an older caller) gets the defaults for the fields it does not cover.
+ */
 #define EVSTEER_OPTS_MAX_SZ 4096
 
 /* listen() backlog for backlog < 0; the kernel clamps it to net.core.somaxconn. */
@@ -241,7 +270,13 @@ struct evsteer_path {
 #define EVSTEER_PATH_OPTS(NAME) \
 	struct evsteer_path NAME = {.sz = sizeof(struct evsteer_path)}
 
-/* Fill *out (out->sz set by the caller). Returns 0 or -errno. */
+/*
+ * Fill *out (out->sz set by the caller). Output structs are written up to
+ * the end of the last field this library knows, or out->sz if smaller;
+ * bytes past that (a newer caller's fields, even in our tail padding) keep
+ * the value the caller gave them (0 with the *_OPTS() macros). The same
+ * holds for every struct the library fills. Returns 0 or -errno.
+ */
 EVSTEER_API int evsteer_listener_get_path(const struct evsteer_listener *lev,
 					  struct evsteer_path *out);
 /* The path's short name ("event", "bpf+event", ...), "" for NULL. */
@@ -320,9 +355,9 @@ struct evsteer_group_opts {
 	unsigned int backoff_max_ms;
 	enum evsteer_accept_mode accept;
 };
+/* Declares NAME zeroed, padding included (see EVSTEER_LISTENER_OPTS()). */
 #define EVSTEER_GROUP_OPTS(NAME, ...)                                          \
-	struct evsteer_group_opts NAME = {                                     \
-		.sz = sizeof(struct evsteer_group_opts), __VA_ARGS__}
+	EVSTEER_OPTS_DECLARE_(evsteer_group_opts, accept, NAME, __VA_ARGS__)
 
 #define EVSTEER_MAX_WORKERS 64
 #define EVSTEER_DEFAULT_STALL_US 2000
