@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "internal.h"
+#include "common/options.h"
 
 /* A REUSEABLE_PORT listener joins the steering group of its address
  * (group.c checks the rest: TCP, inet, SO_REUSEPORT on the socket). */
@@ -35,20 +36,7 @@ static bool common_args_ok(const char *fn, struct event_base *base,
 		evst_warn("%s: unknown flags 0x%x", fn, flags & ~EVSTEER_OPT_ALL);
 		return false;
 	}
-	if (!EVST_LISTENER_OPTS_VALID(opts)) {
-		evst_warn("%s: bad options struct (sz or unknown non-zero fields)",
-			  fn);
-		return false;
-	}
-	const char *bad = evst_enum_opts_check(
-		EVST_OPT(opts, struct evsteer_listener_opts, bpf, 0),
-		EVST_OPT(opts, struct evsteer_listener_opts, policy, 0),
-		EVST_OPT(opts, struct evsteer_listener_opts, accept, 0));
-	if (bad) {
-		evst_warn("%s: options: %s out of range", fn, bad);
-		return false;
-	}
-	return true;
+	return evst_listener_opts_ok(fn, opts);
 }
 
 struct evsteer_listener *

@@ -24,6 +24,8 @@
 #include "config.h"
 #include "shared.h"
 #include "watch.h"
+#include "common/env.h"
+#include "common/options.h"
 
 struct evst_slot {
 	int gslot;    /* the group-wide slot (shared.h); -1 when unused */
@@ -95,60 +97,6 @@ static void atfork_register(void)
 static uint64_t ld(const __u64 *p)
 {
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
-}
-
-static enum evsteer_bpf_mode env_bpf_mode(enum evsteer_bpf_mode opt)
-{
-	if (opt != EVSTEER_BPF_AUTO)
-		return opt;
-	const char *e = getenv("EVSTEER_BPF");
-	if (!e || !*e || !strcmp(e, "auto"))
-		return EVSTEER_BPF_AUTO;
-	if (!strcmp(e, "off") || !strcmp(e, "0"))
-		return EVSTEER_BPF_OFF;
-	if (!strcmp(e, "require") || !strcmp(e, "1"))
-		return EVSTEER_BPF_REQUIRE;
-	evst_warn("EVSTEER_BPF=%s: expected auto, off or require; using auto", e);
-	return EVSTEER_BPF_AUTO;
-}
-
-static int policy_from_name(const char *e)
-{
-	for (int i = 0; i <= EVSTEER_POLICY_CPU; i++)
-		if (!strcmp(e, evst_policy_name((unsigned)i)))
-			return i;
-	return -1;
-}
-
-/* EVSTEER_STALL_US when the option is 0 (default): microseconds, or a
- * negative number to turn stall detection off. */
-static int env_stall_us(int opt)
-{
-	const char *e = getenv("EVSTEER_STALL_US");
-	if (opt || !e || !*e)
-		return opt;
-	char *end;
-	long v = strtol(e, &end, 10);
-	if (*end || v > 60000000 || v < -1) {
-		evst_warn("EVSTEER_STALL_US=%s: expected microseconds or -1", e);
-		return opt;
-	}
-	return (int)v;
-}
-
-static enum evsteer_policy env_policy(enum evsteer_policy opt)
-{
-	const char *e = getenv("EVSTEER_POLICY");
-	if (opt != EVSTEER_POLICY_LEAST_PENDING || !e || !*e)
-		return opt;
-	int p = policy_from_name(e);
-	if (p < 0) {
-		evst_warn("EVSTEER_POLICY=%s: expected least-pending, hash, "
-			  "round-robin or cpu",
-			  e);
-		return opt;
-	}
-	return (enum evsteer_policy)p;
 }
 
 static struct evsteer_group *group_alloc(unsigned int flags,
@@ -271,9 +219,9 @@ static struct evst_shared_opts shared_opts(enum evsteer_bpf_mode bpf,
 					   int stall_us)
 {
 	return (struct evst_shared_opts){
-		.mode = env_bpf_mode(bpf),
-		.policy = env_policy(policy),
-		.stall_us = env_stall_us(stall_us),
+		.mode = evst_env_bpf(bpf),
+		.policy = evst_env_policy(policy),
+		.stall_us = evst_env_stall_us(stall_us),
 	};
 }
 
@@ -325,24 +273,18 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 		errno = EINVAL;
 		return NULL;
 	}
-	if ((flags & ~EVSTEER_OPT_ALL) || !EVST_GROUP_OPTS_VALID(opts) ||
-	    backlog == 0) {
-		evst_warn("%s: bad flags, options or backlog 0", fn);
+	if ((flags & ~EVSTEER_OPT_ALL) || backlog == 0) {
+		evst_warn("%s: bad flags or backlog 0", fn);
+		errno = EINVAL;
+		return NULL;
+	}
+	if (!evst_group_opts_ok(fn, opts)) {
 		errno = EINVAL;
 		return NULL;
 	}
 	struct evsteer_listener_opts lo;
 	struct evst_shared_opts so;
 	group_opts_read(opts, &lo, &so);
-	const char *bad = evst_enum_opts_check(
-		EVST_OPT(opts, struct evsteer_group_opts, bpf, 0),
-		EVST_OPT(opts, struct evsteer_group_opts, policy, 0),
-		EVST_OPT(opts, struct evsteer_group_opts, accept, 0));
-	if (bad) {
-		evst_warn("%s: options: %s out of range", fn, bad);
-		errno = EINVAL;
-		return NULL;
-	}
 
 	struct evsteer_group *g =
 		group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
@@ -578,7 +520,7 @@ static int member_join(struct evsteer_listener *lev, void *ctx,
 			 * steer in), or this very socket is in the group
 			 * already (EBUSY). A lone listener is still a
 			 * listener. */
-			bool need = env_bpf_mode(EVST_OPT(
+			bool need = evst_env_bpf(EVST_OPT(
 				opts, struct evsteer_listener_opts, bpf,
 				EVSTEER_BPF_AUTO)) == EVSTEER_BPF_REQUIRE;
 			evst_log(need ? EVSTEER_LOG_WARN : EVSTEER_LOG_INFO,
@@ -1021,7 +963,7 @@ int evsteer_group_set_policy(struct evsteer_group *g, enum evsteer_policy policy
 	if (!g || (unsigned int)policy > EVSTEER_POLICY_CPU)
 		return -(errno = EINVAL);
 	evst_shared_set_policy(g->sh, (unsigned int)policy);
-	evst_info("group: policy %s", evst_policy_name(policy));
+	evst_info("group: policy %s", evsteer_policy_name(policy));
 	return 0;
 }
 

@@ -305,7 +305,6 @@ struct evst_attach {
 #define EVST_SLOT_CLAIMED ((struct evsteer_listener *)1)
 
 /* shared.c: the accounting in the shared state, for everyone. */
-EVST_HIDDEN const char *evst_policy_name(unsigned int p);
 EVST_HIDDEN uint64_t evst_now_ns(void);
 /* A group of existing listening sockets (socket activation); it owns them
  * once made. NULL with errno, the sockets left open, on failure. */
@@ -318,10 +317,6 @@ extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_direct_engine;
 
-/* The name of the first enum option out of range, or NULL. */
-EVST_HIDDEN const char *evst_enum_opts_check(unsigned int bpf,
-					     unsigned int policy,
-					     unsigned int accept);
 /*
  * Options struct helpers, libbpf's rule (OPTS_VALID): every byte of the
  * caller's struct past the end of the last field this library knows, up to

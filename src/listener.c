@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "internal.h"
+#include "common/env.h"
 
 static const char *const steering_reason_none =
 	"single socket: no worker group to steer across";
@@ -30,23 +31,6 @@ static bool steers_bpf(const struct evsteer_listener *lev)
 	return st.steering == EVSTEER_STEER_BPF;
 }
 
-/* EVSTEER_ACCEPT when the option says AUTO. */
-static enum evsteer_accept_mode accept_mode(enum evsteer_accept_mode opt)
-{
-	if (opt != EVSTEER_ACCEPT_AUTO)
-		return opt;
-	const char *e = getenv("EVSTEER_ACCEPT");
-	if (!e || !*e || !strcmp(e, "auto"))
-		return EVSTEER_ACCEPT_AUTO;
-	if (!strcmp(e, "event"))
-		return EVSTEER_ACCEPT_EVENT;
-	if (!strcmp(e, "uring"))
-		return EVSTEER_ACCEPT_URING;
-	evst_warn("EVSTEER_ACCEPT=%s: expected auto, event or uring; using auto",
-		  e);
-	return EVSTEER_ACCEPT_AUTO;
-}
-
 /*
  * Pick and start the engine. io_uring when asked for, or in auto mode when
  * BPF steers the listener's group (the design rule: whenever BPF is
@@ -56,7 +40,7 @@ static enum evsteer_accept_mode accept_mode(enum evsteer_accept_mode opt)
 static int start_engine(struct evsteer_listener *lev,
 			const struct evsteer_listener_opts *opts)
 {
-	enum evsteer_accept_mode mode = accept_mode(EVST_OPT(
+	enum evsteer_accept_mode mode = evst_env_accept(EVST_OPT(
 		opts, struct evsteer_listener_opts, accept, EVSTEER_ACCEPT_AUTO));
 	bool bpf = steers_bpf(lev);
 
@@ -109,18 +93,6 @@ static void member_stop(struct evsteer_listener *lev)
 		lev->member->stop(lev);
 }
 
-
-const char *evst_enum_opts_check(unsigned int bpf, unsigned int policy,
-				 unsigned int accept)
-{
-	if (bpf > EVSTEER_BPF_REQUIRE)
-		return "bpf";
-	if (policy > EVSTEER_POLICY_CPU)
-		return "policy";
-	if (accept > EVSTEER_ACCEPT_URING)
-		return "accept";
-	return NULL;
-}
 
 /* Everything after the argument checks: shared by the constructors
  * (create.c) and evsteer_group_attach(); member joins a group. */

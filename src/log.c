@@ -7,13 +7,13 @@
 
 #include "config.h"
 #include "internal.h"
+#include "common/env.h"
 
 /*
  * One process-wide sink, guarded by a mutex: messages are rare (errors,
  * fallbacks, episodes), so a lock costs nothing that matters and keeps a
  * callback swap from racing with a message on another thread.
  */
-static const char *const level_names[] = {"error", "warn", "info", "debug"};
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static evsteer_log_fn log_fn;
 static void *log_arg;
@@ -23,13 +23,9 @@ static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 /* EVSTEER_LOG=error|warn|info|debug sets the default sink's level. */
 static void read_env(void)
 {
-	const char *e = getenv("EVSTEER_LOG");
-	if (!e)
-		return;
-	for (unsigned int i = 0; i < sizeof(level_names) / sizeof(level_names[0]);
-	     i++)
-		if (!strcmp(e, level_names[i]))
-			log_max = (enum evsteer_log_level)i;
+	int l = evst_env_log_level();
+	if (l >= 0)
+		log_max = (enum evsteer_log_level)l;
 }
 
 
@@ -74,11 +70,8 @@ void evst_log(enum evsteer_log_level level, const char *fmt, ...)
 		fn(level, msg, arg);
 		return;
 	}
-	unsigned int idx = (unsigned int)level;
-	fprintf(stderr, "evsteer: %s: %s\n",
-		idx < sizeof(level_names) / sizeof(level_names[0]) ?
-			level_names[idx] : "?",
-		msg);
+	const char *name = evsteer_log_level_str(level);
+	fprintf(stderr, "evsteer: %s: %s\n", name ? name : "?", msg);
 }
 
 const char *evsteer_version(void)

@@ -16,6 +16,8 @@
 #include <sys/socket.h>
 
 #include "internal.h"
+#include "common/env.h"
+#include "common/options.h"
 
 #define LISTEN_FDS_START 3 /* SD_LISTEN_FDS_START */
 
@@ -37,7 +39,9 @@ static int listen_fds(const char *name, int *fds, unsigned int max)
 {
 	static const char fn[] = "evsteer_listen_fds";
 	long pid, n;
-	const char *e = getenv("LISTEN_PID");
+	struct evst_env_listen env;
+	evst_env_listen(&env);
+	const char *e = env.pid;
 	if (!e)
 		return 0;
 	if (parse_num(e, INT_MAX, &pid) < 0) {
@@ -47,7 +51,7 @@ static int listen_fds(const char *name, int *fds, unsigned int max)
 	/* passed to the process that exec'd us, not to us */
 	if (pid != (long)getpid())
 		return 0;
-	e = getenv("LISTEN_FDS");
+	e = env.fds;
 	if (!e)
 		return 0;
 	if (parse_num(e, INT_MAX - LISTEN_FDS_START, &n) < 0) {
@@ -67,7 +71,7 @@ static int listen_fds(const char *name, int *fds, unsigned int max)
 	}
 
 	/* names: colon-separated, one per descriptor; none means "unknown" */
-	const char *names = getenv("LISTEN_FDNAMES");
+	const char *names = env.fdnames;
 	unsigned int found = 0;
 	const char *p = names;
 	for (long i = 0; i < n; i++) {
@@ -172,16 +176,11 @@ struct evsteer_group *evsteer_group_from_fds(const int *fds, unsigned int n,
 		bad = "NULL fds";
 	else if (n < 1 || n > EVSTEER_MAX_WORKERS)
 		bad = "n not in 1..64";
-	else if ((flags & ~EVSTEER_OPT_ALL) ||
-		 !EVST_GROUP_OPTS_VALID(opts))
-		bad = "bad flags or options";
-	else
-		bad = evst_enum_opts_check(
-			EVST_OPT(opts, struct evsteer_group_opts, bpf, 0),
-			EVST_OPT(opts, struct evsteer_group_opts, policy, 0),
-			EVST_OPT(opts, struct evsteer_group_opts, accept, 0));
-	if (bad) {
+	else if (flags & ~EVSTEER_OPT_ALL)
+		bad = "bad flags";
+	if (bad)
 		evst_warn("%s: %s", fn, bad);
+	if (bad || !evst_group_opts_ok(fn, opts)) {
 		errno = EINVAL;
 		return NULL;
 	}

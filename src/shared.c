@@ -114,19 +114,6 @@ static uint64_t ld64(const __u64 *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
-static const char *const policy_names[] = {"least-pending", "hash",
-					   "round-robin", "cpu"};
-
-const char *evst_policy_name(unsigned int p)
-{
-	return p < 4 ? policy_names[p] : "?";
-}
-
-const char *evsteer_policy_name(enum evsteer_policy policy)
-{
-	return evst_policy_name((unsigned int)policy);
-}
-
 uint64_t evst_now_ns(void)
 {
 	struct timespec ts;
@@ -820,8 +807,8 @@ struct evst_shared *evst_shared_get(int fd, const struct evst_shared_opts *o)
 	} else if ((unsigned int)o->policy != evst_shared_policy(sh) &&
 		   o->policy != EVSTEER_POLICY_LEAST_PENDING) {
 		evst_info("group %s: joined with policy %s (asked for %s)", a,
-			  evst_policy_name(evst_shared_policy(sh)),
-			  evst_policy_name(o->policy));
+			  evsteer_policy_name(evst_shared_policy(sh)),
+			  evsteer_policy_name(o->policy));
 	}
 	sh->next = registry;
 	registry = sh;

@@ -261,7 +261,7 @@ static void test_null_listener(void **state)
 	assert_int_equal(evsteer_listener_get_stats(NULL, &st), -EINVAL);
 	EVSTEER_PATH_OPTS(p);
 	assert_int_equal(evsteer_listener_get_path(NULL, &p), -EINVAL);
-	assert_string_equal(evsteer_version(), "0.1.0");
+	assert_string_equal(evsteer_version(), "0.2.0");
 }
 
 /* The default log sink and a replaced one: set_log returns the previous. */
@@ -282,6 +282,35 @@ static void test_log_callback(void **state)
 	tl_log_capture_stop();
 }
 
+/* Every enum value has the name the environment and the reports use, and
+ * a value out of range has none (NULL); the 0.1 policy name says "?". */
+static void test_names(void **state)
+{
+	(void)state;
+	static const char *const policies[] = {"least-pending", "hash",
+					       "round-robin", "cpu"};
+	for (int i = 0; i < 4; i++) {
+		assert_string_equal(evsteer_policy_str((enum evsteer_policy)i),
+				    policies[i]);
+		assert_string_equal(evsteer_policy_name((enum evsteer_policy)i),
+				    policies[i]);
+	}
+	assert_null(evsteer_policy_str((enum evsteer_policy)4));
+	assert_string_equal(evsteer_policy_name((enum evsteer_policy)4), "?");
+	assert_string_equal(evsteer_bpf_mode_str(EVSTEER_BPF_REQUIRE), "require");
+	assert_null(evsteer_bpf_mode_str((enum evsteer_bpf_mode)3));
+	assert_string_equal(evsteer_accept_mode_str(EVSTEER_ACCEPT_URING), "uring");
+	assert_null(evsteer_accept_mode_str((enum evsteer_accept_mode)-1));
+	assert_string_equal(evsteer_steering_str(EVSTEER_STEER_KERNEL_HASH),
+			    "kernel-hash");
+	assert_null(evsteer_steering_str((enum evsteer_steering)3));
+	assert_string_equal(evsteer_engine_str(EVSTEER_ENGINE_URING_DIRECT),
+			    "uring-direct");
+	assert_null(evsteer_engine_str((enum evsteer_engine)3));
+	assert_string_equal(evsteer_log_level_str(EVSTEER_LOG_DEBUG), "debug");
+	assert_null(evsteer_log_level_str((enum evsteer_log_level)4));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -292,6 +321,7 @@ int main(void)
 		cmocka_unit_test(test_non_stream_socket),
 		cmocka_unit_test(test_null_listener),
 		cmocka_unit_test(test_log_callback),
+		cmocka_unit_test(test_names),
 	};
 	return tl_run_paths("misuse", tests, sizeof(tests) / sizeof(tests[0]));
 }

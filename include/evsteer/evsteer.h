@@ -416,7 +416,8 @@ EVSTEER_API int evsteer_group_retire(struct evsteer_group *g);
  * or -errno. */
 EVSTEER_API int evsteer_group_pending(const struct evsteer_group *g);
 
-/* A policy's name ("least-pending", "hash", "round-robin", "cpu"). */
+/* A policy's name ("least-pending", "hash", "round-robin", "cpu"), "?"
+ * for an unknown one; evsteer_policy_str() (below) is the newer form. */
 EVSTEER_API const char *evsteer_policy_name(enum evsteer_policy policy);
 
 /* Switch policy while running (no re-attach). 0 or -errno. */
@@ -622,8 +623,23 @@ typedef void (*evsteer_log_fn)(enum evsteer_log_level level, const char *msg,
 EVSTEER_API evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
 					   enum evsteer_log_level max_level);
 
-/* The library's version string, e.g. "0.1.0". */
+/* The library's version string, e.g. "0.2.0". */
 EVSTEER_API const char *evsteer_version(void);
+
+/*
+ * Names of enum values, as the path report, the log, evsteer-run's
+ * --stats JSON and the EVSTEER_* environment variables spell them
+ * ("least-pending", "kernel-hash", "uring-direct", ...); NULL for a value
+ * this library does not know (libbpf's *_str() rule). Static strings.
+ * evsteer_policy_name() is the 0.1 spelling of evsteer_policy_str() and
+ * returns "?" rather than NULL.
+ */
+EVSTEER_API const char *evsteer_policy_str(enum evsteer_policy policy);
+EVSTEER_API const char *evsteer_bpf_mode_str(enum evsteer_bpf_mode mode);
+EVSTEER_API const char *evsteer_accept_mode_str(enum evsteer_accept_mode mode);
+EVSTEER_API const char *evsteer_steering_str(enum evsteer_steering steering);
+EVSTEER_API const char *evsteer_engine_str(enum evsteer_engine engine);
+EVSTEER_API const char *evsteer_log_level_str(enum evsteer_log_level level);
 
 #ifdef __cplusplus
 }

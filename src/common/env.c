@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+/* The environment (env.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/env.h"
+#include "common/names.h"
+
+static const char *get(const char *name)
+{
+	const char *e = getenv(name);
+	return e && *e ? e : NULL;
+}
+
+enum evsteer_bpf_mode evst_env_bpf(enum evsteer_bpf_mode opt)
+{
+	const char *e = get("EVSTEER_BPF");
+	if (opt != EVSTEER_BPF_AUTO || !e)
+		return opt;
+	/* 0 and 1, as a shell user types them */
+	int v = !strcmp(e, "0") ? EVSTEER_BPF_OFF :
+		!strcmp(e, "1") ? EVSTEER_BPF_REQUIRE :
+				  evst_bpf_mode_parse(e);
+	if (v < 0) {
+		evst_warn("EVSTEER_BPF=%s: expected auto, off or require; using "
+			  "auto", e);
+		return opt;
+	}
+	return (enum evsteer_bpf_mode)v;
+}
+
+enum evsteer_accept_mode evst_env_accept(enum evsteer_accept_mode opt)
+{
+	const char *e = get("EVSTEER_ACCEPT");
+	if (opt != EVSTEER_ACCEPT_AUTO || !e)
+		return opt;
+	int v = evst_accept_mode_parse(e);
+	if (v < 0) {
+		evst_warn("EVSTEER_ACCEPT=%s: expected auto, event or uring; "
+			  "using auto", e);
+		return opt;
+	}
+	return (enum evsteer_accept_mode)v;
+}
+
+enum evsteer_policy evst_env_policy(enum evsteer_policy opt)
+{
+	const char *e = get("EVSTEER_POLICY");
+	if (opt != EVSTEER_POLICY_LEAST_PENDING || !e)
+		return opt;
+	int v = evst_policy_parse(e);
+	if (v < 0) {
+		evst_warn("EVSTEER_POLICY=%s: expected least-pending, hash, "
+			  "round-robin or cpu", e);
+		return opt;
+	}
+	return (enum evsteer_policy)v;
+}
+
+int evst_env_stall_us(int opt)
+{
+	const char *e = get("EVSTEER_STALL_US");
+	if (opt || !e)
+		return opt;
+	char *end;
+	long v = strtol(e, &end, 10);
+	if (*end || v > 60000000 || v < -1) {
+		evst_warn("EVSTEER_STALL_US=%s: expected microseconds or -1", e);
+		return opt;
+	}
+	return (int)v;
+}
+
+int evst_env_log_level(void)
+{
+	return evst_log_level_parse(getenv("EVSTEER_LOG"));
+}
+
+void evst_env_listen(struct evst_env_listen *out)
+{
+	out->pid = getenv("LISTEN_PID");
+	out->fds = getenv("LISTEN_FDS");
+	out->fdnames = getenv("LISTEN_FDNAMES");
+}

@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: MIT */
+/* Options checks (options.h). */
+#include "common/options.h"
+
+/* The name of the first enum option out of range, or NULL. */
+static const char *enum_out_of_range(unsigned int bpf, unsigned int policy,
+				     unsigned int accept)
+{
+	if (bpf > EVSTEER_BPF_REQUIRE)
+		return "bpf";
+	if (policy > EVSTEER_POLICY_CPU)
+		return "policy";
+	if (accept > EVSTEER_ACCEPT_URING)
+		return "accept";
+	return NULL;
+}
+
+static bool enums_ok(const char *fn, unsigned int bpf, unsigned int policy,
+		     unsigned int accept)
+{
+	const char *bad = enum_out_of_range(bpf, policy, accept);
+	if (bad)
+		evst_warn("%s: options: %s out of range", fn, bad);
+	return !bad;
+}
+
+bool evst_listener_opts_ok(const char *fn, const struct evsteer_listener_opts *o)
+{
+	if (!EVST_LISTENER_OPTS_VALID(o)) {
+		evst_warn("%s: bad options struct (sz or unknown non-zero fields)",
+			  fn);
+		return false;
+	}
+	return enums_ok(fn, EVST_OPT(o, struct evsteer_listener_opts, bpf, 0),
+			EVST_OPT(o, struct evsteer_listener_opts, policy, 0),
+			EVST_OPT(o, struct evsteer_listener_opts, accept, 0));
+}
+
+bool evst_group_opts_ok(const char *fn, const struct evsteer_group_opts *o)
+{
+	if (!EVST_GROUP_OPTS_VALID(o)) {
+		evst_warn("%s: bad group options (sz or unknown non-zero fields)",
+			  fn);
+		return false;
+	}
+	return enums_ok(fn, EVST_OPT(o, struct evsteer_group_opts, bpf, 0),
+			EVST_OPT(o, struct evsteer_group_opts, policy, 0),
+			EVST_OPT(o, struct evsteer_group_opts, accept, 0));
+}
