@@ -296,7 +296,37 @@ EVST_HIDDEN unsigned int evst_group_handoff(struct evsteer_listener *lev,
 					    const struct evst_conn *c,
 					    unsigned int n);
 
-/* group.c: the member interface. */
+/*
+ * listener.c: what the member layer (group/) may ask of a listener's
+ * engine; group code never calls an engine op itself. Locks as the ops
+ * above say (take_held, adopt: any thread, the group's lock held;
+ * take_from: lev's loop thread, the group's lock held).
+ */
+/* One connection lev's engine accepted and has not delivered, or -1. */
+EVST_HIDDEN int evst_listener_take_held(struct evsteer_listener *lev);
+/* lev (direct) takes up to max of victim's connections into its own
+ * table; how many, or -1 when it cannot. */
+EVST_HIDDEN int evst_listener_take_from(struct evsteer_listener *lev,
+					struct evsteer_listener *victim,
+					int sock_fd, unsigned int max);
+/* `to` can take what `from`'s engine accepted (same kind of engine). */
+EVST_HIDDEN bool evst_listener_adopts(const struct evsteer_listener *to,
+				      const struct evsteer_listener *from);
+EVST_HIDDEN unsigned int evst_listener_adopt(struct evsteer_listener *lev,
+					     const struct evst_conn *c,
+					     unsigned int n);
+/* accept4() on sock_fd with the flags lev's connections get. */
+EVST_HIDDEN int evst_listener_accept_on(const struct evsteer_listener *lev,
+					int sock_fd,
+					struct sockaddr_storage *ss,
+					socklen_t *len);
+EVST_HIDDEN bool evst_listener_is_direct(const struct evsteer_listener *lev);
+/* Accepted by the engine and not yet delivered. */
+EVST_HIDDEN uint64_t evst_listener_held(const struct evsteer_listener *lev);
+/* The engine's signal_fd op, or -1. */
+EVST_HIDDEN int evst_listener_signal_fd(struct evsteer_listener *lev);
+
+/* group/member.c: the member interface. */
 extern EVST_HIDDEN const struct evst_member_ops evst_group_member;
 struct evst_attach {
 	struct evsteer_group *g;

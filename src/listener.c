@@ -391,6 +391,60 @@ void evst_took(struct evsteer_listener *lev, uint64_t now)
 		lev->member->took(lev, now);
 }
 
+/* ---- what the member layer asks of a listener's engine (group/ never
+ * calls an engine op itself: internal.h, "downcalls") */
+
+int evst_listener_take_held(struct evsteer_listener *lev)
+{
+	return lev->ops->steal ? lev->ops->steal(lev) : -1;
+}
+
+int evst_listener_take_from(struct evsteer_listener *lev,
+			    struct evsteer_listener *victim, int sock_fd,
+			    unsigned int max)
+{
+	return lev->ops->steal_from ?
+		       lev->ops->steal_from(lev, victim, sock_fd, max) :
+		       -1;
+}
+
+bool evst_listener_adopts(const struct evsteer_listener *to,
+			  const struct evsteer_listener *from)
+{
+	/* fds to an fd engine, direct slots to a direct one */
+	return to->ops->adopt && !to->direct_table == !from->direct_table;
+}
+
+unsigned int evst_listener_adopt(struct evsteer_listener *lev,
+				 const struct evst_conn *c, unsigned int n)
+{
+	return lev->ops->adopt(lev, c, n);
+}
+
+int evst_listener_accept_on(const struct evsteer_listener *lev, int sock_fd,
+			    struct sockaddr_storage *ss, socklen_t *len)
+{
+	*len = sizeof(*ss);
+	return accept4(sock_fd, (struct sockaddr *)ss, len, lev->accept4_flags);
+}
+
+bool evst_listener_is_direct(const struct evsteer_listener *lev)
+{
+	return lev->direct_table != 0;
+}
+
+uint64_t evst_listener_held(const struct evsteer_listener *lev)
+{
+	int64_t h = atomic_load_explicit(&lev->counters.held,
+					 memory_order_relaxed);
+	return h > 0 ? (uint64_t)h : 0;
+}
+
+int evst_listener_signal_fd(struct evsteer_listener *lev)
+{
+	return lev->ops->signal_fd ? lev->ops->signal_fd(lev) : -1;
+}
+
 void evst_loop_ran(struct evsteer_listener *lev, uint64_t now)
 {
 	if (lev->member)

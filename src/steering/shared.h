@@ -21,7 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "steer.h"
+#include "steering/steer.h"
 
 struct evst_shared;
 

@@ -40,8 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shared.h"
-#include "watch.h"
+#include "steering/shared.h"
+#include "group/watch.h"
 
 /* After this long without a new connection anywhere, sleep until one. */
 #define QUIET_NS 50000000ull

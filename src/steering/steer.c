@@ -13,7 +13,7 @@
 #include <bpf/libbpf.h>
 
 #include "reasons.h"
-#include "steer.h"
+#include "steering/steer.h"
 #include "steer.skel.h"
 
 struct evst_steer {

@@ -14,7 +14,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../bpf/steer_shared.h"
+#include "bpf/steer_shared.h"
 #include "internal.h"
 
 struct evst_watched {

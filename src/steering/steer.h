@@ -19,7 +19,7 @@
 
 #include "config.h"
 
-#include "../bpf/steer_shared.h"
+#include "bpf/steer_shared.h"
 #include "internal.h"
 
 /* Where the program's state lives: its mmapped .bss with BPF, or plain

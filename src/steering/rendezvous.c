@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "rendezvous.h"
+#include "steering/rendezvous.h"
 
 #define RDV_MAGIC 0x56525645u /* "EVRV" */
 #define RDV_PROTO 1

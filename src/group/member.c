@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The member interface (internal.h, struct evst_member_ops): what a
+ * listener in a group calls, and the poke that wakes a member's loop.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+
+#include "common/env.h"
+#include "group/group.h"
+
+static void member_leave(struct evsteer_listener *lev, bool close_fd);
+static void poke_cb(evutil_socket_t fd, short what, void *arg);
+
+/* The member's own state and its poke event; -errno. */
+static int member_state_new(struct evsteer_listener *lev)
+{
+	struct evst_member_state *ms = calloc(1, sizeof(*ms));
+	if (!ms)
+		return -ENOMEM;
+	ms->poke_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (ms->poke_fd < 0) {
+		int err = -errno;
+		free(ms);
+		return err;
+	}
+	ms->poke_ev = event_new(lev->base, ms->poke_fd, EV_READ | EV_PERSIST,
+				poke_cb, lev);
+	if (!ms->poke_ev) {
+		close(ms->poke_fd);
+		free(ms);
+		return -ENOMEM;
+	}
+	ms->watch.poke_fd = ms->poke_fd;
+	lev->ms = ms;
+	return 0;
+}
+
+static void member_state_free(struct evsteer_listener *lev)
+{
+	struct evst_member_state *ms = lev->ms;
+	if (!ms)
+		return;
+	evst_watch_remove(&ms->watch);
+	event_free(ms->poke_ev);
+	close(ms->poke_fd);
+	free(ms);
+	lev->ms = NULL;
+}
+
+/*
+ * member->join: called by listener creation once lev is built and before
+ * it is enabled: join g at slot (native: ctx is a struct evst_attach), or
+ * find/create the implicit group for the listener's address (ctx NULL).
+ * Returns 0 (lev may stay ungrouped) or -errno.
+ */
+static int member_join(struct evsteer_listener *lev, void *ctx,
+		       const struct evsteer_listener_opts *opts)
+{
+	struct evst_attach *at = ctx;
+	struct evsteer_group *g = at ? at->g : NULL;
+	unsigned int slot = at ? at->slot : 0;
+	if (!g) {
+		/* implicit: a TCP listener with SO_REUSEPORT */
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int type = 0, rp = 0;
+		socklen_t il = sizeof(int);
+		memset(&ss, 0, sizeof(ss));
+		if (getsockname(lev->fd, (struct sockaddr *)&ss, &len) < 0 ||
+		    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+		    getsockopt(lev->fd, SOL_SOCKET, SO_TYPE, &type, &il) < 0 ||
+		    type != SOCK_STREAM ||
+		    getsockopt(lev->fd, SOL_SOCKET, SO_REUSEPORT, &rp, &il) < 0 ||
+		    !rp)
+			return 0;
+		g = evst_group_implicit(lev, &ss, len, opts);
+		if (!g)
+			return -errno;
+		pthread_mutex_lock(&g->lock);
+		int r = evst_slot_add(g, lev->fd, false);
+		if (r >= 0)
+			g->slots[r].lev = lev;
+		pthread_mutex_unlock(&g->lock);
+		if (r < 0) {
+			/* e.g. SO_REUSEPORT set after bind (no kernel group to
+			 * steer in), or this very socket is in the group
+			 * already (EBUSY). A lone listener is still a
+			 * listener. */
+			bool need = evst_env_bpf(EVST_OPT(
+				opts, struct evsteer_listener_opts, bpf,
+				EVSTEER_BPF_AUTO)) == EVSTEER_BPF_REQUIRE;
+			evst_log(need ? EVSTEER_LOG_WARN : EVSTEER_LOG_INFO,
+				 "listener fd %d: cannot join the steering group "
+				 "of its address: %s",
+				 lev->fd, strerror(-r));
+			evst_group_unref(g);
+			return need ? r : 0;
+		}
+		slot = (unsigned int)r;
+	} else {
+		evst_group_ref(g);
+		pthread_mutex_lock(&g->lock);
+		g->slots[slot].lev = lev;
+		pthread_mutex_unlock(&g->lock);
+	}
+	lev->member = &evst_group_member;
+	lev->group = g;
+	lev->slot = slot;
+	lev->ws = g->slots[slot].ws;
+	int err = member_state_new(lev);
+	if (err < 0) {
+		member_leave(lev, false);
+		return err;
+	}
+	return 0;
+}
+
+/* The listener is going away (last reference): leave the group, closing
+ * the socket when the group or the listener's CLOSE_ON_FREE owns it. The
+ * kernel then migrates what was queued on it, through the program. */
+static void member_leave(struct evsteer_listener *lev, bool close_fd)
+{
+	struct evsteer_group *g = lev->group;
+	/* out of the watch first: it must never look at a freed entry */
+	member_state_free(lev);
+	pthread_mutex_lock(&g->lock);
+	bool owned = g->slots[lev->slot].owned;
+	int fd = evst_slot_remove(g, lev->slot);
+	pthread_mutex_unlock(&g->lock);
+	if (close_fd && (owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)))
+		close(fd);
+	lev->group = NULL;
+	lev->member = NULL;
+	lev->ws = NULL;
+	evst_group_unref(g);
+}
+
+/* Listener lock held: steer to this worker only while it delivers, and
+ * have the stall watch look at it (as victim or as thief) while it does. */
+static void member_sync_live(struct evsteer_listener *lev)
+{
+	struct evsteer_group *g = lev->group;
+	if (!g)
+		return;
+	bool live = evst_active(lev);
+	pthread_mutex_lock(&g->lock);
+	live = live && !g->retired;
+	if (slot_used(&g->slots[lev->slot]))
+		evst_shared_set_live(g->sh, (unsigned)g->slots[lev->slot].gslot,
+				     live);
+	pthread_mutex_unlock(&g->lock);
+
+	struct evst_member_state *ms = lev->ms;
+	if (!ms)
+		return;
+	/* in the base only while live: a disabled listener must not keep
+	 * the loop running, as libevent's does not (noblock: see stop) */
+	if (!live) {
+		event_del_noblock(ms->poke_ev);
+		evst_watch_remove(&ms->watch);
+		return;
+	}
+	event_add(ms->poke_ev, NULL);
+	if (!ms->watch.on && lev->ws && evst_shared_stall_ns(g->sh)) {
+		ms->watch.group = g;
+		ms->watch.ws = lev->ws;
+		ms->watch.stall_ns = evst_shared_stall_ptr(g->sh);
+		evst_watch_add(&ms->watch, lev->fd, evst_listener_signal_fd(lev));
+	}
+}
+
+static void member_stop(struct evsteer_listener *lev)
+{
+	if (lev->group)
+		member_sync_live(lev);
+}
+
+static void member_quiesce(struct evsteer_listener *lev)
+{
+	/* a poke callback on another thread finishes first */
+	if (lev->ms)
+		event_del_block(lev->ms->poke_ev);
+}
+
+static void member_steering(const struct evsteer_listener *lev,
+			    struct evst_steering *out)
+{
+	evst_group_steering(lev->group, out);
+}
+
+static void member_took(struct evsteer_listener *lev, uint64_t now)
+{
+	if (!lev->ws)
+		return;
+	__atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
+	evst_made_progress(lev->ws, now);
+	__atomic_fetch_add(&evst_group_counters(lev->group, lev->slot)->accepted, 1,
+			   __ATOMIC_RELAXED);
+}
+
+static void member_alive(struct evsteer_listener *lev, uint64_t now)
+{
+	if (lev->ws)
+		evst_made_progress(lev->ws, now);
+}
+
+/*
+ * The engine found the queue empty: whatever the program counted that
+ * never arrived (handshakes that died, SYN floods) is dropped from pending
+ * here, so drift cannot build up; a connection in its handshake right now
+ * may be counted once less until it is accepted. dequeued never stays
+ * past steered either (a connection the program did not count: a SYN
+ * cookie completed on another socket), which would hide a real one.
+ */
+static void member_empty(struct evsteer_listener *lev, uint64_t now)
+{
+	if (!lev->ws)
+		return;
+	evst_made_progress(lev->ws, now);
+	evst_ws_resync(lev->ws);
+}
+
+/* lev's loop runs: a sibling stole from it, or the stall watch wants a
+ * stuck sibling's queue taken. */
+static void poke_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct evsteer_listener *lev = arg;
+	eventfd_t v;
+	(void)what;
+	eventfd_read(fd, &v);
+	evst_lock(lev);
+	lev->refcnt++;
+	if (lev->group && evst_active(lev)) {
+		member_alive(lev, evst_now_ns());
+		evst_steal_stuck(lev);
+	}
+	evst_decref_and_unlock(lev);
+}
+
+/* What a listener knows of its group (internal.h). */
+const struct evst_member_ops evst_group_member = {
+	.join = member_join,
+	.took = member_took,
+	.alive = member_alive,
+	.empty = member_empty,
+	.steal = evst_steal_stuck,
+	.handoff = evst_steal_handoff,
+	.leave = member_leave,
+	.sync_live = member_sync_live,
+	.stop = member_stop,
+	.quiesce = member_quiesce,
+	.steering = member_steering,
+};
