@@ -528,6 +528,8 @@ static int uring_enable(struct evsteer_listener *lev)
 {
 	struct uring_engine *e = engine_of(lev);
 	evst_ring_lock(e->r);
+	if (!e->want)
+		evst_ring_want(e->r, true);
 	e->want = true;
 	/* re-try at once after enable, as the event engine does */
 	if (e->backing_off) {
@@ -545,6 +547,8 @@ static int uring_disable(struct evsteer_listener *lev)
 {
 	struct uring_engine *e = engine_of(lev);
 	evst_ring_lock(e->r);
+	if (e->want)
+		evst_ring_want(e->r, false);
 	e->want = false;
 	cancel(e);
 	if (e->backing_off) {

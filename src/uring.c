@@ -72,6 +72,8 @@ struct evsteer_uring {
 	struct event *kick_ev; /* made active to run ready() in the loop */
 	struct event *yield_ev; /* the same, after the loop's next poll */
 	int inflight;
+	int wanted;     /* engines delivering (enabled) on this ring */
+	bool efd_added; /* efd_ev is in the base */
 	/* the loop thread is inside run_loop_work(): marking ready needs no
 	 * kick, and its SQEs wait for the end of the round */
 	bool in_work;
@@ -242,6 +244,27 @@ int evst_ring_cancel(struct evsteer_uring *r, uint64_t user_data)
 	return cancel_req(r, user_data, 0);
 }
 
+/*
+ * Ring lock held. The ring's eventfd is an event in the base while an
+ * engine on the ring delivers (an enabled listener, as libevent's own
+ * listener event is) or a request is in flight; then a write to the
+ * eventfd is how any other thread wakes the loop, thread-aware base or
+ * not. Taken out when neither holds, so the ring never keeps the loop
+ * running by itself. noblock: the loop thread may be waiting for the ring
+ * lock inside the event's callback (the same trap as libevent #1224).
+ */
+static void efd_sync(struct evsteer_uring *r)
+{
+	bool in = r->inflight > 0 || r->wanted > 0;
+	if (in == r->efd_added)
+		return;
+	if (in)
+		event_add(r->efd_ev, NULL);
+	else
+		event_del_noblock(r->efd_ev);
+	r->efd_added = in;
+}
+
 int evst_ring_submit(struct evsteer_uring *r, int long_lived)
 {
 	if (!deferring(r)) {
@@ -249,8 +272,10 @@ int evst_ring_submit(struct evsteer_uring *r, int long_lived)
 		if (n < 0)
 			return n;
 	}
-	if (long_lived && r->inflight++ == 0)
-		event_add(r->efd_ev, NULL);
+	if (long_lived) {
+		r->inflight++;
+		efd_sync(r);
+	}
 	return 0;
 }
 
@@ -283,10 +308,14 @@ static bool list_remove(struct evst_uop **head, struct evst_uop ***tail,
 
 void evst_ring_done(struct evsteer_uring *r)
 {
-	/* noblock: the loop thread may be waiting for this lock inside the
-	 * event's callback (the same trap as libevent #1224) */
-	if (--r->inflight == 0)
-		event_del_noblock(r->efd_ev);
+	r->inflight--;
+	efd_sync(r);
+}
+
+void evst_ring_want(struct evsteer_uring *r, bool on)
+{
+	r->wanted += on ? 1 : -1;
+	efd_sync(r);
 }
 
 void evst_ring_mark_ready(struct evsteer_uring *r, struct evst_uop *op)
@@ -300,15 +329,19 @@ void evst_ring_mark_ready(struct evsteer_uring *r, struct evst_uop *op)
 		return;
 	/*
 	 * From another thread (a sibling handing over connections, a reap
-	 * during a steal or a free) while the ring's eventfd is in the base:
-	 * a write to it wakes the loop whether or not the base was made
-	 * thread-aware; event_active() from another thread needs that.
+	 * during a steal or a free): a write to the ring's eventfd, which is
+	 * in the base while any engine here delivers, wakes the loop whether
+	 * or not the base was made thread-aware. Only the loop thread (or a
+	 * loop not started yet) uses event_active(). Once the write is done
+	 * the event stays until the loop has run: an engine cannot stop
+	 * delivering (disable) from another thread without the loop seeing
+	 * the op first, and a completion that empties `inflight` leaves
+	 * `wanted` (issue 18: a wake-up lost when the last accept in flight
+	 * was reaped by a thief after the write).
 	 */
-	if (r->inflight && r->owner_known &&
-	    !pthread_equal(r->owner, pthread_self())) {
-		if (eventfd_write(r->efd, 1) == 0)
-			return;
-	}
+	if (r->owner_known && !pthread_equal(r->owner, pthread_self()) &&
+	    r->efd_added && eventfd_write(r->efd, 1) == 0)
+		return;
 	event_active(r->kick_ev, EV_READ, 0);
 }
 

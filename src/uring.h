@@ -81,6 +81,9 @@ EVST_HIDDEN int evst_ring_submit(struct evsteer_uring *r, int long_lived);
 EVST_HIDDEN unsigned long evst_ring_wake_gen(const struct evsteer_uring *r);
 /* Ring lock held: a long-lived request finished. */
 EVST_HIDDEN void evst_ring_done(struct evsteer_uring *r);
+/* Ring lock held: an engine starts (on) or stops delivering on r; while
+ * any does, the ring's eventfd stays in the base (uring.c, efd_sync). */
+EVST_HIDDEN void evst_ring_want(struct evsteer_uring *r, bool on);
 /* Ring lock held. Route every completion available; with wait_us > 0 wait
  * that long for one first. */
 EVST_HIDDEN void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us);
