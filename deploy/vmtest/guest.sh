@@ -92,6 +92,8 @@ run_subset() {
 	local t0 failed t
 	t0=$(now)
 	say "meson test: $VMTEST_TESTS"
+	# from here on a machine that does not finish is a test's doing
+	echo "$VMTEST_TESTS" >$out/subset-started
 	# shellcheck disable=SC2086
 	env $VMTEST_ENV meson test -C build --no-rebuild --print-errorlogs \
 		--timeout-multiplier "$VMTEST_TIMEOUT_MULT" $VMTEST_TESTS
@@ -113,7 +115,7 @@ for line in open(sys.argv[1]):
 		env $VMTEST_ENV EVSTEER_LOG=debug meson test -C build --no-rebuild \
 			--timeout-multiplier "$VMTEST_TIMEOUT_MULT" --logbase "debug-$t" \
 			"$t" >/dev/null
-		cp "build/meson-logs/debug-$t.txt" "$out/debug-$t.txt"
+		cp "build/meson-logs/debug-$t.txt" "build/meson-logs/debug-$t.json" $out/
 	done
 }
 [ -z "$VMTEST_TESTS" ] || run_subset
