@@ -3,7 +3,9 @@
 # mounted read-only over 9p. Everything it learns comes from
 # /run/vmtest/out/guest.conf, written by deploy/vmtest.sh; everything it
 # finds goes back through the same writable share, plus progress lines on
-# the serial console. The host treats a missing out/done as a failed boot.
+# the serial console. The host reads out/subset-started and out/done: a run
+# that never started the tests is no verdict, one that started and did not
+# finish is a failure.
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
