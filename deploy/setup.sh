@@ -5,6 +5,9 @@
 #   deploy/setup.sh asan      the same suite built with ASan+UBSan
 #   deploy/setup.sh tsan      the same suite built with ThreadSanitizer
 #   deploy/setup.sh bench     the benchmark report (bench/results/)
+#   deploy/setup.sh vmtest [KERNEL]  a subset of the suite on Debian's own
+#                             kernel (6.1; or bookworm-backports, trixie)
+#                             under qemu: deploy/vmtest.sh
 #   deploy/setup.sh summary DIR...  one "N passed, N failed" line over builds
 # Extra arguments go to the demo or to `meson test`.
 set -euo pipefail
@@ -35,6 +38,10 @@ packages=(
 # the bench job also counts system calls and draws flame graphs
 if [ "$job" = bench ]; then
 	packages+=(linux-perf nodejs npm)
+fi
+# vmtest boots a packaged kernel under qemu; depmod/modprobe read its modules
+if [ "$job" = vmtest ]; then
+	packages+=(qemu-system-x86 kmod)
 fi
 
 missing=()
@@ -156,11 +163,15 @@ bench)
 	fi
 	./build/bench/evsteer-bench "$@"
 	;;
+vmtest)
+	build build
+	bash deploy/vmtest.sh "$@"
+	;;
 summary)
 	summary "$@"
 	;;
 *)
-	echo "usage: $0 demo|test|asan|tsan|bench|summary [args]" >&2
+	echo "usage: $0 demo|test|asan|tsan|bench|vmtest|summary [args]" >&2
 	exit 2
 	;;
 esac
