@@ -314,7 +314,7 @@ def run_one(scen, impl, quick):
             drop = json.loads(srv.readline())
             out, _ = lp.communicate("go\n", timeout=60)
             r = last_json(out)
-            res = {"queued": int(held[1]) - drop["served_by_others_before"],
+            res = {"queued": int(held[1]) - drop["taken_by_others_before"],
                    "served": r["served"], "reset": r["reset"],
                    "other": r["other"], "connect_failed": int(held[2])}
             if scen == "drain-running":

@@ -124,8 +124,13 @@ void bench_work(struct bench_worker *w)
 	} else if (cfg->work_us > 0) {
 		spin_us(cfg->work_us);
 	}
-	if (cfg->slow_worker == w->id && cfg->slow_us > 0)
-		spin_us(cfg->slow_us);
+}
+
+void bench_take(struct bench_worker *w)
+{
+	atomic_fetch_add_explicit(&w->taken, 1, memory_order_relaxed);
+	if (w->cfg->slow_worker == w->id && w->cfg->slow_us > 0)
+		spin_us(w->cfg->slow_us);
 }
 
 static atomic_bool drop_asked, drop_done;
@@ -182,6 +187,7 @@ static void on_request(evutil_socket_t fd, short what, void *arg)
 
 void bench_serve(struct bench_worker *w, int fd)
 {
+	bench_take(w);
 	if (!w->cfg->read_first) {
 		bench_reply(w, fd);
 		return;
@@ -252,6 +258,7 @@ static void ev_direct(struct evsteer_listener *l, struct evsteer_uring *r,
 {
 	(void)l;
 	struct bench_worker *w = arg;
+	bench_take(w);
 	if (!w->cfg->read_first) {
 		direct_reply(w, r, slot);
 	} else {
@@ -541,6 +548,8 @@ static void *floor_run(void *arg)
 					      cqe->res);
 				continue;
 			}
+			if (cqe->res >= 0)
+				bench_take(w);
 			if (cqe->res >= 0 && w->cfg->read_first)
 				floor_recv(w, x, cqe->res);
 			else if (cqe->res >= 0)
@@ -723,7 +732,7 @@ int main(int argc, char **argv)
 			long before = 0;
 			for (int i = 0; i < cfg.workers; i++)
 				if (i != cfg.slow_worker)
-					before += atomic_load(&w[i].accepted);
+					before += atomic_load(&w[i].taken);
 			atomic_store(&drop_asked, true);
 			struct timespec until;
 			clock_gettime(CLOCK_REALTIME, &until);
@@ -734,7 +743,7 @@ int main(int argc, char **argv)
 						      &until) == 0)
 				;
 			pthread_mutex_unlock(&drop_lock);
-			printf("{\"dropped\": %d, \"served_by_others_before\": %ld, "
+			printf("{\"dropped\": %d, \"taken_by_others_before\": %ld, "
 			       "\"in_callback\": %s}\n",
 			       cfg.slow_worker, before,
 			       atomic_load(&drop_done) ? "true" : "false");
@@ -743,13 +752,15 @@ int main(int argc, char **argv)
 		}
 		if (sig == SIGUSR1 && cfg.freeze_worker >= 0 &&
 		    cfg.freeze_worker < cfg.workers) {
-			/* what the others had served when the frozen one left */
+			/* what the others had taken when the frozen one left
+			 * (answered or not: with read_first a reply waits for
+			 * the request) */
 			long before = 0;
 			for (int i = 0; i < cfg.workers; i++)
 				if (i != cfg.freeze_worker)
-					before += atomic_load(&w[i].accepted);
+					before += atomic_load(&w[i].taken);
 			impl->drop(&w[cfg.freeze_worker]);
-			printf("{\"dropped\": %d, \"served_by_others_before\": %ld}\n",
+			printf("{\"dropped\": %d, \"taken_by_others_before\": %ld}\n",
 			       cfg.freeze_worker, before);
 			fflush(stdout);
 			continue;

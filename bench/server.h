@@ -37,7 +37,8 @@ struct bench_cfg {
 struct bench_worker {
 	int id;
 	pthread_t thread;
-	atomic_long accepted;
+	atomic_long accepted; /* answered */
+	atomic_long taken;    /* handed to the worker by its listener */
 	/* read_first: connections whose request is awaited (a leaving
 	 * server waits for them before it stops its loops) */
 	atomic_long reading;
@@ -76,14 +77,17 @@ void bench_unfreeze(void);
 void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id);
 /* A worker thread's loop: frozen if asked, the stall if asked, dispatch. */
 void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id);
-/* What an event implementation does with an accepted fd: the reply at
- * once, or with read_first a read event in w->base first (bounded: a
- * client silent for 10 s is closed unanswered). */
+/* A connection reaches a worker: counted as taken; the slow worker spends
+ * slow_us on it here, in its accept callback, so that its queue builds up
+ * (drain-running). */
+void bench_take(struct bench_worker *w);
+/* What an event implementation does with an accepted fd: bench_take(),
+ * then the reply at once, or with read_first a read event in w->base
+ * first (bounded: a client silent for 10 s is closed unanswered). */
 void bench_serve(struct bench_worker *w, int fd);
-/* The reply itself: the work, "ok", close, count. */
+/* The reply itself: the work, "ok", close, count as answered. */
 void bench_reply(struct bench_worker *w, int fd);
-/* What a connection costs before its reply: work_us (spun or slept), and
- * slow_us more on the slow worker. */
+/* What a connection costs before its reply: work_us, spun or slept. */
 void bench_work(struct bench_worker *w);
 /* A request read into one buffer: they are a single small segment. */
 #define BENCH_REQ_MAX 512
