@@ -77,6 +77,36 @@ KEYS = {
 }
 
 
+class Work:
+    """What each connection costs the server, the same in every
+    implementation and scenario (issue 18: a figure measured without work
+    is not a result): --work-us of CPU (or of nanosleep), after reading
+    the client's request first with --read-first (the load then sends
+    one)."""
+
+    def __init__(self, us=0, mode="spin", read_first=False):
+        self.us, self.mode, self.read_first = us, mode, read_first
+
+    def server_args(self):
+        return (["--work-us", str(self.us), "--work-mode", self.mode] +
+                (["--read-first"] if self.read_first else []))
+
+    def load_args(self):
+        return ["--send"] if self.read_first else []
+
+    def http_args(self):
+        # an HTTP server always reads its request first
+        return ["--work-us", str(self.us), "--work-mode", self.mode]
+
+    def as_dict(self):
+        return {"work_us": self.us, "work_mode": self.mode,
+                "read_first": self.read_first}
+
+    def flags(self):
+        return " ".join(["--work-us", str(self.us), "--work-mode", self.mode] +
+                        (["--read-first"] if self.read_first else []))
+
+
 def log(msg):
     print(f"evsteer-bench: {msg}", file=sys.stderr, flush=True)
 
@@ -93,8 +123,9 @@ def proc_cpu_s(pid):
 
 
 class Server:
-    def __init__(self, impl, workers, extra):
-        args = [SERVER, "--impl", impl, "--workers", str(workers)] + extra
+    def __init__(self, impl, workers, extra, work):
+        args = ([SERVER, "--impl", impl, "--workers", str(workers)] + extra +
+                work.server_args())
         # libevent logs every failed accept at EMFILE: keep that out
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)
@@ -185,7 +216,7 @@ class SyscallCounter:
         return None
 
 
-def profile_rate(impl, out, quick):
+def profile_rate(impl, out, quick, work):
     """One more rate run with perf record -g on the server: folded stacks
     and, where perf's flamegraph script and the d3-flame-graph template
     are there, an HTML flame graph."""
@@ -194,7 +225,7 @@ def profile_rate(impl, out, quick):
         log("profile: perf not found (apt-get install linux-perf)")
         return {}
     s = SCENARIOS["rate"]
-    srv = Server(impl, s["workers"], [])
+    srv = Server(impl, s["workers"], [], work)
     # perf's report scripts read ./perf.data: one folder a profile
     work = os.path.join(out, f".profile-{impl}")
     os.makedirs(work, exist_ok=True)
@@ -204,7 +235,7 @@ def profile_rate(impl, out, quick):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     try:
-        load("closed", srv.port, "--threads", s["threads"],
+        load("closed", srv.port, work, "--threads", s["threads"],
              "--seconds", pick(s["seconds"], quick))
     finally:
         rec.send_signal(signal.SIGINT)
@@ -258,8 +289,9 @@ def last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def load(mode, port, *args, timeout=120):
-    cmd = [LOAD, mode, "--port", str(port)] + [str(a) for a in args]
+def load(mode, port, work, *args, timeout=120):
+    cmd = ([LOAD, mode, "--port", str(port)] + [str(a) for a in args] +
+           work.load_args())
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                          check=True).stdout
     return last_json(out)
@@ -269,7 +301,7 @@ def pick(v, quick):
     return v[0 if quick else 1] if isinstance(v, tuple) else v
 
 
-def run_one(scen, impl, quick):
+def run_one(scen, impl, quick, work):
     s = SCENARIOS[scen]
     extra = list(s.get("server", []))
     if s.get("policy") and impl.startswith("evsteer"):
@@ -278,14 +310,14 @@ def run_one(scen, impl, quick):
         extra += ["--freeze-worker", "0"]
     if scen == "emfile":
         extra += ["--fd-limit", "256"]
-    srv = Server(impl, s["workers"], extra)
+    srv = Server(impl, s["workers"], extra, work)
     res = {}
     b = None
     try:
         if scen == "rate":
             sc = SyscallCounter(srv.p.pid, f"/tmp/evsteer-bench-perf.{os.getpid()}")
             c0, v0 = srv.cpu(), voluntary_switches(srv.p.pid)
-            r = load("closed", srv.port, "--threads", s["threads"],
+            r = load("closed", srv.port, work, "--threads", s["threads"],
                      "--seconds", pick(s["seconds"], quick))
             cpu = srv.cpu() - c0
             vcs = voluntary_switches(srv.p.pid) - v0
@@ -297,17 +329,20 @@ def run_one(scen, impl, quick):
                    "vcs_per_conn": vcs / n,
                    "errors": r["errors"]}
         elif scen in ("latency", "stall"):
-            r = load("open", srv.port, "--rate", s["rate"],
+            r = load("open", srv.port, work, "--rate", s["rate"],
                      "--seconds", pick(s["seconds"], quick))
             res = {k: r[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms",
                                      "completed", "errors", "cdf")}
         elif scen == "balance":
-            r = load("closed", srv.port, "--threads", s["threads"],
+            r = load("closed", srv.port, work, "--threads", s["threads"],
                      "--seconds", 60, "--max", pick(s["count"], quick))
         elif scen in ("drain", "drain-running"):
             n = pick(s["count"], quick)
+            # with --read-first the held connections have sent their
+            # request: the frozen worker's queue holds it with them
             lp = subprocess.Popen([LOAD, "hold", "--port", str(srv.port),
-                                   "--count", str(n)], stdin=subprocess.PIPE,
+                                   "--count", str(n)] + work.load_args(),
+                                  stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
             held = lp.stdout.readline().split()
             srv.signal(signal.SIGUSR1)
@@ -323,11 +358,11 @@ def run_one(scen, impl, quick):
             secs = pick(s["seconds"], quick)
             lp = subprocess.Popen([LOAD, "open", "--port", str(srv.port),
                                    "--rate", str(s["rate"]),
-                                   "--seconds", str(secs)],
+                                   "--seconds", str(secs)] + work.load_args(),
                                   stdout=subprocess.PIPE, text=True)
             time.sleep(secs / 3)
             # the new version: same port, no busy worker
-            b = Server(impl, s["workers"], ["--port", str(srv.port)])
+            b = Server(impl, s["workers"], ["--port", str(srv.port)], work)
             time.sleep(secs / 3)
             a_info = srv.stop()  # the old one leaves gracefully
             out, _ = lp.communicate(timeout=secs + 60)
@@ -346,7 +381,7 @@ def run_one(scen, impl, quick):
             c0, t0 = srv.cpu(), time.monotonic()
             lp = subprocess.Popen([LOAD, "hold", "--port", str(srv.port),
                                    "--count", str(int(s["rate"] * secs)),
-                                   "--rate", str(s["rate"])],
+                                   "--rate", str(s["rate"])] + work.load_args(),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True)
             held = lp.stdout.readline().split()
@@ -421,13 +456,30 @@ def fmt(v):
     return str(v)
 
 
+def work_line(w):
+    """The report's header line on the work each connection cost: whether
+    a figure had work > 0 must be plain to a reader."""
+    us, rf = w.get("work_us", 0), w.get("read_first", False)
+    flags = (f"`--work-us {us} --work-mode {w.get('work_mode', 'spin')}"
+             + (" --read-first`" if rf else "`"))
+    if not us and not rf:
+        return (f"Work per connection: **none** ({flags}): the bench server "
+                "replies at once, so its figures measure the accept path "
+                "alone; not a result.")
+    what = (f"{us} us of {'CPU' if w.get('work_mode') != 'sleep' else 'nanosleep'}"
+            if us else "no work")
+    return (f"Work per connection: {what}"
+            + (", after reading the request" if rf else ", no request read")
+            + f" ({flags}).")
+
+
 def markdown(report):
     m = report["machine"]
     lines = [f"# evsteer benchmarks", "",
              f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), kernel "
              f"{m['kernel']}, {m['date']}. Medians of {report['repeats']} "
              f"interleaved repeats; ratio = impl / libevent in the same run.",
-             ""]
+             "", work_line(report.get("work") or {}), ""]
     for scen, impls in report["scenarios"].items():
         lines += [f"## {scen}", ""]
         keys = KEYS[scen]
@@ -560,10 +612,23 @@ def main():
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if any run failed (a crash, a server that "
                          "did not start): the test suite's smoke run")
+    ap.add_argument("--work-us", type=int, default=0, metavar="N",
+                    help="every server spends N us on each connection before "
+                         "it replies (default 0: the accept path alone, "
+                         "not a result)")
+    ap.add_argument("--work-mode", choices=["spin", "sleep"], default="spin",
+                    help="that work burns CPU (spin, default) or blocks "
+                         "in nanosleep (sleep)")
+    ap.add_argument("--read-first", action="store_true",
+                    help="the bench server reads a request before it "
+                         "replies; the load sends one (--send)")
     ap.add_argument("--profile", action="store_true",
                     help="perf record -g of the server in the rate scenario, "
                          "per implementation: folded stacks and flame graphs")
     a = ap.parse_args()
+    if a.work_us < 0:
+        ap.error("--work-us must be >= 0")
+    work = Work(a.work_us, a.work_mode, a.read_first)
 
     scens = list(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
     for s in scens:
@@ -576,7 +641,7 @@ def main():
     os.makedirs(out, exist_ok=True)
 
     report = {"machine": machine(), "repeats": repeat, "quick": a.quick,
-              "scenarios": {}}
+              "work": work.as_dict(), "scenarios": {}}
     for scen in scens:
         # the floor has no listener to drop or leave: the drains and
         # restart do not apply to it
@@ -589,7 +654,7 @@ def main():
             for impl in simpls:  # interleaved: A B A B ...
                 log(f"{scen}: {impl} (repeat {rep + 1}/{repeat})")
                 try:
-                    runs[impl].append(run_one(scen, impl, a.quick))
+                    runs[impl].append(run_one(scen, impl, a.quick, work))
                 except Exception as e:  # a failed run is reported, not fatal
                     log(f"{scen}: {impl}: failed: {e}")
                     failed_runs.append(f"{scen}/{impl}: {e}")
@@ -600,7 +665,8 @@ def main():
         for impl in impls:
             log(f"profile: {impl}")
             try:
-                report["profiles"][impl] = profile_rate(impl, out, a.quick)
+                report["profiles"][impl] = profile_rate(impl, out, a.quick,
+                                                        work)
             except Exception as e:
                 log(f"profile: {impl}: failed: {e}")
     path = os.path.join(out, "latest.json")
