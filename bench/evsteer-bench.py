@@ -123,10 +123,12 @@ SCENARIOS = {
 }
 # keys reported per scenario, and which way is better (for the ratio line)
 KEYS = {
+    # errors: connections that got no reply; the percentiles are of the
+    # answered ones only, so a server that stops answering shows here
     "rate": ["conn_per_s", "server_cpu_us_per_conn", "syscalls_per_conn",
-             "vcs_per_conn"],
-    "latency": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
-    "stall": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
+             "vcs_per_conn", "errors"],
+    "latency": ["p50_ms", "p99_ms", "p999_ms", "max_ms", "errors"],
+    "stall": ["p50_ms", "p99_ms", "p999_ms", "max_ms", "errors"],
     "balance": ["max_over_mean"],
     "drain": ["queued", "served", "reset", "connect_failed"],
     "drain-running": ["served", "reset", "other", "connect_failed"],

@@ -4,7 +4,8 @@
  *
  *   closed --port P --threads T --seconds S [--max N]
  *       T threads, each: connect, read "ok", close, again. Prints
- *       {"connections", "seconds", "conn_per_s", "errors"}.
+ *       {"connections", "seconds", "conn_per_s", "errors"}; a connection
+ *       unanswered for 5 s is an error.
  *   open --port P --rate R --seconds S
  *       Connection i is due at start + i/R; its latency runs from that
  *       scheduled moment to the first byte, so a stalled server cannot hide
@@ -81,6 +82,11 @@ static int one_connection(void)
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
+	/* a server that stops answering costs an error, not a hung thread
+	 * (SO_SNDTIMEO bounds the connect too) */
+	struct timeval tv = {5, 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	char buf[8];
 	int ok = connect(fd, (struct sockaddr *)&target, sizeof(target)) == 0 &&
 		 send_req(fd) && read(fd, buf, sizeof(buf)) == 2;

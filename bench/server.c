@@ -6,7 +6,10 @@
  * implementations: a read event in the worker's base; evsteer-direct:
  * evsteer_uring_recv() on the slot; floor: an io_uring recv), and with
  * --work-us it spends that long on each connection before replying
- * (spinning, or in nanosleep() with --work-mode sleep).
+ * (spinning, or in nanosleep() with --work-mode sleep). A client that never
+ * sends is closed after 10 s by the event implementations; the ring ones
+ * (evsteer-direct, floor) have no time-out on their recv, like the rest of
+ * their I/O here: the load generator always sends (--send).
  *
  *   --impl libevent|evsteer|evsteer-event|evsteer-direct|floor
  *   --workers N --port P [--policy least-pending|hash|round-robin|cpu]
