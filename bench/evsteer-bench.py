@@ -7,8 +7,43 @@ build/bench/evsteer-bench-load over loopback, runs the implementations
 interleaved (A B A B ...), takes medians over repeats, and reports ratios
 against libevent measured in the same run.
 
-  evsteer-bench [--scenario NAME|all] [--repeat N] [--quick] [--json FILE]
-                [--out DIR] [--impl a,b,...] [--profile]
+  evsteer-bench [--scenario NAME[,NAME...]|all] [--repeat N] [--quick]
+                [--json FILE] [--out DIR] [--impl a,b,...] [--profile]
+                [--work-us N] [--work-mode spin|sleep] [--read-first]
+
+Work per connection (issue 18: every scenario must run with work > 0 before
+a figure is called a result; the report's header says which settings it had):
+  --work-us N      every server spends N us on each connection before it
+                   replies (default 0: the accept path alone)
+  --work-mode M    spin (default: burn CPU) or sleep (nanosleep: a blocking
+                   call)
+  --read-first     the bench server reads a request before replying (a read
+                   event in the worker's event_base; evsteer_uring_recv() for
+                   evsteer-direct; an io_uring recv for the floor), and the
+                   load generator sends one right after connect (--send),
+                   held connections included (drain, emfile)
+  e.g. the figures issue 18 asks for:
+    evsteer-bench --work-us 50 --read-first
+
+Scenarios on the bench server (implementations: libevent, evsteer,
+evsteer-event, evsteer-direct, floor): rate, latency, stall, balance, drain,
+drain-running, emfile, restart. End to end (http, http-stall):
+build/bench/evsteer-http-server, an evhttp server built against libevent
+only, with 2 threads, run plain (libevent) and under build/preload/evsteer-run
+--group PORT as evsteer (auto: bpf+uring), evsteer-event (--accept event),
+evsteer-uring-nobpf (--bpf off --accept uring), evsteer-nobpf (--bpf off),
+on a free port, driven by wrk (Debian package wrk; skipped, not failed,
+where it is missing):
+  http        wrk -t2 -c32 -dSs -H "Connection: close" --latency
+              -s bench/wrk_report.lua http://127.0.0.1:PORT/
+  http-stall  the same with -c8, while a Python http.client GETs /stall (its
+              handler sleeps 50 ms in its thread) every 200 ms; those
+              requests are left out of the figures
+reporting requests/s, server CPU per request (utime+stime of the server
+from /proc over the run / requests), p50/p99/p99.9/max, each thread's share
+(max/mean of the requests each served) and, under evsteer, the connections
+stolen from a stalled thread. --work-us and --work-mode go to that server
+too (it always reads its request). S: 10 s, 2 s with --quick.
 
 Writes latest.json, latest.md and PNG plots (gnuplot) into --out
 (default: bench/results/ in the source tree). The rate scenario also counts
@@ -23,21 +58,38 @@ here fails on a figure.
 """
 import argparse
 import datetime
+import http.client
 import json
 import os
 import platform
+import re
+import selectors
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "evsteer-bench-server")
 LOAD = os.path.join(HERE, "evsteer-bench-load")
+HTTP_SERVER = os.path.join(HERE, "evsteer-http-server")
+EVSTEER_RUN = os.path.join(HERE, "..", "preload", "evsteer-run")
 SRCDIR = "@SRCDIR@"  # filled in by meson
 IMPLS = ["libevent", "evsteer", "evsteer-event", "evsteer-direct", "floor"]
+# The end-to-end scenarios' implementations: evsteer-http-server (libevent
+# only) run plain, or under evsteer-run with these options, one per path.
+HTTP_IMPLS = {
+    "libevent": None,
+    "evsteer": [],  # auto: bpf+uring
+    "evsteer-event": ["--accept", "event"],
+    "evsteer-uring-nobpf": ["--bpf", "off", "--accept", "uring"],
+    "evsteer-nobpf": ["--bpf", "off"],
+}
 
 # scenario -> settings; (quick, full) where they differ
 SCENARIOS = {
@@ -61,20 +113,64 @@ SCENARIOS = {
     "restart": dict(workers=2, seconds=(3.0, 6.0), rate=3000,
                     server=["--stall-worker", "0", "--stall-ms", "50",
                             "--stall-every-ms", "250"]),
+    # end to end: evsteer-http-server, 2 threads, wrk with a new
+    # connection per request (whole seconds: wrk's -d takes no fraction)
+    "http": dict(http=True, threads=2, conns=32, seconds=(2, 10)),
+    # the same at -c8 on / while another client asks for /stall (its
+    # handler sleeps 50 ms in its thread) every 200 ms
+    "http-stall": dict(http=True, threads=2, conns=8, seconds=(2, 10),
+                       stall_every_s=0.2, stall_ms=50),
 }
 # keys reported per scenario, and which way is better (for the ratio line)
 KEYS = {
+    # errors: connections that got no reply; the percentiles are of the
+    # answered ones only, so a server that stops answering shows here
     "rate": ["conn_per_s", "server_cpu_us_per_conn", "syscalls_per_conn",
-             "vcs_per_conn"],
-    "latency": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
-    "stall": ["p50_ms", "p99_ms", "p999_ms", "max_ms"],
+             "vcs_per_conn", "errors"],
+    "latency": ["p50_ms", "p99_ms", "p999_ms", "max_ms", "errors"],
+    "stall": ["p50_ms", "p99_ms", "p999_ms", "max_ms", "errors"],
     "balance": ["max_over_mean"],
     "drain": ["queued", "served", "reset", "connect_failed"],
     "drain-running": ["served", "reset", "other", "connect_failed"],
     "emfile": ["server_cpu_pct", "recovered", "lost", "connect_failed"],
     "restart": ["sent", "served", "reset", "refused", "closed", "timed_out",
                 "p99_ms", "max_ms", "a_leave_s"],
+    "http": ["req_per_s", "server_cpu_us_per_req", "p50_ms", "p99_ms",
+             "p999_ms", "max_ms", "share", "errors"],
+    "http-stall": ["req_per_s", "server_cpu_us_per_req", "p50_ms", "p99_ms",
+                   "p999_ms", "max_ms", "share", "errors", "stalls",
+                   "stolen"],
 }
+
+
+class Work:
+    """What each connection costs the server, the same in every
+    implementation and scenario (issue 18: a figure measured without work
+    is not a result): --work-us of CPU (or of nanosleep), after reading
+    the client's request first with --read-first (the load then sends
+    one)."""
+
+    def __init__(self, us=0, mode="spin", read_first=False):
+        self.us, self.mode, self.read_first = us, mode, read_first
+
+    def server_args(self):
+        return (["--work-us", str(self.us), "--work-mode", self.mode] +
+                (["--read-first"] if self.read_first else []))
+
+    def load_args(self):
+        return ["--send"] if self.read_first else []
+
+    def http_args(self):
+        # an HTTP server always reads its request first
+        return ["--work-us", str(self.us), "--work-mode", self.mode]
+
+    def as_dict(self):
+        return {"work_us": self.us, "work_mode": self.mode,
+                "read_first": self.read_first}
+
+    def flags(self):
+        return " ".join(["--work-us", str(self.us), "--work-mode", self.mode] +
+                        (["--read-first"] if self.read_first else []))
 
 
 def log(msg):
@@ -93,8 +189,9 @@ def proc_cpu_s(pid):
 
 
 class Server:
-    def __init__(self, impl, workers, extra):
-        args = [SERVER, "--impl", impl, "--workers", str(workers)] + extra
+    def __init__(self, impl, workers, extra, work):
+        args = ([SERVER, "--impl", impl, "--workers", str(workers)] + extra +
+                work.server_args())
         # libevent logs every failed accept at EMFILE: keep that out
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)
@@ -185,7 +282,7 @@ class SyscallCounter:
         return None
 
 
-def profile_rate(impl, out, quick):
+def profile_rate(impl, out, quick, work):
     """One more rate run with perf record -g on the server: folded stacks
     and, where perf's flamegraph script and the d3-flame-graph template
     are there, an HTML flame graph."""
@@ -194,7 +291,7 @@ def profile_rate(impl, out, quick):
         log("profile: perf not found (apt-get install linux-perf)")
         return {}
     s = SCENARIOS["rate"]
-    srv = Server(impl, s["workers"], [])
+    srv = Server(impl, s["workers"], [], work)
     # perf's report scripts read ./perf.data: one folder a profile
     work = os.path.join(out, f".profile-{impl}")
     os.makedirs(work, exist_ok=True)
@@ -204,7 +301,7 @@ def profile_rate(impl, out, quick):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     try:
-        load("closed", srv.port, "--threads", s["threads"],
+        load("closed", srv.port, work, "--threads", s["threads"],
              "--seconds", pick(s["seconds"], quick))
     finally:
         rec.send_signal(signal.SIGINT)
@@ -258,8 +355,9 @@ def last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def load(mode, port, *args, timeout=120):
-    cmd = [LOAD, mode, "--port", str(port)] + [str(a) for a in args]
+def load(mode, port, work, *args, timeout=120):
+    cmd = ([LOAD, mode, "--port", str(port)] + [str(a) for a in args] +
+           work.load_args())
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                          check=True).stdout
     return last_json(out)
@@ -269,7 +367,7 @@ def pick(v, quick):
     return v[0 if quick else 1] if isinstance(v, tuple) else v
 
 
-def run_one(scen, impl, quick):
+def run_one(scen, impl, quick, work):
     s = SCENARIOS[scen]
     extra = list(s.get("server", []))
     if s.get("policy") and impl.startswith("evsteer"):
@@ -278,14 +376,14 @@ def run_one(scen, impl, quick):
         extra += ["--freeze-worker", "0"]
     if scen == "emfile":
         extra += ["--fd-limit", "256"]
-    srv = Server(impl, s["workers"], extra)
+    srv = Server(impl, s["workers"], extra, work)
     res = {}
     b = None
     try:
         if scen == "rate":
             sc = SyscallCounter(srv.p.pid, f"/tmp/evsteer-bench-perf.{os.getpid()}")
             c0, v0 = srv.cpu(), voluntary_switches(srv.p.pid)
-            r = load("closed", srv.port, "--threads", s["threads"],
+            r = load("closed", srv.port, work, "--threads", s["threads"],
                      "--seconds", pick(s["seconds"], quick))
             cpu = srv.cpu() - c0
             vcs = voluntary_switches(srv.p.pid) - v0
@@ -297,24 +395,27 @@ def run_one(scen, impl, quick):
                    "vcs_per_conn": vcs / n,
                    "errors": r["errors"]}
         elif scen in ("latency", "stall"):
-            r = load("open", srv.port, "--rate", s["rate"],
+            r = load("open", srv.port, work, "--rate", s["rate"],
                      "--seconds", pick(s["seconds"], quick))
             res = {k: r[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms",
                                      "completed", "errors", "cdf")}
         elif scen == "balance":
-            r = load("closed", srv.port, "--threads", s["threads"],
+            r = load("closed", srv.port, work, "--threads", s["threads"],
                      "--seconds", 60, "--max", pick(s["count"], quick))
         elif scen in ("drain", "drain-running"):
             n = pick(s["count"], quick)
+            # with --read-first the held connections have sent their
+            # request: the frozen worker's queue holds it with them
             lp = subprocess.Popen([LOAD, "hold", "--port", str(srv.port),
-                                   "--count", str(n)], stdin=subprocess.PIPE,
+                                   "--count", str(n)] + work.load_args(),
+                                  stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
             held = lp.stdout.readline().split()
             srv.signal(signal.SIGUSR1)
             drop = json.loads(srv.readline())
             out, _ = lp.communicate("go\n", timeout=60)
             r = last_json(out)
-            res = {"queued": int(held[1]) - drop["served_by_others_before"],
+            res = {"queued": int(held[1]) - drop["taken_by_others_before"],
                    "served": r["served"], "reset": r["reset"],
                    "other": r["other"], "connect_failed": int(held[2])}
             if scen == "drain-running":
@@ -323,11 +424,11 @@ def run_one(scen, impl, quick):
             secs = pick(s["seconds"], quick)
             lp = subprocess.Popen([LOAD, "open", "--port", str(srv.port),
                                    "--rate", str(s["rate"]),
-                                   "--seconds", str(secs)],
+                                   "--seconds", str(secs)] + work.load_args(),
                                   stdout=subprocess.PIPE, text=True)
             time.sleep(secs / 3)
             # the new version: same port, no busy worker
-            b = Server(impl, s["workers"], ["--port", str(srv.port)])
+            b = Server(impl, s["workers"], ["--port", str(srv.port)], work)
             time.sleep(secs / 3)
             a_info = srv.stop()  # the old one leaves gracefully
             out, _ = lp.communicate(timeout=secs + 60)
@@ -346,7 +447,7 @@ def run_one(scen, impl, quick):
             c0, t0 = srv.cpu(), time.monotonic()
             lp = subprocess.Popen([LOAD, "hold", "--port", str(srv.port),
                                    "--count", str(int(s["rate"] * secs)),
-                                   "--rate", str(s["rate"])],
+                                   "--rate", str(s["rate"])] + work.load_args(),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True)
             held = lp.stdout.readline().split()
@@ -374,6 +475,230 @@ def run_one(scen, impl, quick):
     return res
 
 
+def free_port():
+    """A loopback port nothing listens on now (evsteer-run --group needs
+    the port before the server starts)."""
+    with socket.socket() as t:
+        t.bind(("127.0.0.1", 0))
+        return t.getsockname()[1]
+
+
+def preload_env():
+    """evsteer-run's environment: in a sanitizer build the preload needs
+    libasan first in LD_PRELOAD (the program is started before it)."""
+    env = dict(os.environ)
+    try:
+        m = re.search(r"^preload='([^']*)'", open(EVSTEER_RUN).read(), re.M)
+        with open(m.group(1), "rb") as f:
+            asan = b"libasan.so" in f.read()
+    except (OSError, AttributeError):
+        return env
+    if asan:
+        cc = os.environ.get("CC", "cc")
+        rt = subprocess.run([cc, "-print-file-name=libasan.so"],
+                            capture_output=True, text=True,
+                            timeout=30).stdout.strip()
+        if rt:
+            env["LD_PRELOAD"] = os.path.realpath(rt)
+    return env
+
+
+def wrk_script():
+    for c in (os.path.join(HERE, "wrk_report.lua"),
+              os.path.join(SRCDIR, "bench", "wrk_report.lua")):
+        if os.path.isfile(c):
+            return c
+    return None
+
+
+def http_missing(impls):
+    """Why the end-to-end scenarios cannot run here, or None."""
+    if not shutil.which("wrk"):
+        return "wrk not installed (apt-get install wrk; deploy/setup.sh bench)"
+    if not os.access(HTTP_SERVER, os.X_OK):
+        return "evsteer-http-server not built (needs libevent_pthreads)"
+    if not wrk_script():
+        return "bench/wrk_report.lua not found"
+    if any(HTTP_IMPLS.get(i) is not None for i in impls) and \
+            not os.access(EVSTEER_RUN, os.X_OK):
+        return "evsteer-run not built"
+    return None
+
+
+class HttpServer:
+    """evsteer-http-server on a free port, plain (libevent) or under
+    evsteer-run on one path; its stderr and evsteer's stats go to tmp."""
+
+    def __init__(self, impl, threads, work, tmp):
+        self.stats = os.path.join(tmp, "stats.json")
+        for _ in range(5):  # a port taken between the probe and the bind
+            port = free_port()
+            cmd = [HTTP_SERVER, "--threads", str(threads),
+                   "--port", str(port)] + work.http_args()
+            env = None
+            if HTTP_IMPLS[impl] is not None:
+                cmd = [EVSTEER_RUN, "--group", str(port), "--stats",
+                       self.stats] + HTTP_IMPLS[impl] + ["--"] + cmd
+                env = preload_env()
+            self.err = open(os.path.join(tmp, "stderr"), "w+")
+            # evsteer-run execs the server: this pid is the server's
+            self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                      stderr=self.err, env=env, bufsize=0)
+            line = self._readline(10.0)
+            if line.split() == ["ready", str(port)]:
+                self.port = port
+                return
+            self.kill()
+            self.err.seek(0)
+            err = self.err.read()
+            self.err.close()
+            if "in use" not in err:
+                raise RuntimeError(f"{impl}: http server did not start "
+                                   f"({line!r}): {err.strip()[-300:]}")
+        raise RuntimeError(f"{impl}: no free port in 5 tries")
+
+    def _readline(self, timeout):
+        """One line of the server's stdout, bounded in time."""
+        buf = b""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.p.stdout, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    break
+                chunk = os.read(self.p.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buf += chunk
+        return buf.decode(errors="replace").split("\n")[0]
+
+    def cpu(self):
+        return proc_cpu_s(self.p.pid)
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(timeout=20)
+
+    def stop(self):
+        """SIGTERM; the server's last JSON line (served per thread,
+        cpu_s) and, under evsteer-run, its listeners' stats lines."""
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError("http server did not stop on SIGTERM")
+        finally:
+            self.err.close()
+        if self.p.returncode != 0:
+            raise RuntimeError(f"http server exited with {self.p.returncode}")
+        lines = [l for l in out.decode().splitlines() if l.startswith("{")]
+        info = json.loads(lines[-1]) if lines else {}
+        stats = []
+        try:
+            stats = [json.loads(l) for l in open(self.stats) if l.strip()]
+        except (OSError, ValueError):
+            pass
+        return info, stats
+
+
+class StallLoop(threading.Thread):
+    """GET /stall every `every` seconds with a real HTTP client, a new
+    connection each; counts which thread stalled (the reply says), so that
+    the shares leave these requests out."""
+
+    def __init__(self, port, every):
+        super().__init__(daemon=True)
+        self.port, self.every = port, every
+        self.stop_ev = threading.Event()
+        self.by_thread, self.done, self.failed = {}, 0, 0
+
+    def run(self):
+        due = time.monotonic()
+        while not self.stop_ev.is_set():
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                c.request("GET", "/stall", headers={"Connection": "close"})
+                body = c.getresponse().read().decode().split()
+                t = int(body[1])
+                self.by_thread[t] = self.by_thread.get(t, 0) + 1
+                self.done += 1
+            except (OSError, ValueError, IndexError,
+                    http.client.HTTPException):
+                self.failed += 1
+            finally:
+                c.close()
+            due += self.every
+            self.stop_ev.wait(max(0.0, due - time.monotonic()))
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join(10)  # a request in flight ends within its 5 s time-out
+
+
+def run_http(scen, impl, quick, work):
+    s = SCENARIOS[scen]
+    secs = pick(s["seconds"], quick)
+    tmp = tempfile.mkdtemp(prefix="evsteer-bench-http.")
+    try:
+        srv = HttpServer(impl, s["threads"], work, tmp)
+        stall = None
+        try:
+            if s.get("stall_every_s"):
+                stall = StallLoop(srv.port, s["stall_every_s"])
+                stall.start()
+            c0 = srv.cpu()
+            r = subprocess.run(
+                ["wrk", "-t2", f"-c{s['conns']}", f"-d{secs}s",
+                 "-H", "Connection: close", "--latency", "-s", wrk_script(),
+                 f"http://127.0.0.1:{srv.port}/"],
+                capture_output=True, text=True, timeout=secs + 60)
+            cpu = srv.cpu() - c0
+        finally:
+            if stall:
+                stall.stop()
+            if srv.p.poll() is None:
+                info, stats = srv.stop()
+            else:
+                srv.kill()
+                raise RuntimeError(f"http server died ({srv.p.returncode})")
+        if r.returncode != 0:
+            raise RuntimeError(f"wrk failed: {r.stderr.strip()[-300:]}")
+        w = last_json(r.stdout)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = max(w["requests"], 1)
+    lat = w["latency_us"]
+    # each thread's share of the requests wrk made (not of the stalls)
+    served = [v - (stall.by_thread.get(i, 0) if stall else 0)
+              for i, v in enumerate(info.get("served", []))]
+    mean = statistics.mean(served) if served else 0
+    res = {"req_per_s": w["requests"] / (w["duration_us"] / 1e6),
+           "server_cpu_us_per_req": cpu * 1e6 / n,
+           "p50_ms": lat["p50"] / 1e3, "p90_ms": lat["p90"] / 1e3,
+           "p99_ms": lat["p99"] / 1e3, "p999_ms": lat["p999"] / 1e3,
+           "max_ms": lat["max"] / 1e3,
+           "share": max(served) / mean if mean else None,
+           "per_thread": served, "requests": w["requests"],
+           "errors": sum(w["errors"].values()),
+           "errors_by_kind": w["errors"], "server_cpu_s": info.get("cpu_s")}
+    if stall:
+        res["stalls"] = stall.done
+        res["stalls_failed"] = stall.failed
+    if stats:
+        st = stats[0]
+        res["path"] = {"name": st.get("path"), "steering": st.get("steering"),
+                       "engine": st.get("engine"), "policy": st.get("policy")}
+        res["stolen"] = sum((x.get("group") or {}).get("stolen", 0)
+                            for x in stats)
+    else:
+        res["path"] = {"steering": "kernel-hash", "engine": "event",
+                       "policy": None}
+    return res
+
+
 def median_of(runs, key):
     vals = [r[key] for r in runs if r.get(key) is not None]
     if not vals:
@@ -389,6 +714,8 @@ def summarize(scen, runs):
     out["repeats"] = len(runs)
     if scen == "balance":
         out["per_worker"] = runs[-1].get("per_worker")
+    if scen.startswith("http"):
+        out["per_thread"] = runs[-1].get("per_thread")
     if scen in ("latency", "stall"):
         # the CDF of the run whose p99 is the median one
         srt = sorted(runs, key=lambda r: r["p99_ms"])
@@ -421,15 +748,53 @@ def fmt(v):
     return str(v)
 
 
+# what a reader of the report needs to know about a scenario's table
+CAPTIONS = {
+    "http": "evsteer-http-server --threads 2 (libevent only; plain = libevent, "
+            "the others under evsteer-run --group PORT on one path each), "
+            "`wrk -t2 -c32 -d{secs}s -H 'Connection: close' --latency` on /. "
+            "share = max/mean of the requests each thread served; CPU = the "
+            "server's utime+stime over the run / requests.",
+    "http-stall": "As http with `-c8`, while another client GETs /stall "
+                  "(its handler sleeps 50 ms in its thread) every 200 ms; "
+                  "those requests are left out of every figure. stalls = "
+                  "/stall requests answered; stolen = connections evsteer's "
+                  "siblings took from a stalled thread.",
+}
+
+
+def work_line(w):
+    """The report's header line on the work each connection cost: whether
+    a figure had work > 0 must be plain to a reader."""
+    us, rf = w.get("work_us", 0), w.get("read_first", False)
+    flags = (f"`--work-us {us} --work-mode {w.get('work_mode', 'spin')}"
+             + (" --read-first`" if rf else "`"))
+    if not us and not rf:
+        return (f"Work per connection: **none** ({flags}): the bench server "
+                "replies at once, so its figures measure the accept path "
+                "alone; not a result. (The http scenarios' server reads and "
+                "parses each request, with no work added.)")
+    what = (f"{us} us of {'CPU' if w.get('work_mode') != 'sleep' else 'nanosleep'}"
+            if us else "no work")
+    return (f"Work per connection: {what}"
+            + (", after reading the request" if rf else ", no request read")
+            + f" ({flags}). The http scenarios' server always reads its "
+            "request, and spends the same work on /.")
+
+
 def markdown(report):
     m = report["machine"]
     lines = [f"# evsteer benchmarks", "",
              f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), kernel "
              f"{m['kernel']}, {m['date']}. Medians of {report['repeats']} "
              f"interleaved repeats; ratio = impl / libevent in the same run.",
-             ""]
+             "", work_line(report.get("work") or {}), ""]
     for scen, impls in report["scenarios"].items():
         lines += [f"## {scen}", ""]
+        if scen in CAPTIONS:
+            lines += [CAPTIONS[scen].format(
+                secs=pick(SCENARIOS[scen]["seconds"], report.get("quick"))),
+                ""]
         keys = KEYS[scen]
         lines.append("| impl | " + " | ".join(keys) + " | path |")
         lines.append("|---" * (len(keys) + 2) + "|")
@@ -448,6 +813,8 @@ def markdown(report):
             path = p.get("name") or f"{p.get('steering', '?')}+{p.get('engine', '?')}"
             lines.append(f"| {impl} | " + " | ".join(cells) + f" | {path} |")
         lines.append("")
+    for scen, why in (report.get("skipped") or {}).items():
+        lines += [f"## {scen}", "", f"Skipped: {why}.", ""]
     if report.get("profiles"):
         lines += ["## profiles (rate scenario, perf record -g)", ""]
         for impl, files in report["profiles"].items():
@@ -556,40 +923,69 @@ def main():
                     help="short runs, one repeat (a smoke test)")
     ap.add_argument("--json", help="also write the JSON report here")
     ap.add_argument("--out", default=None, help="results folder")
-    ap.add_argument("--impl", default=",".join(IMPLS))
+    ap.add_argument("--impl", default=None,
+                    help="comma-separated; each scenario runs those of its "
+                         "own (default: all): " + ", ".join(IMPLS) +
+                         "; http scenarios: " + ", ".join(HTTP_IMPLS))
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if any run failed (a crash, a server that "
                          "did not start): the test suite's smoke run")
+    ap.add_argument("--work-us", type=int, default=0, metavar="N",
+                    help="every server spends N us on each connection before "
+                         "it replies (default 0: the accept path alone, "
+                         "not a result)")
+    ap.add_argument("--work-mode", choices=["spin", "sleep"], default="spin",
+                    help="that work burns CPU (spin, default) or blocks "
+                         "in nanosleep (sleep)")
+    ap.add_argument("--read-first", action="store_true",
+                    help="the bench server reads a request before it "
+                         "replies; the load sends one (--send)")
     ap.add_argument("--profile", action="store_true",
                     help="perf record -g of the server in the rate scenario, "
                          "per implementation: folded stacks and flame graphs")
     a = ap.parse_args()
+    if a.work_us < 0:
+        ap.error("--work-us must be >= 0")
+    work = Work(a.work_us, a.work_mode, a.read_first)
 
     scens = list(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
     for s in scens:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}")
-    impls = a.impl.split(",")
+    impls = a.impl.split(",") if a.impl else None
+    for i in impls or []:
+        if i not in IMPLS and i not in HTTP_IMPLS:
+            ap.error(f"unknown implementation {i}")
     repeat = a.repeat or (1 if a.quick else 3)
     out = a.out or os.environ.get("EVSTEER_BENCH_OUT") or os.path.join(
         SRCDIR, "bench", "results")
     os.makedirs(out, exist_ok=True)
 
     report = {"machine": machine(), "repeats": repeat, "quick": a.quick,
-              "scenarios": {}}
+              "work": work.as_dict(), "scenarios": {}}
+    failed_runs = report.setdefault("failed_runs", [])
     for scen in scens:
+        http = SCENARIOS[scen].get("http", False)
+        own = list(HTTP_IMPLS) if http else IMPLS
+        simpls = [i for i in (impls or own) if i in own]
         # the floor has no listener to drop or leave: the drains and
         # restart do not apply to it
-        simpls = [i for i in impls
+        simpls = [i for i in simpls
                   if not ((scen.startswith("drain") or scen == "restart")
                           and i == "floor")]
+        why = http_missing(simpls) if http else None
+        if why:
+            # not a failed run: the machine lacks a tool
+            log(f"{scen}: skipped: {why}")
+            report.setdefault("skipped", {})[scen] = why
+            continue
+        runner = run_http if http else run_one
         runs = {i: [] for i in simpls}
-        failed_runs = report.setdefault("failed_runs", [])
         for rep in range(repeat):
             for impl in simpls:  # interleaved: A B A B ...
                 log(f"{scen}: {impl} (repeat {rep + 1}/{repeat})")
                 try:
-                    runs[impl].append(run_one(scen, impl, a.quick))
+                    runs[impl].append(runner(scen, impl, a.quick, work))
                 except Exception as e:  # a failed run is reported, not fatal
                     log(f"{scen}: {impl}: failed: {e}")
                     failed_runs.append(f"{scen}/{impl}: {e}")
@@ -597,10 +993,11 @@ def main():
             i: summarize(scen, r) for i, r in runs.items() if r}
     if a.profile:
         report["profiles"] = {}
-        for impl in impls:
+        for impl in [i for i in (impls or IMPLS) if i in IMPLS]:
             log(f"profile: {impl}")
             try:
-                report["profiles"][impl] = profile_rate(impl, out, a.quick)
+                report["profiles"][impl] = profile_rate(impl, out, a.quick,
+                                                        work)
             except Exception as e:
                 log(f"profile: {impl}: failed: {e}")
     path = os.path.join(out, "latest.json")

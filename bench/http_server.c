@@ -9,12 +9,16 @@
  * evhttp_accept_socket_with_handle().
  *
  *   evsteer-http-server [--threads N] [--port P] [--work-us U]
- *                       [--stall-ms M] [--block-fd FD]
+ *                       [--work-mode spin|sleep] [--stall-ms M]
+ *                       [--block-fd FD]
  *
  * Paths:
- *   /          replies "ok\n" after burning --work-us of CPU (default 0)
+ *   /          replies "ok\n" after --work-us of work (default 0): burnt
+ *              CPU, or with --work-mode sleep a nanosleep()
  *   /stall     blocks its thread in nanosleep() for --stall-ms (default 50),
  *              as a synchronous database or DNS call would, then replies
+ *              "stalled THREAD" (the thread's index: a benchmark leaves
+ *              these requests out of each thread's share)
  *   /block     prints "blocked THREAD" on stdout, then blocks its thread in
  *              read() on --block-fd until one byte arrives there (a test
  *              decides when a stall ends), then replies
@@ -30,6 +34,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,8 +61,16 @@ struct worker {
 
 static struct {
 	int threads, port, work_us, stall_ms, block_fd;
+	bool work_sleep;
 	struct worker w[MAX_THREADS];
 } S = {.threads = 2, .stall_ms = 50, .block_fd = -1};
+
+static void sleep_us(int us)
+{
+	struct timespec ts = {us / 1000000, (long)(us % 1000000) * 1000};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
 
 static void burn_us(int us)
 {
@@ -81,11 +94,10 @@ static void on_request(struct evhttp_request *req, void *arg)
 	struct worker *w = arg;
 	const char *uri = evhttp_request_get_uri(req);
 	if (!strcmp(uri, "/stall")) {
-		struct timespec ts = {S.stall_ms / 1000,
-				      (long)(S.stall_ms % 1000) * 1000000L};
-		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-			;
-		reply(req, w, "stalled");
+		sleep_us(S.stall_ms * 1000);
+		char body[32];
+		snprintf(body, sizeof(body), "stalled %d", w->id);
+		reply(req, w, body);
 		return;
 	}
 	if (!strcmp(uri, "/block") && S.block_fd >= 0) {
@@ -104,7 +116,9 @@ static void on_request(struct evhttp_request *req, void *arg)
 		reply(req, w, id);
 		return;
 	}
-	if (S.work_us > 0)
+	if (S.work_us > 0 && S.work_sleep)
+		sleep_us(S.work_us);
+	else if (S.work_us > 0)
 		burn_us(S.work_us);
 	reply(req, w, "ok");
 }
@@ -149,6 +163,9 @@ int main(int argc, char **argv)
 			S.port = arg_int(argv, &i, argc);
 		else if (!strcmp(argv[i], "--work-us"))
 			S.work_us = arg_int(argv, &i, argc);
+		else if (!strcmp(argv[i], "--work-mode") && i + 1 < argc &&
+			 (!strcmp(argv[i + 1], "spin") || !strcmp(argv[i + 1], "sleep")))
+			S.work_sleep = !strcmp(argv[++i], "sleep");
 		else if (!strcmp(argv[i], "--stall-ms"))
 			S.stall_ms = arg_int(argv, &i, argc);
 		else if (!strcmp(argv[i], "--block-fd"))
@@ -156,7 +173,8 @@ int main(int argc, char **argv)
 		else {
 			fprintf(stderr,
 				"usage: %s [--threads N] [--port P] [--work-us U] "
-				"[--stall-ms M] [--block-fd FD]\n",
+				"[--work-mode spin|sleep] [--stall-ms M] "
+				"[--block-fd FD]\n",
 				argv[0]);
 			return 2;
 		}

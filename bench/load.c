@@ -4,7 +4,8 @@
  *
  *   closed --port P --threads T --seconds S [--max N]
  *       T threads, each: connect, read "ok", close, again. Prints
- *       {"connections", "seconds", "conn_per_s", "errors"}.
+ *       {"connections", "seconds", "conn_per_s", "errors"}; a connection
+ *       unanswered for 5 s is an error.
  *   open --port P --rate R --seconds S
  *       Connection i is due at start + i/R; its latency runs from that
  *       scheduled moment to the first byte, so a stalled server cannot hide
@@ -16,6 +17,12 @@
  *       Open N connections (handshake done, nothing read), print "held",
  *       wait for a line on stdin, then read each: {"served", "reset",
  *       "other"} (drain and emfile scenarios).
+ *
+ *   --send (every mode): write a small request ("GET / HTTP/1.0") as soon
+ *       as a connection is up, for a server that reads before it replies
+ *       (evsteer-bench-server --read-first). hold sends it once the
+ *       handshake is done, before "held": a held connection then waits
+ *       with its request in the server's socket.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +30,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +41,17 @@
 #include <unistd.h>
 
 static struct sockaddr_in target;
+static bool send_request;
+static const char request[] = "GET / HTTP/1.0\r\n\r\n";
+
+/* --send: the request on a connected socket; false if it failed */
+static bool send_req(int fd)
+{
+	if (!send_request)
+		return true;
+	return send(fd, request, sizeof(request) - 1, MSG_NOSIGNAL) ==
+	       (ssize_t)(sizeof(request) - 1);
+}
 
 static double now_s(void)
 {
@@ -63,9 +82,14 @@ static int one_connection(void)
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
+	/* a server that stops answering costs an error, not a hung thread
+	 * (SO_SNDTIMEO bounds the connect too) */
+	struct timeval tv = {5, 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	char buf[8];
 	int ok = connect(fd, (struct sockaddr *)&target, sizeof(target)) == 0 &&
-		 read(fd, buf, sizeof(buf)) == 2;
+		 send_req(fd) && read(fd, buf, sizeof(buf)) == 2;
 	close(fd);
 	return ok ? 0 : -1;
 }
@@ -115,6 +139,7 @@ static int run_closed(int threads, double seconds, long max)
 struct pending {
 	int fd;
 	double due;
+	bool unsent; /* --send: the request waits for the handshake */
 };
 
 static int cmp_double(const void *a, const void *b)
@@ -161,8 +186,12 @@ static int run_open(double rate, double seconds)
 				next++;
 				continue;
 			}
-			pend[fd] = (struct pending){fd, t0 + next / rate};
-			struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,
+			/* loopback often connects at once; otherwise the
+			 * request goes out when the socket becomes writable */
+			bool unsent = send_request && !(r == 0 && send_req(fd));
+			pend[fd] = (struct pending){fd, t0 + next / rate, unsent};
+			struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP |
+							   (unsent ? EPOLLOUT : 0),
 						 .data.fd = fd};
 			epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 			inflight++;
@@ -180,6 +209,18 @@ static int run_open(double rate, double seconds)
 		double t = now_s();
 		for (int i = 0; i < n; i++) {
 			int fd = evs[i].data.fd;
+			if (pend[fd].unsent &&
+			    !(evs[i].events & (EPOLLERR | EPOLLHUP))) {
+				if (!(evs[i].events & EPOLLOUT))
+					continue;
+				pend[fd].unsent = false;
+				struct epoll_event in = {.events = EPOLLIN | EPOLLRDHUP,
+							 .data.fd = fd};
+				epoll_ctl(ep, EPOLL_CTL_MOD, fd, &in);
+				/* a failed send shows in the read below */
+				if (send_req(fd) && !(evs[i].events & EPOLLIN))
+					continue;
+			}
 			char buf[8];
 			ssize_t r = read(fd, buf, sizeof(buf));
 			if (r < 0 && errno == EAGAIN)
@@ -249,6 +290,8 @@ static void wait_connected(int *fds, long count, double deadline, long *failed)
 			getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &el);
 			epoll_ctl(ep, EPOLL_CTL_DEL, fds[i], NULL);
 			waiting--;
+			if (!err && !send_req(fds[i]))
+				err = errno ? errno : EIO;
 			if (err) {
 				close(fds[i]);
 				fds[i] = -1;
@@ -365,9 +408,13 @@ static double arg_num(int argc, char **argv, const char *name, double def)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s closed|open|hold --port P ...\n", argv[0]);
+		fprintf(stderr, "usage: %s closed|open|hold --port P [--send] ...\n",
+			argv[0]);
 		return 2;
 	}
+	for (int i = 2; i < argc; i++)
+		if (!strcmp(argv[i], "--send"))
+			send_request = true;
 	raise_nofile();
 	target.sin_family = AF_INET;
 	target.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

@@ -2,10 +2,18 @@
 /*
  * evsteer-bench-server: one server, several implementations, driven by the
  * load generator and the harness. For every connection it writes "ok" and
- * closes.
+ * closes; with --read-first it reads the client's request before (event
+ * implementations: a read event in the worker's base; evsteer-direct:
+ * evsteer_uring_recv() on the slot; floor: an io_uring recv), and with
+ * --work-us it spends that long on each connection before replying
+ * (spinning, or in nanosleep() with --work-mode sleep). A client that never
+ * sends is closed after 10 s by the event implementations; the ring ones
+ * (evsteer-direct, floor) have no time-out on their recv, like the rest of
+ * their I/O here: the load generator always sends (--send).
  *
  *   --impl libevent|evsteer|evsteer-event|evsteer-direct|floor
  *   --workers N --port P [--policy least-pending|hash|round-robin|cpu]
+ *   [--work-us U] [--work-mode spin|sleep] [--read-first]
  *   [--stall-worker W --stall-ms M --stall-every-ms E] [--freeze-worker W]
  *   [--slow-worker W --slow-us U] [--cpu-to W]
  *
@@ -15,7 +23,8 @@
  * (emfile); SIGTERM leaves gracefully (evsteer: evsteer_group_retire(),
  * wait until what was steered here is served, free the listeners: another
  * process on the port takes over without loss; libevent: free the
- * listeners), then prints one JSON line (path, accepted per worker, CPU
+ * listeners; either way, requests being read are answered first, bounded),
+ * then prints one JSON line (path, accepted per worker, CPU
  * time, leave time) and exits.
  */
 #include <arpa/inet.h>
@@ -106,8 +115,23 @@ void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id)
 	event_base_dispatch(base);
 }
 
-void bench_slow(struct bench_worker *w)
+void bench_work(struct bench_worker *w)
 {
+	const struct bench_cfg *cfg = w->cfg;
+	if (cfg->work_us > 0 && cfg->work_sleep) {
+		/* a blocking call (a database, a file): the thread sleeps */
+		struct timespec ts = {cfg->work_us / 1000000,
+				      (long)(cfg->work_us % 1000000) * 1000};
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+	} else if (cfg->work_us > 0) {
+		spin_us(cfg->work_us);
+	}
+}
+
+void bench_take(struct bench_worker *w)
+{
+	atomic_fetch_add_explicit(&w->taken, 1, memory_order_relaxed);
 	if (w->cfg->slow_worker == w->id && w->cfg->slow_us > 0)
 		spin_us(w->cfg->slow_us);
 }
@@ -132,12 +156,52 @@ void bench_dropped(void)
 
 void bench_reply(struct bench_worker *w, int fd)
 {
-	bench_slow(w);
+	bench_work(w);
 	if (write(fd, "ok", 2) < 0) {
 		/* the client went away; nothing to do */
 	}
 	close(fd);
 	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+}
+
+/* a silent client must not hold a descriptor for ever */
+static const struct timeval request_timeout = {10, 0};
+
+static void on_request(evutil_socket_t fd, short what, void *arg)
+{
+	struct bench_worker *w = arg;
+	char buf[BENCH_REQ_MAX];
+	ssize_t n = -1;
+	if (what & EV_READ) {
+		n = read(fd, buf, sizeof(buf));
+		if (n < 0 && (errno == EAGAIN || errno == EINTR) &&
+		    event_base_once(w->base, fd, EV_READ, on_request, w,
+				    &request_timeout) == 0)
+			return; /* a spurious wake-up: wait again */
+	}
+	atomic_fetch_sub_explicit(&w->reading, 1, memory_order_relaxed);
+	if (n <= 0) {
+		/* gone, or silent until the time-out: no reply, not counted */
+		close(fd);
+		return;
+	}
+	bench_reply(w, fd);
+}
+
+void bench_serve(struct bench_worker *w, int fd)
+{
+	bench_take(w);
+	if (!w->cfg->read_first) {
+		bench_reply(w, fd);
+		return;
+	}
+	/* what servers do: wait in the loop for the request, then answer */
+	atomic_fetch_add_explicit(&w->reading, 1, memory_order_relaxed);
+	if (event_base_once(w->base, fd, EV_READ, on_request, w,
+			    &request_timeout) < 0) {
+		atomic_fetch_sub_explicit(&w->reading, 1, memory_order_relaxed);
+		close(fd);
+	}
 }
 
 /* ---- evsteer, evsteer-event, evsteer-direct */
@@ -156,11 +220,40 @@ static void ev_accept(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 	(void)sa;
 	(void)len;
 	struct bench_worker *w = arg;
-	bench_reply(w, fd);
+	bench_serve(w, fd);
 	if (bench_drop_now(w)) {
 		ev_drop(w);
 		bench_dropped();
 	}
+}
+
+static void direct_reply(struct bench_worker *w, struct evsteer_uring *r,
+			 int slot)
+{
+	bench_work(w);
+	/* the reply and the close as one chain, no completion to handle */
+	if (evsteer_uring_send_and_close(r, slot, "ok", 2, NULL, NULL) < 0)
+		evsteer_uring_close(r, slot, NULL, NULL);
+	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+}
+
+struct direct_req {
+	struct bench_worker *w;
+	char buf[BENCH_REQ_MAX];
+};
+
+static void direct_request(struct evsteer_uring *r, int slot, int res,
+			   void *arg)
+{
+	struct direct_req *q = arg;
+	struct bench_worker *w = q->w;
+	free(q);
+	atomic_fetch_sub_explicit(&w->reading, 1, memory_order_relaxed);
+	if (res <= 0) { /* the client went away: no reply, not counted */
+		evsteer_uring_close(r, slot, NULL, NULL);
+		return;
+	}
+	direct_reply(w, r, slot);
 }
 
 static void ev_direct(struct evsteer_listener *l, struct evsteer_uring *r,
@@ -168,11 +261,23 @@ static void ev_direct(struct evsteer_listener *l, struct evsteer_uring *r,
 {
 	(void)l;
 	struct bench_worker *w = arg;
-	bench_slow(w);
-	/* the reply and the close as one chain, no completion to handle */
-	if (evsteer_uring_send_and_close(r, slot, "ok", 2, NULL, NULL) < 0)
-		evsteer_uring_close(r, slot, NULL, NULL);
-	atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+	bench_take(w);
+	if (!w->cfg->read_first) {
+		direct_reply(w, r, slot);
+	} else {
+		/* the request through the ring as well: no fd, no event */
+		struct direct_req *q = malloc(sizeof(*q));
+		if (q)
+			q->w = w;
+		atomic_fetch_add_explicit(&w->reading, 1, memory_order_relaxed);
+		if (!q || evsteer_uring_recv(r, slot, q->buf, sizeof(q->buf),
+					     direct_request, q) < 0) {
+			free(q);
+			atomic_fetch_sub_explicit(&w->reading, 1,
+						  memory_order_relaxed);
+			evsteer_uring_close(r, slot, NULL, NULL);
+		}
+	}
 	if (bench_drop_now(w)) {
 		ev_drop(w);
 		bench_dropped();
@@ -219,6 +324,7 @@ static int ev_setup(struct bench_worker *w, int *port)
 	getsockname(evsteer_listener_get_fd(x->lev), (struct sockaddr *)&sin, &sl);
 	*port = ntohs(sin.sin_port);
 	w->impl = x;
+	w->base = x->base;
 	/* the listeners of one address form a group, slot = worker id; once
 	 * the chosen worker's slot exists, route every CPU to it */
 	struct evsteer_group *g = evsteer_listener_get_group(x->lev);
@@ -310,6 +416,73 @@ struct fw {
 	int fd;
 };
 
+/* user_data of the floor's requests: the accept, a completion nobody
+ * needs, or a struct floor_req * (a recv) */
+#define FLOOR_ACCEPT 1
+#define FLOOR_IGNORE 0
+
+struct floor_req {
+	int fd;
+	char buf[BENCH_REQ_MAX];
+};
+
+/* An SQE; a full queue is submitted first (requests are prepared for a
+ * whole batch of completions and submitted once). */
+static struct io_uring_sqe *floor_sqe(struct fw *x)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&x->ring);
+	if (!sqe) {
+		io_uring_submit(&x->ring);
+		sqe = io_uring_get_sqe(&x->ring);
+	}
+	return sqe;
+}
+
+static void floor_arm_accept(struct fw *x)
+{
+	struct io_uring_sqe *sqe = floor_sqe(x);
+	io_uring_prep_multishot_accept(sqe, x->fd, NULL, NULL, 0);
+	io_uring_sqe_set_data64(sqe, FLOOR_ACCEPT);
+}
+
+/* read_first: the request, the work, then "ok" and the close linked, all
+ * through the ring */
+static void floor_recv(struct bench_worker *w, struct fw *x, int fd)
+{
+	struct floor_req *q = malloc(sizeof(*q));
+	if (!q) {
+		close(fd);
+		return;
+	}
+	q->fd = fd;
+	atomic_fetch_add_explicit(&w->reading, 1, memory_order_relaxed);
+	struct io_uring_sqe *sqe = floor_sqe(x);
+	io_uring_prep_recv(sqe, fd, q->buf, sizeof(q->buf), 0);
+	io_uring_sqe_set_data(sqe, q);
+}
+
+static void floor_request(struct bench_worker *w, struct fw *x,
+			  struct floor_req *q, int res)
+{
+	int fd = q->fd;
+	free(q);
+	atomic_fetch_sub_explicit(&w->reading, 1, memory_order_relaxed);
+	if (res > 0) {
+		bench_work(w);
+		/* HARDLINK: the close runs however the send ends */
+		struct io_uring_sqe *sqe = floor_sqe(x);
+		io_uring_prep_send(sqe, fd, "ok", 2, MSG_NOSIGNAL);
+		sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+		io_uring_sqe_set_data64(sqe, FLOOR_IGNORE);
+		atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
+	}
+	/* (a client gone: no reply, not counted) */
+	struct io_uring_sqe *sqe = floor_sqe(x);
+	io_uring_prep_close(sqe, fd);
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	io_uring_sqe_set_data64(sqe, FLOOR_IGNORE);
+}
+
 static int floor_setup(struct bench_worker *w, int *port)
 {
 	struct fw *x = calloc(1, sizeof(*x));
@@ -337,9 +510,7 @@ static void *floor_run(void *arg)
 	/* the ring belongs to this thread: set up and armed here */
 	if (io_uring_queue_init(256, &x->ring, 0) < 0)
 		return NULL;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&x->ring);
-	io_uring_prep_multishot_accept(sqe, x->fd, NULL, NULL, 0);
-	io_uring_sqe_set_data64(sqe, 1);
+	floor_arm_accept(x);
 	io_uring_submit(&x->ring);
 	/* the stalled worker spins like the others' timer callbacks do */
 	bool stalls = w->cfg->stall_worker == w->id && w->cfg->stall_ms > 0 &&
@@ -372,17 +543,25 @@ static void *floor_run(void *arg)
 		io_uring_for_each_cqe(&x->ring, head, cqe)
 		{
 			n++;
-			if (cqe->res >= 0)
-				bench_reply(w, cqe->res);
-			if (!(cqe->flags & IORING_CQE_F_MORE)) {
-				sqe = io_uring_get_sqe(&x->ring);
-				io_uring_prep_multishot_accept(sqe, x->fd, NULL,
-							       NULL, 0);
-				io_uring_sqe_set_data64(sqe, 1);
-				io_uring_submit(&x->ring);
+			uint64_t ud = io_uring_cqe_get_data64(cqe);
+			if (ud == FLOOR_IGNORE)
+				continue;
+			if (ud != FLOOR_ACCEPT) {
+				floor_request(w, x, (struct floor_req *)(uintptr_t)ud,
+					      cqe->res);
+				continue;
 			}
+			if (cqe->res >= 0)
+				bench_take(w);
+			if (cqe->res >= 0 && w->cfg->read_first)
+				floor_recv(w, x, cqe->res);
+			else if (cqe->res >= 0)
+				bench_reply(w, cqe->res);
+			if (!(cqe->flags & IORING_CQE_F_MORE))
+				floor_arm_accept(x);
 		}
 		io_uring_cq_advance(&x->ring, n);
+		io_uring_submit(&x->ring);
 	}
 	io_uring_queue_exit(&x->ring);
 	return NULL;
@@ -414,6 +593,20 @@ static const struct bench_impl bench_floor = {
 	.describe = floor_describe,
 };
 
+/* Wait, bounded, until no worker awaits a request (read_first). */
+static void settle(struct bench_worker *w, int n)
+{
+	double until = mono_s() + 2.0;
+	for (;;) {
+		long reading = 0;
+		for (int i = 0; i < n; i++)
+			reading += atomic_load(&w[i].reading);
+		if (reading <= 0 || mono_s() >= until)
+			return;
+		usleep(1000);
+	}
+}
+
 /* ---- descriptor exhaustion on demand (the emfile scenario) */
 
 static int fillers[65536];
@@ -444,6 +637,14 @@ static int arg_int(int argc, char **argv, const char *name, int def)
 	return def;
 }
 
+static bool arg_flag(int argc, char **argv, const char *name)
+{
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], name))
+			return true;
+	return false;
+}
+
 static const char *arg_str(int argc, char **argv, const char *name,
 			   const char *def)
 {
@@ -467,16 +668,24 @@ int main(int argc, char **argv)
 		.slow_worker = arg_int(argc, argv, "--slow-worker", -1),
 		.slow_us = arg_int(argc, argv, "--slow-us", 0),
 		.cpu_to = arg_int(argc, argv, "--cpu-to", -1),
+		.work_us = arg_int(argc, argv, "--work-us", 0),
+		.work_sleep = !strcmp(arg_str(argc, argv, "--work-mode", "spin"),
+				      "sleep"),
+		.read_first = arg_flag(argc, argv, "--read-first"),
 	};
+	const char *work_mode = arg_str(argc, argv, "--work-mode", "spin");
 	const struct bench_impl *impl =
 		!strcmp(cfg.impl, "libevent") ? &bench_libevent :
 		!strcmp(cfg.impl, "floor")    ? &bench_floor :
 		!strncmp(cfg.impl, "evsteer", 7) ? &bench_evsteer :
 						   NULL;
-	if (!impl || cfg.workers < 1 || cfg.workers > MAX_WORKERS) {
+	if (!impl || cfg.workers < 1 || cfg.workers > MAX_WORKERS ||
+	    cfg.work_us < 0 ||
+	    (strcmp(work_mode, "spin") && strcmp(work_mode, "sleep"))) {
 		fprintf(stderr, "usage: %s --impl libevent|evsteer|evsteer-event|"
 				"evsteer-direct|floor --workers 1..%d [--port P] "
-				"[--policy P] [--stall-worker W --stall-ms M "
+				"[--policy P] [--work-us U] [--work-mode spin|sleep] "
+				"[--read-first] [--stall-worker W --stall-ms M "
 				"--stall-every-ms E] [--freeze-worker W]\n",
 			argv[0], MAX_WORKERS);
 		return 2;
@@ -526,7 +735,7 @@ int main(int argc, char **argv)
 			long before = 0;
 			for (int i = 0; i < cfg.workers; i++)
 				if (i != cfg.slow_worker)
-					before += atomic_load(&w[i].accepted);
+					before += atomic_load(&w[i].taken);
 			atomic_store(&drop_asked, true);
 			struct timespec until;
 			clock_gettime(CLOCK_REALTIME, &until);
@@ -537,7 +746,7 @@ int main(int argc, char **argv)
 						      &until) == 0)
 				;
 			pthread_mutex_unlock(&drop_lock);
-			printf("{\"dropped\": %d, \"served_by_others_before\": %ld, "
+			printf("{\"dropped\": %d, \"taken_by_others_before\": %ld, "
 			       "\"in_callback\": %s}\n",
 			       cfg.slow_worker, before,
 			       atomic_load(&drop_done) ? "true" : "false");
@@ -546,13 +755,15 @@ int main(int argc, char **argv)
 		}
 		if (sig == SIGUSR1 && cfg.freeze_worker >= 0 &&
 		    cfg.freeze_worker < cfg.workers) {
-			/* what the others had served when the frozen one left */
+			/* what the others had taken when the frozen one left
+			 * (answered or not: with read_first a reply waits for
+			 * the request) */
 			long before = 0;
 			for (int i = 0; i < cfg.workers; i++)
 				if (i != cfg.freeze_worker)
-					before += atomic_load(&w[i].accepted);
+					before += atomic_load(&w[i].taken);
 			impl->drop(&w[cfg.freeze_worker]);
-			printf("{\"dropped\": %d, \"served_by_others_before\": %ld}\n",
+			printf("{\"dropped\": %d, \"taken_by_others_before\": %ld}\n",
 			       cfg.freeze_worker, before);
 			fflush(stdout);
 			continue;
@@ -576,8 +787,13 @@ int main(int argc, char **argv)
 	bench_unfreeze();
 	if (impl->leave)
 		impl->leave(w, cfg.workers);
+	/* requests being read are answered before the listeners go (freeing
+	 * the last listener of a ring cancels evsteer-direct's recvs) and
+	 * again after (libevent's last accepts), before the loops stop */
+	settle(w, cfg.workers);
 	for (int i = 0; i < cfg.workers; i++)
 		impl->drop(&w[i]);
+	settle(w, cfg.workers);
 	double leave_s = mono_s() - t0;
 	atomic_store(&stopping, true);
 	for (int i = 0; i < cfg.workers; i++)
@@ -595,9 +811,12 @@ int main(int argc, char **argv)
 		printf("%s%ld", i ? ", " : "", n);
 	}
 	printf("], \"accepted\": %ld, \"cpu_user_s\": %.6f, \"cpu_sys_s\": %.6f, "
-	       "\"leave_s\": %.3f}\n",
+	       "\"leave_s\": %.3f, \"work_us\": %d, \"work_mode\": \"%s\", "
+	       "\"read_first\": %s}\n",
 	       total, ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
-	       ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, leave_s);
+	       ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, leave_s,
+	       cfg.work_us, cfg.work_sleep ? "sleep" : "spin",
+	       cfg.read_first ? "true" : "false");
 	fflush(stdout);
 	return 0;
 }

@@ -10,6 +10,8 @@
 
 #define MAX_WORKERS 16
 
+struct event_base;
+
 struct bench_cfg {
 	const char *impl;
 	int workers;
@@ -23,12 +25,24 @@ struct bench_cfg {
 	 * accept callback (what its io_uring had taken must not be lost) */
 	int slow_worker, slow_us;
 	int cpu_to;           /* evsteer, policy cpu: every CPU -> this worker */
+	/* the cost of a connection, the same in every implementation, so
+	 * that a figure is not only the accept path's (issue 18): work_us
+	 * spent before each reply (spun, or slept with work_sleep), after
+	 * reading the client's request first with read_first */
+	int work_us;
+	bool work_sleep;
+	bool read_first;
 };
 
 struct bench_worker {
 	int id;
 	pthread_t thread;
-	atomic_long accepted;
+	atomic_long accepted; /* answered */
+	atomic_long taken;    /* handed to the worker by its listener */
+	/* read_first: connections whose request is awaited (a leaving
+	 * server waits for them before it stops its loops) */
+	atomic_long reading;
+	struct event_base *base; /* the event implementations' loop */
 	void *impl; /* the implementation's per-worker state */
 	struct bench_cfg *cfg;
 };
@@ -59,18 +73,24 @@ void bench_spin_ms(int ms);
 void bench_freeze_if(struct bench_cfg *cfg, int id);
 void bench_unfreeze(void);
 
-
-
-struct event_base;
 /* The stalled worker's periodic busy spell, as an event in its base. */
 void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id);
 /* A worker thread's loop: frozen if asked, the stall if asked, dispatch. */
 void bench_run_base(struct bench_cfg *cfg, struct event_base *base, int id);
-/* What every implementation does with a connection: "ok", close, count
- * (after slow_us on the slow worker). */
+/* A connection reaches a worker: counted as taken; the slow worker spends
+ * slow_us on it here, in its accept callback, so that its queue builds up
+ * (drain-running). */
+void bench_take(struct bench_worker *w);
+/* What an event implementation does with an accepted fd: bench_take(),
+ * then the reply at once, or with read_first a read event in w->base
+ * first (bounded: a client silent for 10 s is closed unanswered). */
+void bench_serve(struct bench_worker *w, int fd);
+/* The reply itself: the work, "ok", close, count as answered. */
 void bench_reply(struct bench_worker *w, int fd);
-/* The slow worker's own spell before it answers (direct replies). */
-void bench_slow(struct bench_worker *w);
+/* What a connection costs before its reply: work_us, spun or slept. */
+void bench_work(struct bench_worker *w);
+/* A request read into one buffer: they are a single small segment. */
+#define BENCH_REQ_MAX 512
 /* From an accept callback: true once, on the worker that must drop itself
  * (SIGUSR1 with a slow worker); call bench_dropped() after freeing. */
 bool bench_drop_now(struct bench_worker *w);

@@ -31,7 +31,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 	(void)sa;
 	(void)len;
 	struct bench_worker *w = arg;
-	bench_reply(w, fd);
+	bench_serve(w, fd);
 	if (bench_drop_now(w)) {
 		drop(w);
 		bench_dropped();
@@ -56,6 +56,7 @@ static int setup(struct bench_worker *w, int *port)
 	getsockname(evconnlistener_get_fd(x->lev), (struct sockaddr *)&sin, &sl);
 	*port = ntohs(sin.sin_port);
 	w->impl = x;
+	w->base = x->base;
 	return 0;
 }
 

@@ -35,9 +35,10 @@ packages=(
 	coturn ustreamer curl
 )
 
-# the bench job also counts system calls and draws flame graphs
+# the bench job also counts system calls, draws flame graphs and drives
+# the end-to-end scenarios' evhttp server with wrk
 if [ "$job" = bench ]; then
-	packages+=(linux-perf nodejs npm)
+	packages+=(linux-perf nodejs npm wrk)
 fi
 # vmtest boots a packaged kernel under qemu; depmod/modprobe read its modules
 if [ "$job" = vmtest ]; then
