@@ -5,6 +5,7 @@
  * exports only the evconnlistener_* names it defines).
  *
  *   preload.c    how the shim works; the state below; what has no file yet
+ *   say.c        stderr, ours and the core's
  *
  * The shim links neither libevent nor libevsteer: libevent's headers give
  * it types, the core (core.h) its table of native calls.
