@@ -6,6 +6,7 @@
  *
  *   preload.c    how the shim works; the state below; what has no file yet
  *   say.c        stderr, ours and the core's
+ *   env.c        the EVSTEER_* variables the shim reads
  *
  * The shim links neither libevent nor libevsteer: libevent's headers give
  * it types, the core (core.h) its table of native calls.
