@@ -5,6 +5,7 @@
  * exports only the evconnlistener_* names it defines).
  *
  *   preload.c    how the shim works; the state below; what has no file yet
+ *   registry.c   which listeners were made here
  *   sock.c       what is asked of a socket
  *   say.c        stderr, ours and the core's
  *   env.c        the EVSTEER_* variables the shim reads
