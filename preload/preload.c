@@ -22,10 +22,8 @@
  * This file holds the shim's state and, until it moves out, the rest;
  * preload.h declares the state and says which file does what.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -336,59 +334,4 @@ EXPORT void evconnlistener_set_error_cb(struct evconnlistener *lev,
 		PL_REAL(evconnlistener_set_error_cb, ra);
 	if (real)
 		real(lev, errorcb);
-}
-
-/* ==== core_load =========================================================== */
-/*
- * The core (libevsteer-preload-core.so, core.c): evsteer itself, dlopen()ed
- * RTLD_LOCAL from next to this file, only once the program's libevent is
- * known to be 2.1, and used only if its table is the one this shim was
- * built with.
- */
-
-#define CORE_FILE "libevsteer-preload-core.so"
-
-/*
- * The core sits next to this file, wherever that was installed. Found at
- * load time: LD_PRELOAD may name this file by a relative path, and a daemon
- * has often changed directory by the time it makes its first listener.
- */
-static char core_path[4096];
-
-__attribute__((constructor)) static void find_core(void)
-{
-	Dl_info self;
-	char *dir = NULL;
-	if (dladdr((void *)find_core, &self) && self.dli_fname)
-		dir = realpath(self.dli_fname, NULL);
-	char *slash = dir ? strrchr(dir, '/') : NULL;
-	if (slash)
-		slash[1] = '\0';
-	snprintf(core_path, sizeof(core_path), "%s%s", slash ? dir : "",
-		 CORE_FILE);
-	free(dir);
-}
-
-const struct evst_preload_core *pl_core_load(void)
-{
-	const char *path = core_path;
-	void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-	const struct evst_preload_core *c =
-		h ? dlsym(h, EVST_PRELOAD_CORE_SYMBOL) : NULL;
-	if (!c || c->abi != EVST_PRELOAD_CORE_ABI || c->size < sizeof(*c)) {
-		const char *err = dlerror();
-		if (err)
-			pl_say(EVSTEER_LOG_WARN, "cannot load evsteer: %s; "
-			       "evconnlistener calls pass through to libevent "
-			       "unchanged", err);
-		else
-			pl_say(EVSTEER_LOG_WARN, "%s is not the core this preload "
-			       "was built with; evconnlistener calls pass through "
-			       "to libevent unchanged", path);
-		if (h)
-			dlclose(h);
-		return NULL;
-	}
-	c->set_log(pl_core_log, NULL, pl.env.log_level);
-	return c;
 }

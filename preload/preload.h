@@ -7,6 +7,7 @@
  *   preload.c    how the shim works; the state below; what has no file yet
  *   registry.c   which listeners were made here
  *   resolve.c    libevent's own functions, the pass-through modes
+ *   core_load.c  the core next to this file, dlopen()ed
  *   report.c     what is said about a listener: its line, its JSON line
  *   sock.c       what is asked of a socket
  *   say.c        stderr, ours and the core's
