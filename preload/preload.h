@@ -2,9 +2,10 @@
 /*
  * What the files of libevsteer-preload.so share. Internal: every name here
  * is hidden (meson builds the shim with hidden visibility and preload.map
- * exports only the evconnlistener_* names it defines).
+ * exports only the evconnlistener_* names interpose.c defines).
  *
  *   preload.c    how the shim works; the state below; what has no file yet
+ *   interpose.c  the nine evconnlistener_* functions the program calls
  *   registry.c   which listeners were made here
  *   resolve.c    libevent's own functions, the pass-through modes
  *   core_load.c  the core next to this file, dlopen()ed
