@@ -4,8 +4,9 @@
  * is hidden (meson builds the shim with hidden visibility and preload.map
  * exports only the evconnlistener_* names interpose.c defines).
  *
- *   preload.c    how the shim works; the state below; what has no file yet
+ *   preload.c    how the shim works; the state below
  *   interpose.c  the nine evconnlistener_* functions the program calls
+ *   init.c       the decision, once, at the first call
  *   registry.c   which listeners were made here
  *   resolve.c    libevent's own functions, the pass-through modes
  *   core_load.c  the core next to this file, dlopen()ed
@@ -63,7 +64,7 @@ struct pl_real {
 };
 
 /*
- * The shim's state (preload.c). Written once, by init() under
+ * The shim's state (preload.c). Written once, by init() (init.c) under
  * pthread_once, before any interposer goes on, from what the file named
  * finds; read without a lock afterwards.
  */
@@ -75,7 +76,7 @@ struct pl_state {
 };
 extern struct pl_state pl;
 
-/* preload.c: decide, once; every interposer calls this first. */
+/* init.c: decide, once; every interposer calls this first. */
 void pl_init(void);
 
 /* env.c: fill *env from the environment (the shim's only getenv()s). */
