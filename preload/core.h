@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * What the LD_PRELOAD interposer (preload.c) gets from its private copy of
- * evsteer (core.c + libevsteer's objects, libevsteer-preload-core.so): one
- * table of the native calls it needs. The core exports nothing else, so its
- * evsteer is invisible to the program (which may use libevsteer itself) and
- * its log callback is its own.
+ * What the LD_PRELOAD interposer (the files preload.h lists; core_load.c
+ * loads this) gets from its private copy of evsteer (core.c + libevsteer's
+ * objects, libevsteer-preload-core.so): one table of the native calls it
+ * needs. The core exports nothing else, so its evsteer is invisible to the
+ * program (which may use libevsteer itself) and its log callback is its own.
  */
 #ifndef EVSTEER_PRELOAD_CORE_H
 #define EVSTEER_PRELOAD_CORE_H

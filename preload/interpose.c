@@ -1,0 +1,275 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The nine evconnlistener_* functions libevent 2.1 exports on Linux, the
+ * only symbols the shim exports. In active mode a new listener is evsteer's
+ * (made by the core, kept in the registry), and a call on one of ours goes
+ * to the core; everything else goes to libevent (resolve.c) unchanged.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sys/socket.h>
+
+#include "preload.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* ---- creating ----------------------------------------------------------- */
+
+/*
+ * Both constructors end here, with a listener made disabled: it goes into
+ * the registry before it can deliver (a callback on another thread may call
+ * evconnlistener_* on it at once), then is enabled as the program asked.
+ */
+static struct evconnlistener *adopt(struct evsteer_listener *lev,
+				    unsigned int flags, bool close_on_fail)
+{
+	const struct evst_preload_core *c = pl.core;
+	if (!lev)
+		return NULL;
+	int fd = c->listener_get_fd(lev);
+	struct pl_entry *e = calloc(1, sizeof(*e));
+	if (!e) {
+		c->listener_free(lev);
+		if (close_on_fail)
+			close(fd);
+		errno = ENOMEM;
+		return NULL;
+	}
+	e->lev = lev;
+	pl_format_addr(fd, e->addr, sizeof(e->addr));
+	pl_report_made(e);
+	pl_reg_insert(e);
+	if (!(flags & LEV_OPT_DISABLED) && c->listener_enable(lev) < 0) {
+		int err = errno;
+		pl_say(EVSTEER_LOG_WARN, "listener %s: enable: %s", e->addr,
+		       strerror(err));
+		free(pl_reg_remove(lev));
+		c->listener_free(lev);
+		if (close_on_fail)
+			close(fd);
+		errno = err;
+		return NULL;
+	}
+	return (struct evconnlistener *)lev;
+}
+
+/* libevent ignores bits it does not know; so do we, rather than fail. */
+static unsigned int known_flags(unsigned int flags)
+{
+	if (flags & ~EVSTEER_OPT_ALL)
+		pl_say(EVSTEER_LOG_DEBUG, "ignoring unknown LEV_OPT bits 0x%x",
+		       flags & ~EVSTEER_OPT_ALL);
+	return flags & EVSTEER_OPT_ALL;
+}
+
+/*
+ * Programs that make their own sockets set SO_REUSEPORT for many reasons:
+ * coturn sets it on its two per-thread listeners of the service port (one
+ * group would steer between them) but also on the listener it makes for
+ * each TCP relay allocation (a group of one: a BPF program loaded, ~5 ms,
+ * for nothing). Which port is a worker group is the user's call:
+ * EVSTEER_GROUP_PORTS (evsteer-run --group). A listener the program made
+ * with LEV_OPT_REUSEABLE_PORT is a group member anyway, as with compat.h.
+ */
+static bool group_port(int fd)
+{
+	if (!pl.env.ngroup_ports || !pl_has_reuseport(fd))
+		return false;
+	int port = pl_local_port(fd);
+	for (unsigned int i = 0; i < pl.env.ngroup_ports; i++)
+		if (pl.env.group_ports[i] == port)
+			return true;
+	return false;
+}
+
+EXPORT struct evconnlistener *
+evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
+		   unsigned flags, int backlog, evutil_socket_t fd)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	/* A NULL base (libevent then uses event_init()'s global base) or
+	 * something that is not a socket: libevent's own answer. */
+	if (pl.mode == MODE_ACTIVE && base && pl_is_socket(fd)) {
+		unsigned int f = known_flags(flags);
+		if (group_port(fd))
+			f |= LEV_OPT_REUSEABLE_PORT;
+		/* libevent takes any socket here (a datagram one fails
+		 * every accept): so does evsteer in compat mode */
+		EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1);
+		pl_creating(true);
+		struct evsteer_listener *lev = pl.core->listener_new(
+			base, (evsteer_accept_cb)cb, ptr, f | LEV_OPT_DISABLED,
+			backlog, fd, &o);
+		struct evconnlistener *r = adopt(lev, f, false);
+		pl_creating(false);
+		return r;
+	}
+	__typeof__(evconnlistener_new) *real = PL_REAL(evconnlistener_new, ra);
+	if (!real) {
+		errno = ENOSYS;
+		return NULL;
+	}
+	return real(base, cb, ptr, flags, backlog, fd);
+}
+
+EXPORT struct evconnlistener *
+evconnlistener_new_bind(struct event_base *base, evconnlistener_cb cb,
+			void *ptr, unsigned flags, int backlog,
+			const struct sockaddr *sa, int socklen)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	/*
+	 * The families evsteer binds itself. Anything else (no address:
+	 * libevent then fails with EAFNOSUPPORT; another family; backlog 0,
+	 * which libevent refuses) goes to libevent, whose new_bind then calls
+	 * evconnlistener_new, i.e. us, with the socket it made.
+	 */
+	if (pl.mode == MODE_ACTIVE && base && sa && socklen > 0 && backlog != 0 &&
+	    (sa->sa_family == AF_INET || sa->sa_family == AF_INET6 ||
+	     sa->sa_family == AF_UNIX)) {
+		unsigned int f = known_flags(flags);
+		pl_creating(true);
+		struct evsteer_listener *lev = pl.core->listener_new_bind(
+			base, (evsteer_accept_cb)cb, ptr, f | LEV_OPT_DISABLED,
+			backlog, sa, (socklen_t)socklen, NULL);
+		/* on failure libevent closes the socket it made */
+		struct evconnlistener *r =
+			adopt(lev, f, !(f & LEV_OPT_CLOSE_ON_FREE));
+		pl_creating(false);
+		return r;
+	}
+	__typeof__(evconnlistener_new_bind) *real =
+		PL_REAL(evconnlistener_new_bind, ra);
+	if (!real) {
+		errno = ENOSYS;
+		return NULL;
+	}
+	return real(base, cb, ptr, flags, backlog, sa, socklen);
+}
+
+/* ---- the rest: ours to the core, anything else to libevent --------------- */
+
+/* In active mode NULL is ours too: evsteer answers it with an error where
+ * libevent would crash. */
+static bool ours(const void *lev)
+{
+	return pl.mode == MODE_ACTIVE && (!lev || pl_reg_has(lev));
+}
+
+EXPORT void evconnlistener_free(struct evconnlistener *lev)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	if (pl.mode == MODE_ACTIVE) {
+		struct pl_entry *e = lev ? pl_reg_remove(lev) : NULL;
+		if (e || !lev) {
+			if (e)
+				pl_report_free(e);
+			pl.core->listener_free((struct evsteer_listener *)lev);
+			free(e);
+			return;
+		}
+	}
+	__typeof__(evconnlistener_free) *real = PL_REAL(evconnlistener_free, ra);
+	if (real)
+		real(lev);
+}
+
+EXPORT int evconnlistener_enable(struct evconnlistener *lev)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	if (ours(lev))
+		return pl.core->listener_enable((struct evsteer_listener *)lev) < 0 ?
+			       -1 : 0;
+	__typeof__(evconnlistener_enable) *real =
+		PL_REAL(evconnlistener_enable, ra);
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real(lev);
+}
+
+EXPORT int evconnlistener_disable(struct evconnlistener *lev)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	if (ours(lev))
+		return pl.core->listener_disable((struct evsteer_listener *)lev) < 0 ?
+			       -1 : 0;
+	__typeof__(evconnlistener_disable) *real =
+		PL_REAL(evconnlistener_disable, ra);
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real(lev);
+}
+
+EXPORT struct event_base *evconnlistener_get_base(struct evconnlistener *lev)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	if (ours(lev))
+		return pl.core->listener_get_base((struct evsteer_listener *)lev);
+	__typeof__(evconnlistener_get_base) *real =
+		PL_REAL(evconnlistener_get_base, ra);
+	if (!real) {
+		errno = ENOSYS;
+		return NULL;
+	}
+	return real(lev);
+}
+
+EXPORT evutil_socket_t evconnlistener_get_fd(struct evconnlistener *lev)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	if (ours(lev))
+		return pl.core->listener_get_fd((struct evsteer_listener *)lev);
+	__typeof__(evconnlistener_get_fd) *real =
+		PL_REAL(evconnlistener_get_fd, ra);
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real(lev);
+}
+
+EXPORT void evconnlistener_set_cb(struct evconnlistener *lev,
+				  evconnlistener_cb cb, void *arg)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	if (ours(lev)) {
+		pl.core->listener_set_cb((struct evsteer_listener *)lev,
+					 (evsteer_accept_cb)cb, arg);
+		return;
+	}
+	__typeof__(evconnlistener_set_cb) *real =
+		PL_REAL(evconnlistener_set_cb, ra);
+	if (real)
+		real(lev, cb, arg);
+}
+
+EXPORT void evconnlistener_set_error_cb(struct evconnlistener *lev,
+					evconnlistener_errorcb errorcb)
+{
+	const void *ra = __builtin_return_address(0);
+	pl_init();
+	if (ours(lev)) {
+		pl.core->listener_set_error_cb((struct evsteer_listener *)lev,
+					       (evsteer_error_cb)errorcb);
+		return;
+	}
+	__typeof__(evconnlistener_set_error_cb) *real =
+		PL_REAL(evconnlistener_set_error_cb, ra);
+	if (real)
+		real(lev, errorcb);
+}
