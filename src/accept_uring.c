@@ -24,7 +24,7 @@
 
 #include <event2/event.h>
 
-#include "uring.h"
+#include "uring/ring.h"
 
 /* IORING_ACCEPT_DONTWAIT (Linux 6.10): -EAGAIN instead of waiting for a
  * connection. liburing 2.3 does not know it. */
