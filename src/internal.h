@@ -313,7 +313,7 @@ EVST_HIDDEN struct evsteer_group *
 evst_group_adopt(const int *fds, unsigned int n, unsigned int flags,
 		 const struct evsteer_group_opts *opts);
 
-/* accept_event.c, accept_uring.c */
+/* engine/event.c, engine/uring_fd.c, engine/uring_direct.c */
 extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_direct_engine;
