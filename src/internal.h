@@ -45,54 +45,76 @@ EVST_HIDDEN void evst_log(enum evsteer_log_level level, const char *fmt, ...)
 #define evst_debug(...) evst_log(EVSTEER_LOG_DEBUG, __VA_ARGS__)
 
 /*
- * An accept engine, libevent's evconnlistener_ops. The listener's lock is held
- * for every op but quiesce, and the listener is alive for all of them.
+ * An accept engine, libevent's evconnlistener_ops: one table per engine
+ * (engine/event.c, engine/uring_fd.c, engine/uring_direct.c), chosen once
+ * by listener.c (start_engine) and never asked which it is. The listener
+ * is alive for every op. "The lock" is the listener's (held only with
+ * EVSTEER_OPT_THREADSAFE); the group's is g->lock (group.c).
  */
 struct evst_engine_ops {
-	enum evsteer_engine kind;
+	enum evsteer_engine kind; /* the path report's (evst_fill_path) */
 	const char *name;     /* path name without BPF steering */
 	const char *bpf_name; /* path name with it */
-	/* Allocate engine state on lev->engine; -errno on failure. */
+	/*
+	 * evst_listener_create(), the creating thread, before the listener
+	 * is published (no lock needed, none taken): allocate the engine's
+	 * state on lev->engine. 0, or -errno with lev->engine_reason saying
+	 * why (listener.c then falls back to the event engine, except for a
+	 * direct listener).
+	 */
 	int (*init)(struct evsteer_listener *lev);
-	/* Start delivering (enabled with a callback). 0 or -errno. */
+	/* evsteer_listener_enable() and set_cb() arming it, any thread, the
+	 * lock held: start delivering (enabled with a callback). 0 or -errno. */
 	int (*enable)(struct evsteer_listener *lev);
-	/* Stop delivering; must not block. 0 or -errno. */
+	/* evsteer_listener_disable(), _free() and set_cb(NULL), any thread,
+	 * the lock held: stop delivering; must not block (the loop thread
+	 * may be waiting for the lock inside an engine callback). 0 or
+	 * -errno. */
 	int (*disable)(struct evsteer_listener *lev);
 	/*
-	 * Called without the lock after a final disable: return only once no
-	 * engine callback for lev runs on another thread, so that dropping the
-	 * last reference is safe.
+	 * evsteer_listener_free(), the freeing thread, without the lock,
+	 * after the final disable: return only once no engine callback for
+	 * lev runs on another thread and nothing in flight still uses the
+	 * socket, so that dropping the last reference (and closing) is safe.
 	 */
 	void (*quiesce)(struct evsteer_listener *lev);
-	/* Release engine state (last reference dropped). */
+	/* The last reference dropped (evst_decref_and_unlock(), the lock
+	 * held; any thread), or a failed creation (no lock): release the
+	 * engine's state; what it accepted and did not deliver goes to the
+	 * group (evst_group_handoff()) or is closed and counted. */
 	void (*destroy)(struct evsteer_listener *lev);
 	/*
-	 * Optional, any thread, the group's lock held, lev live: hand over one
-	 * connection the engine accepted but has not delivered (a stalled
-	 * worker's), or -1.
+	 * Optional (NULL: nothing to give). group.c, a thief's loop thread,
+	 * the group's lock held, lev's lock NOT held, lev live (a stalled
+	 * worker): hand over one connection the engine accepted but has not
+	 * delivered, or -1.
 	 */
 	int (*steal)(struct evsteer_listener *lev);
 	/*
-	 * Optional, any thread, the group's lock held, lev live: take n
-	 * connections a sibling had accepted and not delivered when it left,
-	 * and deliver them from lev's own loop. Returns how many it took.
+	 * Optional (NULL: takes nothing). group.c, the thread of a leaving
+	 * sibling's destroy (its lock held, not lev's), the group's lock
+	 * held, lev live: take n connections the sibling had accepted and
+	 * not delivered, and deliver them from lev's own loop. Returns how
+	 * many it took (the caller closes the rest).
 	 */
 	unsigned int (*adopt)(struct evsteer_listener *lev,
 			      const struct evst_conn *c, unsigned int n);
 	/*
-	 * Optional, the loop thread of lev, the group's lock held: take up
-	 * to max connections from a stalled sibling (victim, when it is a
-	 * listener of this process: what its ring already accepted) and from
-	 * its listening socket into lev's own delivery (a direct listener:
-	 * into its own table). Returns how many it took, or -1 when it cannot.
+	 * Optional (NULL: cannot). group.c, the loop thread of lev, lev's
+	 * lock and the group's held: take up to max connections from a
+	 * stalled sibling (victim, when it is a listener of this process:
+	 * what its ring already accepted) and from its listening socket
+	 * into lev's own delivery (a direct listener: into its own table).
+	 * Returns how many it took, or -1 when it cannot.
 	 */
 	int (*steal_from)(struct evsteer_listener *lev,
 			  struct evsteer_listener *victim, int sock_fd,
 			  unsigned int max);
 	/*
-	 * Optional, for the stall watch: a descriptor that turns readable (an
-	 * edge) when the engine has connections the loop has not taken yet
-	 * (io_uring: the ring's eventfd), besides the listening socket; -1.
+	 * Optional, for the stall watch (group.c, when lev goes live, the
+	 * lock held): a descriptor that turns readable (an edge) when the
+	 * engine has connections the loop has not taken yet (io_uring: the
+	 * ring's eventfd), besides the listening socket; -1.
 	 */
 	int (*signal_fd)(struct evsteer_listener *lev);
 };
