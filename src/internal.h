@@ -136,6 +136,20 @@ struct evst_counters {
 #define evst_count(lev, field) \
 	atomic_fetch_add_explicit(&(lev)->counters.field, 1, memory_order_relaxed)
 
+/*
+ * The user's connection callback. A listener delivers fds or, made by
+ * evsteer_listener_new_bind_direct(), direct slots (then direct_table is
+ * not 0) for its whole life: the tag says which member is the callback.
+ */
+enum evst_cb_kind { EVST_CB_FD, EVST_CB_DIRECT };
+struct evst_user_cb {
+	enum evst_cb_kind kind;
+	union {
+		evsteer_accept_cb fd;       /* evst_deliver() */
+		evsteer_direct_cb direct;   /* evst_deliver_direct() */
+	};
+};
+
 struct evsteer_listener {
 	const struct evst_engine_ops *ops;
 	void *engine;
@@ -156,7 +170,7 @@ struct evsteer_listener {
 	bool freeing;   /* evsteer_listener_free() has been called */
 	bool in_episode; /* a run of failed accepts; errcb told once */
 	unsigned int backoff_ms; /* current back-off within the episode */
-	evsteer_accept_cb cb;
+	struct evst_user_cb cb; /* the kind is fixed at creation */
 	evsteer_error_cb errcb;
 	void *arg;
 
@@ -197,10 +211,17 @@ EVST_HIDDEN void evst_decref_and_unlock(struct evsteer_listener *lev);
 EVST_HIDDEN bool evst_deliver(struct evsteer_listener *lev, int fd,
 			      struct sockaddr *sa, socklen_t len);
 
+/* The listener has a callback of its kind. Lock held. */
+static inline bool evst_has_cb(const struct evsteer_listener *lev)
+{
+	return lev->cb.kind == EVST_CB_DIRECT ? lev->cb.direct != NULL :
+						lev->cb.fd != NULL;
+}
+
 /* True while the listener should be delivering. Lock held. */
 static inline bool evst_active(const struct evsteer_listener *lev)
 {
-	return lev->enabled && lev->cb && !lev->freeing;
+	return lev->enabled && evst_has_cb(lev) && !lev->freeing;
 }
 
 /* Classify an accept errno. */
@@ -281,6 +302,19 @@ struct evst_member_ops {
 };
 
 /* listener.c */
+/*
+ * A listener on fd, delivering with cb: an fd listener (direct_table 0),
+ * or a direct one (cb.kind EVST_CB_DIRECT and a table size; EINVAL when
+ * the two disagree).
+ */
+EVST_HIDDEN struct evsteer_listener *
+evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
+			void *arg, unsigned int flags, int backlog, int fd,
+			const struct evsteer_listener_opts *opts,
+			const struct evst_member_ops *member, void *member_ctx,
+			unsigned int direct_table);
+/* evst_listener_create_cb() for an fd listener's callback: direct_table
+ * is 0, as group.c passes it (the parameter goes with that call). */
 EVST_HIDDEN struct evsteer_listener *
 evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     unsigned int flags, int backlog, int fd,
