@@ -262,32 +262,41 @@ static void engine_release(struct evst_uop *op)
 	e->ops->free(e);
 }
 
-int evst_ua_init(struct evst_ua *e, struct evsteer_listener *lev,
-		 const struct evst_ua_ops *ops)
+struct evst_ua *evst_ua_new(struct evsteer_listener *lev,
+			    const struct evst_ua_ops *ops, size_t size, int *err)
 {
+	struct evst_ua *e = calloc(1, size);
+	if (!e) {
+		*err = -ENOMEM;
+		return NULL;
+	}
 	const char *why = NULL;
 	e->r = evst_ring_get(lev->base, &why);
 	if (!e->r) {
-		int err = errno;
+		*err = -errno;
 		lev->engine_reason = why;
-		return -err;
+		free(e);
+		return NULL;
 	}
 	e->timer = evtimer_new(lev->base, backoff_timer_cb, lev);
 	if (!e->timer) {
 		evst_ring_put(e->r);
-		return -ENOMEM;
+		free(e);
+		*err = -ENOMEM;
+		return NULL;
 	}
 	e->ops = ops;
 	e->lev = lev;
 	e->op.ready = accept_ready;
 	e->op.release = engine_release;
-	return 0;
+	return e;
 }
 
-void evst_ua_fini(struct evst_ua *e)
+void evst_ua_discard(struct evst_ua *e)
 {
 	event_free(e->timer);
 	evst_ring_put(e->r);
+	free(e);
 }
 
 void evst_ua_free(struct evst_ua *e)

@@ -75,15 +75,17 @@ static inline uint64_t evst_udata(struct evst_uop *op)
 }
 
 /*
- * Set up the shared part of an engine its init op allocated (zeroed, e
- * first in it): the ring of lev's base, the back-off timer, ready() and
- * release(). 0, or -errno with lev->engine_reason set when io_uring is
- * not to be had. The caller sets lev->engine once its own part is set up.
+ * For an engine's init op: a zeroed engine of size bytes (struct evst_ua
+ * first in it) with the shared part set up: the ring of lev's base, the
+ * back-off timer, ready() and release(). NULL with *err (-errno) and, when
+ * io_uring is not to be had, lev->engine_reason. The caller sets
+ * lev->engine once its own part is set up.
  */
-EVST_HIDDEN int evst_ua_init(struct evst_ua *e, struct evsteer_listener *lev,
-			     const struct evst_ua_ops *ops);
-/* Undo evst_ua_init() when a later step of init fails. */
-EVST_HIDDEN void evst_ua_fini(struct evst_ua *e);
+EVST_HIDDEN struct evst_ua *evst_ua_new(struct evsteer_listener *lev,
+					const struct evst_ua_ops *ops,
+					size_t size, int *err);
+/* Undo evst_ua_new() when a later step of init fails. */
+EVST_HIDDEN void evst_ua_discard(struct evst_ua *e);
 /* Free the held queue and the engine (ops->free of an engine with
  * nothing else to wait for). */
 EVST_HIDDEN void evst_ua_free(struct evst_ua *e);

@@ -151,14 +151,12 @@ static struct evst_uop *recv_complete(struct evst_uop *op,
 
 static int direct_init(struct evsteer_listener *lev)
 {
-	struct direct_engine *d = calloc(1, sizeof(*d));
-	if (!d)
-		return -ENOMEM;
-	int err = evst_ua_init(&d->ua, lev, &direct_ua_ops);
-	if (err < 0) {
-		free(d);
+	int err;
+	struct evst_ua *ua = evst_ua_new(lev, &direct_ua_ops,
+					 sizeof(struct direct_engine), &err);
+	if (!ua)
 		return err;
-	}
+	struct direct_engine *d = direct_of(ua);
 	evst_ring_lock(d->ua.r);
 	err = evst_ring_direct_table(d->ua.r, lev->direct_table);
 	evst_ring_unlock(d->ua.r);
@@ -167,8 +165,7 @@ static int direct_init(struct evsteer_listener *lev)
 			  lev->direct_table, strerror(-err));
 		lev->engine_reason =
 			"io_uring: cannot register the fixed-file table";
-		evst_ua_fini(&d->ua);
-		free(d);
+		evst_ua_discard(ua);
 		return err;
 	}
 	d->ua.op.complete = multishot_complete;

@@ -131,14 +131,12 @@ static const struct evst_ua_ops fd_ua_ops = {
 
 static int fd_init(struct evsteer_listener *lev)
 {
-	struct fd_engine *e = calloc(1, sizeof(*e));
-	if (!e)
-		return -ENOMEM;
-	int err = evst_ua_init(&e->ua, lev, &fd_ua_ops);
-	if (err < 0) {
-		free(e);
+	int err;
+	struct evst_ua *ua =
+		evst_ua_new(lev, &fd_ua_ops, sizeof(struct fd_engine), &err);
+	if (!ua)
 		return err;
-	}
+	struct fd_engine *e = fd_of(ua);
 	for (unsigned int i = 0; i < ACCEPT_SLOTS; i++) {
 		e->slots[i].op.complete = slot_complete;
 		e->slots[i].e = e;
