@@ -82,7 +82,7 @@ evsteer_listener_new(struct event_base *base, evsteer_accept_cb cb, void *arg,
 }
 
 static struct evsteer_listener *
-bind_and_create(const char *fn, struct event_base *base, evsteer_accept_cb cb,
+bind_and_create(const char *fn, struct event_base *base, struct evst_user_cb cb,
 		void *arg, unsigned int flags, int backlog,
 		const struct sockaddr *sa, socklen_t len,
 		const struct evsteer_listener_opts *opts, unsigned int direct_table)
@@ -115,7 +115,7 @@ bind_and_create(const char *fn, struct event_base *base, evsteer_accept_cb cb,
 	}
 	if (sa && bind(fd, sa, len) < 0)
 		goto err;
-	struct evsteer_listener *lev = evst_listener_create(
+	struct evsteer_listener *lev = evst_listener_create_cb(
 		base, cb, arg, flags, backlog, fd, opts,
 		member_for(flags), NULL, direct_table);
 	if (lev)
@@ -133,8 +133,9 @@ evsteer_listener_new_bind(struct event_base *base, evsteer_accept_cb cb,
 			  const struct sockaddr *sa, socklen_t len,
 			  const struct evsteer_listener_opts *opts)
 {
-	return bind_and_create("evsteer_listener_new_bind", base, cb, arg, flags,
-			       backlog, sa, len, opts, 0);
+	struct evst_user_cb ucb = {.kind = EVST_CB_FD, .fd = cb};
+	return bind_and_create("evsteer_listener_new_bind", base, ucb, arg,
+			       flags, backlog, sa, len, opts, 0);
 }
 
 #if EVSTEER_HAVE_LIBURING
@@ -145,11 +146,10 @@ evsteer_listener_new_bind_direct(struct event_base *base, evsteer_direct_cb cb,
 				 unsigned int table_size,
 				 const struct evsteer_listener_opts *opts)
 {
-	/* stored as the accept callback; evst_deliver_direct() casts back */
-	return bind_and_create("evsteer_listener_new_bind_direct", base,
-			       (evsteer_accept_cb)(void (*)(void))cb, arg,
-			       flags, backlog, sa,
-			       len, opts, table_size ? table_size : 4096);
+	struct evst_user_cb ucb = {.kind = EVST_CB_DIRECT, .direct = cb};
+	return bind_and_create("evsteer_listener_new_bind_direct", base, ucb,
+			       arg, flags, backlog, sa, len, opts,
+			       table_size ? table_size : 4096);
 }
 #endif
 

@@ -45,54 +45,76 @@ EVST_HIDDEN void evst_log(enum evsteer_log_level level, const char *fmt, ...)
 #define evst_debug(...) evst_log(EVSTEER_LOG_DEBUG, __VA_ARGS__)
 
 /*
- * An accept engine, libevent's evconnlistener_ops. The listener's lock is held
- * for every op but quiesce, and the listener is alive for all of them.
+ * An accept engine, libevent's evconnlistener_ops: one table per engine
+ * (engine/event.c, engine/uring_fd.c, engine/uring_direct.c), chosen once
+ * by listener.c (start_engine) and never asked which it is. The listener
+ * is alive for every op. "The lock" is the listener's (held only with
+ * EVSTEER_OPT_THREADSAFE); the group's is g->lock (group.c).
  */
 struct evst_engine_ops {
-	enum evsteer_engine kind;
+	enum evsteer_engine kind; /* the path report's (evst_fill_path) */
 	const char *name;     /* path name without BPF steering */
 	const char *bpf_name; /* path name with it */
-	/* Allocate engine state on lev->engine; -errno on failure. */
+	/*
+	 * evst_listener_create(), the creating thread, before the listener
+	 * is published (no lock needed, none taken): allocate the engine's
+	 * state on lev->engine. 0, or -errno with lev->engine_reason saying
+	 * why (listener.c then falls back to the event engine, except for a
+	 * direct listener).
+	 */
 	int (*init)(struct evsteer_listener *lev);
-	/* Start delivering (enabled with a callback). 0 or -errno. */
+	/* evsteer_listener_enable() and set_cb() arming it, any thread, the
+	 * lock held: start delivering (enabled with a callback). 0 or -errno. */
 	int (*enable)(struct evsteer_listener *lev);
-	/* Stop delivering; must not block. 0 or -errno. */
+	/* evsteer_listener_disable(), _free() and set_cb(NULL), any thread,
+	 * the lock held: stop delivering; must not block (the loop thread
+	 * may be waiting for the lock inside an engine callback). 0 or
+	 * -errno. */
 	int (*disable)(struct evsteer_listener *lev);
 	/*
-	 * Called without the lock after a final disable: return only once no
-	 * engine callback for lev runs on another thread, so that dropping the
-	 * last reference is safe.
+	 * evsteer_listener_free(), the freeing thread, without the lock,
+	 * after the final disable: return only once no engine callback for
+	 * lev runs on another thread and nothing in flight still uses the
+	 * socket, so that dropping the last reference (and closing) is safe.
 	 */
 	void (*quiesce)(struct evsteer_listener *lev);
-	/* Release engine state (last reference dropped). */
+	/* The last reference dropped (evst_decref_and_unlock(), the lock
+	 * held; any thread), or a failed creation (no lock): release the
+	 * engine's state; what it accepted and did not deliver goes to the
+	 * group (evst_group_handoff()) or is closed and counted. */
 	void (*destroy)(struct evsteer_listener *lev);
 	/*
-	 * Optional, any thread, the group's lock held, lev live: hand over one
-	 * connection the engine accepted but has not delivered (a stalled
-	 * worker's), or -1.
+	 * Optional (NULL: nothing to give). group.c, a thief's loop thread,
+	 * the group's lock held, lev's lock NOT held, lev live (a stalled
+	 * worker): hand over one connection the engine accepted but has not
+	 * delivered, or -1.
 	 */
 	int (*steal)(struct evsteer_listener *lev);
 	/*
-	 * Optional, any thread, the group's lock held, lev live: take n
-	 * connections a sibling had accepted and not delivered when it left,
-	 * and deliver them from lev's own loop. Returns how many it took.
+	 * Optional (NULL: takes nothing). group.c, the thread of a leaving
+	 * sibling's destroy (its lock held, not lev's), the group's lock
+	 * held, lev live: take n connections the sibling had accepted and
+	 * not delivered, and deliver them from lev's own loop. Returns how
+	 * many it took (the caller closes the rest).
 	 */
 	unsigned int (*adopt)(struct evsteer_listener *lev,
 			      const struct evst_conn *c, unsigned int n);
 	/*
-	 * Optional, the loop thread of lev, the group's lock held: take up
-	 * to max connections from a stalled sibling (victim, when it is a
-	 * listener of this process: what its ring already accepted) and from
-	 * its listening socket into lev's own delivery (a direct listener:
-	 * into its own table). Returns how many it took, or -1 when it cannot.
+	 * Optional (NULL: cannot). group.c, the loop thread of lev, lev's
+	 * lock and the group's held: take up to max connections from a
+	 * stalled sibling (victim, when it is a listener of this process:
+	 * what its ring already accepted) and from its listening socket
+	 * into lev's own delivery (a direct listener: into its own table).
+	 * Returns how many it took, or -1 when it cannot.
 	 */
 	int (*steal_from)(struct evsteer_listener *lev,
 			  struct evsteer_listener *victim, int sock_fd,
 			  unsigned int max);
 	/*
-	 * Optional, for the stall watch: a descriptor that turns readable (an
-	 * edge) when the engine has connections the loop has not taken yet
-	 * (io_uring: the ring's eventfd), besides the listening socket; -1.
+	 * Optional, for the stall watch (group.c, when lev goes live, the
+	 * lock held): a descriptor that turns readable (an edge) when the
+	 * engine has connections the loop has not taken yet (io_uring: the
+	 * ring's eventfd), besides the listening socket; -1.
 	 */
 	int (*signal_fd)(struct evsteer_listener *lev);
 };
@@ -114,6 +136,20 @@ struct evst_counters {
 #define evst_count(lev, field) \
 	atomic_fetch_add_explicit(&(lev)->counters.field, 1, memory_order_relaxed)
 
+/*
+ * The user's connection callback. A listener delivers fds or, made by
+ * evsteer_listener_new_bind_direct(), direct slots (then direct_table is
+ * not 0) for its whole life: the tag says which member is the callback.
+ */
+enum evst_cb_kind { EVST_CB_FD, EVST_CB_DIRECT };
+struct evst_user_cb {
+	enum evst_cb_kind kind;
+	union {
+		evsteer_accept_cb fd;       /* evst_deliver() */
+		evsteer_direct_cb direct;   /* evst_deliver_direct() */
+	};
+};
+
 struct evsteer_listener {
 	const struct evst_engine_ops *ops;
 	void *engine;
@@ -134,7 +170,7 @@ struct evsteer_listener {
 	bool freeing;   /* evsteer_listener_free() has been called */
 	bool in_episode; /* a run of failed accepts; errcb told once */
 	unsigned int backoff_ms; /* current back-off within the episode */
-	evsteer_accept_cb cb;
+	struct evst_user_cb cb; /* the kind is fixed at creation */
 	evsteer_error_cb errcb;
 	void *arg;
 
@@ -175,10 +211,17 @@ EVST_HIDDEN void evst_decref_and_unlock(struct evsteer_listener *lev);
 EVST_HIDDEN bool evst_deliver(struct evsteer_listener *lev, int fd,
 			      struct sockaddr *sa, socklen_t len);
 
+/* The listener has a callback of its kind. Lock held. */
+static inline bool evst_has_cb(const struct evsteer_listener *lev)
+{
+	return lev->cb.kind == EVST_CB_DIRECT ? lev->cb.direct != NULL :
+						lev->cb.fd != NULL;
+}
+
 /* True while the listener should be delivering. Lock held. */
 static inline bool evst_active(const struct evsteer_listener *lev)
 {
-	return lev->enabled && lev->cb && !lev->freeing;
+	return lev->enabled && evst_has_cb(lev) && !lev->freeing;
 }
 
 /* Classify an accept errno. */
@@ -259,6 +302,19 @@ struct evst_member_ops {
 };
 
 /* listener.c */
+/*
+ * A listener on fd, delivering with cb: an fd listener (direct_table 0),
+ * or a direct one (cb.kind EVST_CB_DIRECT and a table size; EINVAL when
+ * the two disagree).
+ */
+EVST_HIDDEN struct evsteer_listener *
+evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
+			void *arg, unsigned int flags, int backlog, int fd,
+			const struct evsteer_listener_opts *opts,
+			const struct evst_member_ops *member, void *member_ctx,
+			unsigned int direct_table);
+/* evst_listener_create_cb() for an fd listener's callback: direct_table
+ * is 0, as group.c passes it (the parameter goes with that call). */
 EVST_HIDDEN struct evsteer_listener *
 evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     unsigned int flags, int backlog, int fd,
@@ -342,7 +398,7 @@ EVST_HIDDEN struct evsteer_group *
 evst_group_adopt(const int *fds, unsigned int n, unsigned int flags,
 		 const struct evsteer_group_opts *opts);
 
-/* accept_event.c, accept_uring.c */
+/* engine/event.c, engine/uring_fd.c, engine/uring_direct.c */
 extern EVST_HIDDEN const struct evst_engine_ops evst_event_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
 extern EVST_HIDDEN const struct evst_engine_ops evst_uring_direct_engine;

@@ -95,16 +95,20 @@ static void member_stop(struct evsteer_listener *lev)
 
 
 /* Everything after the argument checks: shared by the constructors
- * (create.c) and evsteer_group_attach(); member joins a group. */
+ * (create.c) and evsteer_group_attach(); member joins a group. Longer
+ * than 80 lines: the steps of a creation in their order (socket, object,
+ * lock, group, engine, enable), undone by one goto ladder. */
 struct evsteer_listener *
-evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
-		     unsigned int flags, int backlog, int fd,
-		     const struct evsteer_listener_opts *opts,
-		     const struct evst_member_ops *member, void *member_ctx,
-		     unsigned int direct_table)
+evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
+			void *arg, unsigned int flags, int backlog, int fd,
+			const struct evsteer_listener_opts *opts,
+			const struct evst_member_ops *member, void *member_ctx,
+			unsigned int direct_table)
 {
 	int err;
 
+	if ((cb.kind == EVST_CB_DIRECT) != (direct_table != 0))
+		return evst_fail_null(EINVAL);
 	if (backlog != 0 &&
 	    listen(fd, backlog > 0 ? backlog : EVSTEER_DEFAULT_BACKLOG) < 0)
 		return NULL;
@@ -187,6 +191,18 @@ err_lock:
 	return evst_fail_null(-err);
 }
 
+struct evsteer_listener *
+evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
+		     unsigned int flags, int backlog, int fd,
+		     const struct evsteer_listener_opts *opts,
+		     const struct evst_member_ops *member, void *member_ctx,
+		     unsigned int direct_table)
+{
+	struct evst_user_cb ucb = {.kind = EVST_CB_FD, .fd = cb};
+	return evst_listener_create_cb(base, ucb, arg, flags, backlog, fd, opts,
+				       member, member_ctx, direct_table);
+}
+
 void evst_decref_and_unlock(struct evsteer_listener *lev)
 {
 	if (--lev->refcnt > 0) {
@@ -204,6 +220,22 @@ void evst_decref_and_unlock(struct evsteer_listener *lev)
 	free(lev);
 }
 
+/*
+ * Lock held. evsteer_listener_set_cb() is typed for fd listeners only, and
+ * a direct listener has no setter of its own. On a direct listener the
+ * pointer is stored as its direct callback and called as one, as it always
+ * was: an evsteer_direct_cb the caller cast to evsteer_accept_cb works (a
+ * new argument, or re-arming after NULL); a real accept callback would be
+ * called with a direct callback's arguments. NULL disarms either kind.
+ */
+static void set_user_cb(struct evsteer_listener *lev, evsteer_accept_cb cb)
+{
+	if (lev->cb.kind == EVST_CB_DIRECT)
+		lev->cb.direct = (evsteer_direct_cb)(void (*)(void))cb;
+	else
+		lev->cb.fd = cb;
+}
+
 void evsteer_listener_free(struct evsteer_listener *lev)
 {
 	if (!lev)
@@ -216,7 +248,7 @@ void evsteer_listener_free(struct evsteer_listener *lev)
 	}
 	lev->freeing = true;
 	lev->enabled = false;
-	lev->cb = NULL;
+	set_user_cb(lev, NULL);
 	lev->errcb = NULL;
 	lev->ops->disable(lev);
 	member_stop(lev);
@@ -247,7 +279,7 @@ int evsteer_listener_enable(struct evsteer_listener *lev)
 		r = -EINVAL;
 	} else {
 		lev->enabled = true;
-		if (lev->cb)
+		if (evst_has_cb(lev))
 			r = lev->ops->enable(lev);
 		member_sync(lev);
 	}
@@ -274,18 +306,18 @@ void evsteer_listener_set_cb(struct evsteer_listener *lev, evsteer_accept_cb cb,
 		return;
 	evst_lock(lev);
 	if (!lev->freeing) {
-		evsteer_accept_cb old = lev->cb;
-		lev->cb = cb;
+		bool had = evst_has_cb(lev);
+		set_user_cb(lev, cb);
 		lev->arg = arg;
 		/*
 		 * libevent keeps a listener armed when cb becomes NULL and then
 		 * accepts-and-closes connections; we disarm instead so nothing
 		 * queued is lost.
 		 */
-		if (lev->enabled && !old && cb) {
+		if (lev->enabled && !had && cb) {
 			lev->ops->enable(lev);
 			member_sync(lev);
-		} else if (lev->enabled && old && !cb) {
+		} else if (lev->enabled && had && !cb) {
 			lev->ops->disable(lev);
 			member_stop(lev);
 		}
@@ -472,7 +504,7 @@ unsigned int evst_group_handoff(struct evsteer_listener *lev,
 bool evst_deliver(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
 		  socklen_t len)
 {
-	evsteer_accept_cb cb = lev->cb;
+	evsteer_accept_cb cb = lev->cb.fd;
 	void *arg = lev->arg;
 
 	evst_count(lev, accepted);
@@ -485,7 +517,7 @@ bool evst_deliver(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
 bool evst_deliver_direct(struct evsteer_listener *lev,
 			 struct evsteer_uring *ring, int slot)
 {
-	evsteer_direct_cb cb = (evsteer_direct_cb)(void (*)(void))lev->cb;
+	evsteer_direct_cb cb = lev->cb.direct;
 	void *arg = lev->arg;
 
 	evst_count(lev, accepted);

@@ -334,6 +334,40 @@ static void test_direct_first_pass(void **state)
 	event_base_free(base);
 }
 
+/*
+ * evsteer_listener_set_cb() on a direct listener, as it has always behaved
+ * (it is typed for fd listeners): NULL disarms, leaving connections
+ * queued; a direct callback cast to evsteer_accept_cb re-arms it and is
+ * called as a direct callback, with the new argument.
+ */
+static void test_direct_set_cb(void **state)
+{
+	(void)state;
+	tl_need_uring();
+	struct event_base *base = tl_base();
+	struct install a = {.slot = -1}, b = {.slot = -1};
+	struct evsteer_listener *lev = direct_listener(base, keep_slot, &a, 0);
+	assert_non_null(lev);
+	int lfd = evsteer_listener_get_fd(lev);
+	evsteer_listener_set_cb(lev, NULL, NULL);
+	int c = tl_connect_to(lfd);
+	tl_wait_queued(lfd, 1);
+	tl_loop_for(base, 50);
+	assert_int_equal(a.slot, -1);
+	assert_int_equal(tl_queued(lfd), 1);
+
+	evsteer_listener_set_cb(lev, (evsteer_accept_cb)(void (*)(void))keep_slot,
+				&b);
+	assert_true(tl_loop_until_fn(base, slot_seen, &b));
+	assert_int_equal(a.slot, -1);
+	struct evsteer_uring *r = evsteer_listener_get_uring(lev);
+	assert_int_equal(evsteer_uring_slots_in_use(r), 1);
+	assert_int_equal(evsteer_uring_close(r, b.slot, NULL, NULL), 0);
+	close(c);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+}
+
 /* ---- a stalled direct worker's queue is taken by a healthy one */
 
 /*
@@ -614,6 +648,7 @@ int main(void)
 		cmocka_unit_test(test_send_and_close),
 		cmocka_unit_test(test_send_and_close_no_cb),
 		cmocka_unit_test(test_direct_first_pass),
+		cmocka_unit_test(test_direct_set_cb),
 		cmocka_unit_test(test_direct_stall_steal),
 		cmocka_unit_test(test_table_full),
 		cmocka_unit_test(test_cq_overflow),

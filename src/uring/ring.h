@@ -11,10 +11,13 @@
  * and cancels its requests when that task exits. Completions are routed
  * under the ring lock to their owner's queue, never to user code; owners
  * deliver from the loop thread (ready()). How the loop drains and when
- * SQEs are submitted: the comment at the top of uring.c.
+ * SQEs are submitted: the comment at the top of uring/ring.c.
+ *
+ * The engines' view of a ring (src/engine/uring_*.c); the files that make
+ * and drive it share its struct through uring/ring_impl.h.
  */
-#ifndef EVSTEER_URING_H
-#define EVSTEER_URING_H
+#ifndef EVSTEER_URING_RING_H
+#define EVSTEER_URING_RING_H
 
 #include <liburing.h>
 
@@ -43,6 +46,8 @@ struct evst_uop {
 	struct evst_uop *next_ready;
 };
 
+/* rings.c */
+
 /*
  * The ring of base, created on first use (refcounted). NULL with errno and
  * *why set when io_uring is unavailable (ENOSYS, EPERM from a seccomp
@@ -52,6 +57,20 @@ struct evst_uop {
 EVST_HIDDEN struct evsteer_uring *evst_ring_get(struct event_base *base,
 					    const char **why);
 EVST_HIDDEN void evst_ring_put(struct evsteer_uring *r);
+/* Changes with every wake-up of the loop thread: per-wake-up budgets. */
+EVST_HIDDEN unsigned long evst_ring_wake_gen(const struct evsteer_uring *r);
+/*
+ * Ring lock held. Wait until no ready() runs on op in another thread, then
+ * detach it: ready() will not be called for it again.
+ */
+EVST_HIDDEN void evst_ring_wait_idle(struct evsteer_uring *r, struct evst_uop *op);
+/* Ring lock held. Release op now, or after its running ready() returns
+ * (when the owner is destroyed from inside it). */
+EVST_HIDDEN void evst_ring_release(struct evsteer_uring *r, struct evst_uop *op);
+/* The eventfd the ring signals on completions (never read by us). */
+EVST_HIDDEN int evst_ring_eventfd(const struct evsteer_uring *r);
+
+/* ring.c */
 
 EVST_HIDDEN void evst_ring_lock(struct evsteer_uring *r);
 EVST_HIDDEN void evst_ring_unlock(struct evsteer_uring *r);
@@ -74,13 +93,14 @@ EVST_HIDDEN void evst_ring_reserve(struct evsteer_uring *r, unsigned int n);
  */
 EVST_HIDDEN int evst_ring_cancel(struct evsteer_uring *r, uint64_t user_data);
 /* Ring lock held. Submit (at the end of the round when the loop thread is
- * draining: see uring.c); `long_lived` requests count as in flight, which
- * keeps the ring's event in the base. */
+ * draining: see uring/ring.c); `long_lived` requests count as in
+ * flight, which keeps the ring's event in the base. */
 EVST_HIDDEN int evst_ring_submit(struct evsteer_uring *r, int long_lived);
-/* Changes with every wake-up of the loop thread: per-wake-up budgets. */
-EVST_HIDDEN unsigned long evst_ring_wake_gen(const struct evsteer_uring *r);
 /* Ring lock held: a long-lived request finished. */
 EVST_HIDDEN void evst_ring_done(struct evsteer_uring *r);
+/* Ring lock held: an engine starts (on) or stops delivering on r; while
+ * any does, the ring's eventfd stays in the base (ring.c, efd_sync). */
+EVST_HIDDEN void evst_ring_want(struct evsteer_uring *r, bool on);
 /* Ring lock held: an engine starts (on) or stops delivering on r; while
  * any does, the ring's eventfd stays in the base (uring.c, efd_sync). */
 EVST_HIDDEN void evst_ring_want(struct evsteer_uring *r, bool on);
@@ -94,21 +114,13 @@ EVST_HIDDEN void evst_ring_mark_ready(struct evsteer_uring *r, struct evst_uop *
 EVST_HIDDEN void evst_ring_mark_later(struct evsteer_uring *r, struct evst_uop *op);
 /* Ring lock held: forget op (it is being destroyed). */
 EVST_HIDDEN void evst_ring_unready(struct evsteer_uring *r, struct evst_uop *op);
-/*
- * Ring lock held. Wait until no ready() runs on op in another thread, then
- * detach it: ready() will not be called for it again.
- */
-EVST_HIDDEN void evst_ring_wait_idle(struct evsteer_uring *r, struct evst_uop *op);
-/* Ring lock held. Release op now, or after its running ready() returns
- * (when the owner is destroyed from inside it). */
-EVST_HIDDEN void evst_ring_release(struct evsteer_uring *r, struct evst_uop *op);
-EVST_HIDDEN struct io_uring *evst_ring_uring(struct evsteer_uring *r);
 /* Ring lock held: no completion waits in the CQ and no task work is
  * pending (what an armed accept took off the socket has been reaped). */
 EVST_HIDDEN bool evst_ring_quiet(struct evsteer_uring *r);
-/* The eventfd the ring signals on completions (never read by us). */
-EVST_HIDDEN int evst_ring_eventfd(const struct evsteer_uring *r);
+EVST_HIDDEN struct io_uring *evst_ring_uring(struct evsteer_uring *r);
 EVST_HIDDEN struct event_base *evst_ring_base(struct evsteer_uring *r);
+
+/* io.c */
 
 /*
  * Ring lock held. Register the sparse fixed-file table (once per ring; a
@@ -130,8 +142,5 @@ EVST_HIDDEN int evst_ring_send_slot(struct evsteer_uring *from, int slot,
 
 /* user_data of requests whose completion nobody needs (cancels). */
 #define EVST_UDATA_IGNORE 0
-
-extern EVST_HIDDEN const struct evst_engine_ops evst_uring_engine;
-extern EVST_HIDDEN const struct evst_engine_ops evst_uring_direct_engine;
 
 #endif
