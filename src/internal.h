@@ -84,6 +84,15 @@ struct evst_engine_ops {
 	 * group (evst_group_handoff()) or is closed and counted. */
 	void (*destroy)(struct evsteer_listener *lev);
 	/*
+	 * evsteer_listener_free() in a child of fork() on a listener the
+	 * parent made (common/process.h), after the member's forget: release
+	 * the engine's memory, its events (the child has re-initialised the
+	 * base) and the child's copies of its descriptors. No lock (a
+	 * parent's thread may have held it), no system call on anything the
+	 * parent still uses: no ring request, no cancel, no reap.
+	 */
+	void (*forget)(struct evsteer_listener *lev);
+	/*
 	 * Optional (NULL: nothing to give). group.c, a thief's loop thread,
 	 * the group's lock held, lev's lock NOT held, lev live (a stalled
 	 * worker): hand over one connection the engine accepted but has not
@@ -161,6 +170,7 @@ struct evsteer_listener {
 	int accept4_flags;
 	unsigned int max_accepts;
 	unsigned int backoff_max_ms;
+	unsigned int gen; /* made in this process generation (fork) */
 
 	/* Everything below is guarded by lock (with EVSTEER_OPT_THREADSAFE). */
 	pthread_mutex_t lock;
@@ -289,6 +299,11 @@ struct evst_member_ops {
 	/* Last reference (or a failed creation): leave; close_fd false keeps
 	 * the socket open whoever owns it. */
 	void (*leave)(struct evsteer_listener *lev, bool close_fd);
+	/* The listener was inherited over fork and is freed in the child
+	 * (engine ops' forget says what may be touched): drop it from the
+	 * group in memory only, closing the child's copy of the socket as
+	 * leave would. The group's slot stays the parent's. */
+	void (*forget)(struct evsteer_listener *lev);
 	/* Listener lock held: steer to this worker only while it delivers. */
 	void (*sync_live)(struct evsteer_listener *lev);
 	/* Listener lock held, must not block: out of the steering table, no

@@ -16,16 +16,19 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "common/process.h"
 #include "steering/steering.h"
 #include "steering/steer.h"
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct evst_shared *registry;
 
+#if EVSTEER_HAVE_BPF
 /* A failed load is not retried: the process's privileges do not grow, and
  * the reason is logged once. */
 static int probe_err;
 static char probe_reason[256];
+#endif
 
 void evst_addr_str(const struct sockaddr_storage *ss, char *buf, size_t len)
 {
@@ -53,6 +56,7 @@ void evst_set_reason(struct evst_shared *sh, const char *fmt, ...)
 	sh->reason = sh->reason_buf;
 }
 
+#if EVSTEER_HAVE_BPF
 /* Listeners on our address other than `self`: a group whose rendezvous is
  * changing hands, or someone else's sockets. */
 static bool others_listen(struct evst_shared *sh, uint64_t self)
@@ -64,6 +68,7 @@ static bool others_listen(struct evst_shared *sh, uint64_t self)
 			return true;
 	return false;
 }
+#endif
 
 /*
  * Join whoever serves the address, or create the objects and serve them.
@@ -198,6 +203,7 @@ static int rendezvous(struct evst_shared *sh, uint64_t self)
 	evst_set_reason(sh, "bpf: no rendezvous for %s after 400 attempts", a);
 	return -ETIMEDOUT;
 #else
+	(void)self;
 	evst_set_reason(sh, "bpf: not built (meson -Dbpf=disabled or no toolchain)");
 	return -EOPNOTSUPP;
 #endif
@@ -211,20 +217,21 @@ static bool same_addr(const struct evst_shared *sh,
 	       !memcmp(&sh->addr, ss, len);
 }
 
-/* A child of fork() is a process of its own: it does not inherit its
- * parent's membership (the parent's objects stay, unused, in its copy of
- * memory); its groups rendezvous anew and join the parent's as members. */
-static void atfork_prepare(void)
+/* fork (common/process.h): a child is a process of its own. It does not
+ * inherit its parent's membership (the parent's objects stay in its copy
+ * of memory, for evst_shared_forget()); its groups rendezvous anew and
+ * join the parent's as members. */
+void evst_shared_registry_fork_prepare(void)
 {
 	pthread_mutex_lock(&reg_lock);
 }
 
-static void atfork_parent(void)
+void evst_shared_registry_fork_parent(void)
 {
 	pthread_mutex_unlock(&reg_lock);
 }
 
-static void atfork_child(void)
+void evst_shared_registry_fork_child(void)
 {
 	for (struct evst_shared *sh = registry; sh; sh = sh->next)
 		if (sh->alive_fd >= 0) {
@@ -235,20 +242,8 @@ static void atfork_child(void)
 	pthread_mutex_unlock(&reg_lock);
 }
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void atfork_register(void)
-{
-	/* the rendezvous's handlers first: prepare handlers run in reverse
-	 * order of registration, so reg_lock is taken before rdv_lock, as
-	 * everywhere else */
-	evst_rdv_atfork();
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-}
-
 struct evst_shared *evst_shared_get(int fd, const struct evst_shared_opts *o)
 {
-	pthread_once(&atfork_once, atfork_register);
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 	memset(&ss, 0, sizeof(ss));
@@ -378,6 +373,32 @@ struct evst_shared *evst_shared_get(int fd, const struct evst_shared_opts *o)
 	return sh;
 }
 
+/*
+ * What sh holds in this process: views, descriptors, memory. mine: made
+ * here (not inherited over fork), so the process-private control page's
+ * lock is ours to destroy.
+ */
+static void release(struct evst_shared *sh, bool mine)
+{
+	if (sh->alive_fd >= 0)
+		close(sh->alive_fd);
+	if (sh->ctl_fd >= 0) {
+		munmap(sh->ctl, sizeof(*sh->ctl));
+		close(sh->ctl_fd);
+	} else {
+		if (mine)
+			pthread_mutex_destroy(&sh->ctl->lock);
+		free(sh->ctl);
+	}
+	evst_steer_close(sh->steer);
+	free(sh->local);
+	for (struct reason_node *r = sh->detach_reason, *p; r; r = p) {
+		p = r->prev;
+		free(r);
+	}
+	free(sh);
+}
+
 void evst_shared_put(struct evst_shared *sh)
 {
 	pthread_mutex_lock(&reg_lock);
@@ -403,20 +424,15 @@ void evst_shared_put(struct evst_shared *sh)
 		sh->ctl->members[sh->member].pid = 0;
 	}
 	evst_ctl_unlock(sh);
-	if (sh->alive_fd >= 0)
-		close(sh->alive_fd);
-	if (sh->ctl_fd >= 0) {
-		munmap(sh->ctl, sizeof(*sh->ctl));
-		close(sh->ctl_fd);
-	} else {
-		pthread_mutex_destroy(&sh->ctl->lock);
-		free(sh->ctl);
-	}
-	evst_steer_close(sh->steer);
-	free(sh->local);
-	for (struct reason_node *r = sh->detach_reason, *p; r; r = p) {
-		p = r->prev;
-		free(r);
-	}
-	free(sh);
+	release(sh, true);
+}
+
+void evst_shared_forget(struct evst_shared *sh)
+{
+	/* reg_lock was reset at fork: usable; ctl->lock is the parent's */
+	pthread_mutex_lock(&reg_lock);
+	bool last = --sh->refcnt == 0;
+	pthread_mutex_unlock(&reg_lock);
+	if (last)
+		release(sh, false);
 }

@@ -46,6 +46,11 @@ struct evst_shared_opts {
 EVST_HIDDEN struct evst_shared *evst_shared_get(int fd,
 						const struct evst_shared_opts *o);
 EVST_HIDDEN void evst_shared_put(struct evst_shared *sh);
+/* In a child of fork(), sh inherited (common/process.h): drop a reference;
+ * at the last, unmap the child's views (control page, program state) and
+ * close the child's copies of their descriptors. The control page, the
+ * program and its maps are the parent's and are not written. */
+EVST_HIDDEN void evst_shared_forget(struct evst_shared *sh);
 
 /* Claim a free slot for fd (put in the sockarray); the slot or -errno
  * (ENOSPC; EBUSY when the socket is in the group already). */
