@@ -11,7 +11,7 @@
  * long as it is stuck. So one thread per process looks at the shared
  * counters and, when a worker has had connections pending for longer than
  * the stall threshold without progress, writes the eventfd of a healthy
- * sibling in the same group; that sibling's loop takes them (group.c,
+ * sibling in the same group; that sibling's loop takes them (group/steal.c,
  * member_steal).
  *
  * What it costs. While connections arrive it wakes at the moment the

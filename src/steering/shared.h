@@ -86,7 +86,7 @@ EVST_HIDDEN unsigned int evst_shared_nslots(const struct evst_shared *sh);
 EVST_HIDDEN uint32_t evst_shared_slot_pid(const struct evst_shared *sh,
 					  unsigned int slot);
 
-/* shared state helpers used by the accounting (group.c) */
+/* shared state helpers used by the accounting (group/) */
 EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);
 /* The worker's loop ran: its heartbeat. */
 EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
