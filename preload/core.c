@@ -29,5 +29,7 @@ const struct evst_preload_core evst_preload_core_v1 = {
 	.group_size = evsteer_group_size,
 	.group_get_fd = evsteer_group_get_fd,
 	.group_worker_stats = evsteer_group_worker_stats,
-	.policy_name = evsteer_policy_name,
+	.policy_str = evsteer_policy_str,
+	.steering_str = evsteer_steering_str,
+	.engine_str = evsteer_engine_str,
 };

@@ -12,7 +12,7 @@
 #include <evsteer/evsteer.h>
 
 #define EVST_PRELOAD_CORE_SYMBOL "evst_preload_core_v1"
-#define EVST_PRELOAD_CORE_ABI 1
+#define EVST_PRELOAD_CORE_ABI 2
 
 struct evst_preload_core {
 	unsigned int abi;  /* EVST_PRELOAD_CORE_ABI */
@@ -48,7 +48,10 @@ struct evst_preload_core {
 	int (*group_worker_stats)(const struct evsteer_group *g,
 				  unsigned int slot,
 				  struct evsteer_worker_stats *out);
-	const char *(*policy_name)(enum evsteer_policy policy);
+	/* the library's names (src/common/names.c), for the JSON report */
+	const char *(*policy_str)(enum evsteer_policy policy);
+	const char *(*steering_str)(enum evsteer_steering steering);
+	const char *(*engine_str)(enum evsteer_engine engine);
 };
 
 #endif /* EVSTEER_PRELOAD_CORE_H */

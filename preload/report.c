@@ -15,22 +15,20 @@
 
 /* ---- names -------------------------------------------------------------- */
 
-/* until the core exports evsteer_*_str() (issue 19) */
+/* One spelling of each name: the library's (src/common/names.c). */
 static const char *steering_str(enum evsteer_steering s)
 {
-	return s == EVSTEER_STEER_BPF ? "bpf" :
-	       s == EVSTEER_STEER_KERNEL_HASH ? "kernel-hash" : "none";
+	return pl.core->steering_str(s);
 }
 
 static const char *engine_str(enum evsteer_engine e)
 {
-	return e == EVSTEER_ENGINE_URING ? "uring" :
-	       e == EVSTEER_ENGINE_URING_DIRECT ? "uring-direct" : "event";
+	return pl.core->engine_str(e);
 }
 
 static const char *policy_str(enum evsteer_policy p)
 {
-	return pl.core->policy_name(p);
+	return pl.core->policy_str(p);
 }
 
 /* ---- the info line ------------------------------------------------------ */
