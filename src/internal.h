@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <time.h>
 
 #include <evsteer/evsteer.h>
 #include <event2/util.h>
@@ -405,8 +406,14 @@ struct evst_attach {
 };
 #define EVST_SLOT_CLAIMED ((struct evsteer_listener *)1)
 
-/* shared.c: the accounting in the shared state, for everyone. */
-EVST_HIDDEN uint64_t evst_now_ns(void);
+/* The clock of every heartbeat, stall and back-off: CLOCK_MONOTONIC, ns
+ * (the program compares it with bpf_ktime_get_ns(), the same clock). */
+static inline uint64_t evst_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 /* A group of existing listening sockets (socket activation); it owns them
  * once made. NULL with errno, the sockets left open, on failure. */
 EVST_HIDDEN struct evsteer_group *

@@ -1,15 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* The counters workers keep in the shared state, and the clock they use. */
-#include <time.h>
-
+/* The counters workers keep in the shared state (their clock is
+ * evst_now_ns(), internal.h). */
 #include "steering/steering.h"
-
-uint64_t evst_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* The worker's loop ran: its heartbeat. Past the last theft (stolen_ns),
  * it is back in the steering. */
