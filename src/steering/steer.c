@@ -51,7 +51,9 @@ static int libbpf_to_evst(enum libbpf_print_level level, const char *fmt,
 	char *save = NULL, *line = strtok_r(msg, "\n", &save);
 	for (size_t i = 0; line; i++, line = strtok_r(NULL, "\n", &save)) {
 		if (i == 0 || i >= skip) {
-			evst_debug("libbpf: %s", line);
+			/* libbpf's own lines say "libbpf: " already */
+			evst_debug("%s%s", strncmp(line, "libbpf: ", 8) ?
+						   "libbpf: " : "", line);
 		} else if (i == 1) {
 			evst_debug("libbpf: (%zu lines left out; the last %d "
 				   "follow)", skip - 1, LOG_TAIL_LINES);
