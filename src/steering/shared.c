@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "steering/steering.h"
+#include "common/env.h"
 #include "steering/steer.h"
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -74,6 +75,14 @@ static int rendezvous(struct evst_shared *sh, uint64_t self)
 #if EVSTEER_HAVE_BPF
 	char a[64];
 	evst_addr_str(&sh->addr, a, sizeof(a));
+	/* a test's stand-in for a kernel that refuses the program: neither
+	 * load nor join (joining would give this process BPF all the same);
+	 * not cached, unlike a real refusal */
+	if (evst_env_test_mask() & EVST_MASK_BPF) {
+		evst_set_reason(sh, "bpf: masked by EVSTEER_TEST_MASK=bpf (as if "
+				"the kernel refused the sk_reuseport program)");
+		return -EOPNOTSUPP;
+	}
 	int fds[EVST_RDV_NFDS];
 	bool loaded = false;
 	/* While the server of a group leaves, its name is free for up to a
