@@ -10,7 +10,9 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 /* ---- a request/response server on direct descriptors */
@@ -175,21 +177,73 @@ static bool slot_seen(void *arg)
 	return ((struct install *)arg)->slot >= 0;
 }
 
-static void test_slot_to_fd(void **state)
+/* Whether this kernel is at least major.minor (uname). */
+static bool kernel_at_least(int major, int minor)
 {
-	(void)state;
+	struct utsname u;
+	int ma = 0, mi = 0;
+	if (uname(&u) < 0 || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+		return false;
+	return ma > major || (ma == major && mi >= minor);
+}
+
+static bool masked(const char *feature)
+{
+	const char *m = getenv("EVSTEER_TEST_MASK");
+	return m && strstr(m, feature);
+}
+
+/*
+ * With IORING_OP_FIXED_FD_INSTALL (Linux 6.8) a slot becomes a real fd;
+ * without it (6.1, or EVSTEER_TEST_MASK=fixed_fd_install) the install
+ * fails with EOPNOTSUPP, the path report says so, and the slot still
+ * works as a slot.
+ */
+static void slot_to_fd(bool expect_install)
+{
 	tl_need_uring();
 	struct event_base *base = tl_base();
 	struct install in = {.slot = -1, .res = -1};
 	struct evsteer_listener *lev = direct_listener(base, keep_slot, &in, 0);
 	assert_non_null(lev);
+	EVSTEER_PATH_OPTS(path);
+	assert_int_equal(evsteer_listener_get_path(lev, &path), 0);
+	print_message("engine reason \"%s\"\n", path.engine_reason);
+	bool said = strstr(path.engine_reason, "IORING_OP_FIXED_FD_INSTALL");
+	if (said == expect_install)
+		fail_msg("expected %s IORING_OP_FIXED_FD_INSTALL, the path report "
+			 "says \"%s\"", expect_install ? "" : "no",
+			 path.engine_reason);
+	if (said) {
+		assert_non_null(strstr(path.engine_reason,
+				       "evsteer_uring_fd_install() fails"));
+		assert_non_null(strstr(path.engine_reason,
+				       masked("fixed_fd_install") ?
+					       "masked (EVSTEER_TEST_MASK)" :
+					       "the kernel lacks"));
+	}
 	struct evsteer_uring *r = evsteer_listener_get_uring(lev);
 	int c = tl_connect_to(evsteer_listener_get_fd(lev));
 	assert_true(tl_loop_until_fn(base, slot_seen, &in));
 
 	int err = evsteer_uring_fd_install(r, in.slot, 1, installed, &in);
-	tl_skip_unless(err != -EOPNOTSUPP, "uring",
-		       "kernel without IORING_OP_FIXED_FD_INSTALL (6.8+)");
+	char buf[4];
+	if (!expect_install) {
+		assert_int_equal(err, -EOPNOTSUPP);
+		assert_int_equal(errno, EOPNOTSUPP);
+		/* the slot is still the connection's */
+		struct install sent = {.slot = -1, .res = -1};
+		assert_int_equal(evsteer_uring_send(r, in.slot, "hi", 2,
+						    installed, &sent), 0);
+		assert_true(tl_loop_until_fn(base, install_done, &sent));
+		assert_int_equal(sent.res, 2);
+		assert_int_equal(read(c, buf, sizeof(buf)), 2);
+		assert_int_equal(evsteer_uring_close(r, in.slot, NULL, NULL), 0);
+		close(c);
+		evsteer_listener_free(lev);
+		event_base_free(base);
+		return;
+	}
 	assert_int_equal(err, 0);
 	assert_true(tl_loop_until_fn(base, install_done, &in));
 	assert_true(in.res >= 0);
@@ -203,7 +257,6 @@ static void test_slot_to_fd(void **state)
 	assert_memory_equal(&peer, &want, wlen);
 	/* the fd works as any socket */
 	assert_int_equal(write(fd, "hi", 2), 2);
-	char buf[4];
 	assert_int_equal(read(c, buf, sizeof(buf)), 2);
 	close(fd);
 	assert_int_equal(evsteer_uring_close(r, in.slot, NULL, NULL), 0);
@@ -213,6 +266,22 @@ static void test_slot_to_fd(void **state)
 	close(c);
 	evsteer_listener_free(lev);
 	event_base_free(base);
+}
+
+/* The kernel's own answer: 6.8 and later have the opcode. */
+static void test_slot_to_fd(void **state)
+{
+	(void)state;
+	slot_to_fd(kernel_at_least(6, 8) && !masked("fixed_fd_install"));
+}
+
+/* The degraded branch on any kernel. */
+static void test_slot_to_fd_mask_install(void **state)
+{
+	(void)state;
+	setenv("EVSTEER_TEST_MASK", "fixed_fd_install", 1);
+	slot_to_fd(false);
+	unsetenv("EVSTEER_TEST_MASK");
 }
 
 /* The closes are asynchronous: wait for the count, bounded. */
@@ -371,14 +440,17 @@ static void test_direct_set_cb(void **state)
 /* ---- a stalled direct worker's queue is taken by a healthy one */
 
 /*
- * Two direct workers in a BPF group; worker 0 never runs its loop. Once it
- * is past the stall threshold with a connection pending, worker 1 accepts
- * that connection from worker 0's socket into its own table and serves
- * it, and new connections go to worker 1 only.
+ * Two direct workers, round-robin, a 20 ms stall threshold; worker 0's
+ * loop never runs. With IORING_ACCEPT_DONTWAIT (Linux 6.10) worker 1
+ * steals the connection queued on worker 0's socket into its own table
+ * and serves it, and new connections go to worker 1 only. Without it
+ * (6.1, or EVSTEER_TEST_MASK=accept_dontwait) the path report says that
+ * direct workers do not steal, nothing is stolen, the connection waits on
+ * worker 0's socket and worker 0 serves it once its loop runs; new
+ * connections still go to worker 1 only.
  */
-static void test_direct_stall_steal(void **state)
+static void stall_steal(bool expect_dontwait)
 {
-	(void)state;
 	tl_need_bpf();
 	tl_need_uring();
 	struct event_base *a = tl_base(), *b = tl_base();
@@ -400,6 +472,29 @@ static void test_direct_stall_steal(void **state)
 	struct evsteer_group *g = evsteer_listener_get_group(l0);
 	assert_non_null(g);
 
+	/* the path report says what the kernel (or the mask) took away */
+	EVSTEER_PATH_OPTS(path);
+	assert_int_equal(evsteer_listener_get_path(l1, &path), 0);
+	assert_int_equal(path.engine, EVSTEER_ENGINE_URING_DIRECT);
+	assert_string_equal(path.name, "bpf+uring-direct");
+	print_message("path %s, engine reason \"%s\"\n", path.name,
+		      path.engine_reason);
+	bool steals = !strstr(path.engine_reason, "IORING_ACCEPT_DONTWAIT");
+	if (expect_dontwait != steals)
+		fail_msg("expected %s IORING_ACCEPT_DONTWAIT, the path report "
+			 "says \"%s\"", expect_dontwait ? "" : "no",
+			 path.engine_reason);
+	if (!steals) {
+		assert_non_null(strstr(path.engine_reason,
+				       "direct workers do not steal"));
+		assert_non_null(strstr(path.engine_reason,
+				       masked("accept_dontwait") ?
+					       "masked (EVSTEER_TEST_MASK)" :
+					       "the kernel lacks"));
+	} else {
+		assert_string_equal(path.engine_reason, "");
+	}
+
 	int c[12], n = 0;
 	EVSTEER_WORKER_STATS_OPTS(s0);
 	/* until one lands on the stalled worker 0 (round-robin: within 2) */
@@ -416,16 +511,25 @@ static void test_direct_stall_steal(void **state)
 	tl_loop_for(b, 60);
 	for (int i = 0; i < 10; i++)
 		c[n++] = tl_connect_to(evsteer_listener_get_fd(l1));
-	assert_true(tl_loop_until(b, &p1.accepted, served1 + 11));
+	assert_true(tl_loop_until(b, &p1.accepted, served1 + (steals ? 11 : 10)));
 	EVSTEER_WORKER_STATS_OPTS(t0);
 	EVSTEER_WORKER_STATS_OPTS(t1);
 	evsteer_group_worker_stats(g, 0, &t0);
 	evsteer_group_worker_stats(g, 1, &t1);
 	assert_int_equal(t0.steered, 1);     /* nothing new for the stalled */
-	assert_int_equal(t0.stolen_from, 1); /* its queue was taken */
-	assert_int_equal(t0.pending, 0);
-	assert_int_equal(t1.stolen, 1);
 	assert_int_equal(p0.accepted, 0);
+	if (steals) {
+		assert_int_equal(t0.stolen_from, 1); /* its queue was taken */
+		assert_int_equal(t0.pending, 0);
+		assert_int_equal(t1.stolen, 1);
+	} else {
+		/* not taken: it waits on worker 0's socket for worker 0 */
+		assert_int_equal(t0.stolen_from, 0);
+		assert_int_equal(t1.stolen, 0);
+		assert_int_equal(t0.pending, 1);
+		assert_int_equal(tl_queued(evsteer_listener_get_fd(l0)), 1);
+		assert_true(tl_loop_until(a, &p0.accepted, 1));
+	}
 	/* every client got its reply */
 	for (int i = 0; i < n; i++) {
 		char buf[8];
@@ -441,6 +545,23 @@ static void test_direct_stall_steal(void **state)
 	evsteer_listener_free(l1);
 	event_base_free(a);
 	event_base_free(b);
+}
+
+/* The kernel's own answer: 6.10 and later have DONTWAIT (so a probe that
+ * wrongly finds it missing fails here), older ones do not. */
+static void test_direct_stall_steal(void **state)
+{
+	(void)state;
+	stall_steal(kernel_at_least(6, 10) && !masked("accept_dontwait"));
+}
+
+/* The degraded branch on any kernel. */
+static void test_direct_stall_steal_mask_dontwait(void **state)
+{
+	(void)state;
+	setenv("EVSTEER_TEST_MASK", "accept_dontwait", 1);
+	stall_steal(false);
+	unsetenv("EVSTEER_TEST_MASK");
 }
 
 /* ---- a full fixed-file table */
@@ -645,11 +766,13 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_direct_request_response),
 		cmocka_unit_test(test_slot_to_fd),
+		cmocka_unit_test(test_slot_to_fd_mask_install),
 		cmocka_unit_test(test_send_and_close),
 		cmocka_unit_test(test_send_and_close_no_cb),
 		cmocka_unit_test(test_direct_first_pass),
 		cmocka_unit_test(test_direct_set_cb),
 		cmocka_unit_test(test_direct_stall_steal),
+		cmocka_unit_test(test_direct_stall_steal_mask_dontwait),
 		cmocka_unit_test(test_table_full),
 		cmocka_unit_test(test_cq_overflow),
 		cmocka_unit_test(test_free_releases_socket),
