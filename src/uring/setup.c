@@ -14,6 +14,7 @@
 #include <sys/eventfd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -135,13 +136,21 @@ static int probe_accept(struct io_uring *ring)
 	if (lfd < 0)
 		return feats;
 	int c[2] = {-1, -1};
-	for (int i = 0; i < 2; i++) {
-		/* blocking: on loopback it returns with the connection queued */
-		c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (c[i] < 0 || connect(c[i], (struct sockaddr *)&sa, len) < 0)
-			break;
+	bool queued = true;
+	for (int i = 0; i < 2 && queued; i++) {
+		/* not blocking: a firewall that drops on lo would hold a
+		 * blocking connect for minutes; a second is plenty */
+		c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		struct pollfd pfd = {.fd = c[i], .events = POLLOUT};
+		int err = 0;
+		socklen_t el = sizeof(err);
+		queued = c[i] >= 0 &&
+			 (connect(c[i], (struct sockaddr *)&sa, len) == 0 ||
+			  (errno == EINPROGRESS && poll(&pfd, 1, 1000) == 1 &&
+			   getsockopt(c[i], SOL_SOCKET, SO_ERROR, &err, &el) == 0 &&
+			   err == 0));
 	}
-	if (c[1] >= 0 && accept_once(ring, lfd, 0, &fl) >= 0 &&
+	if (queued && accept_once(ring, lfd, 0, &fl) >= 0 &&
 	    (fl & EVST_CQE_F_SOCK_NONEMPTY))
 		feats |= EVST_FEAT_SOCK_NONEMPTY;
 	for (int i = 0; i < 2; i++)
