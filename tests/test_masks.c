@@ -68,7 +68,7 @@ static void serve(struct event_base *base, struct evsteer_listener *lev,
 			ssize_t r = recv(c[i], buf, sizeof(buf), MSG_DONTWAIT);
 			if (r == 5)
 				break;
-			if (r == 0 || (r < 0 && errno != EAGAIN))
+			if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
 				fail_msg("client %d: %zd (%s)", i, r,
 					 r < 0 ? strerror(errno) : "EOF");
 			tl_loop_for(base, 10);
