@@ -81,7 +81,15 @@ static __always_inline int steer_to(struct sk_reuseport_md *md, __u32 wi,
 	if (wi >= EVST_MAX_WORKERS)
 		return 0;
 	struct evst_worker *w = &workers[BOUND(wi, EVST_MAX_WORKERS)];
-	if (bpf_sk_select_reuseport(md, &socks, &wi, 0))
+	/* The sockarray's key is a __u32, the first four bytes of this:
+	 * stored 8 bytes wide like everything on this program's stack, since
+	 * the slot may have held a spilled scalar (see struct probe). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	__u64 key = wi;
+#else
+	__u64 key = (__u64)wi << 32;
+#endif
+	if (bpf_sk_select_reuseport(md, &socks, &key, 0))
 		return 0;
 	/* Work arriving on an idle worker starts its progress clock, so an
 	 * idle worker is never judged stale by an old timestamp (and a probe
@@ -100,21 +108,34 @@ static __always_inline int usable(__u32 wi, __u64 now)
 	return w->live && !stale(w, now);
 }
 
+/*
+ * The bpf_loop contexts below hold scalars only, every field a __u64, so
+ * every load and store the callbacks make through their ctx pointer is 8
+ * bytes wide (and steer_to()'s key is one too: no narrow store is left on
+ * this program's stack; llvm-objdump -d shows none). Linux 6.1's verifier records a 4-byte store of a known
+ * constant to an 8-aligned stack slot as a spilled register, and without
+ * CAP_PERFMON (allow_ptr_leaks) it refuses any later store narrower than 8
+ * bytes to such a slot: "attempt to corrupt spilled pointer on stack", at
+ * a callback's `pr->found = wi`, even though nothing there is a pointer
+ * (6.8 relaxed the check for scalars). clang may also give both contexts
+ * the same stack bytes, so neither may have a narrow field.
+ */
+
 /* From the weighted table at `start`: the first usable of a few entries,
  * else the entry at `start` (every worker stale: take one anyway). */
 #define PROBES 8
 struct probe {
 	__u64 now;
-	__u32 start, n, found;
+	__u64 start, n, found;
 };
 
 static long probe_one(__u32 k, void *arg)
 {
 	struct probe *pr = arg;
-	__u32 n = pr->n;
+	__u64 n = pr->n;
 	if (!n || k >= n)
 		return 1;
-	__u32 wi = table[BOUND((pr->start + k) % n, EVST_TABLE_SIZE)];
+	__u32 wi = table[BOUND((__u32)((pr->start + k) % n), EVST_TABLE_SIZE)];
 	if (wi < EVST_MAX_WORKERS && usable(wi, pr->now)) {
 		pr->found = wi;
 		return 1;
@@ -128,16 +149,16 @@ static __always_inline __u32 pick_from_table(__u32 start, __u32 n, __u64 now)
 			   .found = EVST_MAX_WORKERS};
 	bpf_loop(PROBES, probe_one, &pr, 0);
 	if (pr.found < EVST_MAX_WORKERS)
-		return pr.found;
+		return (__u32)pr.found;
 	return table[BOUND(start % n, EVST_TABLE_SIZE)];
 }
 
 struct scan {
 	__u64 now;
 	__u64 best_score;
-	__u32 best;
-	__u32 off;
-	__u32 ns;
+	__u64 best;
+	__u64 off;
+	__u64 ns;
 };
 
 /* bpf_loop body: the verifier checks it once, whatever the worker count,
@@ -146,10 +167,10 @@ struct scan {
 static long scan_one(__u32 k, void *arg)
 {
 	struct scan *sc = arg;
-	__u32 ns = sc->ns;
+	__u64 ns = sc->ns;
 	if (!ns)
 		return 1;
-	__u32 wi = BOUND((sc->off + k) % ns, EVST_MAX_WORKERS);
+	__u32 wi = BOUND((__u32)((sc->off + k) % ns), EVST_MAX_WORKERS);
 	struct evst_worker *w = &workers[wi];
 	if (!w->live || stale(w, sc->now))
 		return 0;
@@ -172,8 +193,8 @@ static __always_inline __u32 pick_least_pending(__u64 now)
 		.off = (__u32)__sync_fetch_and_add(&rr, 1),
 		.ns = nslots < EVST_MAX_WORKERS ? nslots : EVST_MAX_WORKERS,
 	};
-	bpf_loop(sc.ns, scan_one, &sc, 0);
-	return sc.best;
+	bpf_loop((__u32)sc.ns, scan_one, &sc, 0);
+	return sc.best < EVST_MAX_WORKERS ? (__u32)sc.best : EVST_MAX_WORKERS;
 }
 
 /*

@@ -13,6 +13,9 @@
 
 #include "reasons.h"
 
+#ifndef CAP_PERFMON
+#define CAP_PERFMON 38
+#endif
 #ifndef CAP_BPF
 #define CAP_BPF 39
 #endif
@@ -88,6 +91,9 @@ void evst_bpf_facts_gather(int err, struct evst_bpf_facts *f)
 	f->probe_err = r < 0 ? errno : 0;
 	int bpf = cap_effective(CAP_BPF), admin = cap_effective(CAP_SYS_ADMIN);
 	f->cap_bpf = bpf < 0 || admin < 0 ? -1 : bpf || admin;
+	int perfmon = cap_effective(CAP_PERFMON);
+	f->cap_perfmon = perfmon < 0 || admin < 0 ? -1 : perfmon || admin;
+	f->verifier = 0;
 	f->seccomp = seccomp_mode();
 	f->userns = in_userns();
 	kernel_version(&f->kmajor, &f->kminor);
@@ -123,6 +129,22 @@ void evst_bpf_reason(const struct evst_bpf_facts *f, char *buf, size_t len)
 	int filtered = f->probe_err != 0 && f->probe_err != EINVAL;
 	const char *why;
 	char tmp[96];
+	/*
+	 * The verifier wrote a log: the kernel looked at the program and
+	 * refused it, whatever the errno (EACCES for a stack or pointer rule,
+	 * which without this would read as an LSM's). Without CAP_PERFMON the
+	 * verifier is stricter (no pointer leaks, speculative paths walked).
+	 */
+	if (f->verifier == 1) {
+		why = f->cap_bpf == 1 && f->cap_perfmon == 0 ?
+			      "the kernel's verifier rejected the sk_reuseport "
+			      "program as loaded with CAP_BPF but not CAP_PERFMON "
+			      "(EVSTEER_LOG=debug shows its log)" :
+			      "the kernel's verifier rejected the sk_reuseport "
+			      "program (EVSTEER_LOG=debug shows its log)";
+		snprintf(buf, len, "bpf: %s: %s", strerror(f->err), why);
+		return;
+	}
 	switch (f->err) {
 	case EPERM:
 	case EACCES:

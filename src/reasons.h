@@ -25,6 +25,11 @@ struct evst_bpf_facts {
 	int seccomp;   /* PR_GET_SECCOMP: 0 none, 2 filter */
 	int userns;    /* 1: not the initial user namespace */
 	int kmajor, kminor;
+	/* 1: the kernel's verifier ran and wrote a log for the failed load
+	 * (libbpf printed one): the program was refused, not the caller.
+	 * Set by the loader, 0 from evst_bpf_facts_gather(). */
+	int verifier;
+	int cap_perfmon; /* CAP_PERFMON or CAP_SYS_ADMIN in the effective set */
 };
 
 struct evst_uring_facts {

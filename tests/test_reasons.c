@@ -34,41 +34,51 @@ static void test_bpf_table(void **state)
 	(void)state;
 	static const struct bpf_case cases[] = {
 		/* no capability, nothing else in the way */
-		{{EPERM, EINVAL, 0, 0, 0, 6, 1}, {"needs CAP_BPF", "--cap-add BPF"},
+		{{EPERM, EINVAL, 0, 0, 0, 6, 1, 0, 0}, {"needs CAP_BPF", "--cap-add BPF"},
 		 {"seccomp"}},
 		/* no capability under Docker's profile: the capability is the fix
 		 * (the profile allows bpf with it) */
-		{{EPERM, EPERM, 0, 2, 0, 6, 1}, {"needs CAP_BPF", "seccomp"}, {NULL}},
+		{{EPERM, EPERM, 0, 2, 0, 6, 1, 0, 0}, {"needs CAP_BPF", "seccomp"}, {NULL}},
 		/* CAP_BPF held, seccomp refuses the call (podman's default) */
-		{{EPERM, EPERM, 1, 2, 0, 6, 1},
+		{{EPERM, EPERM, 1, 2, 0, 6, 1, 0, 0},
 		 {"CAP_BPF is held", "seccomp", "deploy/seccomp/evsteer.json"},
 		 {"needs CAP_BPF", "lacks"}},
 		/* user namespace: all capabilities, none that count */
-		{{EPERM, EINVAL, 1, 0, 1, 6, 1},
+		{{EPERM, EINVAL, 1, 0, 1, 6, 1, 0, 0},
 		 {"user namespace", "host's user namespace"},
 		 {"needs CAP_BPF", "seccomp"}},
 		/* an LSM refusing every call */
-		{{EACCES, EACCES, 1, 0, 0, 6, 1}, {"LSM", "audit"},
+		{{EACCES, EACCES, 1, 0, 0, 6, 1, 0, 0}, {"LSM", "audit"},
 		 {"needs CAP_BPF", "seccomp"}},
 		/* an LSM refusing the load only */
-		{{EPERM, EINVAL, 1, 0, 0, 6, 1}, {"LSM", "lockdown"},
+		{{EPERM, EINVAL, 1, 0, 0, 6, 1, 0, 0}, {"LSM", "lockdown"},
 		 {"needs CAP_BPF", "seccomp"}},
 		/* an old kernel charging memlock */
-		{{EPERM, EINVAL, 1, 0, 0, 5, 10}, {"RLIMIT_MEMLOCK", "LimitMEMLOCK"},
+		{{EPERM, EINVAL, 1, 0, 0, 5, 10, 0, 0}, {"RLIMIT_MEMLOCK", "LimitMEMLOCK"},
 		 {"needs CAP_BPF"}},
 		/* capabilities unreadable: say what it could be */
-		{{EPERM, EINVAL, -1, -1, -1, -1, -1}, {"CAP_BPF", "seccomp"}, {NULL}},
-		{{ENOSYS, ENOSYS, 1, 2, 0, 6, 1}, {"unavailable", "seccomp"},
+		{{EPERM, EINVAL, -1, -1, -1, -1, -1, 0, 0}, {"CAP_BPF", "seccomp"}, {NULL}},
+		{{ENOSYS, ENOSYS, 1, 2, 0, 6, 1, 0, 0}, {"unavailable", "seccomp"},
 		 {"CAP_BPF"}},
-		{{ENOSYS, ENOSYS, 1, 0, 0, 6, 1},
+		{{ENOSYS, ENOSYS, 1, 0, 0, 6, 1, 0, 0},
 		 {"unavailable", "CONFIG_BPF_SYSCALL"}, {"seccomp"}},
-		{{EINVAL, EINVAL, 1, 0, 0, 5, 10}, {"kernel 5.10 is too old", "5.14"},
+		{{EINVAL, EINVAL, 1, 0, 0, 5, 10, 0, 0}, {"kernel 5.10 is too old", "5.14"},
 		 {"verifier"}},
-		{{EINVAL, EINVAL, 1, 0, 0, 6, 18}, {"verifier", "EVSTEER_LOG=debug"},
+		{{EINVAL, EINVAL, 1, 0, 0, 6, 18, 0, 0}, {"verifier", "EVSTEER_LOG=debug"},
 		 {"too old"}},
-		{{E2BIG, EINVAL, 1, 0, 0, 4, 19}, {"too old"}, {NULL}},
-		{{ENOMEM, EINVAL, 1, 0, 0, 6, 1}, {"Cannot allocate memory"},
+		{{E2BIG, EINVAL, 1, 0, 0, 4, 19, 0, 0}, {"too old"}, {NULL}},
+		{{ENOMEM, EINVAL, 1, 0, 0, 6, 1, 0, 0}, {"Cannot allocate memory"},
 		 {"CAP_BPF"}},
+		/* the verifier refused the program (it wrote a log): EACCES
+		 * from a stack rule is the verifier's, never an LSM's (6.1
+		 * with CAP_BPF alone, issue 20) */
+		{{EACCES, EINVAL, 1, 0, 0, 6, 1, 1, 0},
+		 {"verifier rejected", "CAP_PERFMON", "EVSTEER_LOG=debug"},
+		 {"LSM", "audit"}},
+		{{EPERM, EINVAL, 1, 0, 0, 6, 1, 1, 1},
+		 {"verifier rejected", "EVSTEER_LOG=debug"}, {"LSM", "PERFMON"}},
+		{{EINVAL, EINVAL, 1, 0, 0, 5, 10, 1, 1}, {"verifier rejected"},
+		 {"LSM", "too old"}},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		const struct bpf_case *c = &cases[i];

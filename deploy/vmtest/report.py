@@ -91,11 +91,20 @@ RUN_CASE = re.compile(r"^\[ RUN      \] (test_\w+)\s*$", re.M)
 SKIPPED_CASE = re.compile(r"^\[  SKIPPED \] (test_\w+)\s*$", re.M)
 OK_CASE = re.compile(r"^\[       OK \] (test_\w+)\s*$", re.M)
 
-results = []
-log = read("testlog.json")
-for line in (log or "").splitlines():
-    r = json.loads(line)
-    results.append(r)
+def load(text):
+    """testlog.json's entries, each named as the suite names it: meson
+    writes "evsteer / fallback" (project / test), known-failures and the
+    guest's debug-TEST files say "fallback"."""
+    rs = []
+    for line in (text or "").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            r["name"] = r["name"].rsplit(" / ", 1)[-1]
+            rs.append(r)
+    return rs
+
+
+results = load(read("testlog.json"))
 known = known_failures()
 
 print(f"\nvmtest: {krel} ({package})")
@@ -118,8 +127,7 @@ for r in results:
     # only as known, is flaky (shown, not failed); failed twice is a failure.
     if word == "failed" and classify(r) == "known":
         word = "known"
-    rerun = [json.loads(l) for l in (read(f"debug-{r['name']}.json") or "").splitlines()
-             if l.strip()]
+    rerun = load(read(f"debug-{r['name']}.json"))
     if word == "failed" and rerun and all(classify(x) in ("passed", "known")
                                           for x in rerun):
         word = "flaky"

@@ -261,6 +261,10 @@ struct evsteer_path {
 	/* Short name: "event" for the plain event_base path. */
 	const char *name;
 	/* Why steering is not BPF / the engine is not io_uring ("" if it is).
+	 * On an io_uring engine, engine_reason may instead name the kernel
+	 * features it does without and what that changes, e.g. "io_uring:
+	 * the kernel lacks IORING_ACCEPT_DONTWAIT (Linux 6.10): direct
+	 * workers do not steal from stalled siblings".
 	 * Static strings, valid for the life of the process. */
 	const char *steering_reason;
 	const char *engine_reason;

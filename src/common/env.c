@@ -82,3 +82,36 @@ void evst_env_listen(struct evst_env_listen *out)
 	out->fds = getenv("LISTEN_FDS");
 	out->fdnames = getenv("LISTEN_FDNAMES");
 }
+
+unsigned int evst_env_test_mask(void)
+{
+	static const struct {
+		const char *name;
+		unsigned int bit;
+	} names[] = {
+		{"accept_dontwait", EVST_MASK_ACCEPT_DONTWAIT},
+		{"fixed_fd_install", EVST_MASK_FIXED_FD_INSTALL},
+		{"sock_nonempty", EVST_MASK_SOCK_NONEMPTY},
+		{"bpf", EVST_MASK_BPF},
+	};
+	const char *e = get("EVSTEER_TEST_MASK");
+	unsigned int mask = 0;
+	while (e && *e) {
+		size_t n = strcspn(e, ", ");
+		size_t i;
+		for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+			if (strlen(names[i].name) == n &&
+			    !strncmp(e, names[i].name, n))
+				break;
+		if (i < sizeof(names) / sizeof(names[0]))
+			mask |= names[i].bit;
+		else if (n)
+			evst_warn("EVSTEER_TEST_MASK: unknown feature '%.*s' "
+				  "(accept_dontwait, fixed_fd_install, "
+				  "sock_nonempty, bpf)",
+				  (int)n, e);
+		e += n;
+		e += strspn(e, ", ");
+	}
+	return mask;
+}

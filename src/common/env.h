@@ -30,6 +30,20 @@ EVST_HIDDEN int evst_env_stall_us(int opt);
  * unknown (then ignored silently: the log is what would say so). */
 EVST_HIDDEN int evst_env_log_level(void);
 
+/*
+ * EVSTEER_TEST_MASK=feature,...: for tests, pretend the kernel lacks these
+ * probed features, so each degraded branch runs on a kernel that has them.
+ * The bits of the names given (unknown names are warned about and
+ * ignored); 0 when unset. docs/kernels.md lists what each one changes.
+ */
+enum evst_mask {
+	EVST_MASK_ACCEPT_DONTWAIT = 1u << 0,  /* "accept_dontwait" */
+	EVST_MASK_FIXED_FD_INSTALL = 1u << 1, /* "fixed_fd_install" */
+	EVST_MASK_SOCK_NONEMPTY = 1u << 2,    /* "sock_nonempty" */
+	EVST_MASK_BPF = 1u << 3,              /* "bpf" */
+};
+EVST_HIDDEN unsigned int evst_env_test_mask(void);
+
 /* systemd's socket activation: LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES
  * as they are (NULL when unset). */
 struct evst_env_listen {

@@ -19,7 +19,7 @@
 #include "engine/uring_accept.h"
 
 /* IORING_ACCEPT_DONTWAIT (Linux 6.10): -EAGAIN instead of waiting for a
- * connection. liburing 2.3 does not know it. */
+ * connection. liburing 2.3 does not know it; uring/setup.c probes it. */
 #define EVST_ACCEPT_DONTWAIT (1U << 1)
 
 struct direct_engine {
@@ -35,7 +35,7 @@ struct direct_engine {
 	bool released;
 	/* accepts from a stalled sibling's socket */
 	unsigned int steals_in, stolen_now;
-	bool no_dontwait; /* the kernel refused IORING_ACCEPT_DONTWAIT */
+	bool no_dontwait; /* no IORING_ACCEPT_DONTWAIT (probe, mask or EINVAL) */
 };
 
 static struct direct_engine *direct_of(struct evst_ua *ua)
@@ -170,6 +170,13 @@ static int direct_init(struct evsteer_listener *lev)
 	}
 	d->ua.op.complete = multishot_complete;
 	d->recv_op.complete = recv_complete;
+	/* Stealing from a sibling's socket needs accepts that never wait
+	 * (nothing may stay armed on a socket that is not ours): without
+	 * them, no stealing. The path report says so, and whether slots can
+	 * become fds (evsteer_uring_fd_install()). */
+	d->no_dontwait = !evst_ring_has(d->ua.r, EVST_FEAT_ACCEPT_DONTWAIT);
+	lev->engine_reason = evst_ring_lacks(
+		d->ua.r, EVST_FEAT_ACCEPT_DONTWAIT | EVST_FEAT_FIXED_FD_INSTALL);
 	lev->engine = &d->ua;
 	return 0;
 }
@@ -238,9 +245,11 @@ static struct evst_uop *steal_complete(struct evst_uop *op,
 		return &d->ua.op;
 	}
 	if (cqe->res == -EINVAL && !d->no_dontwait) {
+		/* the probe said yes (a kernel that refuses it for this socket
+		 * alone): stop here too */
 		d->no_dontwait = true;
-		evst_info("listener fd %d: the kernel lacks IORING_ACCEPT_DONTWAIT "
-			  "(Linux 6.10): direct workers do not steal",
+		evst_info("listener fd %d: IORING_ACCEPT_DONTWAIT refused "
+			  "(EINVAL): direct workers do not steal",
 			  d->ua.lev->fd);
 	}
 	return NULL;
@@ -317,6 +326,9 @@ static int direct_steal_from(struct evsteer_listener *lev,
 			     unsigned int max)
 {
 	struct direct_engine *d = direct_of(evst_ua_of(lev));
+	/* no stealing at all, also of what the victim's ring accepted: one
+	 * rule to state in the path report, and a ring whose loop stalls
+	 * accepts little anyway (its task work waits for its thread) */
 	if (d->no_dontwait)
 		return -1;
 	int took = 0;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "common/env.h"
 #include "common/process.h"
 #include "steering/steering.h"
 #include "steering/steer.h"
@@ -198,6 +199,14 @@ static int rendezvous(struct evst_shared *sh, uint64_t self)
 #if EVSTEER_HAVE_BPF
 	char a[64];
 	evst_addr_str(&sh->addr, a, sizeof(a));
+	/* a test's stand-in for a kernel that refuses the program: neither
+	 * load nor join (joining would give this process BPF all the same);
+	 * not cached, unlike a real refusal */
+	if (evst_env_test_mask() & EVST_MASK_BPF) {
+		evst_set_reason(sh, "bpf: masked by EVSTEER_TEST_MASK=bpf (as if "
+				"the kernel refused the sk_reuseport program)");
+		return -EOPNOTSUPP;
+	}
 	bool loaded = false;
 	uint64_t wait_until = 0;
 	for (int attempt = 0; attempt < 400; attempt++) {

@@ -22,19 +22,44 @@ struct evst_steer {
 	size_t bss_len;
 };
 
-/* libbpf's messages during our load go to our log at debug level. */
+/* Set by libbpf_to_evst() when libbpf prints the verifier's log of a
+ * failed load: the kernel ran the verifier, which refused the program.
+ * Loads run one at a time (shared.c's reg_lock). */
+static bool verifier_log;
+
+/* The end of a verifier log holds the refusal; its start, the walk that
+ * got there. Keep this many lines of it. */
+#define LOG_TAIL_LINES 60
+
+/* libbpf's messages during our load go to our log at debug level, line by
+ * line (evst_log() has a fixed buffer, and a verifier log is long). */
 static int libbpf_to_evst(enum libbpf_print_level level, const char *fmt,
 			  va_list ap)
 {
-	char msg[512];
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	size_t n = strlen(msg);
-	if (n && msg[n - 1] == '\n')
-		msg[n - 1] = '\0';
 	/* The outcome reaches the user as a fallback reason; libbpf's own
 	 * lines (the verifier's log, probes) are detail for debugging. */
 	(void)level;
-	evst_debug("libbpf: %s", msg);
+	char *msg = NULL;
+	if (vasprintf(&msg, fmt, ap) < 0)
+		return 0;
+	if (strstr(msg, "-- BEGIN PROG LOAD LOG --"))
+		verifier_log = true;
+	size_t lines = 0;
+	for (const char *c = msg; *c; c++)
+		lines += *c == '\n';
+	size_t skip = lines > LOG_TAIL_LINES ? lines - LOG_TAIL_LINES : 0;
+	char *save = NULL, *line = strtok_r(msg, "\n", &save);
+	for (size_t i = 0; line; i++, line = strtok_r(NULL, "\n", &save)) {
+		if (i == 0 || i >= skip) {
+			/* libbpf's own lines say "libbpf: " already */
+			evst_debug("%s%s", strncmp(line, "libbpf: ", 8) ?
+						   "libbpf: " : "", line);
+		} else if (i == 1) {
+			evst_debug("libbpf: (%zu lines left out; the last %d "
+				   "follow)", skip - 1, LOG_TAIL_LINES);
+		}
+	}
+	free(msg);
 	return 0;
 }
 
@@ -44,12 +69,14 @@ static void explain(int err, char *reason, size_t len)
 {
 	struct evst_bpf_facts f;
 	evst_bpf_facts_gather(err, &f);
+	f.verifier = verifier_log;
 	evst_bpf_reason(&f, reason, len);
 }
 
 int evst_steer_load(int fds[EVST_STEER_NFDS], char *reason, size_t len)
 {
 	/* Only for the duration of our load; the host's printer comes back. */
+	verifier_log = false;
 	libbpf_print_fn_t prev = libbpf_set_print(libbpf_to_evst);
 	struct steer_bpf *skel = steer_bpf__open_and_load();
 	int err = skel ? 0 : errno;
@@ -78,6 +105,7 @@ int evst_steer_load(int fds[EVST_STEER_NFDS], char *reason, size_t len)
 	if (err) {
 		while (i-- > 0)
 			close(fds[i]);
+		verifier_log = false; /* a dup failed, not the load */
 		explain(err, reason, len);
 		return -err;
 	}

@@ -75,6 +75,33 @@ EVST_HIDDEN void evst_ring_release(struct evsteer_uring *r, struct evst_uop *op)
 /* The eventfd the ring signals on completions (never read by us). */
 EVST_HIDDEN int evst_ring_eventfd(const struct evsteer_uring *r);
 
+/* setup.c */
+
+/*
+ * Kernel features a ring may lack, each probed at run time once per
+ * process (a kernel's answer does not change) and each with a way to do
+ * without. EVSTEER_TEST_MASK hides them from rings made afterwards.
+ */
+enum evst_ring_feat {
+	/* IORING_ACCEPT_DONTWAIT (Linux 6.10): without it, direct listeners
+	 * do not steal from stalled siblings (the accept would wait) */
+	EVST_FEAT_ACCEPT_DONTWAIT = 1u << 0,
+	/* IORING_OP_FIXED_FD_INSTALL (Linux 6.8): without it,
+	 * evsteer_uring_fd_install() fails with EOPNOTSUPP */
+	EVST_FEAT_FIXED_FD_INSTALL = 1u << 1,
+	/* IORING_CQE_F_SOCK_NONEMPTY on accept (Linux 6.10): probed and
+	 * reported; nothing depends on it yet */
+	EVST_FEAT_SOCK_NONEMPTY = 1u << 2,
+};
+EVST_HIDDEN bool evst_ring_has(const struct evsteer_uring *r,
+			       enum evst_ring_feat f);
+/* Which of feats (EVST_FEAT_* bits) r lacks, whether masked or missing,
+ * and what is done without each, as a path-report reason ("io_uring:
+ * ...; ..."): static, valid for the life of the process. "" when r has
+ * them all. */
+EVST_HIDDEN const char *evst_ring_lacks(const struct evsteer_uring *r,
+					unsigned int feats);
+
 /* ring.c */
 
 EVST_HIDDEN void evst_ring_lock(struct evsteer_uring *r);

@@ -47,6 +47,8 @@ struct evsteer_uring {
 	unsigned int table_size; /* registered fixed-file table, 0: none */
 	unsigned int slots;      /* direct slots open */
 	bool have_install;       /* IORING_OP_FIXED_FD_INSTALL */
+	/* EVST_FEAT_* bits: probed and present; hidden by EVSTEER_TEST_MASK */
+	unsigned int feats, masked;
 	bool efd_quiet;          /* IORING_CQ_EVENTFD_DISABLED is set */
 	int init_err;
 	unsigned long overflows; /* times the CQ was found overflowed */
