@@ -15,6 +15,8 @@ group on port 0, looked at from outside.
            and root sees both
   set      set PORT policy / weight: applied, shown, logged by the group
   prom     --prometheus: the text exposition format, names by convention
+  old      a group served by an older evsteer (a stand-in speaking only
+           proto 1, as 0.2.0 did) is listed as not readable, with why
 
 Skips (77) only when BPF cannot be loaded: without it no group is shared.
 """
@@ -348,6 +350,45 @@ def case_prom(args):
         leave(a)
 
 
+def case_old(args):
+    """The rendezvous of 0.2.0: proto 1 only; anything else is answered
+    with a join message carrying EPROTO and no descriptors."""
+    import struct
+    magic, eproto = 0x56525645, 71
+    port = 1 + os.getpid() % 60000
+    name = f"\0evsteer/0/127.0.0.9:{port}"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind(name)
+    srv.listen(4)
+    answered = []
+
+    def serve():
+        for _ in range(2):
+            c, _ = srv.accept()
+            m = c.recv(20)  # the old server's buffer: longer requests truncate
+            _, proto, layout, _, _ = struct.unpack("<IIIiI", m)
+            answered.append(proto)
+            c.send(struct.pack("<IIIiI", magic, 1, layout, 0 if proto == 1 else eproto,
+                               os.getpid()))
+            c.close()
+    import threading
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        doc, _ = look(args.stat)
+        nr = [n for n in doc["not_readable"] if n["address"] == f"127.0.0.9:{port}"]
+        check(len(nr) == 1 and "another evsteer version" in nr[0]["reason"], doc)
+        check(all(g["address"] != f"127.0.0.9:{port}" for g in doc["groups"]), doc)
+        r = stat(args.stat, "set", f"127.0.0.9:{port}", "policy", "hash")
+        check(r.returncode == 1 and "another evsteer version" in r.stderr, r.stderr)
+        t.join(TIMEOUT)
+        check(answered == [2, 2], f"requests seen by the old server: {answered}")
+        print("old: a 0.2.0 rendezvous answers proto 2 with EPROTO; listed as not "
+              "readable, set refused")
+    finally:
+        srv.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("case")
@@ -356,7 +397,7 @@ def main():
     ap.add_argument("--lib", required=True)
     args = ap.parse_args()
     {"prefork": case_prefork, "stall": case_stall, "users": case_users,
-     "set": case_set, "prom": case_prom}[args.case](args)
+     "set": case_set, "prom": case_prom, "old": case_old}[args.case](args)
 
 
 if __name__ == "__main__":

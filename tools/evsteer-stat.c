@@ -70,6 +70,8 @@ struct group {
 
 static struct group *groups[MAX_GROUPS];
 static int ngroups;
+/* scan() looks at what it finds; set only needs the names */
+static bool scan_looks = true;
 
 enum fmt { FMT_TABLE, FMT_JSON, FMT_PROM };
 
@@ -283,8 +285,10 @@ static int scan(void)
 			memcpy(g->addr, addr, strlen(addr) + 1);
 			groups[ngroups++] = g;
 			g->inode = inode;
-			look(g);
-		} else if (g->inode != inode || (g->status && g->status != EACCES)) {
+			if (scan_looks)
+				look(g);
+		} else if (scan_looks &&
+			   (g->inode != inode || (g->status && g->status != EACCES))) {
 			/* served by another process now, or not readable
 			 * before: its objects may be others */
 			g->inode = inode;
@@ -946,6 +950,7 @@ static int do_set(int argc, char **argv)
 	} else {
 		goto usage;
 	}
+	scan_looks = false;
 	if (scan() < 0) {
 		fprintf(stderr, "evsteer-stat: /proc/net/unix: %s\n", strerror(errno));
 		return 1;
