@@ -79,14 +79,14 @@ def connect(port):
         return c.makefile().readline()
 
 
-def accepted(screen, pid):
-    """The ACCEPTED column of pid's rows."""
+def served(screen, pid):
+    """ACCEPTED + STOLEN of pid's rows (what their callbacks got)."""
     out = []
     for l in screen.splitlines():
         f = l.split()
-        # PID TID SLOT ENGINE STATE W ACCEPTED ...
-        if len(f) >= 8 and f[0] == str(pid) and f[6].isdigit():
-            out.append(int(f[6]))
+        # PID TID SLOT ENGINE STATE W ACCEPTED ACC/S PEND STALLS STOLEN ...
+        if len(f) >= 14 and f[0] == str(pid) and f[6].isdigit() and f[10].isdigit():
+            out.append(int(f[6]) + int(f[10]))
     return out
 
 
@@ -108,16 +108,19 @@ def main():
         t("new-session", "-d", "-s", "w", "-x", "132", "-y", "40",
           f"{args.stat} --watch 0.2 --color")
         addr = f"127.0.0.1:{port}"
-        s = t.wait_screen("the group", lambda s: addr in s)
-        check("ACCEPTED" in s and "STALLED" not in s.split(addr)[1].split("\n\n")[0],
+        # (a capture may fall in the middle of a redraw: wait for a whole one)
+        def rows(s):
+            return [l for l in s.splitlines()
+                    if l.split()[:1] in ([str(a.p.pid)], [str(b.p.pid)])]
+        s = t.wait_screen("the group and its 4 workers",
+                          lambda s: addr in s and len(rows(s)) == 4)
+        check("ACCEPTED" in s and not any("STALLED" in l for l in rows(s)),
               f"headings, no stall yet:\n{s}")
         check(s.startswith("evsteer-stat "), f"header line:\n{s}")
-        rows = [l for l in s.splitlines() if l.split()[:1] in ([str(a.p.pid)], [str(b.p.pid)])]
-        check(len(rows) == 4, f"4 worker rows:\n{s}")
         for _ in range(40):
             connect(port)
-        s = t.wait_screen("40 accepted", lambda s: sum(accepted(s, a.p.pid)) +
-                          sum(accepted(s, b.p.pid)) == 40)
+        s = t.wait_screen("40 served", lambda s: sum(served(s, a.p.pid)) +
+                          sum(served(s, b.p.pid)) == 40)
         # a third process, frozen: a connection steered to it waits
         frozen, _, _ = start(args.server, port, 1, ["--frozen"])
         t.wait_screen("the third member", lambda s: str(frozen.p.pid) in s)
