@@ -62,6 +62,7 @@ struct group {
 	const struct steer_bpf__bss *bss;
 	size_t bss_len;
 	bool seen;
+	uint64_t looked_ns; /* last look: one a second at most when it failed */
 	/* the previous sample, for rates */
 	struct sample prev[EVST_MAX_WORKERS];
 	uint64_t prev_ns;
@@ -72,6 +73,9 @@ static struct group *groups[MAX_GROUPS];
 static int ngroups;
 /* scan() looks at what it finds; set only needs the names */
 static bool scan_looks = true;
+/* PORT or ADDRESS:PORT given: only those groups (matches()) */
+static const char *only;
+static bool matches(const struct group *g, const char *target);
 
 enum fmt { FMT_TABLE, FMT_JSON, FMT_PROM };
 
@@ -164,6 +168,7 @@ static void unmap(struct group *g)
 static void look(struct group *g)
 {
 	unmap(g);
+	g->looked_ns = now_ns();
 	struct ucred uc;
 	int s = connect_name(g->name, &uc);
 	if (s < 0) {
@@ -283,12 +288,18 @@ static int scan(void)
 				break;
 			memcpy(g->name, path + 1, strlen(path + 1) + 1);
 			memcpy(g->addr, addr, strlen(addr) + 1);
+			if (only && !matches(g, only)) {
+				free(g);
+				continue;
+			}
 			groups[ngroups++] = g;
 			g->inode = inode;
 			if (scan_looks)
 				look(g);
 		} else if (scan_looks &&
-			   (g->inode != inode || (g->status && g->status != EACCES))) {
+			   (g->inode != inode ||
+			    (g->status && g->status != EACCES &&
+			     now_ns() - g->looked_ns > 1000000000ull))) {
 			/* served by another process now, or not readable
 			 * before: its objects may be others */
 			g->inode = inode;
@@ -549,7 +560,10 @@ static void print_table(FILE *o, struct gview *vs, int nv, const char *hdr)
 			"only the group's user or root may look\n", hidden,
 			hidden > 1 ? "s" : "", (unsigned)huid,
 			hidden > 1 ? ", ..." : "");
-	if (!nv && !hidden && !ngroups)
+	if (!nv && !hidden && !ngroups && only)
+		fprintf(o, "\nno evsteer group on %s in this network namespace\n",
+			only);
+	else if (!nv && !hidden && !ngroups)
 		fprintf(o, "\nno evsteer group in this network namespace (only "
 			"BPF-steered groups are visible: a group on the kernel's "
 			"hash lives in one process)\n");
@@ -569,14 +583,19 @@ static void json_str(FILE *o, const char *s)
 	fputc('"', o);
 }
 
+/* --watch --json: one document a line (NDJSON), for readers line by line */
+static bool json_lines;
+
 static void print_json(FILE *o, struct gview *vs, int nv, double interval)
 {
+	const char *nl = json_lines ? "" : "\n", *i2 = json_lines ? "" : "  ",
+		   *i4 = json_lines ? "" : "    ";
 	fprintf(o, "{\"evsteer_stat\": 1, \"version\": ");
 	json_str(o, evsteer_version());
 	fprintf(o, ", \"interval_s\": %.3f, \"groups\": [", interval);
 	for (int k = 0; k < nv; k++) {
 		struct gview *v = &vs[k];
-		fprintf(o, "%s\n  {\"address\": ", k ? "," : "");
+		fprintf(o, "%s%s%s{\"address\": ", k ? "," : "", nl, i2);
 		json_str(o, v->g->addr);
 		fprintf(o, ", \"name\": ");
 		json_str(o, v->g->name);
@@ -600,11 +619,11 @@ static void print_json(FILE *o, struct gview *vs, int nv, double interval)
 		fprintf(o, "], \"workers\": [");
 		for (int i = 0; i < v->n; i++) {
 			struct view *x = &v->w[i];
-			fprintf(o, "%s\n    {\"slot\": %u, \"pid\": %u, \"tid\": %u, "
+			fprintf(o, "%s%s%s{\"slot\": %u, \"pid\": %u, \"tid\": %u, "
 				"\"engine\": \"%s\", \"path\": \"%s%s\", \"live\": %s, "
 				"\"retired\": %s, \"weight\": %u, \"state\": \"%s\", "
 				"\"stalled\": %s, \"accepted\": %" PRIu64 ", "
-				"\"accepted_per_s\": ", i ? "," : "", x->slot, x->s.pid,
+				"\"accepted_per_s\": ", i ? "," : "", nl, i4, x->slot, x->s.pid,
 				x->s.tid, engine_str(x->s.engine),
 				v->detached ? "" : "bpf+", engine_str(x->s.engine),
 				x->s.live ? "true" : "false",
@@ -627,7 +646,7 @@ static void print_json(FILE *o, struct gview *vs, int nv, double interval)
 		}
 		fprintf(o, "]}");
 	}
-	fprintf(o, "%s], \"not_readable\": [", nv ? "\n" : "");
+	fprintf(o, "%s], \"not_readable\": [", nv ? nl : "");
 	int c = 0;
 	for (int i = 0; i < ngroups; i++)
 		if (groups[i]->status && groups[i]->status != EACCES) {
@@ -1010,7 +1029,7 @@ static void usage(FILE *o)
 {
 	fprintf(o,
 		"usage: evsteer-stat [--json|--prometheus] [--watch [SECONDS]] "
-		"[--interval SECONDS] [--color|--no-color]\n"
+		"[--interval SECONDS] [--color|--no-color] [PORT|ADDRESS:PORT]\n"
 		"       evsteer-stat set PORT|ADDRESS:PORT policy "
 		"least-pending|hash|round-robin|cpu\n"
 		"       evsteer-stat set PORT|ADDRESS:PORT weight SLOT 1..16\n"
@@ -1060,6 +1079,8 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
+	if (optind < argc)
+		only = argv[optind++];
 	if (optind < argc) {
 		usage(stderr);
 		return 2;
@@ -1068,8 +1089,9 @@ int main(int argc, char **argv)
 	if (watching) {
 		if (interval <= 0)
 			interval = 1.0;
-		if (interval < 0.05)
-			interval = 0.05;
+		if (interval < 0.01)
+			interval = 0.01;
+		json_lines = f == FMT_JSON;
 		return watch(f, interval);
 	}
 	/* once: two reads `interval` apart give accepted/s (0: no rate);
