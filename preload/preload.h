@@ -22,6 +22,7 @@
 #define EVSTEER_PRELOAD_H
 
 #include <stdbool.h>
+#include <sys/types.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -107,6 +108,7 @@ struct pl_entry {
 	struct evsteer_listener *lev; /* interpose.c */
 	struct pl_entry *next;        /* registry.c, under its lock */
 	bool reported;                /* report.c: its line was written at exit */
+	pid_t pid;                    /* registry.c: the process that made it */
 	char addr[128];               /* interpose.c: its address, in words */
 };
 void pl_reg_insert(struct pl_entry *e);

@@ -5,6 +5,7 @@
  * libevent made (a call we handed to it) and goes back to libevent.
  */
 #include <pthread.h>
+#include <unistd.h>
 
 #include "preload.h"
 
@@ -20,8 +21,33 @@ static unsigned int bucket_of(const void *p)
 	return (unsigned int)(x >> 56);
 }
 
+/*
+ * fork: the child keeps the registry (it may free what it inherited, and
+ * the core forgets those; common/process.h in src/), with its lock usable;
+ * each entry says which process made it, so that only that process
+ * reports it (report.c).
+ */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&reg_lock);
+}
+
+static void fork_done(void)
+{
+	pthread_mutex_unlock(&reg_lock);
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_register(void)
+{
+	pthread_atfork(fork_prepare, fork_done, fork_done);
+}
+
 void pl_reg_insert(struct pl_entry *e)
 {
+	pthread_once(&fork_once, fork_register);
+	e->pid = getpid();
 	unsigned int b = bucket_of(e->lev);
 	pthread_mutex_lock(&reg_lock);
 	e->next = buckets[b];

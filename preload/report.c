@@ -213,14 +213,18 @@ static void report(struct pl_entry *e, const char *when)
 	append(&j);
 }
 
+/* A child of fork() does not speak for its parent's listeners: the parent
+ * reports them, with the counters they really have. */
 void pl_report_free(struct pl_entry *e)
 {
-	report(e, "free");
+	if (e->pid == getpid())
+		report(e, "free");
 }
 
 static void report_exit(struct pl_entry *e)
 {
-	report(e, "exit");
+	if (e->pid == getpid())
+		report(e, "exit");
 	e->reported = true;
 }
 

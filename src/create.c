@@ -2,8 +2,8 @@
 /*
  * The public constructors: argument checks, the socket for new_bind, and
  * membership: an inet listener with SO_REUSEPORT joins the steering group
- * of its address (group.c) before it starts. The top of the layers:
- * create.c -> group.c -> listener.c -> engines.
+ * of its address (group/member.c) before it starts. The top of the layers:
+ * create.c -> group/ -> listener.c -> engine/ (docs/ARCHITECTURE.md).
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -18,7 +18,7 @@
 #include "common/options.h"
 
 /* A REUSEABLE_PORT listener joins the steering group of its address
- * (group.c checks the rest: TCP, inet, SO_REUSEPORT on the socket). */
+ * (group/member.c checks the rest: TCP, inet, SO_REUSEPORT on the socket). */
 static const struct evst_member_ops *member_for(unsigned int flags)
 {
 	return flags & EVSTEER_OPT_REUSEABLE_PORT ? &evst_group_member : NULL;

@@ -49,7 +49,7 @@ EVST_HIDDEN void evst_log(enum evsteer_log_level level, const char *fmt, ...)
  * (engine/event.c, engine/uring_fd.c, engine/uring_direct.c), chosen once
  * by listener.c (start_engine) and never asked which it is. The listener
  * is alive for every op. "The lock" is the listener's (held only with
- * EVSTEER_OPT_THREADSAFE); the group's is g->lock (group.c).
+ * EVSTEER_OPT_THREADSAFE); the group's is g->lock (group/group.h).
  */
 struct evst_engine_ops {
 	enum evsteer_engine kind; /* the path report's (evst_fill_path) */
@@ -84,14 +84,23 @@ struct evst_engine_ops {
 	 * group (evst_group_handoff()) or is closed and counted. */
 	void (*destroy)(struct evsteer_listener *lev);
 	/*
-	 * Optional (NULL: nothing to give). group.c, a thief's loop thread,
+	 * evsteer_listener_free() in a child of fork() on a listener the
+	 * parent made (common/process.h), after the member's forget: release
+	 * the engine's memory, its events (the child has re-initialised the
+	 * base) and the child's copies of its descriptors. No lock (a
+	 * parent's thread may have held it), no system call on anything the
+	 * parent still uses: no ring request, no cancel, no reap.
+	 */
+	void (*forget)(struct evsteer_listener *lev);
+	/*
+	 * Optional (NULL: nothing to give). group/steal.c, a thief's loop thread,
 	 * the group's lock held, lev's lock NOT held, lev live (a stalled
 	 * worker): hand over one connection the engine accepted but has not
 	 * delivered, or -1.
 	 */
 	int (*steal)(struct evsteer_listener *lev);
 	/*
-	 * Optional (NULL: takes nothing). group.c, the thread of a leaving
+	 * Optional (NULL: takes nothing). group/steal.c, the thread of a leaving
 	 * sibling's destroy (its lock held, not lev's), the group's lock
 	 * held, lev live: take n connections the sibling had accepted and
 	 * not delivered, and deliver them from lev's own loop. Returns how
@@ -100,7 +109,7 @@ struct evst_engine_ops {
 	unsigned int (*adopt)(struct evsteer_listener *lev,
 			      const struct evst_conn *c, unsigned int n);
 	/*
-	 * Optional (NULL: cannot). group.c, the loop thread of lev, lev's
+	 * Optional (NULL: cannot). group/steal.c, the loop thread of lev, lev's
 	 * lock and the group's held: take up to max connections from a
 	 * stalled sibling (victim, when it is a listener of this process:
 	 * what its ring already accepted) and from its listening socket
@@ -111,7 +120,7 @@ struct evst_engine_ops {
 			  struct evsteer_listener *victim, int sock_fd,
 			  unsigned int max);
 	/*
-	 * Optional, for the stall watch (group.c, when lev goes live, the
+	 * Optional, for the stall watch (group/member.c, when lev goes live, the
 	 * lock held): a descriptor that turns readable (an edge) when the
 	 * engine has connections the loop has not taken yet (io_uring: the
 	 * ring's eventfd), besides the listening socket; -1.
@@ -161,6 +170,7 @@ struct evsteer_listener {
 	int accept4_flags;
 	unsigned int max_accepts;
 	unsigned int backoff_max_ms;
+	unsigned int gen; /* made in this process generation (fork) */
 
 	/* Everything below is guarded by lock (with EVSTEER_OPT_THREADSAFE). */
 	pthread_mutex_t lock;
@@ -176,13 +186,13 @@ struct evsteer_listener {
 
 	struct evst_counters counters;
 
-	/* Worker-group membership (group.c, through `member`); NULL: a lone
+	/* Worker-group membership (group/, through `member`); NULL: a lone
 	 * listener. */
 	const struct evst_member_ops *member;
 	struct evsteer_group *group;
 	unsigned int slot;
 	struct evst_worker *ws;     /* this socket's shared counters */
-	struct evst_member_state *ms; /* the member's own (group.c) */
+	struct evst_member_state *ms; /* the member's own (group/member.c) */
 };
 
 static inline void evst_lock(struct evsteer_listener *lev)
@@ -259,9 +269,9 @@ EVST_HIDDEN int evst_list_listeners(const struct sockaddr *sa,
 				    struct evst_sock_info *out, int max);
 
 /*
- * What a listener knows of its group: this member interface, which group.c
- * implements. listener.c never calls group.c, so the layers read one way:
- * create.c (the public constructors) -> group.c -> listener.c -> engines.
+ * What a listener knows of its group: this member interface, which group/member.c
+ * implements. listener.c never calls group/ by name, so the layers read one way:
+ *  create.c (the public constructors) -> group/ -> listener.c -> engine/.
  */
 struct evst_steering {
 	enum evsteer_steering steering;
@@ -289,6 +299,11 @@ struct evst_member_ops {
 	/* Last reference (or a failed creation): leave; close_fd false keeps
 	 * the socket open whoever owns it. */
 	void (*leave)(struct evsteer_listener *lev, bool close_fd);
+	/* The listener was inherited over fork and is freed in the child
+	 * (engine ops' forget says what may be touched): drop it from the
+	 * group in memory only, closing the child's copy of the socket as
+	 * leave would. The group's slot stays the parent's. */
+	void (*forget)(struct evsteer_listener *lev);
 	/* Listener lock held: steer to this worker only while it delivers. */
 	void (*sync_live)(struct evsteer_listener *lev);
 	/* Listener lock held, must not block: out of the steering table, no
@@ -314,7 +329,7 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 			const struct evst_member_ops *member, void *member_ctx,
 			unsigned int direct_table);
 /* evst_listener_create_cb() for an fd listener's callback: direct_table
- * is 0, as group.c passes it (the parameter goes with that call). */
+ * is 0, as group/ passes it (the parameter goes with that call). */
 EVST_HIDDEN struct evsteer_listener *
 evst_listener_create(struct event_base *base, evsteer_accept_cb cb, void *arg,
 		     unsigned int flags, int backlog, int fd,

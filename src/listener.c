@@ -19,6 +19,7 @@
 #include "config.h"
 #include "internal.h"
 #include "common/env.h"
+#include "common/process.h"
 
 static const char *const steering_reason_none =
 	"single socket: no worker group to steer across";
@@ -130,6 +131,7 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 	lev->cb = cb;
 	lev->arg = arg;
 	lev->refcnt = 1;
+	lev->gen = evst_process_gen();
 	lev->accept4_flags =
 		(flags & EVSTEER_OPT_LEAVE_SOCKETS_BLOCKING ? 0 : SOCK_NONBLOCK) |
 		(flags & EVSTEER_OPT_CLOSE_ON_EXEC ? SOCK_CLOEXEC : 0);
@@ -236,10 +238,36 @@ static void set_user_cb(struct evsteer_listener *lev, evsteer_accept_cb cb)
 		lev->cb.fd = cb;
 }
 
+/*
+ * A child of fork() frees a listener its parent made (common/process.h).
+ * The lock is not taken (a thread of the parent may have held it; that
+ * thread does not exist here) nor is the reference count looked at (a
+ * callback of the parent's may have held one). What stays the parent's:
+ * the socket, the group's slot and the program's entry for it, the ring's
+ * requests. What goes: memory, events, the child's copies of descriptors.
+ */
+static void listener_forget(struct evsteer_listener *lev)
+{
+	evst_debug("listener fd %d: freed in a child of fork(); the parent "
+		   "keeps serving it",
+		   lev->fd);
+	if (lev->engine)
+		lev->ops->forget(lev);
+	if (lev->member)
+		lev->member->forget(lev);
+	else if (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)
+		close(lev->fd);
+	free(lev);
+}
+
 void evsteer_listener_free(struct evsteer_listener *lev)
 {
 	if (!lev)
 		return;
+	if (evst_inherited(lev->gen)) {
+		listener_forget(lev);
+		return;
+	}
 	evst_lock(lev);
 	if (lev->freeing) {
 		evst_unlock(lev);
@@ -273,6 +301,7 @@ int evsteer_listener_enable(struct evsteer_listener *lev)
 {
 	if (!lev)
 		return evst_fail(EINVAL);
+	EVST_REFUSE_INHERITED(lev->gen, -EINVAL);
 	int r = 0;
 	evst_lock(lev);
 	if (lev->freeing) {
@@ -291,6 +320,7 @@ int evsteer_listener_disable(struct evsteer_listener *lev)
 {
 	if (!lev)
 		return evst_fail(EINVAL);
+	EVST_REFUSE_INHERITED(lev->gen, -EINVAL);
 	evst_lock(lev);
 	lev->enabled = false;
 	int r = lev->ops->disable(lev);
@@ -304,6 +334,7 @@ void evsteer_listener_set_cb(struct evsteer_listener *lev, evsteer_accept_cb cb,
 {
 	if (!lev)
 		return;
+	EVST_REFUSE_INHERITED(lev->gen, );
 	evst_lock(lev);
 	if (!lev->freeing) {
 		bool had = evst_has_cb(lev);

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "internal.h"
 #include "common/env.h"
+#include "common/process.h"
 
 /*
  * One process-wide sink, guarded by a mutex: messages are rare (errors,
@@ -19,6 +20,23 @@ static evsteer_log_fn log_fn;
 static void *log_arg;
 static enum evsteer_log_level log_max = EVSTEER_LOG_WARN;
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+
+/* fork (common/process.h): a message may be on its way on another thread;
+ * the child keeps the sink the parent set. */
+void evst_log_registry_fork_prepare(void)
+{
+	pthread_mutex_lock(&log_lock);
+}
+
+void evst_log_registry_fork_parent(void)
+{
+	pthread_mutex_unlock(&log_lock);
+}
+
+void evst_log_registry_fork_child(void)
+{
+	pthread_mutex_unlock(&log_lock);
+}
 
 /* EVSTEER_LOG=error|warn|info|debug sets the default sink's level. */
 static void read_env(void)

@@ -62,6 +62,19 @@ def thread_of(port, what):
         raise AssertionError(f"{what}: no answer in {REQ_TIMEOUT} s ({e})")
 
 
+def check_share(cond, msg):
+    """A check of how the threads shared the work: timing-bound, so under
+    ThreadSanitizer (10-20 times slower, see main) it is reported and not
+    asserted; the plain and ASan runs assert it."""
+    if A.tsan and not cond:
+        print(f"real_http: not asserted under ThreadSanitizer: {msg}")
+        return
+    check(cond, msg)
+
+
+TSAN_ENV = {}  # main(): what a ThreadSanitizer build needs
+
+
 class Http:
     """http_server under evsteer-run on a free port, on one path."""
 
@@ -69,6 +82,7 @@ class Http:
         self.path = path
         env = evtest.shim_env(A.preload)
         env["EVSTEER_TEST_REQUIRE"] = os.environ.get("EVSTEER_TEST_REQUIRE", "")
+        env.update(TSAN_ENV)
         env.update(env_extra or {})
         args = ["--block-fd", str(block_fd)] if block_fd is not None else []
         popen = {"pass_fds": (block_fd,)} if block_fd is not None else {}
@@ -127,7 +141,7 @@ def case_stall(path, extra):
         check(out.strip() == "unblocked", f"/block answered {out!r}")
         # released: it serves again
         back = [thread_of(h.port, "after the release") for _ in range(100)]
-        check(back.count(stuck) >= 10,
+        check_share(back.count(stuck) >= 10,
               f"thread {stuck} served {back.count(stuck)} of 100 after it was released")
     finally:
         os.close(w)
@@ -182,7 +196,7 @@ def case_back(path, extra):
         out, _ = blocker.communicate(timeout=TIMEOUT)
         check(out.strip() == "unblocked", f"/block answered {out!r}")
         back = [thread_of(h.port, "after the release") for _ in range(100)]
-        check(back.count(stuck) >= 10,
+        check_share(back.count(stuck) >= 10,
               f"thread {stuck} served {back.count(stuck)} of 100 after it was "
               "released (held out after the theft)")
     finally:
@@ -200,7 +214,7 @@ def case_balance(path, extra):
         served = h.stop()
     n = len(got)
     shares = [got.count(t) for t in range(2)]
-    check(min(shares) >= n // 8,
+    check_share(min(shares) >= n // 8,
           f"one thread took nearly everything: {shares} of {n} (served {served})")
     print(f"{path}: balance: {shares} of {n}")
 
@@ -215,9 +229,24 @@ def main():
     ap.add_argument("--run", required=True)
     ap.add_argument("--preload", required=True)
     ap.add_argument("--server", required=True)
+    ap.add_argument("--path", choices=[p for p, _ in PATHS],
+                    help="only this path (by hand)")
+    ap.add_argument("--tsan", action="store_true",
+                    help="the server is built with ThreadSanitizer")
     A = ap.parse_args()
+    if A.tsan:
+        # TSan makes a request cost 10-20 times more: a loop pass over a
+        # batch of io_uring completions then outlasts the default 2 ms
+        # stall bound, and a busy thread is (rightly, by that bound) taken
+        # for stalled. A 20 ms bound keeps the cases what they are (a
+        # blocked thread is blocked until the test releases it); the
+        # shares afterwards are timing and not asserted (check_share).
+        TSAN_ENV["EVSTEER_STALL_US"] = "20000"
+        print("real_http: ThreadSanitizer build: EVSTEER_STALL_US=20000; "
+              "shares reported, not asserted")
     for path, extra in PATHS:
-        CASES[A.case](path, extra)
+        if not A.path or A.path == path:
+            CASES[A.case](path, extra)
     return 0
 
 

@@ -178,5 +178,7 @@ const struct evst_engine_ops evst_event_engine = {
 	.enable = event_enable,
 	.disable = event_disable,
 	.quiesce = event_quiesce,
+	/* freeing events is all destroy does: as safe in a fork child */
+	.forget = event_destroy,
 	.destroy = event_destroy,
 };

@@ -414,6 +414,25 @@ void evst_ua_destroy(struct evsteer_listener *lev)
 	lev->engine = NULL;
 }
 
+void evst_ua_forget(struct evsteer_listener *lev)
+{
+	struct evst_ua *e = evst_ua_of(lev);
+	struct evsteer_uring *r = e->r;
+	event_free(e->timer);
+	/* accepted and not delivered by the parent: for the fd engine these
+	 * are descriptors in this process too (the child's copies); a direct
+	 * engine's are slots of the parent's table, nothing of ours */
+	while (!lev->direct_table && e->count) {
+		struct evst_conn c;
+		evst_ua_held_pop(e, &c, 1);
+		close(c.fd);
+	}
+	evst_ring_unready(r, &e->op);
+	evst_ua_free(e);
+	evst_ring_forget(r);
+	lev->engine = NULL;
+}
+
 /* The stall watch also waits on the ring's eventfd: a stuck loop's ring
  * still accepts (its task work runs inside whatever call blocks it). */
 int evst_ua_signal_fd(struct evsteer_listener *lev)

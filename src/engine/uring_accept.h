@@ -119,6 +119,9 @@ EVST_HIDDEN int evst_ua_enable(struct evsteer_listener *lev);
 EVST_HIDDEN int evst_ua_disable(struct evsteer_listener *lev);
 EVST_HIDDEN void evst_ua_quiesce(struct evsteer_listener *lev);
 EVST_HIDDEN void evst_ua_destroy(struct evsteer_listener *lev);
+/* The engine op forget, for both engines (internal.h says what it may
+ * touch). */
+EVST_HIDDEN void evst_ua_forget(struct evsteer_listener *lev);
 EVST_HIDDEN int evst_ua_signal_fd(struct evsteer_listener *lev);
 
 #endif

@@ -339,6 +339,7 @@ const struct evst_engine_ops evst_uring_direct_engine = {
 	.disable = evst_ua_disable,
 	.quiesce = evst_ua_quiesce,
 	.destroy = evst_ua_destroy,
+	.forget = evst_ua_forget,
 	.adopt = direct_adopt,
 	.steal_from = direct_steal_from,
 	.signal_fd = evst_ua_signal_fd,

@@ -189,6 +189,7 @@ const struct evst_engine_ops evst_uring_engine = {
 	.disable = evst_ua_disable,
 	.quiesce = evst_ua_quiesce,
 	.destroy = evst_ua_destroy,
+	.forget = evst_ua_forget,
 	.steal = fd_steal,
 	.adopt = fd_adopt,
 	.signal_fd = evst_ua_signal_fd,

@@ -6,12 +6,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/process.h"
 #include "group/group.h"
 
 int evsteer_group_pending(const struct evsteer_group *g)
 {
 	if (!g)
 		return -(errno = EINVAL);
+	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	struct evsteer_group *mg = (struct evsteer_group *)g;
 	uint64_t n = 0;
 	pthread_mutex_lock(&mg->lock);
@@ -33,6 +35,7 @@ int evsteer_group_set_policy(struct evsteer_group *g, enum evsteer_policy policy
 {
 	if (!g || (unsigned int)policy > EVSTEER_POLICY_CPU)
 		return -(errno = EINVAL);
+	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	evst_shared_set_policy(g->sh, (unsigned int)policy);
 	evst_info("group: policy %s", evsteer_policy_name(policy));
 	return 0;
@@ -43,6 +46,7 @@ int evsteer_group_set_weight(struct evsteer_group *g, unsigned int slot,
 {
 	if (!g || slot >= EVST_MAX_WORKERS || weight < 1 || weight > 16)
 		return -(errno = EINVAL);
+	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	pthread_mutex_lock(&g->lock);
 	int r = slot_used(&g->slots[slot]) ? 0 : -ENOENT;
 	if (!r)
@@ -57,6 +61,7 @@ int evsteer_group_set_cpu(struct evsteer_group *g, unsigned int cpu,
 {
 	if (!g || cpu >= EVST_MAX_CPUS || slot >= EVST_MAX_WORKERS)
 		return -(errno = EINVAL);
+	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	pthread_mutex_lock(&g->lock);
 	int r = slot_used(&g->slots[slot]) ? 0 : -ENOENT;
 	if (!r)

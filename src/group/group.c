@@ -13,6 +13,7 @@
 #include "config.h"
 #include "common/env.h"
 #include "common/options.h"
+#include "common/process.h"
 #include "group/group.h"
 
 struct evsteer_group *evst_group_alloc(unsigned int flags,
@@ -25,6 +26,7 @@ struct evsteer_group *evst_group_alloc(unsigned int flags,
 	}
 	pthread_mutex_init(&g->lock, NULL);
 	g->refcnt = 1;
+	g->gen = evst_process_gen();
 	g->flags = flags;
 	g->lopts = *lo;
 	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
@@ -231,6 +233,7 @@ struct evsteer_listener *evsteer_group_attach(struct evsteer_group *g,
 		errno = EINVAL;
 		return NULL;
 	}
+	EVST_REFUSE_INHERITED(g->gen, NULL);
 	pthread_mutex_lock(&g->lock);
 	int err = !slot_used(&g->slots[slot]) ? -ENOENT :
 		  g->slots[slot].lev		? -EBUSY :
@@ -264,6 +267,7 @@ int evsteer_group_add_worker(struct evsteer_group *g)
 {
 	if (!g)
 		return -(errno = EINVAL);
+	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	int fd = bind_worker_socket((struct sockaddr *)&g->addr, g->addrlen,
 				    g->flags, g->backlog);
 	if (fd < 0)
@@ -282,6 +286,10 @@ void evsteer_group_free(struct evsteer_group *g)
 {
 	if (!g)
 		return;
+	if (evst_inherited(g->gen)) {
+		evst_group_forget_ref(g);
+		return;
+	}
 	int fds[EVST_MAX_WORKERS];
 	int n = 0;
 	pthread_mutex_lock(&g->lock);
@@ -298,6 +306,7 @@ int evsteer_group_retire(struct evsteer_group *g)
 {
 	if (!g)
 		return -(errno = EINVAL);
+	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	pthread_mutex_lock(&g->lock);
 	g->retired = true;
 	for (unsigned int i = 0; i < g->nslots; i++)
@@ -317,6 +326,7 @@ int evsteer_group_get_fd(const struct evsteer_group *g, unsigned int slot)
 		errno = EINVAL;
 		return -1;
 	}
+	EVST_REFUSE_INHERITED(g->gen, -1);
 	struct evsteer_group *mg = (struct evsteer_group *)g;
 	pthread_mutex_lock(&mg->lock);
 	int fd = slot_used(&g->slots[slot]) ? g->slots[slot].fd : -1;

@@ -55,6 +55,7 @@ struct evst_slot {
 struct evsteer_group {
 	pthread_mutex_t lock;
 	int refcnt;            /* registry_lock */
+	unsigned int gen;      /* made in this process generation (fork) */
 	bool implicit;         /* formed by REUSEABLE_PORT listeners */
 	struct evsteer_group *next;
 	struct sockaddr_storage addr;
@@ -123,6 +124,11 @@ EVST_HIDDEN void evst_group_steering(const struct evsteer_group *g,
 /* registry.c */
 EVST_HIDDEN void evst_group_ref(struct evsteer_group *g);
 EVST_HIDDEN void evst_group_unref(struct evsteer_group *g);
+/* In a child of fork(), g inherited: evst_group_unref() that touches
+ * nothing the parent uses (common/process.h): at the last reference the
+ * child's copies of the group's own sockets close and the memory goes;
+ * the slots stay the parent's. */
+EVST_HIDDEN void evst_group_forget_ref(struct evsteer_group *g);
 /* The implicit group of the address lev->fd is bound to, made if needed;
  * a reference taken. NULL with errno. */
 EVST_HIDDEN struct evsteer_group *

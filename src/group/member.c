@@ -141,6 +141,33 @@ static void member_leave(struct evsteer_listener *lev, bool close_fd)
 	evst_group_unref(g);
 }
 
+/* member->forget: see evst_member_ops. The stall watch forgot its
+ * entries at fork; the poke eventfd is the child's copy. */
+static void member_forget(struct evsteer_listener *lev)
+{
+	struct evst_member_state *ms = lev->ms;
+	if (ms) {
+		event_free(ms->poke_ev);
+		close(ms->poke_fd);
+		free(ms);
+		lev->ms = NULL;
+	}
+	struct evsteer_group *g = lev->group;
+	struct evst_slot *s = &g->slots[lev->slot];
+	if (s->lev == lev) {
+		if (s->owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE))
+			close(s->fd);
+		/* in this copy of memory only: no longer the group's to close */
+		s->owned = false;
+		s->fd = -1;
+		s->lev = NULL;
+	}
+	lev->group = NULL;
+	lev->member = NULL;
+	lev->ws = NULL;
+	evst_group_forget_ref(g);
+}
+
 /* Listener lock held: steer to this worker only while it delivers, and
  * have the stall watch look at it (as victim or as thief) while it does. */
 static void member_sync_live(struct evsteer_listener *lev)
@@ -261,6 +288,7 @@ const struct evst_member_ops evst_group_member = {
 	.steal = evst_steal_stuck,
 	.handoff = evst_steal_handoff,
 	.leave = member_leave,
+	.forget = member_forget,
 	.sync_live = member_sync_live,
 	.stop = member_stop,
 	.quiesce = member_quiesce,

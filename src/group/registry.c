@@ -11,34 +11,28 @@
 #include <unistd.h>
 
 #include "common/env.h"
+#include "common/process.h"
 #include "group/group.h"
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct evsteer_group *registry;
 
-/* After fork the child's implicit groups start from nothing (shared.c
- * says why). */
-static void atfork_prepare(void)
+/* fork (common/process.h): the child's implicit groups start from
+ * nothing; those listed are the parent's, inherited. */
+void evst_group_registry_fork_prepare(void)
 {
 	pthread_mutex_lock(&registry_lock);
 }
 
-static void atfork_parent(void)
+void evst_group_registry_fork_parent(void)
 {
 	pthread_mutex_unlock(&registry_lock);
 }
 
-static void atfork_child(void)
+void evst_group_registry_fork_child(void)
 {
 	registry = NULL;
 	pthread_mutex_unlock(&registry_lock);
-}
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void atfork_register(void)
-{
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 void evst_group_ref(struct evsteer_group *g)
@@ -69,6 +63,23 @@ void evst_group_unref(struct evsteer_group *g)
 	free(g);
 }
 
+void evst_group_forget_ref(struct evsteer_group *g)
+{
+	/* registry_lock was reset at fork: usable; g->lock was not */
+	pthread_mutex_lock(&registry_lock);
+	bool last = --g->refcnt == 0;
+	pthread_mutex_unlock(&registry_lock);
+	if (!last)
+		return;
+	for (unsigned int i = 0; i < g->nslots; i++)
+		if (g->slots[i].gslot >= 0 && g->slots[i].owned &&
+		    g->slots[i].fd >= 0)
+			close(g->slots[i].fd);
+	if (g->sh)
+		evst_shared_forget(g->sh);
+	free(g);
+}
+
 /* registry_lock held: the implicit group of this address, with a
  * reference taken, or NULL. */
 static struct evsteer_group *registry_ref(const struct sockaddr_storage *ss,
@@ -90,7 +101,6 @@ struct evsteer_group *evst_group_implicit(struct evsteer_listener *lev,
 					    socklen_t len,
 					    const struct evsteer_listener_opts *opts)
 {
-	pthread_once(&atfork_once, atfork_register);
 	/* registry_lock is never held across evst_shared_get (which takes
 	 * shared.c's locks): no nesting, so the fork handlers cannot
 	 * deadlock against a creation in flight */

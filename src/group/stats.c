@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/process.h"
 #include "group/group.h"
 
 /* gslot's counters, from shared memory: any member can read any slot. */
@@ -39,6 +40,7 @@ int evsteer_group_worker_stats(const struct evsteer_group *g, unsigned int slot,
 {
 	if (!g || !out || out->sz < sizeof(out->sz) || slot >= EVST_MAX_WORKERS)
 		return -(errno = EINVAL);
+	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	struct evsteer_group *mg = (struct evsteer_group *)g;
 	pthread_mutex_lock(&mg->lock);
 	fill_stats(g->sh, g->slots[slot].gslot, true, out);
@@ -57,6 +59,7 @@ int evsteer_group_global_stats(const struct evsteer_group *g,
 {
 	if (!g || !out || out->sz < sizeof(out->sz) || gslot >= EVST_MAX_WORKERS)
 		return -(errno = EINVAL);
+	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	struct evsteer_group *mg = (struct evsteer_group *)g;
 	bool mine = false;
 	pthread_mutex_lock(&mg->lock);

@@ -11,7 +11,7 @@
  * long as it is stuck. So one thread per process looks at the shared
  * counters and, when a worker has had connections pending for longer than
  * the stall threshold without progress, writes the eventfd of a healthy
- * sibling in the same group; that sibling's loop takes them (group.c,
+ * sibling in the same group; that sibling's loop takes them (group/steal.c,
  * member_steal).
  *
  * What it costs. While connections arrive it wakes at the moment the
@@ -40,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/process.h"
 #include "steering/shared.h"
 #include "group/watch.h"
 
@@ -62,8 +63,6 @@ static struct {
 	int epfd;    /* the wake eventfd, and the idle watches */
 	int wake_fd; /* list changed, or stop */
 } W = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wake_fd = -1};
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static uint64_t ld(const __u64 *p)
 {
@@ -243,19 +242,19 @@ static void *watch_main(void *arg)
 	return NULL;
 }
 
-/* After fork the child has no watch thread and watches nothing: what it
- * inherited are its parent's members (group.c says the same of groups). */
-static void atfork_prepare(void)
+/* fork (common/process.h): the child has no watch thread and watches
+ * nothing; what it inherited are its parent's members. */
+void evst_watch_registry_fork_prepare(void)
 {
 	pthread_mutex_lock(&W.lock);
 }
 
-static void atfork_parent(void)
+void evst_watch_registry_fork_parent(void)
 {
 	pthread_mutex_unlock(&W.lock);
 }
 
-static void atfork_child(void)
+void evst_watch_registry_fork_child(void)
 {
 	for (struct evst_watched *e = W.list; e; e = e->next) {
 		e->on = false;
@@ -274,11 +273,6 @@ static void atfork_child(void)
 		close(W.wake_fd);
 	W.epfd = W.wake_fd = -1;
 	pthread_mutex_unlock(&W.lock);
-}
-
-static void atfork_register(void)
-{
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 /* W.lock held: the epoll set and the thread, made on first use. */
@@ -316,7 +310,6 @@ static int start(void)
 
 int evst_watch_add(struct evst_watched *w, int sock_fd, int ring_fd)
 {
-	pthread_once(&atfork_once, atfork_register);
 	w->wfd[0] = w->wfd[1] = -1;
 	w->on = false;
 	w->seen_steered = 0;

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/process.h"
 #include "steering/rendezvous.h"
 
 #define RDV_MAGIC EVST_RDV_MAGIC
@@ -31,7 +32,6 @@ static struct evst_rdv *busy;   /* the entry the thread works on unlocked */
 static pthread_t thread;
 static bool running, stopping;
 static int wake_fd = -1;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 void evst_rdv_name(struct evst_rdv *r, const char *key)
 {
@@ -340,20 +340,20 @@ static void wake(void)
 	}
 }
 
-/* After fork the child has no thread and must not serve the parent's
- * names: close what it inherited and start from nothing. Its groups are
- * the parent's; the child rendezvouses anew for its own. */
-static void atfork_prepare(void)
+/* fork (common/process.h): the child has no thread and must not serve
+ * the parent's names: close what it inherited and start from nothing.
+ * Its groups are the parent's; the child rendezvouses anew for its own. */
+void evst_rdv_registry_fork_prepare(void)
 {
 	pthread_mutex_lock(&rdv_lock);
 }
 
-static void atfork_parent(void)
+void evst_rdv_registry_fork_parent(void)
 {
 	pthread_mutex_unlock(&rdv_lock);
 }
 
-static void atfork_child(void)
+void evst_rdv_registry_fork_child(void)
 {
 	for (struct evst_rdv *r = entries; r; r = r->next)
 		if (r->lfd >= 0) {
@@ -366,23 +366,12 @@ static void atfork_child(void)
 	if (wake_fd >= 0)
 		close(wake_fd);
 	wake_fd = -1;
-	/* held since atfork_prepare, by this (the forking) thread */
+	/* held since the prepare step, by this (the forking) thread */
 	pthread_mutex_unlock(&rdv_lock);
-}
-
-static void atfork_register(void)
-{
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-}
-
-void evst_rdv_atfork(void)
-{
-	pthread_once(&atfork_once, atfork_register);
 }
 
 int evst_rdv_add(struct evst_rdv *r)
 {
-	evst_rdv_atfork();
 	pthread_mutex_lock(&rdv_lock);
 	if (!running) {
 		wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

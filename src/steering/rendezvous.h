@@ -91,11 +91,6 @@ struct evst_rdv {
 	struct evst_rdv *next;
 };
 
-/* Register the fork handlers (once): a child closes the names it
- * inherited and has no thread. Callers that hold a lock of their own
- * around evst_rdv_add() register theirs after this. */
-EVST_HIDDEN void evst_rdv_atfork(void);
-
 /* Build the name for a key (printable; the leading NUL is added). */
 EVST_HIDDEN void evst_rdv_name(struct evst_rdv *r, const char *key);
 

@@ -54,6 +54,11 @@ struct evst_shared_opts {
 EVST_HIDDEN struct evst_shared *evst_shared_get(int fd,
 						const struct evst_shared_opts *o);
 EVST_HIDDEN void evst_shared_put(struct evst_shared *sh);
+/* In a child of fork(), sh inherited (common/process.h): drop a reference;
+ * at the last, unmap the child's views (control page, program state) and
+ * close the child's copies of their descriptors. The control page, the
+ * program and its maps are the parent's and are not written. */
+EVST_HIDDEN void evst_shared_forget(struct evst_shared *sh);
 
 /* Claim a free slot for fd (put in the sockarray); the slot or -errno
  * (ENOSPC; EBUSY when the socket is in the group already). */
@@ -98,7 +103,7 @@ EVST_HIDDEN unsigned int evst_shared_nslots(const struct evst_shared *sh);
 EVST_HIDDEN uint32_t evst_shared_slot_pid(const struct evst_shared *sh,
 					  unsigned int slot);
 
-/* shared state helpers used by the accounting (group.c) */
+/* shared state helpers used by the accounting (group/) */
 EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);
 /* The worker's loop ran: its heartbeat. */
 EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);

@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include "common/process.h"
 #include "uring/ring_impl.h"
 
 int evst_ring_direct_table(struct evsteer_uring *r, unsigned int size)
@@ -228,6 +229,10 @@ static int io_submit(struct evsteer_uring *r, enum io_kind kind, int slot,
 	if (!r || slot < 0 || (r->table_size && (unsigned int)slot >= r->table_size) ||
 	    len > INT32_MAX)
 		return -(errno = EINVAL);
+	if (evst_inherited(r->gen)) {
+		evst_inherited_call("evsteer_uring I/O");
+		return -EINVAL;
+	}
 	if (kind == IO_INSTALL && !r->have_install)
 		return -(errno = EOPNOTSUPP);
 	/* a send-and-close without a callback has nothing to call back:

@@ -57,6 +57,11 @@ struct evst_uop {
 EVST_HIDDEN struct evsteer_uring *evst_ring_get(struct event_base *base,
 					    const char **why);
 EVST_HIDDEN void evst_ring_put(struct evsteer_uring *r);
+/* In a child of fork(), r inherited (common/process.h): evst_ring_put()
+ * without a lock, a cancel or a reap (the queues are memory shared with
+ * the parent's ring): at the last reference the child's views are
+ * unmapped and its copies of the descriptors closed. */
+EVST_HIDDEN void evst_ring_forget(struct evsteer_uring *r);
 /* Changes with every wake-up of the loop thread: per-wake-up budgets. */
 EVST_HIDDEN unsigned long evst_ring_wake_gen(const struct evsteer_uring *r);
 /*

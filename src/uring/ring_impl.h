@@ -31,6 +31,7 @@ struct evsteer_uring {
 	struct event *kick_ev; /* made active to run ready() in the loop */
 	struct event *yield_ev; /* the same, after the loop's next poll */
 	int inflight;
+	unsigned int gen; /* made in this process generation (fork) */
 	int wanted;     /* engines delivering (enabled) on this ring */
 	bool efd_added; /* efd_ev is in the base */
 	/* the loop thread is inside run_loop_work(): marking ready needs no

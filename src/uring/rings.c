@@ -11,6 +11,7 @@
 
 #include <event2/event.h>
 
+#include "common/process.h"
 #include "uring/ring_impl.h"
 
 #define READY_BATCH 64
@@ -185,6 +186,25 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	run_loop_work(arg);
 }
 
+/* fork (common/process.h): the child's bases get rings of their own; the
+ * rings listed are the parent's (their queues are memory shared with it),
+ * reachable only through inherited listeners, for evst_ring_forget(). */
+void evst_ring_registry_fork_prepare(void)
+{
+	pthread_mutex_lock(&registry_lock);
+}
+
+void evst_ring_registry_fork_parent(void)
+{
+	pthread_mutex_unlock(&registry_lock);
+}
+
+void evst_ring_registry_fork_child(void)
+{
+	rings = NULL;
+	pthread_mutex_unlock(&registry_lock);
+}
+
 struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 {
 	pthread_mutex_lock(&registry_lock);
@@ -196,6 +216,7 @@ struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 		pthread_mutex_init(&r->lock, NULL);
 		pthread_cond_init(&r->idle, NULL);
 		r->base = base;
+		r->gen = evst_process_gen();
 		r->ready_tail = &r->ready_head;
 		r->later_tail = &r->later_head;
 		r->efd_ev = event_new(base, r->efd, EV_READ | EV_PERSIST | EV_ET,
@@ -244,5 +265,24 @@ void evst_ring_put(struct evsteer_uring *r)
 	event_free(r->yield_ev);
 	pthread_cond_destroy(&r->idle);
 	pthread_mutex_destroy(&r->lock);
+	evst_ring_free(r);
+}
+
+void evst_ring_forget(struct evsteer_uring *r)
+{
+	if (atomic_fetch_sub(&r->users, 1) != 1)
+		return;
+	/* requests of the parent's direct I/O: their memory only (every
+	 * engine took its own op off the lists before letting go) */
+	while (r->ready_head || r->later_head) {
+		struct evst_uop *op = r->ready_head ? r->ready_head : r->later_head;
+		evst_ring_unready(r, op);
+		op->release(op);
+	}
+	event_free(r->efd_ev);
+	event_free(r->kick_ev);
+	event_free(r->yield_ev);
+	/* the lock and the condition are left as they are: a thread of the
+	 * parent may have held them */
 	evst_ring_free(r);
 }

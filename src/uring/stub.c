@@ -4,6 +4,7 @@
 #include <errno.h>
 
 #include "internal.h"
+#include "common/process.h"
 
 static int unsupported(void)
 {
@@ -72,4 +73,17 @@ unsigned int evsteer_uring_slots_in_use(const struct evsteer_uring *r)
 {
 	(void)r;
 	return 0;
+}
+
+/* No rings without io_uring: nothing to do around fork. */
+void evst_ring_registry_fork_prepare(void)
+{
+}
+
+void evst_ring_registry_fork_parent(void)
+{
+}
+
+void evst_ring_registry_fork_child(void)
+{
 }
