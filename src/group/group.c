@@ -310,9 +310,12 @@ int evsteer_group_retire(struct evsteer_group *g)
 	pthread_mutex_lock(&g->lock);
 	g->retired = true;
 	for (unsigned int i = 0; i < g->nslots; i++)
-		if (slot_used(&g->slots[i]))
-			evst_shared_set_live(g->sh, (unsigned)g->slots[i].gslot,
-					     false);
+		if (slot_used(&g->slots[i])) {
+			unsigned int gs = (unsigned)g->slots[i].gslot;
+			evst_shared_set_live(g->sh, gs, false);
+			__atomic_or_fetch(&evst_shared_info(g->sh, gs)->flags,
+					  EVST_SLOT_RETIRED, __ATOMIC_RELAXED);
+		}
 	pthread_mutex_unlock(&g->lock);
 	return 0;
 }

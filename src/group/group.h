@@ -107,6 +107,12 @@ EVST_HIDDEN int evst_slot_add(struct evsteer_group *g, int fd, bool owned);
 EVST_HIDDEN int evst_slot_remove(struct evsteer_group *g, unsigned int i);
 EVST_HIDDEN struct evst_slot_counters *
 evst_group_counters(struct evsteer_group *g, unsigned int slot);
+/* The worker's loop runs on this thread (evsteer-stat shows it). */
+static inline void evst_group_note_thread(struct evsteer_group *g,
+					  unsigned int slot)
+{
+	evst_shared_note_thread(g->sh, (unsigned)g->slots[slot].gslot);
+}
 /* The address's steering as options ask for it, the environment filling
  * in what they leave at 0: groups and REUSEABLE_PORT listeners alike. */
 EVST_HIDDEN struct evst_shared_opts

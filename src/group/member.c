@@ -178,9 +178,16 @@ static void member_sync_live(struct evsteer_listener *lev)
 	bool live = evst_active(lev);
 	pthread_mutex_lock(&g->lock);
 	live = live && !g->retired;
-	if (slot_used(&g->slots[lev->slot]))
-		evst_shared_set_live(g->sh, (unsigned)g->slots[lev->slot].gslot,
-				     live);
+	if (slot_used(&g->slots[lev->slot])) {
+		unsigned int gs = (unsigned)g->slots[lev->slot].gslot;
+		evst_shared_set_live(g->sh, gs, live);
+		/* for evsteer-stat: which engine, and a restart under way */
+		struct evst_slot_info *in = evst_shared_info(g->sh, gs);
+		__atomic_store_n(&in->engine, (uint32_t)lev->ops->kind + 1,
+				 __ATOMIC_RELAXED);
+		__atomic_store_n(&in->flags, g->retired ? EVST_SLOT_RETIRED : 0u,
+				 __ATOMIC_RELAXED);
+	}
 	pthread_mutex_unlock(&g->lock);
 
 	struct evst_member_state *ms = lev->ms;
@@ -229,6 +236,7 @@ static void member_took(struct evsteer_listener *lev, uint64_t now)
 	evst_made_progress(lev->ws, now);
 	__atomic_fetch_add(&evst_group_counters(lev->group, lev->slot)->accepted, 1,
 			   __ATOMIC_RELAXED);
+	evst_group_note_thread(lev->group, lev->slot);
 }
 
 static void member_alive(struct evsteer_listener *lev, uint64_t now)
@@ -251,6 +259,7 @@ static void member_empty(struct evsteer_listener *lev, uint64_t now)
 		return;
 	evst_made_progress(lev->ws, now);
 	evst_ws_resync(lev->ws);
+	evst_group_note_thread(lev->group, lev->slot);
 }
 
 /* lev's loop runs: a sibling stole from it, or the stall watch wants a

@@ -165,9 +165,14 @@ void evst_steal_stuck(struct evsteer_listener *lev)
 		if (!w || !__atomic_load_n(&w->live, __ATOMIC_RELAXED) ||
 		    !evst_worker_pending(w))
 			continue;
-		uint64_t age = now - evst_ld64(&w->progress_ns);
+		uint64_t prog = evst_ld64(&w->progress_ns), age = now - prog;
 		if ((int64_t)age < 0 || age <= stall)
 			continue;
+		/* a new episode unless stolen from since its last pass
+		 * (evsteer-stat's "stalls"; racing thieves may count one twice) */
+		if (evst_ld64(&w->stolen_ns) <= prog)
+			__atomic_fetch_add(&evst_shared_info_of(g->sh, w)->stalls,
+					   1, __ATOMIC_RELAXED);
 		int n = evst_listener_is_direct(lev) ?
 				steal_direct(lev, g, i, w, budget, now) :
 				steal_fds(lev, g, i, w, budget, now);

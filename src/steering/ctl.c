@@ -66,6 +66,9 @@ void evst_ctl_free_slot(struct evst_shared *sh, unsigned int i)
 	__atomic_store_n(&s->owner, 0, __ATOMIC_RELEASE);
 	__atomic_store_n(&s->cookie, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->pid, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->tid, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->info.engine, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->info.flags, 0, __ATOMIC_RELAXED);
 	sh->local_fd[i] = -1;
 }
 

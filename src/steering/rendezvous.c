@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The rendezvous socket and the thread that serves it (see rendezvous.h).
- * One SOCK_SEQPACKET exchange per joiner: HELLO, then WELCOME carrying the
- * descriptors, then both close. Liveness of members is not tracked here.
+ * One SOCK_SEQPACKET exchange per peer: a joiner's HELLO, then WELCOME
+ * carrying the descriptors; or a looker's request (evsteer-stat: LOOK or
+ * SET), then its answer; then both close. Liveness of members is not
+ * tracked here.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,14 +21,9 @@
 #include "common/process.h"
 #include "steering/rendezvous.h"
 
-#define RDV_MAGIC 0x56525645u /* "EVRV" */
-#define RDV_PROTO 1
+#define RDV_MAGIC EVST_RDV_MAGIC
+#define RDV_PROTO EVST_RDV_PROTO
 
-struct rdv_msg {
-	uint32_t magic, proto, layout;
-	int32_t status; /* WELCOME: 0, or an errno the server refuses with */
-	uint32_t pid;
-};
 
 static pthread_mutex_t rdv_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t rdv_cond = PTHREAD_COND_INITIALIZER;
@@ -84,7 +81,7 @@ int evst_rdv_join(const struct evst_rdv *r, int fds[EVST_RDV_NFDS], uid_t *uid,
 		goto out;
 	}
 	set_timeout(s, EVST_RDV_TIMEOUT_MS);
-	struct rdv_msg m = {RDV_MAGIC, RDV_PROTO, r->layout, 0,
+	struct evst_rdv_msg m = {RDV_MAGIC, RDV_PROTO, r->layout, 0,
 			    (uint32_t)getpid()};
 	if (send(s, &m, sizeof(m), MSG_NOSIGNAL) != sizeof(m)) {
 		err = errno == EAGAIN ? -ETIMEDOUT : -ENOENT;
@@ -141,6 +138,68 @@ int evst_rdv_bind(struct evst_rdv *r)
 	return 0;
 }
 
+/* Send an answer with n descriptors (n 0: none). */
+static int answer(int c, const void *msg, size_t len, const int *fds, int n)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * EVST_RDV_NFDS)];
+		struct cmsghdr align;
+	} u;
+	memset(&u, 0, sizeof(u));
+	struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (n > 0) {
+		mh.msg_control = u.buf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)n);
+	}
+	return sendmsg(c, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
+}
+
+/* A proto 2 request (evsteer-stat): look, or set. Same uid or root. */
+static void serve_ctl(struct evst_rdv *r, int c, const struct evst_rdv_req *q,
+		      const struct ucred *uc)
+{
+	struct evst_rdv_req a = *q;
+	a.h.magic = RDV_MAGIC;
+	a.h.proto = EVST_RDV_PROTO_CTL;
+	a.h.layout = r->layout;
+	a.h.pid = (uint32_t)getpid();
+	int32_t status = 0;
+	int nfds = 0;
+	if (uc->uid != geteuid() && uc->uid != 0)
+		status = EACCES;
+	else if (q->op == EVST_RDV_OP_LOOK) {
+		/* no layout check: the answer carries ours, the looker
+		 * decides whether it can read it */
+		if (r->look_fds[0] < 0 || r->look_fds[1] < 0)
+			status = EOPNOTSUPP;
+		else
+			nfds = EVST_RDV_LOOK_NFDS;
+	} else if (q->op == EVST_RDV_OP_SET_POLICY ||
+		   q->op == EVST_RDV_OP_SET_WEIGHT) {
+		if (q->h.layout != r->layout)
+			status = EPROTO;
+		else
+			status = r->control ? r->control(r->arg, q, uc->pid, uc->uid) :
+					      EOPNOTSUPP;
+	} else {
+		status = EOPNOTSUPP;
+	}
+	a.h.status = status;
+	int e = answer(c, &a, sizeof(a), r->look_fds, status ? 0 : nfds);
+	if (e < 0)
+		evst_debug("rendezvous: answering pid %d: %s", (int)uc->pid,
+			   strerror(-e));
+	else if (status == EACCES)
+		evst_info("rendezvous: refused a look by pid %d (uid %u): "
+			  "another user", (int)uc->pid, (unsigned)uc->uid);
+}
+
 /* Thread, on a served name: answer every joiner waiting. */
 static void serve(struct evst_rdv *r)
 {
@@ -151,39 +210,35 @@ static void serve(struct evst_rdv *r)
 		/* a joiner that connects and says nothing must not hold the
 		 * thread for long */
 		set_timeout(c, 500);
-		struct rdv_msg m;
+		union {
+			struct evst_rdv_msg m;
+			struct evst_rdv_req q;
+		} in;
 		struct ucred uc;
-		int32_t status = 0;
-		if (peer_cred(c, &uc) < 0 || recv(c, &m, sizeof(m), 0) != sizeof(m) ||
-		    m.magic != RDV_MAGIC) {
+		ssize_t n;
+		if (peer_cred(c, &uc) < 0 ||
+		    (n = recv(c, &in, sizeof(in), 0)) < (ssize_t)sizeof(in.m) ||
+		    in.m.magic != RDV_MAGIC) {
 			close(c);
 			continue;
 		}
+		if (in.m.proto == EVST_RDV_PROTO_CTL && n == sizeof(in.q)) {
+			serve_ctl(r, c, &in.q, &uc);
+			close(c);
+			continue;
+		}
+		struct evst_rdv_msg m = in.m;
+		int32_t status = 0;
 		if (uc.uid != geteuid())
 			status = EACCES;
 		else if (m.proto != RDV_PROTO || m.layout != r->layout)
 			status = EPROTO;
-		struct rdv_msg a = {RDV_MAGIC, RDV_PROTO, r->layout, status,
+		struct evst_rdv_msg a = {RDV_MAGIC, RDV_PROTO, r->layout, status,
 				    (uint32_t)getpid()};
-		union {
-			char buf[CMSG_SPACE(sizeof(int) * EVST_RDV_NFDS)];
-			struct cmsghdr align;
-		} u;
-		memset(&u, 0, sizeof(u));
-		struct iovec iov = {.iov_base = &a, .iov_len = sizeof(a)};
-		struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-		if (!status) {
-			mh.msg_control = u.buf;
-			mh.msg_controllen = sizeof(u.buf);
-			struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-			cm->cmsg_level = SOL_SOCKET;
-			cm->cmsg_type = SCM_RIGHTS;
-			cm->cmsg_len = CMSG_LEN(sizeof(int) * EVST_RDV_NFDS);
-			memcpy(CMSG_DATA(cm), r->fds, sizeof(int) * EVST_RDV_NFDS);
-		}
-		if (sendmsg(c, &mh, MSG_NOSIGNAL) < 0)
+		int e = answer(c, &a, sizeof(a), r->fds, status ? 0 : EVST_RDV_NFDS);
+		if (e < 0)
 			evst_debug("rendezvous: answering pid %d: %s", (int)uc.pid,
-				   strerror(errno));
+				   strerror(-e));
 		else if (status)
 			evst_info("rendezvous: refused pid %d (uid %u): %s",
 				  (int)uc.pid, (unsigned)uc.uid, strerror(status));

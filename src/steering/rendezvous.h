@@ -30,13 +30,60 @@
 /* How long a joiner waits for the server's answer. */
 #define EVST_RDV_TIMEOUT_MS 2000
 
+/*
+ * The wire format (SOCK_SEQPACKET, one message each way), shared with
+ * evsteer-stat (tools/), which speaks it without linking these files.
+ *
+ * Joining (proto 1, unchanged since the first version): the joiner sends a
+ * struct evst_rdv_msg; the server answers one with status 0 and the
+ * EVST_RDV_NFDS descriptors, or with an errno and none.
+ *
+ * Looking and control (proto 2, evsteer-stat): the client sends a
+ * struct evst_rdv_req with op LOOK or SET. A server that predates it
+ * answers proto 2 as any other version, with status EPROTO: old members
+ * keep working and the client says they cannot be looked at. LOOK is
+ * answered with status 0 and EVST_RDV_LOOK_NFDS descriptors: the
+ * program's state (the .bss map) and a read-only descriptor of the
+ * control page. SET changes the policy or a slot's weight and is answered
+ * with a status only. The server allows the same effective uid or root
+ * (SO_PEERCRED); joining stays same uid only.
+ */
+#define EVST_RDV_MAGIC 0x56525645u /* "EVRV" */
+#define EVST_RDV_PROTO 1       /* join */
+#define EVST_RDV_PROTO_CTL 2   /* look, set */
+#define EVST_RDV_LOOK_NFDS 2   /* [0]: .bss map, [1]: control page (ro) */
+
+struct evst_rdv_msg {
+	uint32_t magic, proto, layout;
+	int32_t status; /* answer: 0, or an errno the server refuses with */
+	uint32_t pid;
+};
+
+enum evst_rdv_op {
+	EVST_RDV_OP_LOOK = 1,
+	EVST_RDV_OP_SET_POLICY = 2, /* value: enum evsteer_policy */
+	EVST_RDV_OP_SET_WEIGHT = 3, /* slot (global), value: 1..16 */
+};
+
+struct evst_rdv_req {
+	struct evst_rdv_msg h; /* proto EVST_RDV_PROTO_CTL */
+	uint32_t op, slot, value, pad;
+};
+
 struct evst_rdv {
 	struct sockaddr_un name; /* abstract: sun_path[0] == '\0' */
 	socklen_t namelen;
 	int fds[EVST_RDV_NFDS];  /* handed to joiners; owned by the caller */
+	/* handed to lookers (LOOK); owned by the caller; -1: LOOK refused */
+	int look_fds[EVST_RDV_LOOK_NFDS];
 	uint32_t layout;         /* joiners must present the same */
 	/* Called on the thread every tick, without any rendezvous lock. */
 	void (*tick)(void *arg);
+	/* A SET request of a peer allowed to make it (same uid or root), on
+	 * the thread without any rendezvous lock: 0 or an errno for the
+	 * answer. NULL: SET is refused (EOPNOTSUPP). */
+	int (*control)(void *arg, const struct evst_rdv_req *req, pid_t pid,
+		       uid_t uid);
 	void *arg;
 
 	/* rendezvous.c */

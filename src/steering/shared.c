@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,6 +251,22 @@ static int rendezvous(struct evst_shared *sh, uint64_t self)
 #endif
 }
 
+/* What evsteer-stat receives: the program's state, and the control page
+ * through a descriptor opened read-only (a memfd reopened through /proc),
+ * so that a looker cannot write it even by mistake. Without /proc the
+ * page is not handed to lookers. */
+static void look_fds(struct evst_shared *sh)
+{
+	char p[64];
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", sh->ctl_fd);
+	sh->ctl_ro_fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (sh->ctl_ro_fd < 0)
+		evst_debug("group %s: no read-only control page for evsteer-stat: "
+			   "%s", sh->key, strerror(errno));
+	sh->rdv.look_fds[0] = evst_steer_fds(sh->steer)[EVST_FD_BSS];
+	sh->rdv.look_fds[1] = sh->ctl_ro_fd;
+}
+
 static bool same_addr(const struct evst_shared *sh,
 		      const struct sockaddr_storage *ss, socklen_t len,
 		      uint64_t netns)
@@ -320,8 +337,10 @@ static struct evst_shared *shared_new(const struct sockaddr_storage *ss,
 	sh->addrlen = len;
 	sh->netns = netns;
 	sh->ctl_fd = -1;
+	sh->ctl_ro_fd = -1;
 	sh->alive_fd = -1;
 	sh->rdv.lfd = -1;
+	sh->rdv.look_fds[0] = sh->rdv.look_fds[1] = -1;
 	sh->member = -1;
 	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++)
 		sh->local_fd[i] = -1;
@@ -352,7 +371,9 @@ static int steer(struct evst_shared *sh, int fd,
 	if (e == 0) {
 		memcpy(sh->rdv.fds, evst_steer_fds(sh->steer), sizeof(int) * 3);
 		sh->rdv.fds[3] = sh->ctl_fd;
+		look_fds(sh);
 		sh->rdv.tick = evst_shared_tick;
+		sh->rdv.control = evst_shared_control;
 		sh->rdv.arg = sh;
 		e = evst_rdv_add(&sh->rdv);
 	}
@@ -362,6 +383,9 @@ static int steer(struct evst_shared *sh, int fd,
 		if (sh->rdv.lfd >= 0)
 			close(sh->rdv.lfd);
 		sh->rdv.lfd = -1;
+		if (sh->ctl_ro_fd >= 0)
+			close(sh->ctl_ro_fd);
+		sh->ctl_ro_fd = -1;
 		return e;
 	}
 	return r;
@@ -468,6 +492,8 @@ static void release(struct evst_shared *sh, bool mine)
 {
 	if (sh->alive_fd >= 0)
 		close(sh->alive_fd);
+	if (sh->ctl_ro_fd >= 0)
+		close(sh->ctl_ro_fd);
 	if (sh->ctl_fd >= 0) {
 		munmap(sh->ctl, sizeof(*sh->ctl));
 		close(sh->ctl_fd);

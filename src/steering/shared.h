@@ -30,6 +30,14 @@ struct evst_slot_counters {
 	uint64_t accepted, stolen, stolen_from;
 };
 
+/* What evsteer-stat shows of a slot besides its counters (relaxed). */
+#define EVST_SLOT_RETIRED 1u  /* its group was retired (a restart) */
+struct evst_slot_info {
+	uint64_t stalls;  /* times a sibling found it stuck (episodes) */
+	uint32_t engine;  /* enum evsteer_engine + 1; 0: not known yet */
+	uint32_t flags;   /* EVST_SLOT_* */
+};
+
 struct evst_shared_opts {
 	enum evsteer_bpf_mode mode;
 	enum evsteer_policy policy;
@@ -80,6 +88,15 @@ EVST_HIDDEN struct evst_worker *evst_shared_worker(struct evst_shared *sh,
 						   unsigned int slot);
 EVST_HIDDEN struct evst_slot_counters *
 evst_shared_counters(struct evst_shared *sh, unsigned int slot);
+EVST_HIDDEN struct evst_slot_info *evst_shared_info(struct evst_shared *sh,
+						   unsigned int slot);
+/* The same for a worker entry (its slot is its index: no group lock). */
+EVST_HIDDEN struct evst_slot_info *
+evst_shared_info_of(struct evst_shared *sh, const struct evst_worker *w);
+/* The thread serving a slot (evsteer-stat shows it): the caller's, set
+ * when it differs (cheap: a thread-local and a relaxed load). */
+EVST_HIDDEN void evst_shared_note_thread(struct evst_shared *sh,
+					 unsigned int slot);
 /* Highest slot in use anywhere + 1. */
 EVST_HIDDEN unsigned int evst_shared_nslots(const struct evst_shared *sh);
 /* Who owns a slot: its process id, 0 when free. */

@@ -35,6 +35,10 @@ int evst_shared_claim(struct evst_shared *sh, int fd)
 	__atomic_store_n(&s->c.accepted, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->c.stolen, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->c.stolen_from, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->tid, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->info.stalls, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->info.engine, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->info.flags, 0, __ATOMIC_RELAXED);
 	if (sh->steer) {
 		int err = evst_steer_set_slot(sh->steer, i, fd);
 		/* One attach covers the kernel's whole reuseport group, also
@@ -150,6 +154,72 @@ struct evst_slot_counters *evst_shared_counters(struct evst_shared *sh,
 						unsigned int slot)
 {
 	return &sh->ctl->slots[slot].c;
+}
+
+struct evst_slot_info *evst_shared_info(struct evst_shared *sh,
+					unsigned int slot)
+{
+	return &sh->ctl->slots[slot].info;
+}
+
+struct evst_slot_info *evst_shared_info_of(struct evst_shared *sh,
+					   const struct evst_worker *w)
+{
+	return &sh->ctl->slots[w - sh->v.workers].info;
+}
+
+void evst_shared_note_thread(struct evst_shared *sh, unsigned int slot)
+{
+	static __thread uint32_t self;
+	if (!self)
+		self = (uint32_t)gettid();
+	uint32_t *t = &sh->ctl->slots[slot].tid;
+	if (__atomic_load_n(t, __ATOMIC_RELAXED) != self)
+		__atomic_store_n(t, self, __ATOMIC_RELAXED);
+}
+
+/* evsteer-stat's SET, authorised by the rendezvous (same uid or root):
+ * what evsteer_group_set_policy() and _set_weight() do, for the whole
+ * address, logged here so the group's own log says who changed what. */
+int evst_shared_control(void *arg, const struct evst_rdv_req *q, pid_t pid,
+			uid_t uid)
+{
+	struct evst_shared *sh = arg;
+	char a[64];
+	evst_addr_str(&sh->addr, a, sizeof(a));
+	if (q->op == EVST_RDV_OP_SET_POLICY) {
+		if (q->value > EVSTEER_POLICY_CPU)
+			return EINVAL;
+		unsigned int was = evst_shared_policy(sh);
+		evst_shared_set_policy(sh, q->value);
+		evst_info("group %s: policy %s -> %s, set by pid %d (uid %u) "
+			  "with evsteer-stat", a,
+			  evsteer_policy_name((enum evsteer_policy)was),
+			  evsteer_policy_name((enum evsteer_policy)q->value),
+			  (int)pid, (unsigned)uid);
+		return 0;
+	}
+	if (q->op == EVST_RDV_OP_SET_WEIGHT) {
+		if (q->slot >= EVST_MAX_WORKERS || q->value < 1 || q->value > 16)
+			return EINVAL;
+		evst_ctl_lock(sh);
+		struct evst_slot_rec *s = &sh->ctl->slots[q->slot];
+		if (!s->owner) {
+			evst_ctl_unlock(sh);
+			return ENOENT;
+		}
+		unsigned int was = s->weight, owner = s->pid;
+		s->weight = q->value;
+		__atomic_store_n(&sh->v.workers[q->slot].weight, q->value,
+				 __ATOMIC_RELAXED);
+		evst_ctl_rebuild_table(sh);
+		evst_ctl_unlock(sh);
+		evst_info("group %s: slot %u (pid %u) weight %u -> %u, set by pid "
+			  "%d (uid %u) with evsteer-stat", a, q->slot, owner, was,
+			  q->value, (int)pid, (unsigned)uid);
+		return 0;
+	}
+	return EOPNOTSUPP;
 }
 
 unsigned int evst_shared_nslots(const struct evst_shared *sh)

@@ -37,15 +37,24 @@
 #define EVST_SHARED_VERSION 2 /* 2: evst_worker.stolen_ns */
 #define EVST_MAX_MEMBERS 64
 
+/*
+ * tid and info took the place of padding (same size, same layout number):
+ * members of an older version leave them at 0, which evsteer-stat shows as
+ * unknown. Readers without the lock (evsteer-stat) check owner and cookie
+ * before and after reading a record: a slot freed and claimed again meanwhile
+ * has another cookie.
+ */
 struct evst_slot_rec {
 	uint32_t owner; /* member id; 0: free */
 	uint32_t pid;
 	uint64_t cookie; /* SO_COOKIE of the socket in the sockarray */
 	uint32_t weight;
-	uint32_t pad;
+	uint32_t tid;    /* the thread that last accepted here; 0: none yet */
 	struct evst_slot_counters c;
-	uint64_t pad2[2];
+	struct evst_slot_info info;
 };
+_Static_assert(sizeof(struct evst_slot_rec) == 64, "the slot record's size "
+	       "is part of the control page's layout");
 
 struct evst_member_rec {
 	uint32_t id; /* 0: free */
@@ -92,6 +101,7 @@ struct evst_shared {
 
 	struct evst_ctl *ctl;
 	int ctl_fd;                 /* -1 when process-local */
+	int ctl_ro_fd;              /* the same page read-only, for lookers */
 	struct evst_steer *steer;   /* NULL: kernel hash */
 	struct evst_local_state *local;
 	struct evst_shared_view v;
@@ -142,6 +152,11 @@ EVST_HIDDEN int evst_ctl_map(struct evst_shared *sh, int fd, bool create);
 EVST_HIDDEN void evst_ctl_local(struct evst_shared *sh);
 /* ctl->lock held: the default CPU map, cpu % used slots, over all. */
 EVST_HIDDEN void evst_ctl_default_cpu_map(struct evst_shared *sh);
+
+/* slots.c: a SET request through the rendezvous (evsteer-stat), on the
+ * rendezvous thread: 0 or an errno. */
+EVST_HIDDEN int evst_shared_control(void *arg, const struct evst_rdv_req *req,
+				    pid_t pid, uid_t uid);
 
 /* tick.c */
 /* ctl->lock held: our copy of the shared stand-down reason. */
