@@ -10,6 +10,7 @@ against libevent measured in the same run.
   evsteer-bench [--scenario NAME[,NAME...]|all] [--repeat N] [--quick]
                 [--json FILE] [--out DIR] [--impl a,b,...] [--profile]
                 [--work-us N] [--work-mode spin|sleep] [--read-first]
+                [--conns N]
 
 Work per connection (issue 18: every scenario must run with work > 0 before
 a figure is called a result; the report's header says which settings it had):
@@ -43,7 +44,8 @@ reporting requests/s, server CPU per request (utime+stime of the server
 from /proc over the run / requests), p50/p99/p99.9/max, each thread's share
 (max/mean of the requests each served) and, under evsteer, the connections
 stolen from a stalled thread. --work-us and --work-mode go to that server
-too (it always reads its request). S: 10 s, 2 s with --quick.
+too (it always reads its request). S: 10 s, 2 s with --quick. --conns N
+sets wrk's -c in both (e.g. --scenario http --conns 8 for a lighter point).
 
 Writes latest.json, latest.md and PNG plots (gnuplot) into --out
 (default: bench/results/ in the source tree). The rate scenario also counts
@@ -712,6 +714,10 @@ def summarize(scen, runs):
     out = {k: median_of(runs, k) for k in KEYS[scen]}
     out["path"] = runs[-1].get("path")
     out["repeats"] = len(runs)
+    # each repeat's figures too, so that a reader sees the spread behind
+    # a median (the CDFs stay out: one per scenario, below)
+    extra = ["per_thread", "errors_by_kind"] if scen.startswith("http") else []
+    out["runs"] = [{k: r.get(k) for k in KEYS[scen] + extra} for r in runs]
     if scen == "balance":
         out["per_worker"] = runs[-1].get("per_worker")
     if scen.startswith("http"):
@@ -752,10 +758,10 @@ def fmt(v):
 CAPTIONS = {
     "http": "evsteer-http-server --threads 2 (libevent only; plain = libevent, "
             "the others under evsteer-run --group PORT on one path each), "
-            "`wrk -t2 -c32 -d{secs}s -H 'Connection: close' --latency` on /. "
+            "`wrk -t2 -c{conns} -d{secs}s -H 'Connection: close' --latency` on /. "
             "share = max/mean of the requests each thread served; CPU = the "
             "server's utime+stime over the run / requests.",
-    "http-stall": "As http with `-c8`, while another client GETs /stall "
+    "http-stall": "As http with `-c{conns}`, while another client GETs /stall "
                   "(its handler sleeps 50 ms in its thread) every 200 ms; "
                   "those requests are left out of every figure. stalls = "
                   "/stall requests answered; stolen = connections evsteer's "
@@ -793,7 +799,8 @@ def markdown(report):
         lines += [f"## {scen}", ""]
         if scen in CAPTIONS:
             lines += [CAPTIONS[scen].format(
-                secs=pick(SCENARIOS[scen]["seconds"], report.get("quick"))),
+                secs=pick(SCENARIOS[scen]["seconds"], report.get("quick")),
+                conns=SCENARIOS[scen].get("conns")),
                 ""]
         keys = KEYS[scen]
         lines.append("| impl | " + " | ".join(keys) + " | path |")
@@ -943,9 +950,18 @@ def main():
     ap.add_argument("--profile", action="store_true",
                     help="perf record -g of the server in the rate scenario, "
                          "per implementation: folded stacks and flame graphs")
+    ap.add_argument("--conns", type=int, default=None, metavar="N",
+                    help="wrk's connections in the http scenarios (default: "
+                         "32 for http, 8 for http-stall)")
     a = ap.parse_args()
     if a.work_us < 0:
         ap.error("--work-us must be >= 0")
+    if a.conns is not None:
+        if a.conns < 2:  # wrk -t2 needs a connection per thread
+            ap.error("--conns must be >= 2")
+        for s in SCENARIOS.values():
+            if s.get("http"):
+                s["conns"] = a.conns
     work = Work(a.work_us, a.work_mode, a.read_first)
 
     scens = list(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
@@ -962,7 +978,10 @@ def main():
     os.makedirs(out, exist_ok=True)
 
     report = {"machine": machine(), "repeats": repeat, "quick": a.quick,
-              "work": work.as_dict(), "scenarios": {}}
+              "work": work.as_dict(),
+              "http_conns": {k: s["conns"] for k, s in SCENARIOS.items()
+                             if s.get("http")},
+              "scenarios": {}}
     failed_runs = report.setdefault("failed_runs", [])
     for scen in scens:
         http = SCENARIOS[scen].get("http", False)
