@@ -365,6 +365,16 @@ static void *busy_churn(void *arg)
 static void test_fork_while_busy(void **state)
 {
 	(void)state;
+#if defined(__SANITIZE_ADDRESS__)
+	/* ASan's allocator keeps its locks across fork: a thread the child
+	 * makes (the stall watch) waits for ever on a lock the parent's
+	 * churning thread held at that moment (seen in gdb:
+	 * SizeClassAllocator64::GetFromAllocator). glibc's malloc resets its
+	 * locks in the child; the plain build runs this case. */
+	printf("test_fork_while_busy: skipped under ASan (its allocator's "
+	       "locks are not reset in a child of fork)\n");
+	skip();
+#endif
 	struct busy b = {0};
 	pool_open(&b.p, grouped() ? 2 : 1);
 	pthread_t t[2];
