@@ -33,6 +33,8 @@ packages=(
 	groff-base
 	# the preload tests: real Debian programs and their clients
 	coturn ustreamer curl
+	# evsteer-stat --watch is tested as a person sees it, in a tmux pane
+	tmux
 )
 
 # the bench job also counts system calls, draws flame graphs and drives
