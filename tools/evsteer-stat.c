@@ -323,9 +323,12 @@ static int scan(void)
 
 /* ---- reading a group --------------------------------------------------- */
 
-/* Relaxed loads of whatever integer type the field has. */
-#define ld64(p) ((uint64_t)__atomic_load_n((p), __ATOMIC_RELAXED))
-#define ld32(p) ((uint32_t)__atomic_load_n((p), __ATOMIC_RELAXED))
+/* Loads of whatever integer type the field has. Acquire, so that the
+ * re-read of the owner in read_slot() cannot move before them (a fence
+ * would say it once, but TSan refuses fences; on x86 both are plain
+ * loads). */
+#define ld64(p) ((uint64_t)__atomic_load_n((p), __ATOMIC_ACQUIRE))
+#define ld32(p) ((uint32_t)__atomic_load_n((p), __ATOMIC_ACQUIRE))
 
 /* Slot i, consistent: false when free. */
 static bool read_slot(const struct group *g, unsigned int i, struct sample *s)
@@ -350,7 +353,6 @@ static bool read_slot(const struct group *g, unsigned int i, struct sample *s)
 			.stalls = ld64(&r->info.stalls),
 			.progress_ns = ld64(&w->progress_ns),
 			.stolen_ns = ld64(&w->stolen_ns)};
-		__atomic_thread_fence(__ATOMIC_ACQUIRE);
 		if (__atomic_load_n(&r->owner, __ATOMIC_RELAXED) == o &&
 		    ld64(&r->cookie) == c)
 			return true;
