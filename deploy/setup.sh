@@ -35,6 +35,8 @@ packages=(
 	coturn ustreamer curl
 	# evsteer-stat --watch is tested as a person sees it, in a tmux pane
 	tmux
+	# bench-smoke's end-to-end scenarios drive the evhttp server with wrk
+	wrk
 )
 
 # the bench job also counts system calls, draws flame graphs and drives
