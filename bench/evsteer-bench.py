@@ -1171,7 +1171,7 @@ def _gnuplot(gp, cmds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", default="all",
+    ap.add_argument("--scenario", default=None,
                     help="one or more of " + ", ".join(SCENARIOS) +
                          ", sweep; or all (every one but sweep)")
     ap.add_argument("--repeat", type=int, default=None)
@@ -1203,8 +1203,8 @@ def main():
                     help="wrk's connections in the http scenarios (default: "
                          "32 for http, 8 for http-stall)")
     ap.add_argument("--sweep", action="store_true",
-                    help="add the sweep scenario (the same as naming "
-                         "sweep in --scenario)")
+                    help="run the sweep: alone, or with the scenarios "
+                         "--scenario names")
     ap.add_argument("--sweep-conc", default=None, metavar="N,N,...",
                     help="the sweep's connections in flight (default "
                          + ",".join(map(str, SWEEP["conc"])) + "; 1-64)")
@@ -1234,6 +1234,8 @@ def main():
                 s["conns"] = a.conns
     work = Work(a.work_us, a.work_mode, a.read_first)
 
+    if a.scenario is None:
+        a.scenario = "sweep" if a.sweep else "all"
     scens = list(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
     sweep = a.sweep or "sweep" in scens
     scens = [s for s in scens if s != "sweep"]
