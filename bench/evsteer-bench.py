@@ -10,7 +10,8 @@ against libevent measured in the same run.
   evsteer-bench [--scenario NAME[,NAME...]|all] [--repeat N] [--quick]
                 [--json FILE] [--out DIR] [--impl a,b,...] [--profile]
                 [--work-us N] [--work-mode spin|sleep] [--read-first]
-                [--conns N]
+                [--conns N] [--sweep] [--sweep-conc N,N,...]
+                [--sweep-work US,US,...]
 
 Work per connection (issue 18: every scenario must run with work > 0 before
 a figure is called a result; the report's header says which settings it had):
@@ -47,8 +48,22 @@ stolen from a stalled thread. --work-us and --work-mode go to that server
 too (it always reads its request). S: 10 s, 2 s with --quick. --conns N
 sets wrk's -c in both (e.g. --scenario http --conns 8 for a lighter point).
 
+The sweep (issue 23; --scenario sweep or --sweep, not part of "all"): the
+rate scenario's closed loop on the bench server with 2 workers at each
+number of connections in flight (--sweep-conc, default 1,2,4,8,16,32,64)
+and each work setting (--sweep-work, default 0,50 us; --work-mode and
+--read-first apply), every implementation interleaved at each point,
+medians of --repeat runs: server CPU, system calls (perf) and voluntary
+context switches per connection, conn/s, and the client's p50/p99/p99.9
+(socket() to the reply). Tables per work setting and figure, and plots of
+CPU per connection and p99 against concurrency (sweep_cpu_wUS.png,
+sweep_p99_wUS.png), one line per implementation.
+
 Writes latest.json, latest.md and PNG plots (gnuplot) into --out
-(default: bench/results/ in the source tree). The rate scenario also counts
+(default: bench/results/ in the source tree): the latency scenarios' CDFs
+(*_cdf.png) and their percentile plots (*_tail.png: latency against p on a
+log scale of 1/(1-p), HdrHistogram style, p50 to p99.99 evenly spread, as
+far as the samples reach). The rate scenario also counts
 the server's system calls per connection (perf stat, when perf is
 installed) and its voluntary context switches per connection
 (/proc/PID/task/*/status). --profile records `perf record -g` of the server
@@ -123,6 +138,13 @@ SCENARIOS = {
     "http-stall": dict(http=True, threads=2, conns=8, seconds=(2, 10),
                        stall_every_s=0.2, stall_ms=50),
 }
+# issue 23's sweep (--scenario sweep, or --sweep): the rate scenario's
+# closed loop at each concurrency (--sweep-conc) and work (--sweep-work);
+# not part of "all" (7 x 2 x 5 x 3 runs: ~15 minutes)
+SWEEP = dict(workers=2, seconds=(1.0, 3.0), conc=[1, 2, 4, 8, 16, 32, 64],
+             work_us=[0, 50])
+SWEEP_KEYS = ["conn_per_s", "server_cpu_us_per_conn", "syscalls_per_conn",
+              "vcs_per_conn", "p50_ms", "p99_ms", "p999_ms", "errors"]
 # keys reported per scenario, and which way is better (for the ratio line)
 KEYS = {
     # errors: connections that got no reply; the percentiles are of the
@@ -369,6 +391,79 @@ def pick(v, quick):
     return v[0 if quick else 1] if isinstance(v, tuple) else v
 
 
+def closed_rate(srv, threads, seconds, work):
+    """The closed loop on a running server: `threads` connections in
+    flight for `seconds`; the server's CPU, system calls (perf) and
+    voluntary context switches per connection, and the load's latency
+    percentiles (socket() to the reply)."""
+    sc = SyscallCounter(srv.p.pid, f"/tmp/evsteer-bench-perf.{os.getpid()}")
+    c0, v0 = srv.cpu(), voluntary_switches(srv.p.pid)
+    try:
+        r = load("closed", srv.port, work, "--threads", threads,
+                 "--seconds", seconds)
+    finally:
+        cpu = srv.cpu() - c0
+        vcs = voluntary_switches(srv.p.pid) - v0
+        calls = sc.stop()
+    n = max(r["connections"], 1)
+    return {"conn_per_s": r["conn_per_s"],
+            "server_cpu_us_per_conn": cpu * 1e6 / n,
+            "syscalls_per_conn": calls / n if calls is not None else None,
+            "vcs_per_conn": vcs / n,
+            "errors": r["errors"],
+            "p50_ms": r.get("p50_ms"), "p99_ms": r.get("p99_ms"),
+            "p999_ms": r.get("p999_ms"), "max_ms": r.get("max_ms")}
+
+
+def run_sweep_point(impl, conc, seconds, work):
+    """One point of the sweep: the bench server with 2 workers, the closed
+    loop with `conc` connections in flight."""
+    srv = Server(impl, SWEEP["workers"], [], work)
+    res = {}
+    try:
+        res = closed_rate(srv, conc, seconds, work)
+    finally:
+        info = srv.stop() if srv.p.poll() is None else {}
+    res["path"] = info.get("path")
+    return res
+
+
+def run_sweep(impls, concs, works_us, repeat, quick, base, failed_runs):
+    """Issue 23's sweep: for each --work-us, for each concurrency, every
+    implementation interleaved (A B A B ...) `repeat` times; medians."""
+    secs = pick(SWEEP["seconds"], quick)
+    points = []
+    for us in works_us:
+        work = Work(us, base.mode, base.read_first)
+        for conc in concs:
+            runs = {i: [] for i in impls}
+            for rep in range(repeat):
+                for impl in impls:
+                    log(f"sweep: work {us} us, {conc} in flight: {impl} "
+                        f"(repeat {rep + 1}/{repeat})")
+                    try:
+                        runs[impl].append(run_sweep_point(impl, conc, secs,
+                                                          work))
+                    except Exception as e:  # reported, not fatal
+                        log(f"sweep: {impl}: failed: {e}")
+                        failed_runs.append(f"sweep/work{us}/conc{conc}/"
+                                           f"{impl}: {e}")
+            point = {"work_us": us, "conc": conc, "impls": {}}
+            for i, r in runs.items():
+                if not r:
+                    continue
+                m = {k: median_of(r, k) for k in SWEEP_KEYS}
+                m["path"] = r[-1].get("path")
+                m["repeats"] = len(r)
+                m["runs"] = [{k: x.get(k) for k in SWEEP_KEYS} for x in r]
+                point["impls"][i] = m
+            points.append(point)
+    return {"workers": SWEEP["workers"], "seconds": secs, "repeats": repeat,
+            "conc": concs, "work_us": works_us,
+            "work_mode": base.mode, "read_first": base.read_first,
+            "points": points}
+
+
 def run_one(scen, impl, quick, work):
     s = SCENARIOS[scen]
     extra = list(s.get("server", []))
@@ -383,24 +478,14 @@ def run_one(scen, impl, quick, work):
     b = None
     try:
         if scen == "rate":
-            sc = SyscallCounter(srv.p.pid, f"/tmp/evsteer-bench-perf.{os.getpid()}")
-            c0, v0 = srv.cpu(), voluntary_switches(srv.p.pid)
-            r = load("closed", srv.port, work, "--threads", s["threads"],
-                     "--seconds", pick(s["seconds"], quick))
-            cpu = srv.cpu() - c0
-            vcs = voluntary_switches(srv.p.pid) - v0
-            calls = sc.stop()
-            n = max(r["connections"], 1)
-            res = {"conn_per_s": r["conn_per_s"],
-                   "server_cpu_us_per_conn": cpu * 1e6 / n,
-                   "syscalls_per_conn": calls / n if calls is not None else None,
-                   "vcs_per_conn": vcs / n,
-                   "errors": r["errors"]}
+            res = closed_rate(srv, s["threads"], pick(s["seconds"], quick),
+                              work)
         elif scen in ("latency", "stall"):
             r = load("open", srv.port, work, "--rate", s["rate"],
                      "--seconds", pick(s["seconds"], quick))
-            res = {k: r[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms",
-                                     "completed", "errors", "cdf")}
+            res = {k: r.get(k) for k in ("p50_ms", "p99_ms", "p999_ms",
+                                         "max_ms", "completed", "errors",
+                                         "cdf", "tail")}
         elif scen == "balance":
             r = load("closed", srv.port, work, "--threads", s["threads"],
                      "--seconds", 60, "--max", pick(s["count"], quick))
@@ -726,6 +811,7 @@ def summarize(scen, runs):
         # the CDF of the run whose p99 is the median one
         srt = sorted(runs, key=lambda r: r["p99_ms"])
         out["cdf"] = srt[len(srt) // 2]["cdf"]
+        out["tail"] = srt[len(srt) // 2].get("tail")
     return out
 
 
@@ -788,13 +874,32 @@ def work_line(w):
             "request, and spends the same work on /.")
 
 
+def path_name(p):
+    """The path a server reported, as the report shows it."""
+    if isinstance(p, str):
+        return p
+    p = p or {}
+    return p.get("name") or f"{p.get('steering', '?')}+{p.get('engine', '?')}"
+
+
 def markdown(report):
     m = report["machine"]
     lines = [f"# evsteer benchmarks", "",
              f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), kernel "
              f"{m['kernel']}, {m['date']}. Medians of {report['repeats']} "
              f"interleaved repeats; ratio = impl / libevent in the same run.",
-             "", work_line(report.get("work") or {}), ""]
+             ""]
+    if report["scenarios"] or not report.get("sweep"):
+        lines += [work_line(report.get("work") or {}), ""]
+    if report.get("sweep"):
+        sw = report["sweep"]
+        lines += [f"The sweep's work per connection: --work-us "
+                  f"{', '.join(map(str, sw['work_us']))} "
+                  f"({sw.get('work_mode', 'spin')}), "
+                  + ("after reading the request" if sw.get("read_first")
+                     else "no request read")
+                  + " (--sweep-work); 0 measures the accept path alone.",
+                  ""]
     for scen, impls in report["scenarios"].items():
         lines += [f"## {scen}", ""]
         if scen in CAPTIONS:
@@ -816,10 +921,11 @@ def markdown(report):
                         isinstance(b, (int, float)) and b):
                     cell += f" ({v / b:.2f}x)"
                 cells.append(cell)
-            p = r.get("path") or {}
-            path = p.get("name") or f"{p.get('steering', '?')}+{p.get('engine', '?')}"
+            path = path_name(r.get("path"))
             lines.append(f"| {impl} | " + " | ".join(cells) + f" | {path} |")
         lines.append("")
+    if report.get("sweep"):
+        lines += sweep_markdown(report["sweep"])
     for scen, why in (report.get("skipped") or {}).items():
         lines += [f"## {scen}", "", f"Skipped: {why}.", ""]
     if report.get("profiles"):
@@ -829,6 +935,145 @@ def markdown(report):
             lines.append(f"- {impl}: {got}")
         lines.append("")
     return "\n".join(lines)
+
+
+SWEEP_TABLES = [("server_cpu_us_per_conn", "server CPU us per connection"),
+                ("syscalls_per_conn", "system calls per connection"),
+                ("p99_ms", "p99 ms (socket() to the reply, at the client)")]
+
+
+def sweep_markdown(sw):
+    """One table per work setting and figure: a row per concurrency, a
+    column per implementation, ratios against libevent at that point."""
+    lines = ["## sweep", "",
+             f"The bench server with {sw['workers']} workers, the closed "
+             f"loop with N connections in flight (connect"
+             + (", send a request" if sw.get("read_first") else "")
+             + f", read the reply, close) for {sw['seconds']:g} s a run; "
+             f"medians of {sw['repeats']} interleaved repeats at each point; "
+             "ratio = impl / libevent at the same point.", ""]
+    impls = []
+    for p in sw["points"]:
+        impls += [i for i in p["impls"] if i not in impls]
+    for us in sw["work_us"]:
+        pts = [p for p in sw["points"] if p["work_us"] == us]
+        for key, title in SWEEP_TABLES:
+            lines += [f"### --work-us {us} ({sw.get('work_mode', 'spin')}): "
+                      f"{title}", "",
+                      "| in flight | " + " | ".join(impls) + " |",
+                      "|---" * (len(impls) + 1) + "|"]
+            for p in pts:
+                base = (p["impls"].get("libevent") or {}).get(key)
+                cells = []
+                for i in impls:
+                    v = (p["impls"].get(i) or {}).get(key)
+                    cell = fmt(v)
+                    if (i != "libevent" and isinstance(v, (int, float)) and
+                            isinstance(base, (int, float)) and base):
+                        cell += f" ({v / base:.2f}x)"
+                    cells.append(cell)
+                lines.append(f"| {p['conc']} | " + " | ".join(cells) + " |")
+            lines.append("")
+    paths = {}
+    for p in sw["points"]:
+        for i, r in p["impls"].items():
+            paths.setdefault(i, path_name(r.get("path")))
+    lines += ["Paths: " + ", ".join(f"{i} `{v}`" for i, v in paths.items()),
+              ""]
+    return lines
+
+
+def _terminal(gp, size="900,540"):
+    return (f"set terminal pngcairo size {size} noenhanced" if _has_cairo(gp)
+            else f"set terminal png size {size} noenhanced")
+
+
+def tail_plots(report, out, gp):
+    """Latency against percentile on a log scale of 1/(1-p), HdrHistogram
+    style: p50, p90, p99, p99.9, p99.99 evenly spread, the tail not
+    squeezed into a CDF's top edge."""
+    made = []
+    sc = report["scenarios"]
+    for scen in ("latency", "stall"):
+        if scen not in sc:
+            continue
+        series = [(i, r["tail"]) for i, r in sc[scen].items()
+                  if r.get("tail")]
+        if not series:
+            continue
+        dat = os.path.join(out, f"{scen}_tail.dat")
+        with open(dat, "w") as f:
+            for i, tail in series:
+                f.write(f"# {i}: percentile, 1/(1-p), latency ms\n")
+                for q, ms in tail:
+                    f.write(f"{100 * q:.4f} {1 / (1 - q):.6g} "
+                            f"{max(ms, 1e-3)}\n")
+                f.write("\n\n")
+        png = os.path.join(out, f"{scen}_tail.png")
+        cmds = [_terminal(gp), f"set output '{png}'",
+                f"set title '{scen}: latency by percentile (scheduled start "
+                "to first byte)'",
+                "set logscale x", "set logscale y", "set xrange [1:*]",
+                "set xtics ('0%%' 1, '50%%' 2, '90%%' 10, '99%%' 100, "
+                "'99.9%%' 1000, '99.99%%' 10000, '99.999%%' 100000)",
+                "set xlabel 'percentile (log scale of 1/(1-p))'",
+                "set ylabel 'latency (ms, log)'",
+                "set key top left", "set grid",
+                "plot " + ", ".join(
+                    f"'{dat}' index {k} using 2:3 with linespoints lw 2 "
+                    f"pt 7 ps 0.5 title '{i}'"
+                    for k, (i, _) in enumerate(series))]
+        if _gnuplot(gp, cmds):
+            made.append(png)
+    return made
+
+
+def sweep_plots(sw, out, gp):
+    """Per work setting: server CPU per connection and p99 against the
+    connections in flight (log 2), one line per implementation."""
+    made = []
+    impls = []
+    for p in sw["points"]:
+        impls += [i for i in p["impls"] if i not in impls]
+    for us in sw["work_us"]:
+        pts = [p for p in sw["points"] if p["work_us"] == us]
+        dat = os.path.join(out, f"sweep_w{us}.dat")
+        with open(dat, "w") as f:
+            f.write("# in_flight " + " ".join(
+                f"{i}_cpu_us {i}_syscalls {i}_p99_ms" for i in impls) + "\n")
+            for p in pts:
+                row = [str(p["conc"])]
+                for i in impls:
+                    r = p["impls"].get(i) or {}
+                    row += [fmt_dat(r.get(k)) for k, _ in SWEEP_TABLES]
+                f.write(" ".join(row) + "\n")
+        for col, key, ylabel, log_y in (
+                (0, "cpu", "server CPU per connection (us)", False),
+                (2, "p99", "p99 latency (ms, log)", True)):
+            png = os.path.join(out, f"sweep_{key}_w{us}.png")
+            cmds = [_terminal(gp), f"set output '{png}'",
+                    f"set title 'sweep, --work-us {us}, "
+                    f"{sw['workers']} workers'",
+                    "set logscale x 2",
+                    f"set xrange [{min(sw['conc']) / 1.3}:"
+                    f"{max(sw['conc']) * 1.3}]",
+                    "set xtics (" + ", ".join(
+                        f"'{c}' {c}" for c in sw["conc"]) + ")",
+                    "set xlabel 'connections in flight (closed loop)'",
+                    f"set ylabel '{ylabel}'",
+                    "set key outside right", "set grid",
+                    "set datafile missing 'nan'"]
+            cmds += (["set logscale y"] if log_y else ["set yrange [0:*]"])
+            cmds.append("plot " + ", ".join(
+                f"'{dat}' using 1:{2 + 3 * k + col} with linespoints lw 2 "
+                f"pt 7 title '{i}'" for k, i in enumerate(impls)))
+            if _gnuplot(gp, cmds):
+                made.append(png)
+    return made
+
+
+def fmt_dat(v):
+    return "nan" if v is None else f"{v:.6g}"
 
 
 def plots(report, out):
@@ -900,6 +1145,9 @@ def plots(report, out):
                 "unset key", f"plot '{dat}' using 2:xtic(1)"]
         if _gnuplot(gp, cmds):
             made.append(png)
+    made += tail_plots(report, out, gp)
+    if report.get("sweep"):
+        made += sweep_plots(report["sweep"], out, gp)
     return made
 
 
@@ -923,8 +1171,9 @@ def _gnuplot(gp, cmds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", default="all",
-                    help="one of " + ", ".join(SCENARIOS) + ", or all")
+    ap.add_argument("--scenario", default=None,
+                    help="one or more of " + ", ".join(SCENARIOS) +
+                         ", sweep; or all (every one but sweep)")
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--quick", action="store_true",
                     help="short runs, one repeat (a smoke test)")
@@ -953,7 +1202,28 @@ def main():
     ap.add_argument("--conns", type=int, default=None, metavar="N",
                     help="wrk's connections in the http scenarios (default: "
                          "32 for http, 8 for http-stall)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="run the sweep: alone, or with the scenarios "
+                         "--scenario names")
+    ap.add_argument("--sweep-conc", default=None, metavar="N,N,...",
+                    help="the sweep's connections in flight (default "
+                         + ",".join(map(str, SWEEP["conc"])) + "; 1-64)")
+    ap.add_argument("--sweep-work", default=None, metavar="US,US,...",
+                    help="the sweep's --work-us settings (default "
+                         + ",".join(map(str, SWEEP["work_us"])) + ")")
     a = ap.parse_args()
+    try:
+        concs = ([int(x) for x in a.sweep_conc.split(",")] if a.sweep_conc
+                 else SWEEP["conc"])
+        works_us = ([int(x) for x in a.sweep_work.split(",")]
+                    if a.sweep_work else SWEEP["work_us"])
+    except ValueError:
+        ap.error("--sweep-conc and --sweep-work take comma-separated "
+                 "integers")
+    if any(c < 1 or c > 64 for c in concs):
+        ap.error("--sweep-conc: 1 to 64 connections in flight")
+    if any(w < 0 for w in works_us):
+        ap.error("--sweep-work must be >= 0")
     if a.work_us < 0:
         ap.error("--work-us must be >= 0")
     if a.conns is not None:
@@ -964,7 +1234,11 @@ def main():
                 s["conns"] = a.conns
     work = Work(a.work_us, a.work_mode, a.read_first)
 
+    if a.scenario is None:
+        a.scenario = "sweep" if a.sweep else "all"
     scens = list(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
+    sweep = a.sweep or "sweep" in scens
+    scens = [s for s in scens if s != "sweep"]
     for s in scens:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}")
@@ -1010,6 +1284,11 @@ def main():
                     failed_runs.append(f"{scen}/{impl}: {e}")
         report["scenarios"][scen] = {
             i: summarize(scen, r) for i, r in runs.items() if r}
+    if sweep:
+        report["sweep"] = run_sweep([i for i in (impls or IMPLS)
+                                     if i in IMPLS],
+                                    concs, works_us, repeat, a.quick, work,
+                                    failed_runs)
     if a.profile:
         report["profiles"] = {}
         for impl in [i for i in (impls or IMPLS) if i in IMPLS]:

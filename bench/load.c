@@ -4,13 +4,16 @@
  *
  *   closed --port P --threads T --seconds S [--max N]
  *       T threads, each: connect, read "ok", close, again. Prints
- *       {"connections", "seconds", "conn_per_s", "errors"}; a connection
- *       unanswered for 5 s is an error.
+ *       {"connections", "seconds", "conn_per_s", "errors", "p50_ms",
+ *       "p99_ms", "p999_ms", "max_ms", "tail"}: the percentiles of every
+ *       answered connection's time from socket() to the reply; a
+ *       connection unanswered for 5 s is an error.
  *   open --port P --rate R --seconds S
  *       Connection i is due at start + i/R; its latency runs from that
  *       scheduled moment to the first byte, so a stalled server cannot hide
  *       the wait it causes (no coordinated omission). Exact percentiles
- *       from every sample, and a CDF of 200 points. Connections that got
+ *       from every sample, a CDF of 200 points, and "tail": percentiles
+ *       spread evenly on a log scale of 1/(1-p) (HdrHistogram style). Connections that got
  *       no reply are counted by what they saw: reset, refused, closed
  *       (EOF), timed_out (no answer 5 s after the run), other.
  *   hold --port P --count N [--rate R]
@@ -68,6 +71,41 @@ static void raise_nofile(void)
 	setrlimit(RLIMIT_NOFILE, &rl);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* sorted latencies: the value at quantile q */
+static double pct(const double *lat, long n, double q)
+{
+	return n ? lat[(long)(q * (double)(n - 1))] : 0.0;
+}
+
+/* ', "tail": [[q, ms], ...]': quantiles at 1/(1-q) = 10^(i/10), ten a
+ * decade (p50, p90, p99, p99.9, p99.99 evenly spread, HdrHistogram
+ * style), as far as the samples reach (1/(1-q) <= n) */
+static void print_tail(const double *lat, long n)
+{
+	/* 10^(i/10) from a table, not libm: decade * step[i % 10] */
+	static const double step[10] = {1.0, 1.2589254, 1.5848932, 1.9952623,
+					2.5118864, 3.1622777, 3.9810717,
+					5.0118723, 6.3095734, 7.9432823};
+	double decade = 1.0;
+	printf(", \"tail\": [");
+	for (int i = 0; i <= 60; i++) {
+		if (i && i % 10 == 0)
+			decade *= 10.0;
+		double x = decade * step[i % 10];
+		if (x > (double)n)
+			break;
+		double q = 1.0 - 1.0 / x;
+		printf("%s[%.6f, %.4f]", i ? ", " : "", q, pct(lat, n, q));
+	}
+	printf("]");
+}
+
 /* ---- closed loop */
 
 struct closed {
@@ -75,6 +113,8 @@ struct closed {
 	long max;
 	atomic_long *done;
 	long errors;
+	double *lat; /* ms, one per answered connection */
+	long n, cap;
 };
 
 static int one_connection(void)
@@ -99,10 +139,21 @@ static void *closed_thread(void *arg)
 	struct closed *c = arg;
 	while (now_s() < c->until &&
 	       (c->max <= 0 || atomic_load(c->done) < c->max)) {
-		if (one_connection() < 0)
+		double t = now_s();
+		if (one_connection() < 0) {
 			c->errors++;
-		else
-			atomic_fetch_add(c->done, 1);
+			continue;
+		}
+		atomic_fetch_add(c->done, 1);
+		if (c->n == c->cap) {
+			long cap = c->cap ? 2 * c->cap : 4096;
+			double *l = realloc(c->lat, (size_t)cap * sizeof(double));
+			if (!l)
+				continue; /* counted, not timed */
+			c->lat = l;
+			c->cap = cap;
+		}
+		c->lat[c->n++] = (now_s() - t) * 1000.0;
 	}
 	return NULL;
 }
@@ -120,17 +171,34 @@ static int run_closed(int threads, double seconds, long max)
 				       .done = &done};
 		pthread_create(&t[i], NULL, closed_thread, &c[i]);
 	}
-	long errors = 0;
+	long errors = 0, m = 0;
 	for (int i = 0; i < threads; i++) {
 		pthread_join(t[i], NULL);
 		errors += c[i].errors;
+		m += c[i].n;
 	}
 	double dt = now_s() - t0;
 	long n = atomic_load(&done);
+	double *lat = calloc((size_t)m + 1, sizeof(double));
+	long k = 0;
+	for (int i = 0; i < threads; i++) {
+		if (lat)
+			memcpy(lat + k, c[i].lat, (size_t)c[i].n * sizeof(double));
+		k += c[i].n;
+		free(c[i].lat);
+	}
+	if (!lat)
+		m = 0;
+	qsort(lat, (size_t)m, sizeof(double), cmp_double);
 	printf("{\"connections\": %ld, \"seconds\": %.3f, \"conn_per_s\": %.1f, "
-	       "\"errors\": %ld}\n",
-	       n, dt, n / dt, errors);
+	       "\"errors\": %ld, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
+	       "\"p999_ms\": %.3f, \"max_ms\": %.3f",
+	       n, dt, n / dt, errors, pct(lat, m, 0.5), pct(lat, m, 0.99),
+	       pct(lat, m, 0.999), m ? lat[m - 1] : 0.0);
+	print_tail(lat, m);
+	printf("}\n");
 	fflush(stdout);
+	free(lat);
 	return 0;
 }
 
@@ -141,12 +209,6 @@ struct pending {
 	double due;
 	bool unsent; /* --send: the request waits for the handshake */
 };
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
 
 static int run_open(double rate, double seconds)
 {
@@ -258,7 +320,9 @@ static int run_open(double rate, double seconds)
 		double q = i / 200.0;
 		printf("%s[%.4f, %.4f]", i ? ", " : "", PCT(q), q);
 	}
-	printf("]}\n");
+	printf("]");
+	print_tail(lat, done);
+	printf("}\n");
 	fflush(stdout);
 	close(ep);
 	free(lat);
