@@ -8,6 +8,12 @@
  *   goes on steering connections to a socket nobody accepts from.
  * - netty #14819: a multishot accept that ends without IORING_CQE_F_MORE
  *   and is never armed again: the listener goes deaf.
+ * - liburing #1062: multishot accept handing out invalid descriptors
+ *   (with DEFER_TASKRUN, 6.6-6.8). evsteer's rings do not use
+ *   DEFER_TASKRUN (docs/kernels.md), and the case checks what would show
+ *   the bug whatever its cause: every descriptor delivered is a socket
+ *   whose peer is one of our clients, once, and matches the address the
+ *   callback was given; every direct slot delivered answers its client.
  * - -ENFILE when the fixed-file table is full: the kernel closes that
  *   connection and ends the multishot; it must be counted, reported to
  *   the error callback with errno ENFILE, and accepting must resume.
@@ -15,7 +21,9 @@
 #include "tlib.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The test's thread also runs the rings, whose task work interrupts its
@@ -90,6 +98,97 @@ static void replies(struct event_base *base, int *c, int n)
 		if (k == 500)
 			fail_msg("client %d of %d: no reply in 5 s", i, n);
 	}
+}
+
+/* ---- liburing #1062 */
+
+enum { BURST = 64, ROUNDS = 4 };
+
+struct checked {
+	int n, bad;
+	unsigned short ports[BURST * ROUNDS]; /* the clients' own ports */
+	int seen[BURST * ROUNDS];
+	int nports;
+};
+
+static void fd_check(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
+		     int len, void *arg)
+{
+	(void)lev;
+	struct checked *k = arg;
+	struct stat st;
+	struct sockaddr_in peer;
+	socklen_t pl = sizeof(peer);
+	bool ok = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) &&
+		  getpeername(fd, (struct sockaddr *)&peer, &pl) == 0 &&
+		  len == (int)sizeof(peer) &&
+		  ((struct sockaddr_in *)sa)->sin_port == peer.sin_port;
+	int i;
+	for (i = 0; ok && i < k->nports; i++)
+		if (k->ports[i] == peer.sin_port)
+			break;
+	if (!ok || i == k->nports || k->seen[i]++)
+		k->bad++;
+	k->n++;
+	if (write(fd, "hello", 5) != 5)
+		k->bad++;
+	close(fd);
+}
+
+static void test_liburing_1062_accepted_fds_valid(void **state)
+{
+	(void)state;
+	tl_need_uring();
+	struct event_base *base = tl_base();
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct checked k = {0};
+	EVSTEER_LISTENER_OPTS(o, .accept = EVSTEER_ACCEPT_URING);
+	struct evsteer_listener *lev = evsteer_listener_new_bind(
+		base, fd_check, &k, EVSTEER_OPT_CLOSE_ON_FREE, -1,
+		(struct sockaddr *)&ss, len, &o);
+	assert_non_null(lev);
+	assert_string_equal(evsteer_listener_path_name(lev), "uring");
+	int lfd = evsteer_listener_get_fd(lev);
+	/* bursts: many completions per wake-up, where the bug showed */
+	for (int r = 0; r < ROUNDS; r++) {
+		int c[BURST];
+		tl_connect_n(lfd, c, BURST);
+		for (int i = 0; i < BURST; i++) {
+			struct sockaddr_in me;
+			socklen_t ml = sizeof(me);
+			assert_int_equal(getsockname(c[i], (struct sockaddr *)&me, &ml), 0);
+			k.ports[k.nports++] = me.sin_port;
+		}
+		assert_true(tl_loop_until(base, &k.n, (r + 1) * BURST));
+		replies(base, c, BURST);
+		tl_close_n(c, BURST);
+	}
+	if (k.bad)
+		fail_msg("%d of %d descriptors delivered were not our clients' "
+			 "sockets (liburing #1062)", k.bad, k.n);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+
+	/* direct: every slot delivered answers its own client */
+	base = tl_base();
+	len = tl_addr_loopback(AF_INET, &ss);
+	struct served s = {0};
+	lev = evsteer_listener_new_bind_direct(base, direct_reply, &s,
+					       EVSTEER_OPT_CLOSE_ON_FREE, -1,
+					       (struct sockaddr *)&ss, len, 0,
+					       NULL);
+	assert_non_null(lev);
+	lfd = evsteer_listener_get_fd(lev);
+	for (int r = 0; r < ROUNDS; r++) {
+		int c[BURST];
+		tl_connect_n(lfd, c, BURST);
+		assert_true(tl_loop_until(base, &s.n, (r + 1) * BURST));
+		replies(base, c, BURST);
+		tl_close_n(c, BURST);
+	}
+	evsteer_listener_free(lev);
+	event_base_free(base);
 }
 
 /* ---- liburing #932 */
@@ -276,6 +375,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_liburing_932_free_with_accepts_pending),
+		cmocka_unit_test(test_liburing_1062_accepted_fds_valid),
 		cmocka_unit_test(test_netty_14819_multishot_end_rearmed),
 		cmocka_unit_test(test_enfile_direct_table_full_reported),
 	};
