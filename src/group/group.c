@@ -112,16 +112,17 @@ struct evst_shared_opts evst_group_shared_opts(enum evsteer_bpf_mode bpf,
 }
 
 /*
- * What a group's options (validated by the caller) mean for its workers'
- * listeners and for the address's steering, environment included: the
- * same for evsteer_group_new() and evsteer_group_from_fds().
+ * A group object whose workers' listeners get what its options (validated
+ * by the caller) say, and in so what they mean for the address's
+ * steering, environment included: the same for evsteer_group_new() and
+ * evsteer_group_from_fds(). NULL with errno.
  */
-static void group_opts_read(const struct evsteer_group_opts *opts,
-			    struct evsteer_listener_opts *lo,
-			    struct evst_shared_opts *so)
+static struct evsteer_group *
+group_alloc_opts(unsigned int flags, const struct evsteer_group_opts *opts,
+		 struct evst_shared_opts *so)
 {
-	*lo = (struct evsteer_listener_opts){
-		.sz = sizeof(*lo),
+	struct evsteer_listener_opts lo = {
+		.sz = sizeof(lo),
 		.max_accepts_per_wakeup = EVST_OPT(opts, struct evsteer_group_opts,
 						   max_accepts_per_wakeup, 0),
 		.backoff_max_ms = EVST_OPT(opts, struct evsteer_group_opts,
@@ -134,6 +135,7 @@ static void group_opts_read(const struct evsteer_group_opts *opts,
 		EVST_OPT(opts, struct evsteer_group_opts, policy,
 			 EVSTEER_POLICY_LEAST_PENDING),
 		EVST_OPT(opts, struct evsteer_group_opts, stall_us, 0));
+	return evst_group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
 }
 
 struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
@@ -168,12 +170,8 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 		errno = EINVAL;
 		return NULL;
 	}
-	struct evsteer_listener_opts lo;
 	struct evst_shared_opts so;
-	group_opts_read(opts, &lo, &so);
-
-	struct evsteer_group *g =
-		evst_group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
+	struct evsteer_group *g = group_alloc_opts(flags, opts, &so);
 	if (!g)
 		return NULL;
 
@@ -376,11 +374,8 @@ struct evsteer_group *evst_group_adopt(const int *fds, unsigned int n,
 				       unsigned int flags,
 				       const struct evsteer_group_opts *opts)
 {
-	struct evsteer_listener_opts lo;
 	struct evst_shared_opts so;
-	group_opts_read(opts, &lo, &so);
-	struct evsteer_group *g =
-		evst_group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
+	struct evsteer_group *g = group_alloc_opts(flags, opts, &so);
 	if (!g)
 		return NULL;
 	g->addrlen = sizeof(g->addr);

@@ -41,12 +41,15 @@ static int member_state_new(struct evsteer_listener *lev)
 	return 0;
 }
 
-static void member_state_free(struct evsteer_listener *lev)
+/* watched: still in the stall watch (not after fork: the child's watch
+ * forgot its entries, member_forget). */
+static void member_state_free(struct evsteer_listener *lev, bool watched)
 {
 	struct evst_member_state *ms = lev->ms;
 	if (!ms)
 		return;
-	evst_watch_remove(&ms->watch);
+	if (watched)
+		evst_watch_remove(&ms->watch);
 	event_free(ms->poke_ev);
 	close(ms->poke_fd);
 	free(ms);
@@ -128,7 +131,7 @@ static void member_leave(struct evsteer_listener *lev, bool close_fd)
 {
 	struct evsteer_group *g = lev->group;
 	/* out of the watch first: it must never look at a freed entry */
-	member_state_free(lev);
+	member_state_free(lev, true);
 	pthread_mutex_lock(&g->lock);
 	bool owned = g->slots[lev->slot].owned;
 	int fd = evst_slot_remove(g, lev->slot);
@@ -141,17 +144,11 @@ static void member_leave(struct evsteer_listener *lev, bool close_fd)
 	evst_group_unref(g);
 }
 
-/* member->forget: see evst_member_ops. The stall watch forgot its
- * entries at fork; the poke eventfd is the child's copy. */
+/* member->forget: see evst_member_ops. The poke eventfd is the child's
+ * copy. */
 static void member_forget(struct evsteer_listener *lev)
 {
-	struct evst_member_state *ms = lev->ms;
-	if (ms) {
-		event_free(ms->poke_ev);
-		close(ms->poke_fd);
-		free(ms);
-		lev->ms = NULL;
-	}
+	member_state_free(lev, false);
 	struct evsteer_group *g = lev->group;
 	struct evst_slot *s = &g->slots[lev->slot];
 	if (s->lev == lev) {

@@ -231,6 +231,25 @@ struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 	return r;
 }
 
+/* The last user is gone: every request object still queued goes,
+ * without its callback (documented: outstanding direct I/O ends with the
+ * last listener). */
+static void release_queued(struct evsteer_uring *r)
+{
+	while (r->ready_head || r->later_head) {
+		struct evst_uop *op = r->ready_head ? r->ready_head : r->later_head;
+		evst_ring_unready(r, op);
+		op->release(op);
+	}
+}
+
+static void free_events(struct evsteer_uring *r)
+{
+	event_free(r->efd_ev);
+	event_free(r->kick_ev);
+	event_free(r->yield_ev);
+}
+
 void evst_ring_put(struct evsteer_uring *r)
 {
 	if (atomic_fetch_sub(&r->users, 1) != 1)
@@ -254,15 +273,9 @@ void evst_ring_put(struct evsteer_uring *r)
 			evst_ring_reap(r, 1000);
 	}
 	r->in_work = true; /* no more kicks */
-	while (r->ready_head || r->later_head) {
-		struct evst_uop *op = r->ready_head ? r->ready_head : r->later_head;
-		evst_ring_unready(r, op);
-		op->release(op);
-	}
+	release_queued(r);
 	evst_ring_unlock(r);
-	event_free(r->efd_ev);
-	event_free(r->kick_ev);
-	event_free(r->yield_ev);
+	free_events(r);
 	pthread_cond_destroy(&r->idle);
 	pthread_mutex_destroy(&r->lock);
 	evst_ring_free(r);
@@ -274,14 +287,8 @@ void evst_ring_forget(struct evsteer_uring *r)
 		return;
 	/* requests of the parent's direct I/O: their memory only (every
 	 * engine took its own op off the lists before letting go) */
-	while (r->ready_head || r->later_head) {
-		struct evst_uop *op = r->ready_head ? r->ready_head : r->later_head;
-		evst_ring_unready(r, op);
-		op->release(op);
-	}
-	event_free(r->efd_ev);
-	event_free(r->kick_ev);
-	event_free(r->yield_ev);
+	release_queued(r);
+	free_events(r);
 	/* the lock and the condition are left as they are: a thread of the
 	 * parent may have held them */
 	evst_ring_free(r);
