@@ -121,24 +121,35 @@ class Http:
         return res["served"]
 
 
+def block_a_thread(h):
+    """GET /block: one thread of h blocks in its handler until a byte is
+    written to the pipe h was started with. The curl and that thread."""
+    blocker = subprocess.Popen(
+        ["curl", "-s", "--max-time", str(TIMEOUT),
+         f"http://127.0.0.1:{h.port}/block"],
+        stdout=subprocess.PIPE, text=True)
+    return blocker, int(h.s.wait_for(r"^blocked (\d+)$")[1])
+
+
+def release(blocker, w):
+    """The blocked thread goes on; its /block request is answered."""
+    os.write(w, b"x")
+    out, _ = blocker.communicate(timeout=TIMEOUT)
+    check(out.strip() == "unblocked", f"/block answered {out!r}")
+
+
 def case_stall(path, extra):
     r, w = os.pipe()
     h = Http(path, extra, block_fd=r)
     os.close(r)
     try:
-        blocker = subprocess.Popen(
-            ["curl", "-s", "--max-time", str(TIMEOUT),
-             f"http://127.0.0.1:{h.port}/block"],
-            stdout=subprocess.PIPE, text=True)
-        stuck = int(h.s.wait_for(r"^blocked (\d+)$")[1])
+        blocker, stuck = block_a_thread(h)
         # one at a time: no other connection ever wakes the healthy thread
         for i in range(50):
             t = thread_of(h.port, f"request {i} while thread {stuck} is blocked")
             check(t != stuck, f"request {i} answered by the blocked thread {t}")
             check(blocker.poll() is None, "the blocked request ended early")
-        os.write(w, b"x")
-        out, _ = blocker.communicate(timeout=TIMEOUT)
-        check(out.strip() == "unblocked", f"/block answered {out!r}")
+        release(blocker, w)
         # released: it serves again
         back = [thread_of(h.port, "after the release") for _ in range(100)]
         check_share(back.count(stuck) >= 10,
@@ -184,17 +195,11 @@ def case_back(path, extra):
     h = Http(path, extra, {"EVSTEER_STALL_US": "200000"}, block_fd=r)
     os.close(r)
     try:
-        blocker = subprocess.Popen(
-            ["curl", "-s", "--max-time", str(TIMEOUT),
-             f"http://127.0.0.1:{h.port}/block"],
-            stdout=subprocess.PIPE, text=True)
-        stuck = int(h.s.wait_for(r"^blocked (\d+)$")[1])
+        blocker, stuck = block_a_thread(h)
         during = parallel(h.port, 4, 10, f"while thread {stuck} is blocked")
         check(stuck not in during, f"the blocked thread {stuck} answered")
         check(blocker.poll() is None, "the blocked request ended early")
-        os.write(w, b"x")
-        out, _ = blocker.communicate(timeout=TIMEOUT)
-        check(out.strip() == "unblocked", f"/block answered {out!r}")
+        release(blocker, w)
         back = [thread_of(h.port, "after the release") for _ in range(100)]
         check_share(back.count(stuck) >= 10,
               f"thread {stuck} served {back.count(stuck)} of 100 after it was "
