@@ -163,7 +163,9 @@ int main(int argc, char **argv)
 	else
 		printf("  steering: %s\n",
 		       path.steering == EVSTEER_STEER_KERNEL_HASH ? "kernel hash" :
-								    "none");
+		       path.steering == EVSTEER_STEER_CBPF ?
+				"classic bpf (hash over the healthy workers)" :
+				"none");
 	if (*path.steering_reason)
 		printf("    why: %s\n", path.steering_reason);
 	printf("  accept engine: %s\n",

@@ -81,6 +81,8 @@ static void print_path(struct evsteer_listener *lev)
 	printf("path: %s\n", p.name);
 	if (p.steering == EVSTEER_STEER_BPF)
 		printf("  steering: bpf, policy %s\n", evsteer_policy_name(p.policy));
+	else if (p.steering == EVSTEER_STEER_CBPF)
+		printf("  steering: classic bpf (hash over the healthy workers)\n");
 	else
 		printf("  steering: kernel hash\n");
 	if (*p.steering_reason)

@@ -62,7 +62,8 @@ void pl_report_made(const struct pl_entry *e)
 	if (p.steering == EVSTEER_STEER_BPF)
 		snprintf(why, sizeof(why), "bpf steering, policy %s, worker %d",
 			 policy_str(p.policy), slot);
-	else if (p.steering == EVSTEER_STEER_KERNEL_HASH)
+	else if (p.steering == EVSTEER_STEER_KERNEL_HASH ||
+		 p.steering == EVSTEER_STEER_CBPF)
 		snprintf(why, sizeof(why), "%s, worker %d", p.steering_reason,
 			 slot);
 	else

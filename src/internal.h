@@ -56,6 +56,7 @@ struct evst_engine_ops {
 	enum evsteer_engine kind; /* the path report's (evst_fill_path) */
 	const char *name;     /* path name without BPF steering */
 	const char *bpf_name; /* path name with it */
+	const char *cbpf_name; /* path name with classic BPF steering */
 	/*
 	 * evst_listener_create(), the creating thread, before the listener
 	 * is published (no lock needed, none taken): allocate the engine's
@@ -268,6 +269,19 @@ struct evst_sock_info {
 };
 EVST_HIDDEN int evst_list_listeners(const struct sockaddr *sa,
 				    struct evst_sock_info *out, int max);
+/*
+ * The listen order: held around a listen() and the claim of that socket
+ * by a steering group, and around the close of a group's socket. Classic
+ * BPF steering (steering/cbpf.c) indexes the kernel's array of a port's
+ * sockets, appended at listen() and reordered at each close; with this
+ * lock no close falls between a listen and its claim, so the order it
+ * keeps is the kernel's. Outermost of evsteer's locks (common/process.c
+ * takes it first at fork).
+ */
+EVST_HIDDEN void evst_listen_order_lock(void);
+/* Without waiting (a caller holding later locks); true when taken. */
+EVST_HIDDEN bool evst_listen_order_trylock(void);
+EVST_HIDDEN void evst_listen_order_unlock(void);
 
 /*
  * What a listener knows of its group: this member interface, which group/member.c

@@ -32,6 +32,14 @@ static bool steers_bpf(const struct evsteer_listener *lev)
 	return st.steering == EVSTEER_STEER_BPF;
 }
 
+static const char *path_name(const struct evst_engine_ops *ops,
+			     enum evsteer_steering st)
+{
+	return st == EVSTEER_STEER_BPF	? ops->bpf_name :
+	       st == EVSTEER_STEER_CBPF ? ops->cbpf_name :
+					  ops->name;
+}
+
 /*
  * Pick and start the engine. io_uring when asked for, or in auto mode when
  * BPF steers the listener's group (the design rule: whenever BPF is
@@ -63,7 +71,7 @@ static int start_engine(struct evsteer_listener *lev,
 		lev->engine_reason = "accept: event (EVSTEER_ACCEPT=event or the option)";
 	} else if (mode == EVSTEER_ACCEPT_AUTO && !bpf) {
 		lev->engine_reason =
-			"accept: auto mode uses io_uring only with BPF steering "
+			"accept: auto mode uses io_uring only with eBPF steering "
 			"(EVSTEER_ACCEPT=uring to use it anyway)";
 	} else {
 #if EVSTEER_HAVE_LIBURING
@@ -110,9 +118,6 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 
 	if ((cb.kind == EVST_CB_DIRECT) != (direct_table != 0))
 		return evst_fail_null(EINVAL);
-	if (backlog != 0 &&
-	    listen(fd, backlog > 0 ? backlog : EVSTEER_DEFAULT_BACKLOG) < 0)
-		return NULL;
 
 	/* The accept loop drains until EAGAIN: a blocking socket would hang
 	 * the whole event loop on the last accept. */
@@ -159,11 +164,22 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 		lev->locking = true;
 	}
 
-	if (member) {
+	/* listen() and the join in one step of the listen order: classic BPF
+	 * steering knows which index the kernel gave the socket only if no
+	 * socket of the group closes in between (sockutil.c) */
+	if (member)
+		evst_listen_order_lock();
+	err = backlog != 0 &&
+			      listen(fd, backlog > 0 ? backlog :
+						       EVSTEER_DEFAULT_BACKLOG) < 0 ?
+		      -errno :
+		      0;
+	if (!err && member)
 		err = member->join(lev, member_ctx, opts);
-		if (err < 0)
-			goto err_lock;
-	}
+	if (member)
+		evst_listen_order_unlock();
+	if (err < 0)
+		goto err_lock;
 
 	err = start_engine(lev, opts);
 	if (err < 0)
@@ -392,7 +408,7 @@ int evst_fill_path(const struct evst_steering *st,
 		.sz = out->sz,
 		.steering = st ? st->steering : EVSTEER_STEER_NONE,
 		.engine = ops->kind,
-		.name = bpf ? ops->bpf_name : ops->name,
+		.name = path_name(ops, st ? st->steering : EVSTEER_STEER_NONE),
 		.steering_reason = bpf ? "" :
 				   st  ? st->reason :
 					 steering_reason_none,
@@ -419,7 +435,10 @@ const char *evsteer_listener_path_name(const struct evsteer_listener *lev)
 {
 	if (!lev)
 		return "";
-	return steers_bpf(lev) ? lev->ops->bpf_name : lev->ops->name;
+	struct evst_steering st = {.steering = EVSTEER_STEER_NONE};
+	if (lev->member)
+		lev->member->steering(lev, &st);
+	return path_name(lev->ops, st.steering);
 }
 
 int evsteer_listener_get_stats(const struct evsteer_listener *lev,

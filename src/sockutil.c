@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 
 #include "config.h"
 #include "internal.h"
+#include "common/process.h"
 
 /*
  * bind() would reject most of these too, but only after we made a socket of
@@ -185,4 +187,38 @@ int evst_list_listeners(const struct sockaddr *sa, struct evst_sock_info *out,
 	}
 	close(nl);
 	return err ? err : n;
+}
+
+static pthread_mutex_t listen_order = PTHREAD_MUTEX_INITIALIZER;
+
+void evst_listen_order_lock(void)
+{
+	pthread_mutex_lock(&listen_order);
+}
+
+bool evst_listen_order_trylock(void)
+{
+	return pthread_mutex_trylock(&listen_order) == 0;
+}
+
+void evst_listen_order_unlock(void)
+{
+	pthread_mutex_unlock(&listen_order);
+}
+
+/* fork (common/process.h): the child starts with the lock free; nothing
+ * it lists belongs to the child */
+void evst_listen_order_registry_fork_prepare(void)
+{
+	pthread_mutex_lock(&listen_order);
+}
+
+void evst_listen_order_registry_fork_parent(void)
+{
+	pthread_mutex_unlock(&listen_order);
+}
+
+void evst_listen_order_registry_fork_child(void)
+{
+	pthread_mutex_unlock(&listen_order);
 }

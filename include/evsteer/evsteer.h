@@ -248,6 +248,13 @@ enum evsteer_steering {
 	EVSTEER_STEER_NONE = 0,   /* one socket, nothing to steer */
 	EVSTEER_STEER_KERNEL_HASH, /* SO_REUSEPORT: the kernel's flow hash */
 	EVSTEER_STEER_BPF,         /* our SK_REUSEPORT program */
+	/* eBPF refused (no CAP_BPF, seccomp, a user namespace): a classic
+	 * BPF reuseport program (SO_ATTACH_REUSEPORT_CBPF, no capability
+	 * needed) hashes over the healthy workers of this process and is
+	 * re-attached whenever they change; steering_reason says why not
+	 * eBPF. Path names "cbpf+event", "cbpf+uring", "cbpf+uring-direct".
+	 * policy reports what it applies: hash, or cpu. */
+	EVSTEER_STEER_CBPF,
 };
 enum evsteer_engine {
 	EVSTEER_ENGINE_EVENT = 0, /* event_base + accept4(), libevent's way */
@@ -258,7 +265,8 @@ struct evsteer_path {
 	size_t sz;
 	enum evsteer_steering steering;
 	enum evsteer_engine engine;
-	/* Short name: "event" for the plain event_base path. */
+	/* Short name: "event" for the plain event_base path; "bpf+..." with
+	 * eBPF steering, "cbpf+..." with classic BPF steering. */
 	const char *name;
 	/* Why steering is not BPF / the engine is not io_uring ("" if it is).
 	 * On an io_uring engine, engine_reason may instead name the kernel
@@ -283,7 +291,8 @@ struct evsteer_path {
  */
 EVSTEER_API int evsteer_listener_get_path(const struct evsteer_listener *lev,
 					  struct evsteer_path *out);
-/* The path's short name ("event", "bpf+event", ...), "" for NULL. */
+/* The path's short name ("event", "bpf+event", "cbpf+event", ...), "" for
+ * NULL. */
 EVSTEER_API const char *
 evsteer_listener_path_name(const struct evsteer_listener *lev);
 

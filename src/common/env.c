@@ -93,6 +93,7 @@ unsigned int evst_env_test_mask(void)
 		{"fixed_fd_install", EVST_MASK_FIXED_FD_INSTALL},
 		{"sock_nonempty", EVST_MASK_SOCK_NONEMPTY},
 		{"bpf", EVST_MASK_BPF},
+		{"cbpf", EVST_MASK_CBPF},
 	};
 	const char *e = get("EVSTEER_TEST_MASK");
 	unsigned int mask = 0;
@@ -108,7 +109,7 @@ unsigned int evst_env_test_mask(void)
 		else if (n)
 			evst_warn("EVSTEER_TEST_MASK: unknown feature '%.*s' "
 				  "(accept_dontwait, fixed_fd_install, "
-				  "sock_nonempty, bpf)",
+				  "sock_nonempty, bpf, cbpf)",
 				  (int)n, e);
 		e += n;
 		e += strspn(e, ", ");

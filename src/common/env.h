@@ -41,6 +41,9 @@ enum evst_mask {
 	EVST_MASK_FIXED_FD_INSTALL = 1u << 1, /* "fixed_fd_install" */
 	EVST_MASK_SOCK_NONEMPTY = 1u << 2,    /* "sock_nonempty" */
 	EVST_MASK_BPF = 1u << 3,              /* "bpf" */
+	/* classic BPF steering, the rung below eBPF (as if
+	 * SO_ATTACH_REUSEPORT_CBPF were refused) */
+	EVST_MASK_CBPF = 1u << 4,             /* "cbpf" */
 };
 EVST_HIDDEN unsigned int evst_env_test_mask(void);
 

@@ -14,7 +14,7 @@ static const char *const policy[] = {"least-pending", "hash", "round-robin",
 				     "cpu"};
 static const char *const bpf_mode[] = {"auto", "off", "require"};
 static const char *const accept_mode[] = {"auto", "event", "uring"};
-static const char *const steering[] = {"none", "kernel-hash", "bpf"};
+static const char *const steering[] = {"none", "kernel-hash", "bpf", "cbpf"};
 static const char *const engine[] = {"event", "uring", "uring-direct"};
 static const char *const log_level[] = {"error", "warn", "info", "debug"};
 

@@ -42,6 +42,7 @@ struct fork_part {
  * io_uring, every part exists in every build.
  */
 static const struct fork_part parts[] = {
+	PART(evst_listen_order_registry),
 	PART(evst_group_registry),
 	PART(evst_shared_registry),
 	PART(evst_rdv_registry),

@@ -56,6 +56,7 @@ EVST_HIDDEN void evst_inherited_call(const char *fn);
 	EVST_HIDDEN void name##_fork_prepare(void);                            \
 	EVST_HIDDEN void name##_fork_parent(void);                             \
 	EVST_HIDDEN void name##_fork_child(void)
+EVST_FORK_PART(evst_listen_order_registry);
 EVST_FORK_PART(evst_group_registry);
 EVST_FORK_PART(evst_shared_registry);
 EVST_FORK_PART(evst_rdv_registry);

@@ -174,6 +174,7 @@ const struct evst_engine_ops evst_event_engine = {
 	.kind = EVSTEER_ENGINE_EVENT,
 	.name = "event",
 	.bpf_name = "bpf+event",
+	.cbpf_name = "cbpf+event",
 	.init = event_init,
 	.enable = event_enable,
 	.disable = event_disable,

@@ -346,6 +346,7 @@ const struct evst_engine_ops evst_uring_direct_engine = {
 	.kind = EVSTEER_ENGINE_URING_DIRECT,
 	.name = "uring-direct",
 	.bpf_name = "bpf+uring-direct",
+	.cbpf_name = "cbpf+uring-direct",
 	.init = direct_init,
 	.enable = evst_ua_enable,
 	.disable = evst_ua_disable,

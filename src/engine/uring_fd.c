@@ -184,6 +184,7 @@ const struct evst_engine_ops evst_uring_engine = {
 	.kind = EVSTEER_ENGINE_URING,
 	.name = "uring",
 	.bpf_name = "bpf+uring",
+	.cbpf_name = "cbpf+uring",
 	.init = fd_init,
 	.enable = evst_ua_enable,
 	.disable = evst_ua_disable,

@@ -179,10 +179,14 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 	g->addrlen = len;
 	g->backlog = backlog;
 	for (unsigned int i = 0; i < nworkers; i++) {
+		/* listen and claim in one step of the listen order (classic
+		 * BPF knows the kernel's socket order that way) */
+		evst_listen_order_lock();
 		/* after the first, bind the port the kernel chose for it */
 		int fd = bind_worker_socket((struct sockaddr *)&g->addr,
 					    g->addrlen, flags, backlog);
 		if (fd < 0) {
+			evst_listen_order_unlock();
 			err = fd;
 			goto fail;
 		}
@@ -195,25 +199,30 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 			if (!g->sh) {
 				err = -errno;
 				close(fd);
+				evst_listen_order_unlock();
 				goto fail;
 			}
 		}
 		pthread_mutex_lock(&g->lock);
 		err = evst_slot_add(g, fd, true);
 		pthread_mutex_unlock(&g->lock);
-		if (err < 0) {
+		if (err < 0)
 			close(fd);
+		evst_listen_order_unlock();
+		if (err < 0)
 			goto fail;
-		}
 	}
 	return g;
 fail:
 	evst_warn("%s: %s", fn, strerror(-err));
+	int fds[EVST_MAX_WORKERS], nf = 0;
 	pthread_mutex_lock(&g->lock);
 	for (unsigned int i = 0; i < g->nslots; i++)
 		if (slot_used(&g->slots[i]))
-			close(evst_slot_remove(g, i));
+			fds[nf++] = evst_slot_remove(g, i);
 	pthread_mutex_unlock(&g->lock);
+	for (int i = 0; i < nf; i++)
+		evst_shared_close(g->sh, fds[i], NULL, 0);
 	evst_group_unref(g);
 	errno = -err;
 	return NULL;
@@ -266,17 +275,21 @@ int evsteer_group_add_worker(struct evsteer_group *g)
 	if (!g)
 		return -(errno = EINVAL);
 	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
+	evst_listen_order_lock(); /* listen and claim: see evsteer_group_new */
 	int fd = bind_worker_socket((struct sockaddr *)&g->addr, g->addrlen,
 				    g->flags, g->backlog);
-	if (fd < 0)
+	if (fd < 0) {
+		evst_listen_order_unlock();
 		return -(errno = -fd);
+	}
 	pthread_mutex_lock(&g->lock);
 	int r = evst_slot_add(g, fd, true);
 	pthread_mutex_unlock(&g->lock);
-	if (r < 0) {
+	if (r < 0)
 		close(fd);
+	evst_listen_order_unlock();
+	if (r < 0)
 		errno = -r;
-	}
 	return r;
 }
 
@@ -296,7 +309,7 @@ void evsteer_group_free(struct evsteer_group *g)
 			fds[n++] = evst_slot_remove(g, i);
 	pthread_mutex_unlock(&g->lock);
 	for (int i = 0; i < n; i++)
-		close(fds[i]);
+		evst_group_close_sock(g, fds[i]);
 	evst_group_unref(g);
 }
 
@@ -347,10 +360,14 @@ struct evsteer_group *evsteer_listener_get_group(const struct evsteer_listener *
 void evst_group_steering(const struct evsteer_group *g,
 			   struct evst_steering *out)
 {
-	bool bpf = evst_shared_bpf(g->sh);
-	out->steering = bpf ? EVSTEER_STEER_BPF : EVSTEER_STEER_KERNEL_HASH;
+	bool bpf = evst_shared_bpf(g->sh), cbpf = evst_shared_cbpf(g->sh);
+	out->steering = bpf ? EVSTEER_STEER_BPF :
+			cbpf ? EVSTEER_STEER_CBPF : EVSTEER_STEER_KERNEL_HASH;
 	out->reason = bpf ? "" : evst_shared_reason(g->sh);
 	out->policy = (enum evsteer_policy)evst_shared_policy(g->sh);
+	/* what classic BPF applies: the CPU map or the hash, nothing else */
+	if (cbpf && out->policy != EVSTEER_POLICY_CPU)
+		out->policy = EVSTEER_POLICY_HASH;
 }
 
 int evsteer_group_get_path(const struct evsteer_group *g,

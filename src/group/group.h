@@ -80,6 +80,11 @@ struct evst_member_state {
 	int poke_fd;
 	struct event *poke_ev;
 	struct evst_watched watch;
+	/* classic BPF: connections a leaving sibling's socket had queued,
+	 * handed here (steal.c) and delivered by the poke, in order */
+	pthread_mutex_t inbox_lock; /* a leaf */
+	int *inbox;
+	unsigned int ninbox, inbox_cap;
 };
 
 static inline uint64_t evst_ld64(const __u64 *p)
@@ -97,6 +102,21 @@ static inline struct evsteer_listener *slot_lev(const struct evst_slot *s)
 {
 	return s->lev != EVST_SLOT_CLAIMED ? s->lev : NULL;
 }
+
+/* steal.c, classic BPF: close a worker's socket that left the steering
+ * (evst_slot_remove), handing what is queued on it, and what completes its
+ * handshake there meanwhile, to live siblings of this process first (the
+ * kernel migrates nothing for a classic program). Without classic BPF:
+ * close(). No group lock held. */
+EVST_HIDDEN void evst_group_close_sock(struct evsteer_group *g, int fd);
+/* steal.c: deliver what lev's inbox holds (lev's loop, its lock held and a
+ * reference taken, as in the poke). */
+EVST_HIDDEN void evst_inbox_deliver(struct evsteer_listener *lev);
+/* steal.c: g->lock held: give n fds to live siblings' inboxes (not to
+ * `skip`), poking them; closes and returns the count of those none took. */
+EVST_HIDDEN unsigned int evst_inbox_give(struct evsteer_group *g,
+					 const struct evsteer_listener *skip,
+					 const int *fds, unsigned int n);
 
 /* group.c */
 EVST_HIDDEN struct evsteer_group *

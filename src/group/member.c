@@ -37,6 +37,7 @@ static int member_state_new(struct evsteer_listener *lev)
 		return -ENOMEM;
 	}
 	ms->watch.poke_fd = ms->poke_fd;
+	pthread_mutex_init(&ms->inbox_lock, NULL);
 	lev->ms = ms;
 	return 0;
 }
@@ -48,12 +49,31 @@ static void member_state_free(struct evsteer_listener *lev, bool watched)
 	struct evst_member_state *ms = lev->ms;
 	if (!ms)
 		return;
+	/* no hand-off (steal.c, under g->lock) finds this inbox or pokes
+	 * this eventfd once ms is off lev */
+	if (watched && lev->group) {
+		pthread_mutex_lock(&lev->group->lock);
+		lev->ms = NULL;
+		pthread_mutex_unlock(&lev->group->lock);
+	}
+	lev->ms = NULL;
 	if (watched)
 		evst_watch_remove(&ms->watch);
 	event_free(ms->poke_ev);
 	close(ms->poke_fd);
+	/* connections a leaving sibling handed here and not delivered: on
+	 * to another live sibling (in a child of fork: the parent's) */
+	if (ms->ninbox && watched && lev->group) {
+		pthread_mutex_lock(&lev->group->lock);
+		evst_inbox_give(lev->group, lev, ms->inbox, ms->ninbox);
+		pthread_mutex_unlock(&lev->group->lock);
+	} else {
+		for (unsigned int i = 0; i < ms->ninbox; i++)
+			close(ms->inbox[i]);
+	}
+	pthread_mutex_destroy(&ms->inbox_lock);
+	free(ms->inbox);
 	free(ms);
-	lev->ms = NULL;
 }
 
 /*
@@ -136,8 +156,12 @@ static void member_leave(struct evsteer_listener *lev, bool close_fd)
 	bool owned = g->slots[lev->slot].owned;
 	int fd = evst_slot_remove(g, lev->slot);
 	pthread_mutex_unlock(&g->lock);
+	/* with classic BPF the socket is out of the program now: its queue
+	 * goes to the siblings before it closes (no migration without eBPF) */
 	if (close_fd && (owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)))
-		close(fd);
+		evst_group_close_sock(g, fd);
+	else
+		evst_shared_keep(g->sh, fd);
 	lev->group = NULL;
 	lev->member = NULL;
 	lev->ws = NULL;
@@ -199,6 +223,7 @@ static void member_sync_live(struct evsteer_listener *lev)
 	}
 	event_add(ms->poke_ev, NULL);
 	if (!ms->watch.on && lev->ws && evst_shared_stall_ns(g->sh)) {
+		ms->watch.classic = evst_shared_cbpf(g->sh);
 		ms->watch.group = g;
 		ms->watch.ws = lev->ws;
 		ms->watch.stall_ns = evst_shared_stall_ptr(g->sh);
@@ -225,12 +250,21 @@ static void member_steering(const struct evsteer_listener *lev,
 	evst_group_steering(lev->group, out);
 }
 
+/* The member's loop ran: its heartbeat. Held out of a classic program for
+ * its health, it is let back in now (the one re-attach of the episode). */
+static void progress(struct evsteer_listener *lev, uint64_t now)
+{
+	evst_made_progress(lev->ws, now);
+	if (evst_shared_cbpf_out(lev->group->sh, lev->ws))
+		evst_shared_health(lev->group->sh);
+}
+
 static void member_took(struct evsteer_listener *lev, uint64_t now)
 {
 	if (!lev->ws)
 		return;
 	__atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
-	evst_made_progress(lev->ws, now);
+	progress(lev, now);
 	__atomic_fetch_add(&evst_group_counters(lev->group, lev->slot)->accepted, 1,
 			   __ATOMIC_RELAXED);
 	evst_group_note_thread(lev->group, lev->slot);
@@ -239,7 +273,7 @@ static void member_took(struct evsteer_listener *lev, uint64_t now)
 static void member_alive(struct evsteer_listener *lev, uint64_t now)
 {
 	if (lev->ws)
-		evst_made_progress(lev->ws, now);
+		progress(lev, now);
 }
 
 /*
@@ -254,9 +288,11 @@ static void member_empty(struct evsteer_listener *lev, uint64_t now)
 {
 	if (!lev->ws)
 		return;
-	evst_made_progress(lev->ws, now);
+	progress(lev, now);
 	evst_ws_resync(lev->ws);
 	evst_group_note_thread(lev->group, lev->slot);
+	/* classic BPF: a listener of another process, once a second */
+	evst_shared_cbpf_look(lev->group->sh, now);
 }
 
 /* lev's loop runs: a sibling stole from it, or the stall watch wants a
@@ -272,6 +308,7 @@ static void poke_cb(evutil_socket_t fd, short what, void *arg)
 	if (lev->group && evst_active(lev)) {
 		member_alive(lev, evst_now_ns());
 		evst_steal_stuck(lev);
+		evst_inbox_deliver(lev);
 	}
 	evst_decref_and_unlock(lev);
 }

@@ -6,7 +6,9 @@
  * docs/groups.md, "Stalls and stealing", says when and why.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -136,6 +138,16 @@ static int steal_fds(struct evsteer_listener *lev, struct evsteer_group *g,
 	return more ? taken : -1;
 }
 
+/* Classic BPF: slot i's pending from its socket's accept queue. */
+static void queue_of(struct evsteer_group *g, unsigned int i,
+		     struct evst_worker *w)
+{
+	pthread_mutex_lock(&g->lock);
+	if (g->slots[i].ws == w)
+		evst_shared_queue_to_pending(w, g->slots[i].fd);
+	pthread_mutex_unlock(&g->lock);
+}
+
 /*
  * Listener lock held, reference taken: lev's loop runs (a wake-up of its
  * own, or the stall watch woke it). Take the connections of live siblings
@@ -155,6 +167,7 @@ void evst_steal_stuck(struct evsteer_listener *lev)
 
 	uint64_t now = evst_now_ns();
 	int budget = STEAL_BUDGET;
+	bool classic = evst_shared_cbpf(g->sh);
 	unsigned int nslots = __atomic_load_n(&g->nslots, __ATOMIC_RELAXED);
 	for (unsigned int i = 0; i < nslots && budget > 0; i++) {
 		if (i == lev->slot)
@@ -162,12 +175,24 @@ void evst_steal_stuck(struct evsteer_listener *lev)
 		/* without the lock (shared memory, relaxed); lock to take */
 		struct evst_worker *w =
 			__atomic_load_n(&g->slots[i].ws, __ATOMIC_ACQUIRE);
-		if (!w || !__atomic_load_n(&w->live, __ATOMIC_RELAXED) ||
-		    !evst_worker_pending(w))
+		if (!w || !__atomic_load_n(&w->live, __ATOMIC_RELAXED))
 			continue;
 		uint64_t prog = evst_ld64(&w->progress_ns), age = now - prog;
 		if ((int64_t)age < 0 || age <= stall)
 			continue;
+		/* classic BPF counts nothing: ask the late one's socket
+		 * (a system call, only for a worker already late) */
+		if (classic)
+			queue_of(g, i, w);
+		if (!evst_worker_pending(w))
+			continue;
+		prog = evst_ld64(&w->progress_ns);
+		age = now - prog;
+		if ((int64_t)age < 0 || age <= stall)
+			continue;
+		/* classic BPF: out of the program first, then take its queue */
+		if (classic)
+			evst_shared_health(g->sh);
 		/* a new episode unless stolen from since its last pass
 		 * (evsteer-stat's "stalls"; racing thieves may count one twice) */
 		if (evst_ld64(&w->stolen_ns) <= prog)
@@ -220,4 +245,166 @@ unsigned int evst_steal_handoff(struct evsteer_listener *lev,
 	}
 	pthread_mutex_unlock(&g->lock);
 	return given;
+}
+
+/* ---- classic BPF: a leaving worker's socket, drained into its siblings */
+
+/* A handshake that was in flight on the leaving socket when the program
+ * stopped choosing it completes within a round trip: on loopback or a LAN,
+ * well within this. Longer ones are reset at the close (only eBPF's
+ * migration, or net.ipv4.tcp_migrate_req=1, moves a request socket). */
+#define DRAIN_SETTLE_NS 5000000ull
+#define DRAIN_MAX_NS 200000000ull
+#define DRAIN_BATCH 64
+
+static int inbox_push(struct evst_member_state *ms, int fd)
+{
+	pthread_mutex_lock(&ms->inbox_lock);
+	if (ms->ninbox == ms->inbox_cap) {
+		unsigned int cap = ms->inbox_cap ? 2 * ms->inbox_cap : 64;
+		int *p = realloc(ms->inbox, cap * sizeof(*p));
+		if (!p) {
+			pthread_mutex_unlock(&ms->inbox_lock);
+			return -ENOMEM;
+		}
+		ms->inbox = p;
+		ms->inbox_cap = cap;
+	}
+	ms->inbox[ms->ninbox++] = fd;
+	pthread_mutex_unlock(&ms->inbox_lock);
+	return 0;
+}
+
+unsigned int evst_inbox_give(struct evsteer_group *g,
+			     const struct evsteer_listener *skip, const int *fds,
+			     unsigned int n)
+{
+	struct evsteer_listener *to[EVST_MAX_WORKERS];
+	struct evst_worker *ws[EVST_MAX_WORKERS];
+	unsigned int k = 0, closed = 0;
+	/* live fd siblings: `live` is cleared under g->lock before a
+	 * listener goes away, and its inbox is handed on when it does */
+	for (unsigned int i = 0; i < g->nslots; i++) {
+		struct evst_slot *s = &g->slots[i];
+		struct evsteer_listener *l = slot_lev(s);
+		if (!slot_used(s) || !l || l == skip || !l->ms || !s->ws ||
+		    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED) ||
+		    evst_listener_is_direct(l))
+			continue;
+		to[k] = l;
+		ws[k++] = s->ws;
+	}
+	for (unsigned int j = 0; j < n; j++) {
+		unsigned int t = j % (k ? k : 1);
+		if (!k || inbox_push(to[t]->ms, fds[j]) < 0) {
+			close(fds[j]);
+			closed++;
+			continue;
+		}
+		__atomic_fetch_add(&ws[t]->migrated, 1, __ATOMIC_RELAXED);
+	}
+	for (unsigned int t = 0; t < k && t < n; t++)
+		eventfd_write(to[t]->ms->poke_fd, 1);
+	return closed;
+}
+
+static bool has_taker(struct evsteer_group *g)
+{
+	pthread_mutex_lock(&g->lock);
+	bool any = false;
+	for (unsigned int i = 0; i < g->nslots && !any; i++) {
+		struct evst_slot *s = &g->slots[i];
+		struct evsteer_listener *l = slot_lev(s);
+		any = slot_used(s) && l && l->ms && s->ws &&
+		      __atomic_load_n(&s->ws->live, __ATOMIC_RELAXED) &&
+		      !evst_listener_is_direct(l);
+	}
+	pthread_mutex_unlock(&g->lock);
+	return any;
+}
+
+static void hand_on(struct evsteer_group *g, const int *fds, unsigned int n)
+{
+	if (!n)
+		return;
+	pthread_mutex_lock(&g->lock);
+	unsigned int closed = evst_inbox_give(g, NULL, fds, n);
+	pthread_mutex_unlock(&g->lock);
+	if (closed)
+		evst_warn("group: %u connection(s) queued on a leaving worker "
+			  "closed: no live sibling in this process could take "
+			  "them", closed);
+}
+
+void evst_group_close_sock(struct evsteer_group *g, int fd)
+{
+	if (!evst_shared_cbpf(g->sh) || !has_taker(g)) {
+		evst_shared_close(g->sh, fd, NULL, 0);
+		return;
+	}
+	/* the program leaves this socket out already: take what is queued,
+	 * and what completes its handshake here until it has been quiet
+	 * for a while, then close it (evst_shared_close takes the last
+	 * ones under the lock that also re-makes the program) */
+	int got[DRAIN_BATCH];
+	uint64_t start = evst_now_ns(), last = start;
+	for (;;) {
+		unsigned int n = 0;
+		while (n < DRAIN_BATCH) {
+			int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			if (c < 0)
+				break;
+			got[n++] = c;
+		}
+		uint64_t now = evst_now_ns();
+		if (n) {
+			hand_on(g, got, n);
+			last = now;
+			if (n == DRAIN_BATCH)
+				continue;
+		}
+		if ((now - start >= DRAIN_SETTLE_NS &&
+		     now - last >= DRAIN_SETTLE_NS / 2) ||
+		    now - start >= DRAIN_MAX_NS)
+			break;
+		struct timespec ts = {0, 250000L};
+		nanosleep(&ts, NULL);
+	}
+	int late[DRAIN_BATCH];
+	int n = evst_shared_close(g->sh, fd, late, DRAIN_BATCH);
+	hand_on(g, late, (unsigned)n);
+}
+
+void evst_inbox_deliver(struct evsteer_listener *lev)
+{
+	struct evst_member_state *ms = lev->ms;
+	while (ms && evst_active(lev)) {
+		pthread_mutex_lock(&ms->inbox_lock);
+		if (!ms->ninbox) {
+			pthread_mutex_unlock(&ms->inbox_lock);
+			return;
+		}
+		int fd = ms->inbox[0];
+		memmove(ms->inbox, ms->inbox + 1, --ms->ninbox * sizeof(int));
+		pthread_mutex_unlock(&ms->inbox_lock);
+		/* accepted with the drain's flags: make them this listener's */
+		if (!(lev->accept4_flags & SOCK_NONBLOCK)) {
+			int fl = fcntl(fd, F_GETFL);
+			if (fl >= 0)
+				fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+		}
+		if (!(lev->accept4_flags & SOCK_CLOEXEC))
+			fcntl(fd, F_SETFD, 0);
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0) {
+			close(fd); /* reset meanwhile: gone */
+			continue;
+		}
+		__atomic_fetch_add(&evst_group_counters(lev->group, lev->slot)->accepted,
+				   1, __ATOMIC_RELAXED);
+		if (!evst_deliver(lev, fd, (struct sockaddr *)&ss, len))
+			return;
+		ms = lev->ms;
+	}
 }

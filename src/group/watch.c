@@ -140,6 +140,9 @@ static uint64_t tick(uint64_t now, bool *active, uint64_t *period)
 		struct evst_worker *w = e->ws;
 		if (!__atomic_load_n(&w->live, __ATOMIC_RELAXED))
 			continue;
+		/* no program counts for classic BPF: the socket's queue */
+		if (e->classic && e->wfd[0] >= 0)
+			evst_shared_queue_to_pending(w, e->wfd[0]);
 		uint64_t steered = ld(&w->steered);
 		if (steered != e->seen_steered) {
 			e->seen_steered = steered;

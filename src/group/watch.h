@@ -22,6 +22,7 @@ struct evst_watched {
 	struct evst_worker *ws; /* the member's shared counters */
 	const __u64 *stall_ns;  /* the group's threshold (shared) */
 	int poke_fd;            /* eventfd: the member's loop steals when written */
+	bool classic;           /* classic BPF: pending read from the socket */
 	/* private to watch.c */
 	struct evst_watched *next;
 	int wfd[2];             /* watched while the watch is idle */

@@ -37,6 +37,8 @@ void evst_ctl_rebuild_table(struct evst_shared *sh)
 	/* the program reads the length first: publish entries before it */
 	__atomic_store_n(sh->v.nslots, hi, __ATOMIC_RELEASE);
 	__atomic_store_n(sh->v.table_len, n, __ATOMIC_RELEASE);
+	/* classic BPF reads no table: it gets a new program instead */
+	evst_cbpf_program(sh);
 }
 
 void evst_ctl_lock(struct evst_shared *sh)

@@ -408,9 +408,6 @@ static int fall_back(struct evst_shared *sh, int err,
 		free(sh);
 		return err == -EPERM ? -EPERM : err;
 	}
-	if (err != -EPERM || o->mode != EVSTEER_BPF_OFF)
-		evst_info("group %s: %s; the kernel's SO_REUSEPORT hash steers", a,
-			  sh->reason);
 	evst_ctl_local(sh);
 	if (!sh->ctl || !sh->local) {
 		free(sh->ctl);
@@ -418,6 +415,23 @@ static int fall_back(struct evst_shared *sh, int err,
 		free(sh);
 		return -ENOMEM;
 	}
+	/* the next rung of the ladder: a classic program needs no
+	 * capability and no bpf() (cbpf.c); "off" means libevent's hash */
+	bool classic = o->mode != EVSTEER_BPF_OFF;
+	if (classic && (evst_env_test_mask() & EVST_MASK_CBPF)) {
+		char r[sizeof(sh->reason_buf)];
+		snprintf(r, sizeof(r), "%s", sh->reason);
+		evst_set_reason(sh, "%s; cbpf: masked by EVSTEER_TEST_MASK=cbpf",
+				r);
+		classic = false;
+	}
+	if (classic && evst_cbpf_start(sh) < 0)
+		classic = false;
+	if (classic)
+		evst_info("group %s: %s", a, sh->reason);
+	else if (err != -EPERM || o->mode != EVSTEER_BPF_OFF)
+		evst_info("group %s: %s; the kernel's SO_REUSEPORT hash steers", a,
+			  sh->reason);
 	evst_ctl_join(sh);
 	return 1;
 }
@@ -503,6 +517,7 @@ static void release(struct evst_shared *sh, bool mine)
 		free(sh->ctl);
 	}
 	evst_steer_close(sh->steer);
+	evst_cbpf_free(sh);
 	free(sh->local);
 	for (struct reason_node *r = sh->detach_reason, *p; r; r = p) {
 		p = r->prev;

@@ -84,6 +84,41 @@ EVST_HIDDEN bool evst_shared_bpf(const struct evst_shared *sh);
 /* Why not, when not: a sentence valid while sh lives. */
 EVST_HIDDEN const char *evst_shared_reason(const struct evst_shared *sh);
 
+/*
+ * Classic BPF steering (cbpf.c): eBPF was refused and a classic reuseport
+ * program steers over this process's healthy workers, re-made whenever
+ * that set changes. True while it does (not stood down).
+ */
+EVST_HIDDEN bool evst_shared_cbpf(const struct evst_shared *sh);
+/*
+ * Close a worker's socket of sh. With classic BPF the kernel's socket
+ * array shifts (the last socket takes its index), so the close, the model
+ * and the new program go together under the control page's lock; first,
+ * what is queued on the socket is accepted into late[] (at most max) for
+ * the caller to hand on. Without classic BPF, just close(). Returns how
+ * many are in late[].
+ */
+EVST_HIDDEN int evst_shared_close(struct evst_shared *sh, int fd, int *late,
+				  int max);
+/* A worker's socket left the group and stays open (not ours to close):
+ * classic BPF cannot follow its close, and stands down. */
+EVST_HIDDEN void evst_shared_keep(struct evst_shared *sh, int fd);
+/* Classic BPF: re-make the program if health changed (a worker found
+ * stuck, stolen from, or running again). */
+EVST_HIDDEN void evst_shared_health(struct evst_shared *sh);
+/* Classic BPF holds worker w out for its health (cheap: one load). */
+EVST_HIDDEN bool evst_shared_cbpf_out(const struct evst_shared *sh,
+				      const struct evst_worker *w);
+/* Classic BPF: at most once a second, check that no listener of another
+ * process appeared on the address (it stands down if one did). */
+EVST_HIDDEN void evst_shared_cbpf_look(struct evst_shared *sh, uint64_t now);
+/* Classic BPF counts nothing: w's pending is read from its socket's accept
+ * queue (fd: the worker's listening socket); connections found on an idle
+ * worker start its progress clock. */
+EVST_HIDDEN void evst_shared_queue_to_pending(struct evst_worker *w, int fd);
+/* Programs attached so far (tests, debugging). */
+EVST_HIDDEN uint64_t evst_shared_cbpf_attaches(const struct evst_shared *sh);
+
 EVST_HIDDEN struct evst_worker *evst_shared_worker(struct evst_shared *sh,
 						   unsigned int slot);
 EVST_HIDDEN struct evst_slot_counters *

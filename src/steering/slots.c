@@ -60,6 +60,7 @@ int evst_shared_claim(struct evst_shared *sh, int fd)
 	__atomic_store_n(&s->owner, sh->id, __ATOMIC_RELEASE);
 	sh->local_fd[i] = fd;
 	evst_ctl_default_cpu_map(sh);
+	evst_cbpf_claimed(sh, fd);
 	evst_ctl_unlock(sh);
 	return (int)i;
 }
@@ -101,11 +102,13 @@ void evst_shared_set_cpu(struct evst_shared *sh, unsigned int cpu,
 			 unsigned int slot)
 {
 	__atomic_store_n(&sh->v.cpu_map[cpu], slot + 1, __ATOMIC_RELAXED);
+	evst_shared_health(sh); /* classic BPF: the map is in the program */
 }
 
 void evst_shared_set_policy(struct evst_shared *sh, unsigned int policy)
 {
 	__atomic_store_n(sh->v.policy, (__u32)policy, __ATOMIC_RELAXED);
+	evst_shared_health(sh);
 }
 
 unsigned int evst_shared_policy(const struct evst_shared *sh)
@@ -131,8 +134,10 @@ bool evst_shared_bpf(const struct evst_shared *sh)
 
 const char *evst_shared_reason(const struct evst_shared *sh)
 {
-	if (!sh->steer)
-		return sh->reason ? sh->reason : "";
+	if (!sh->steer) {
+		const char *down = evst_cbpf_down_reason(sh);
+		return down ? down : sh->reason ? sh->reason : "";
+	}
 	if (__atomic_load_n(&sh->ctl->detached, __ATOMIC_ACQUIRE)) {
 		/* the path report is not a hot path: take the lock, so the
 		 * reason is the one that goes with the state */

@@ -14,6 +14,8 @@
  *   account.c     pending, progress, time: the counters the workers keep
  *   rendezvous.c  how processes of one user find each other
  *   steer.c       the BPF side: load, attach, the sockarray, the .bss view
+ *   cbpf.c        classic BPF steering when eBPF is refused: the model of
+ *                 the kernel's socket order, the programs it writes
  *
  * Locks: `reg_lock` (shared.c) guards this process's registry of
  * addresses and their refcounts, and is held while one is created (a load
@@ -102,7 +104,8 @@ struct evst_shared {
 	struct evst_ctl *ctl;
 	int ctl_fd;                 /* -1 when process-local */
 	int ctl_ro_fd;              /* the same page read-only, for lookers */
-	struct evst_steer *steer;   /* NULL: kernel hash */
+	struct evst_steer *steer;   /* NULL: classic BPF or kernel hash */
+	struct evst_cbpf *cb;       /* classic BPF steering (cbpf.c), or NULL */
 	struct evst_local_state *local;
 	struct evst_shared_view v;
 	uint32_t id;                /* our member id */
@@ -157,6 +160,17 @@ EVST_HIDDEN void evst_ctl_default_cpu_map(struct evst_shared *sh);
  * rendezvous thread: 0 or an errno. */
 EVST_HIDDEN int evst_shared_control(void *arg, const struct evst_rdv_req *req,
 				    pid_t pid, uid_t uid);
+
+/* cbpf.c (ctl->lock held where said) */
+/* Classic BPF for sh (eBPF refused): 0 or -ENOMEM; sh->reason says so. */
+EVST_HIDDEN int evst_cbpf_start(struct evst_shared *sh);
+EVST_HIDDEN void evst_cbpf_free(struct evst_shared *sh);
+/* ctl->lock held: fd was claimed; the model appends it (or stands down). */
+EVST_HIDDEN void evst_cbpf_claimed(struct evst_shared *sh, int fd);
+/* ctl->lock held: re-make the program (liveness, weights, health). */
+EVST_HIDDEN void evst_cbpf_program(struct evst_shared *sh);
+/* Why classic BPF stood down, or NULL. */
+EVST_HIDDEN const char *evst_cbpf_down_reason(const struct evst_shared *sh);
 
 /* tick.c */
 /* ctl->lock held: our copy of the shared stand-down reason. */

@@ -1,0 +1,543 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Classic BPF steering: the tier between our eBPF program and the kernel's
+ * hash (docs/groups.md, "Classic BPF steering"). A classic reuseport program
+ * (SO_ATTACH_REUSEPORT_CBPF) needs no capability and no bpf() call, so it
+ * works where eBPF is refused (no CAP_BPF, a seccomp profile, a user
+ * namespace). It has no maps: it cannot count, read a heartbeat or see a
+ * socket. So user space decides who is healthy and writes a new program
+ * each time that changes: a hash over the healthy workers, mapped to their
+ * sockets' current indexes in the kernel's reuseport array.
+ *
+ * The index a classic program returns is a position in that array
+ * (net/core/sock_reuseport.c): a socket is appended when it listen()s
+ * (__reuseport_add_sock: socks[num_socks++]); when one leaves (close,
+ * shutdown) the last one is moved into its place
+ * (__reuseport_detach_sock: socks[i] = socks[num_socks - 1]); an index
+ * >= num_socks makes the kernel fall back to its hash
+ * (reuseport_select_sock -> run_bpf_filter -> select_by_hash). Nothing in
+ * user space reads that array, so this file keeps a model of it (`fd[]`,
+ * in index order) and keeps it exact by two rules:
+ *
+ *  - Every socket is appended when we claim it, and only when the kernel's
+ *    socket diagnostics show that the address's listeners are exactly the
+ *    sockets of the model plus this one: then it is the last. Anything
+ *    else (another process's listener, a socket that was listening before
+ *    we saw it, two sockets racing) and the order is not known: the tier
+ *    stands down to the kernel's hash and says why. So classic BPF steers
+ *    within one process only; across processes the array's order is
+ *    everyone's and nobody's to know.
+ *  - Every socket of the model is closed here (evst_shared_close), under
+ *    ctl->lock, with the swap applied to the model and the program re-made
+ *    before the lock is dropped. A socket that leaves the group without
+ *    being closed by us (the user keeps it) makes the tier stand down.
+ *
+ * Between a close and the re-attach (microseconds, under the lock) the old
+ * program runs against the shifted array: an index it returns is either a
+ * socket that is still open (the last one, moved into the hole) or past
+ * the end (the kernel's hash over the remaining ones). Neither loses a
+ * connection: every remaining socket is served or drained.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <linux/filter.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include "common/env.h"
+#include "steering/steering.h"
+
+#ifndef SO_ATTACH_REUSEPORT_CBPF
+#define SO_ATTACH_REUSEPORT_CBPF 51
+#endif
+#ifndef SO_DETACH_REUSEPORT_BPF
+#define SO_DETACH_REUSEPORT_BPF 68
+#endif
+
+/* sockets released but not yet closed (draining) stay in the array */
+#define CB_MAX_SOCKS (2 * EVST_MAX_WORKERS)
+/* 3 instructions per leaf at most, within BPF_MAXINSNS (4096) */
+#define CB_MAX_ENTRIES 1024
+#define CB_MAX_CPUS 256
+#define CB_MAX_INSNS (3 * CB_MAX_ENTRIES + 2 * CB_MAX_CPUS + 16)
+/* how often a wake-up looks for a listener that is not ours */
+#define CB_LOOK_NS 1000000000ull
+/* "no socket": past any array, so the kernel's hash picks */
+#define CB_NONE 0xffffffffu
+
+struct evst_cbpf {
+	/* the kernel's reuseport array as we know it, in index order */
+	int fd[CB_MAX_SOCKS];
+	uint64_t cookie[CB_MAX_SOCKS];
+	unsigned int n;
+	/* slots the program holds out for their health (relaxed: read on
+	 * every pass of a worker's loop) */
+	uint8_t out[EVST_MAX_WORKERS];
+	const char *ebpf_reason; /* why not eBPF (sh->reason before us) */
+	char reason_buf[640];    /* sh->reason while classic BPF steers */
+	const char *down; /* stood down: why (release; never changes after) */
+	char down_buf[1024];
+	uint64_t look_ns;  /* the last look for foreign listeners (relaxed) */
+	uint64_t sum;      /* checksum of the program attached; 0: none */
+	unsigned int ncpu;
+	/* for the path report and tests: programs attached so far */
+	uint64_t attaches;
+	struct sock_filter insns[CB_MAX_INSNS];
+	uint32_t entries[CB_MAX_ENTRIES];
+};
+
+static int index_of(const struct evst_cbpf *cb, int fd)
+{
+	for (unsigned int i = 0; i < cb->n; i++)
+		if (cb->fd[i] == fd)
+			return (int)i;
+	return -1;
+}
+
+bool evst_shared_cbpf(const struct evst_shared *sh)
+{
+	return sh && sh->cb && !__atomic_load_n(&sh->cb->down, __ATOMIC_ACQUIRE);
+}
+
+const char *evst_cbpf_down_reason(const struct evst_shared *sh)
+{
+	return sh->cb ? __atomic_load_n(&sh->cb->down, __ATOMIC_ACQUIRE) : NULL;
+}
+
+/* ctl->lock held: the tier gives up for good (the model cannot be trusted
+ * again); the kernel's hash steers from here, and the reason says why. */
+static void stand_down(struct evst_shared *sh, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void stand_down(struct evst_shared *sh, const char *fmt, ...)
+{
+	struct evst_cbpf *cb = sh->cb;
+	if (cb->down)
+		return;
+	char why[384];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	/* a program of ours left attached would keep steering by stale
+	 * indexes: take it off (any socket of the group acts for all) */
+	if (cb->n && cb->sum) {
+		int one = 1;
+		setsockopt(cb->fd[0], SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &one,
+			   sizeof(one));
+	}
+	cb->sum = 0;
+	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++)
+		__atomic_store_n(&cb->out[i], 0, __ATOMIC_RELAXED);
+	snprintf(cb->down_buf, sizeof(cb->down_buf),
+		 "%s; cbpf: stood down: %s; the kernel's SO_REUSEPORT hash steers",
+		 cb->ebpf_reason, why);
+	__atomic_store_n(&cb->down, cb->down_buf, __ATOMIC_RELEASE);
+	evst_info("group %s: classic BPF steering stood down: %s; the kernel's "
+		  "SO_REUSEPORT hash steers", sh->key, why);
+}
+
+/*
+ * ctl->lock held: are the address's listeners exactly the model's sockets
+ * (plus `extra`, being claimed, whose creator holds the listen order)? If
+ * not, stand down with what was found. Called without a claim (extra < 0)
+ * while another thread of ours is between a listen() and its claim, the
+ * listing may show that socket before the model does: the kernel appended
+ * it, so the model's indexes hold, and its claim will look again. So then
+ * only the model's own sockets are checked.
+ */
+static bool look(struct evst_shared *sh, int extra)
+{
+	struct evst_cbpf *cb = sh->cb;
+	struct evst_sock_info li[CB_MAX_SOCKS + 8];
+	/* ctl->lock is held, so a close of ours is not half done; the
+	 * listen order is taken only if free (it nests outside ctl->lock) */
+	bool strict = extra >= 0 || evst_listen_order_trylock();
+	int n = evst_list_listeners((struct sockaddr *)&sh->addr, li,
+				    CB_MAX_SOCKS + 8);
+	if (strict && extra < 0)
+		evst_listen_order_unlock();
+	__atomic_store_n(&cb->look_ns, evst_now_ns(), __ATOMIC_RELAXED);
+	char a[64];
+	evst_addr_str(&sh->addr, a, sizeof(a));
+	if (n < 0) {
+		stand_down(sh, "cannot list the listeners of %s to check the "
+			   "kernel's socket order (sock_diag: %s)", a, strerror(-n));
+		return false;
+	}
+	uint64_t xc = extra >= 0 ? evst_sock_cookie(extra) : 0;
+	if (!strict) {
+		unsigned int found = 0;
+		for (unsigned int k = 0; k < cb->n; k++)
+			for (int i = 0; i < n; i++)
+				if (cb->cookie[k] == li[i].cookie) {
+					found++;
+					break;
+				}
+		if (found != cb->n) {
+			stand_down(sh, "%u of the %u sockets known on %s closed "
+				   "without evsteer: the kernel's socket order is "
+				   "not known any more", cb->n - found, cb->n, a);
+			return false;
+		}
+		return true;
+	}
+	for (int i = 0; i < n; i++) {
+		bool ours = li[i].cookie == xc && xc;
+		for (unsigned int k = 0; k < cb->n && !ours; k++)
+			ours = cb->cookie[k] == li[i].cookie;
+		if (!ours) {
+			stand_down(sh, "a listener that is not one of this "
+				   "process's workers is on %s (socket inode %llu, "
+				   "uid %u): a classic program indexes the kernel's "
+				   "socket array, whose order is known only for "
+				   "sockets this process listened and closed itself",
+				   a, (unsigned long long)li[i].inode, li[i].uid);
+			return false;
+		}
+	}
+	unsigned int want = cb->n + (extra >= 0);
+	if ((unsigned int)n != want) {
+		stand_down(sh, "%d sockets listen on %s where %u are known: one "
+			   "closed without evsteer, so the kernel's socket order "
+			   "is not known any more", n, a, want);
+		return false;
+	}
+	return true;
+}
+
+/* Healthy as the eBPF program and the stall watch judge it: live, its
+ * loop not stuck with connections waiting, not held out after a theft. */
+static bool healthy(const struct evst_worker *w, uint64_t now, uint64_t st)
+{
+	uint64_t pr = evst_ld64(&w->progress_ns);
+	int64_t p = (int64_t)(evst_ld64(&w->steered) - evst_ld64(&w->dequeued));
+	if (st && p > 0 && (int64_t)(now - pr) > (int64_t)st)
+		return false;
+	return evst_ld64(&w->stolen_ns) <= pr;
+}
+
+/* A binary search over entries [lo, hi) of the A register's value: each
+ * leaf returns a socket index. Returns the instructions written. */
+static unsigned int tree(struct sock_filter *p, const uint32_t *e,
+			 unsigned int lo, unsigned int hi)
+{
+	bool same = true;
+	for (unsigned int i = lo + 1; i < hi && same; i++)
+		same = e[i] == e[lo];
+	if (same) {
+		p[0] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, e[lo]);
+		return 1;
+	}
+	unsigned int mid = lo + (hi - lo) / 2, at = 0;
+	/* A >= mid: the next instruction jumps over the left half */
+	p[at++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, mid, 0, 1);
+	unsigned int ja = at++;
+	unsigned int left = tree(p + at, e, lo, mid);
+	at += left;
+	p[ja] = (struct sock_filter)BPF_STMT(BPF_JMP | BPF_JA, left);
+	return at + tree(p + at, e, mid, hi);
+}
+
+/* The hash part: the packet's flow hash (skb->hash; 0 when neither the
+ * NIC nor the stack computed one, then a random number), modulo the
+ * entries. */
+static unsigned int emit_hash(struct sock_filter *p, const uint32_t *e,
+			      unsigned int m)
+{
+	unsigned int at = 0;
+	if (m > 1) {
+		p[at++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+						       SKF_AD_OFF + SKF_AD_RXHASH);
+		p[at++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+						       0, 0, 1);
+		p[at++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+						       SKF_AD_OFF + SKF_AD_RANDOM);
+		p[at++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, m);
+	}
+	return at + tree(p + at, e, 0, m);
+}
+
+static uint64_t checksum(const struct sock_filter *p, unsigned int n)
+{
+	uint64_t h = 1469598103934665603ull;
+	const unsigned char *b = (const unsigned char *)p;
+	for (size_t i = 0; i < n * sizeof(*p); i++)
+		h = (h ^ b[i]) * 1099511628211ull;
+	return h | 1;
+}
+
+/* ctl->lock held: the kernel index of the worker at slot i, or -1. */
+static int kidx(struct evst_shared *sh, unsigned int i)
+{
+	return sh->local_fd[i] >= 0 ? index_of(sh->cb, sh->local_fd[i]) : -1;
+}
+
+/* ctl->lock held: the entries of the hash table (healthy workers, each as
+ * often as its weight; every live one when none is healthy); sets out[]. */
+static unsigned int entries(struct evst_shared *sh, uint64_t now)
+{
+	struct evst_cbpf *cb = sh->cb;
+	uint64_t st = evst_ld64(sh->v.stall_ns);
+	bool ok[EVST_MAX_WORKERS], any = false;
+	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
+		struct evst_worker *w = &sh->v.workers[i];
+		ok[i] = sh->ctl->slots[i].owner &&
+			__atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
+			kidx(sh, i) >= 0;
+		if (ok[i] && healthy(w, now, st))
+			any = true;
+		if (!ok[i])
+			__atomic_store_n(&cb->out[i], 0, __ATOMIC_RELAXED);
+	}
+	unsigned int m = 0;
+	for (unsigned int w = 0; w < 16; w++)
+		for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
+			if (!ok[i])
+				continue;
+			bool h = healthy(&sh->v.workers[i], now, st);
+			if (w == 0)
+				__atomic_store_n(&cb->out[i], (uint8_t)(any && !h),
+						 __ATOMIC_RELAXED);
+			if ((any && !h) || w >= sh->ctl->slots[i].weight ||
+			    m >= CB_MAX_ENTRIES)
+				continue;
+			cb->entries[m++] = (uint32_t)kidx(sh, i);
+		}
+	return m;
+}
+
+/* ctl->lock held: the CPU part (policy cpu): the mapped worker of the
+ * connection's CPU when it is healthy, else on to the hash. */
+static unsigned int emit_cpu(struct evst_shared *sh, struct sock_filter *p)
+{
+	struct evst_cbpf *cb = sh->cb;
+	unsigned int at = 0;
+	p[at++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+					       SKF_AD_OFF + SKF_AD_CPU);
+	for (unsigned int c = 0; c < cb->ncpu; c++) {
+		uint32_t s = __atomic_load_n(&sh->v.cpu_map[c], __ATOMIC_RELAXED);
+		if (!s || s > EVST_MAX_WORKERS)
+			continue;
+		s--;
+		int k = kidx(sh, s);
+		if (k < 0 || !sh->ctl->slots[s].owner ||
+		    !__atomic_load_n(&sh->v.workers[s].live, __ATOMIC_RELAXED) ||
+		    __atomic_load_n(&cb->out[s], __ATOMIC_RELAXED))
+			continue;
+		p[at++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+						       c, 0, 1);
+		p[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, (uint32_t)k);
+	}
+	return at;
+}
+
+/* ctl->lock held: write the program for the group as it is now and attach
+ * it if it differs from the one attached. */
+static void program(struct evst_shared *sh)
+{
+	struct evst_cbpf *cb = sh->cb;
+	if (cb->down || !cb->n)
+		return;
+	unsigned int m = entries(sh, evst_now_ns()), at = 0;
+	if (m == 0) {
+		cb->insns[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K,
+							       CB_NONE);
+	} else {
+		if (__atomic_load_n(sh->v.policy, __ATOMIC_RELAXED) ==
+		    EVST_POLICY_CPU)
+			at += emit_cpu(sh, cb->insns);
+		at += emit_hash(cb->insns + at, cb->entries, m);
+	}
+	uint64_t sum = checksum(cb->insns, at);
+	if (sum == cb->sum)
+		return;
+	/* a listener of another process would be steered by indexes we
+	 * cannot know, or its own program replaced by ours: look first */
+	if (!look(sh, -1))
+		return;
+	struct sock_fprog fp = {.len = (unsigned short)at, .filter = cb->insns};
+	if (setsockopt(cb->fd[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp,
+		       sizeof(fp)) < 0) {
+		stand_down(sh, "SO_ATTACH_REUSEPORT_CBPF: %s", strerror(errno));
+		return;
+	}
+	cb->sum = sum;
+	__atomic_fetch_add(&cb->attaches, 1, __ATOMIC_RELAXED);
+	evst_debug("group %s: classic program of %u instructions over %u "
+		   "entries attached", sh->key, at, m);
+}
+
+void evst_cbpf_program(struct evst_shared *sh)
+{
+	if (sh->cb)
+		program(sh);
+}
+
+int evst_cbpf_start(struct evst_shared *sh)
+{
+	struct evst_cbpf *cb = calloc(1, sizeof(*cb));
+	if (!cb)
+		return -ENOMEM;
+	long n = sysconf(_SC_NPROCESSORS_CONF);
+	cb->ncpu = n < 1 ? 1 : n > CB_MAX_CPUS ? CB_MAX_CPUS : (unsigned)n;
+	cb->ebpf_reason = sh->reason ? sh->reason : "bpf: unavailable";
+	snprintf(cb->reason_buf, sizeof(cb->reason_buf),
+		 "%s; cbpf: a classic BPF program steers instead (no capability "
+		 "needed): a flow hash over the healthy workers (policy cpu: "
+		 "the CPU map first), re-programmed as they join, leave, stall "
+		 "or recover; least-pending and round-robin need eBPF",
+		 cb->ebpf_reason);
+	sh->reason = cb->reason_buf;
+	sh->cb = cb;
+	return 0;
+}
+
+void evst_cbpf_free(struct evst_shared *sh)
+{
+	free(sh->cb);
+	sh->cb = NULL;
+}
+
+/* ctl->lock held: fd was claimed (a slot of ours); it listens, so the
+ * kernel appended it to the array: the model does the same, once the
+ * listeners show that it is the only one the model lacks. */
+void evst_cbpf_claimed(struct evst_shared *sh, int fd)
+{
+	struct evst_cbpf *cb = sh->cb;
+	if (!cb || cb->down)
+		return;
+	if (cb->n == CB_MAX_SOCKS) {
+		stand_down(sh, "more than %d sockets in the group", CB_MAX_SOCKS);
+		return;
+	}
+	if (!look(sh, fd))
+		return;
+	cb->cookie[cb->n] = evst_sock_cookie(fd);
+	cb->fd[cb->n++] = fd;
+	/* the first socket makes a new kernel group, without a program;
+	 * later ones join the group and its program (not live yet) */
+	if (cb->n == 1) {
+		cb->sum = 0;
+		program(sh);
+	}
+}
+
+int evst_shared_close(struct evst_shared *sh, int fd, int *late, int max)
+{
+	int n = 0;
+	if (!sh || !sh->cb) {
+		close(fd);
+		return 0;
+	}
+	/* no listen() of ours may fall between this close and the claim of
+	 * its socket: the kernel's reordering must be the one we apply */
+	evst_listen_order_lock();
+	evst_ctl_lock(sh);
+	struct evst_cbpf *cb = sh->cb;
+	int i = index_of(cb, fd);
+	/* what completed its handshake here since the caller's last look:
+	 * accepted under the lock, so that nothing can be steered here any
+	 * more between this and the close (the program leaves it out) */
+	while (n < max) {
+		int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (c < 0)
+			break;
+		late[n++] = c;
+	}
+	close(fd);
+	if (i >= 0) {
+		/* the kernel moved its last socket into the hole */
+		cb->fd[i] = cb->fd[cb->n - 1];
+		cb->cookie[i] = cb->cookie[cb->n - 1];
+		cb->n--;
+		if (!cb->n)
+			cb->sum = 0; /* the kernel group and its program are gone */
+		else if (!cb->down) {
+			cb->sum = 0; /* same bytes, other sockets: attach again */
+			program(sh);
+		}
+	}
+	evst_ctl_unlock(sh);
+	evst_listen_order_unlock();
+	return n;
+}
+
+void evst_shared_keep(struct evst_shared *sh, int fd)
+{
+	if (!sh || !sh->cb)
+		return;
+	evst_ctl_lock(sh);
+	if (index_of(sh->cb, fd) >= 0 && !sh->cb->down)
+		stand_down(sh, "a worker's socket (fd %d) left the group without "
+			   "being closed by evsteer (no CLOSE_ON_FREE): when it "
+			   "closes, the kernel's socket order changes unseen", fd);
+	evst_ctl_unlock(sh);
+}
+
+bool evst_shared_cbpf_out(const struct evst_shared *sh,
+			  const struct evst_worker *w)
+{
+	return sh->cb && __atomic_load_n(&sh->cb->out[w - sh->v.workers],
+					 __ATOMIC_RELAXED);
+}
+
+void evst_shared_health(struct evst_shared *sh)
+{
+	if (!evst_shared_cbpf(sh))
+		return;
+	evst_ctl_lock(sh);
+	program(sh);
+	evst_ctl_unlock(sh);
+}
+
+void evst_shared_cbpf_look(struct evst_shared *sh, uint64_t now)
+{
+	if (!evst_shared_cbpf(sh) ||
+	    now - __atomic_load_n(&sh->cb->look_ns, __ATOMIC_RELAXED) < CB_LOOK_NS)
+		return;
+	evst_ctl_lock(sh);
+	if (!sh->cb->down && now - sh->cb->look_ns >= CB_LOOK_NS)
+		look(sh, -1);
+	evst_ctl_unlock(sh);
+}
+
+/*
+ * What the program cannot count, the socket can tell: the connections
+ * waiting in its accept queue (TCP_INFO of a listener: tcpi_unacked is
+ * sk_ack_backlog). steered is set so that pending reads that number, and
+ * the stall machinery (watch.c, steal.c) works unchanged.
+ */
+void evst_shared_queue_to_pending(struct evst_worker *w, int fd)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    ti.tcpi_state != 10 /* TCP_LISTEN */)
+		return;
+	uint64_t dq = evst_ld64(&w->dequeued);
+	int64_t was = (int64_t)(evst_ld64(&w->steered) - dq);
+	/* work arriving on an idle worker starts its clock, as the eBPF
+	 * program does when it steers to one: an old heartbeat of a worker
+	 * that simply had nothing to do is no stall (seen here at the first
+	 * look after the arrival) */
+	if (was <= 0 && ti.tcpi_unacked) {
+		uint64_t now = evst_now_ns();
+		if (evst_ld64(&w->progress_ns) < now)
+			__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
+	}
+	__atomic_store_n(&w->steered, dq + (uint64_t)ti.tcpi_unacked,
+			 __ATOMIC_RELAXED);
+}
+
+uint64_t evst_shared_cbpf_attaches(const struct evst_shared *sh)
+{
+	return sh && sh->cb ? __atomic_load_n(&sh->cb->attaches, __ATOMIC_RELAXED) :
+			      0;
+}
