@@ -130,6 +130,16 @@ def config(stagedir, caps, uid, sec):
     return cfg
 
 
+def workers(out):
+    """connections each worker accepted, from the demo's report"""
+    n = []
+    for line in out.splitlines():
+        s = line.strip().split()
+        if len(s) >= 4 and s[0] == "worker" and s[2] == "accepted":
+            n.append(int(s[3]))
+    return n
+
+
 def parse(out):
     """path name, steering reason, engine reason from the demo's report"""
     path, steer_why, engine_why, last = None, "", "", None
@@ -168,7 +178,7 @@ def run(top, n, name, caps, uid, sec):
     print(f"--- {name}: exit {p.returncode}")
     sys.stdout.write(p.stdout)
     sys.stdout.write(p.stderr)
-    return p.returncode, parse(p.stdout)
+    return p.returncode, parse(p.stdout), p.stdout
 
 
 def main():
@@ -210,12 +220,19 @@ def main():
             # default allows bpf only with CAP_SYS_ADMIN)
             ("d: CAP_BPF + a profile without bpf", bpf, 0,
              seccomp(OURS, bpf, deny=["bpf"])),
+            # (e) what most containers get: Docker's default profile and
+            # no CAP_BPF (issue 21): classic BPF steers
+            ("e: no capabilities + Docker's default", [], 0,
+             seccomp(DOCKER, [])),
+            ("e': uid 65534, no capabilities + Docker's default", [], 65534,
+             seccomp(DOCKER, [])),
         ]
-        res = {}
+        res, outs = {}, {}
         for n, (name, caps, uid, sec) in enumerate(cases):
-            rc, r = run(top, n, name, caps, uid, sec)
+            rc, r, out = run(top, n, name, caps, uid, sec)
             expect(rc == 0, f"{name}: the demo exited {rc}")
             res[name[:2].rstrip(":")] = r
+            outs[name[:2].rstrip(":")] = workers(out)
 
         path, sw, ew = res["a"]
         expect(path == "bpf+uring", f"a: path {path}, want bpf+uring")
@@ -225,13 +242,23 @@ def main():
         expect(path == "bpf+event", f"b: path {path}, want bpf+event")
         expect("seccomp" in ew and "io_uring" in ew,
                f"b: engine reason does not name seccomp: {ew!r}")
-        for k in ("c", "c'"):
+        # eBPF refused: the next rung, a classic program (no capability)
+        for k in ("c", "c'", "e", "e'"):
             path, sw, ew = res[k]
-            expect(path == "event", f"{k}: path {path}, want event")
+            expect(path == "cbpf+event", f"{k}: path {path}, want cbpf+event")
             expect("needs CAP_BPF" in sw,
                    f"{k}: steering reason does not name CAP_BPF: {sw!r}")
+            expect("classic BPF program steers" in sw,
+                   f"{k}: steering reason does not name classic BPF: {sw!r}")
+        for k in ("e", "e'"):
+            expect("seccomp" in res[k][1],
+                   f"{k}: reason does not name the seccomp filter: {res[k][1]!r}")
+            # the hash over both workers: each gets a fair part of 200
+            n = outs[k]
+            expect(len(n) == 2 and min(n) >= 50,
+                   f"{k}: connections per worker {n}, want both >= 50")
         path, sw, ew = res["d"]
-        expect(path == "event", f"d: path {path}, want event")
+        expect(path == "cbpf+event", f"d: path {path}, want cbpf+event")
         expect("seccomp" in sw, f"d: reason does not name seccomp: {sw!r}")
         expect("needs CAP_BPF" not in sw and "lacks" not in sw,
                f"d: reason says CAP_BPF is missing: {sw!r}")

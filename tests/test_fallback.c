@@ -4,8 +4,9 @@
  * child makes bpf() fail with EPERM or ENOSYS; setpriv runs this binary
  * again with chosen capability sets (CAP_BPF alone must be enough, as uid 0
  * and as an unprivileged uid with ambient CAP_BPF; without it: fallback).
- * In each child the group must keep working on the kernel's hash, report
- * why, and fail creation with a clear error under "require".
+ * In each child the group must keep working on the next rung (classic BPF
+ * steering, which needs no capability), report why, and fail creation with
+ * a clear error under "require".
  */
 #include "tlib.h"
 
@@ -51,7 +52,7 @@ static void count_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 
 /*
  * expect_bpf: BPF must steer (round-robin exact); otherwise the group must
- * run on the kernel hash with a reason containing `reason` and not
+ * run on classic BPF with a reason containing `reason` and not
  * `wrong` (the fix it must not send the operator to), and "require" must
  * fail with `require_errno`.
  */
@@ -71,10 +72,13 @@ static void child_check(bool expect_bpf, const char *reason, const char *wrong,
 		p.steering_reason);
 	if (expect_bpf && p.steering != EVSTEER_STEER_BPF)
 		child_fail(11, "expected BPF steering");
-	if (!expect_bpf && (p.steering != EVSTEER_STEER_KERNEL_HASH ||
+	/* the next rung: classic BPF (tests/test_cbpf.c tests it further),
+	 * with the reason eBPF was refused */
+	if (!expect_bpf && (p.steering != EVSTEER_STEER_CBPF ||
+			    strcmp(p.name, "cbpf+event") ||
 			    !strstr(p.steering_reason, reason) ||
 			    (wrong && strstr(p.steering_reason, wrong))))
-		child_fail(12, "expected kernel hash with the reason");
+		child_fail(12, "expected classic BPF with the reason");
 
 	/* the group serves connections either way */
 	struct event_base *base = event_base_new();

@@ -179,8 +179,9 @@ static void run_masked(const char *mask)
 	assert_int_equal(evsteer_listener_get_path(ld, &pd), 0);
 	assert_int_equal(pd.engine, EVSTEER_ENGINE_URING_DIRECT);
 	if (no_bpf) {
-		assert_string_equal(pd.name, "uring-direct");
-		assert_int_equal(pd.steering, EVSTEER_STEER_KERNEL_HASH);
+		/* eBPF masked: the next rung, classic BPF */
+		assert_string_equal(pd.name, "cbpf+uring-direct");
+		assert_int_equal(pd.steering, EVSTEER_STEER_CBPF);
 		assert_non_null(strstr(pd.steering_reason,
 				       "masked by EVSTEER_TEST_MASK=bpf"));
 	} else {
@@ -200,7 +201,7 @@ static void run_masked(const char *mask)
 	}
 	evsteer_listener_free(ld);
 
-	/* io_uring into fds, auto mode: only with BPF steering */
+	/* io_uring into fds, auto mode: only with eBPF steering */
 	struct served sf = {0};
 	len = tl_addr_loopback(AF_INET, &ss);
 	struct evsteer_listener *lf = evsteer_listener_new_bind(
@@ -211,11 +212,12 @@ static void run_masked(const char *mask)
 	print_message("mask %s: fd listener %s, \"%s\" / \"%s\"\n", mask, pf.name,
 		      pf.steering_reason, pf.engine_reason);
 	if (no_bpf) {
-		/* the design rule: no BPF, the plain event_base path */
-		assert_string_equal(pf.name, "event");
+		/* the design rule: no eBPF, the plain event_base engine
+		 * (steered by classic BPF) */
+		assert_string_equal(pf.name, "cbpf+event");
 		assert_non_null(strstr(pf.steering_reason,
 				       "masked by EVSTEER_TEST_MASK=bpf"));
-		assert_non_null(strstr(pf.engine_reason, "only with BPF"));
+		assert_non_null(strstr(pf.engine_reason, "only with eBPF"));
 	} else {
 		/* none of the accept features matter to the fd engine */
 		assert_string_equal(pf.name, "bpf+uring");

@@ -303,7 +303,8 @@ static void test_names(void **state)
 	assert_null(evsteer_accept_mode_str((enum evsteer_accept_mode)-1));
 	assert_string_equal(evsteer_steering_str(EVSTEER_STEER_KERNEL_HASH),
 			    "kernel-hash");
-	assert_null(evsteer_steering_str((enum evsteer_steering)3));
+	assert_string_equal(evsteer_steering_str(EVSTEER_STEER_CBPF), "cbpf");
+	assert_null(evsteer_steering_str((enum evsteer_steering)4));
 	assert_string_equal(evsteer_engine_str(EVSTEER_ENGINE_URING_DIRECT),
 			    "uring-direct");
 	assert_null(evsteer_engine_str((enum evsteer_engine)3));

@@ -1,0 +1,672 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Classic BPF steering, the rung between eBPF and the kernel's hash
+ * (src/steering/cbpf.c, docs/groups.md): forced by EVSTEER_TEST_MASK=bpf in
+ * this process, by a seccomp filter denying bpf() in a forked child, and by
+ * dropping every capability with setpriv. Checked with real connections:
+ * the path and its reason, the ladder below it, steering only over the
+ * healthy workers and by the right kernel index after the array shifted, a
+ * stalled worker programmed away, a leaving worker's queue drained into its
+ * siblings with no reset, and the re-attach race hammered (connections
+ * arriving while workers join and leave).
+ */
+#include "tlib.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/thread.h>
+
+/* ---- workers: one base and thread each, the callback answers "k" */
+
+struct worker {
+	struct event_base *base;
+	pthread_t th;
+	bool running;
+	struct evsteer_listener *lev;
+	atomic_int n;        /* connections answered */
+	atomic_int block_ms; /* the next callback blocks this long first */
+};
+
+static void answer_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
+		      int len, void *arg)
+{
+	(void)l, (void)sa, (void)len;
+	struct worker *w = arg;
+	int b = atomic_exchange(&w->block_ms, 0);
+	if (b > 0)
+		usleep((useconds_t)b * 1000);
+	ssize_t r = write(fd, "k", 1);
+	(void)r;
+	close(fd);
+	atomic_fetch_add(&w->n, 1);
+}
+
+static void *loop_main(void *arg)
+{
+	struct worker *w = arg;
+	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	return NULL;
+}
+
+static void worker_init(struct worker *w)
+{
+	memset(w, 0, sizeof(*w));
+	w->base = tl_base();
+}
+
+static void worker_run(struct worker *w)
+{
+	assert_int_equal(pthread_create(&w->th, NULL, loop_main, w), 0);
+	w->running = true;
+}
+
+static void worker_stop(struct worker *w)
+{
+	if (w->running) {
+		/* loopexit: a loopbreak before the loop runs would be lost */
+		event_base_loopexit(w->base, NULL);
+		pthread_join(w->th, NULL);
+		w->running = false;
+	}
+}
+
+static void worker_fini(struct worker *w)
+{
+	worker_stop(w);
+	if (w->lev)
+		evsteer_listener_free(w->lev);
+	w->lev = NULL;
+	event_base_free(w->base);
+}
+
+#define FLAGS                                                                  \
+	(EVSTEER_OPT_REUSEABLE_PORT | EVSTEER_OPT_REUSEABLE |                  \
+	 EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_THREADSAFE)
+
+/* A REUSEABLE_PORT listener for w on *ss (port 0: the kernel picks, and
+ * *ss gets it), in the group of that address. */
+static void worker_listen(struct worker *w, struct sockaddr_storage *ss,
+			  socklen_t *len, int stall_us)
+{
+	EVSTEER_LISTENER_OPTS(o, .stall_us = stall_us,
+			      .accept = EVSTEER_ACCEPT_EVENT);
+	w->lev = evsteer_listener_new_bind(w->base, answer_cb, w, FLAGS, -1,
+					   (struct sockaddr *)ss, *len, &o);
+	assert_non_null(w->lev);
+	*len = tl_sockname(evsteer_listener_get_fd(w->lev), ss);
+}
+
+/* A client: connect, wait for "k". 1 answered, 0 closed without an
+ * answer, -errno (ECONNRESET: reset; EAGAIN: no answer in time). */
+static int client(const struct sockaddr_storage *ss, socklen_t len,
+		  int timeout_ms)
+{
+	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	int r;
+	if (connect(fd, (const struct sockaddr *)ss, len) < 0) {
+		r = -errno;
+	} else {
+		char c;
+		ssize_t n = recv(fd, &c, 1, 0);
+		r = n == 1 && c == 'k' ? 1 : n == 0 ? 0 : -errno;
+	}
+	close(fd);
+	return r;
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void mask(const char *m)
+{
+	if (m)
+		setenv("EVSTEER_TEST_MASK", m, 1);
+	else
+		unsetenv("EVSTEER_TEST_MASK");
+}
+
+static struct evsteer_path path_of(const struct worker *w)
+{
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_listener_get_path(w->lev, &p), 0);
+	return p;
+}
+
+/* ---- the path, its reason, the ladder */
+
+static void test_path_and_ladder(void **state)
+{
+	(void)state;
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct worker w[2];
+
+	/* eBPF masked: classic BPF, and the reason says both */
+	mask("bpf");
+	tl_log_capture_start();
+	for (int i = 0; i < 2; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], &ss, &len, 0);
+	}
+	struct evsteer_path p = path_of(&w[0]);
+	print_message("path %s: %s\n", p.name, p.steering_reason);
+	assert_string_equal(p.name, "cbpf+event");
+	assert_string_equal(evsteer_listener_path_name(w[1].lev), "cbpf+event");
+	assert_int_equal(p.steering, EVSTEER_STEER_CBPF);
+	assert_int_equal(p.policy, EVSTEER_POLICY_HASH);
+	assert_non_null(strstr(p.steering_reason, "masked by EVSTEER_TEST_MASK=bpf"));
+	assert_non_null(strstr(p.steering_reason, "classic BPF program steers"));
+	assert_string_equal(evsteer_steering_str(EVSTEER_STEER_CBPF), "cbpf");
+	/* never silent: logged, group and listener alike */
+	assert_true(tl_log_capture_count("classic BPF program steers") >= 1);
+	assert_true(tl_log_capture_count("path cbpf+event") >= 2);
+	EVSTEER_PATH_OPTS(gp);
+	evsteer_group_get_path(evsteer_listener_get_group(w[0].lev), &gp);
+	assert_int_equal(gp.steering, EVSTEER_STEER_CBPF);
+	assert_string_equal(gp.name, "cbpf+event");
+	/* it serves */
+	for (int i = 0; i < 2; i++)
+		worker_run(&w[i]);
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
+	for (int i = 0; i < 2; i++)
+		worker_fini(&w[i]);
+
+	/* classic BPF masked too: the kernel's hash, saying so */
+	mask("bpf,cbpf");
+	len = tl_addr_loopback(AF_INET, &ss);
+	for (int i = 0; i < 2; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], &ss, &len, 0);
+	}
+	p = path_of(&w[0]);
+	assert_string_equal(p.name, "event");
+	assert_int_equal(p.steering, EVSTEER_STEER_KERNEL_HASH);
+	assert_non_null(strstr(p.steering_reason, "cbpf: masked"));
+	for (int i = 0; i < 2; i++)
+		worker_fini(&w[i]);
+
+	/* a lone socket: nothing to steer */
+	len = tl_addr_loopback(AF_INET, &ss);
+	worker_init(&w[0]);
+	w[0].lev = evsteer_listener_new_bind(w[0].base, answer_cb, &w[0],
+					     EVSTEER_OPT_CLOSE_ON_FREE, -1,
+					     (struct sockaddr *)&ss, len, NULL);
+	assert_non_null(w[0].lev);
+	p = path_of(&w[0]);
+	assert_int_equal(p.steering, EVSTEER_STEER_NONE);
+	assert_string_equal(p.name, "event");
+	worker_fini(&w[0]);
+
+	/* EVSTEER_BPF=off: libevent's hash, no classic program either */
+	mask("bpf");
+	setenv("EVSTEER_BPF", "off", 1);
+	len = tl_addr_loopback(AF_INET, &ss);
+	for (int i = 0; i < 2; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], &ss, &len, 0);
+	}
+	assert_int_equal(path_of(&w[0]).steering, EVSTEER_STEER_KERNEL_HASH);
+	for (int i = 0; i < 2; i++)
+		worker_fini(&w[i]);
+	unsetenv("EVSTEER_BPF");
+	tl_log_capture_stop();
+	mask(NULL);
+}
+
+/* ---- steering over the healthy workers, by the kernel's current index */
+
+/*
+ * Four workers; the second leaves, so the kernel moves the fourth socket
+ * into its index. Then only the fourth is enabled: every connection must
+ * reach it (a wrong index would queue them on a disabled worker, where
+ * they wait: the client's timeout says so). Then all of them enabled: the
+ * hash spreads over the three.
+ */
+static void test_index_after_shift(void **state)
+{
+	(void)state;
+	mask("bpf");
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct worker w[4];
+	for (int i = 0; i < 4; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], &ss, &len, -1);
+		worker_run(&w[i]);
+	}
+	evsteer_listener_free(w[1].lev);
+	w[1].lev = NULL;
+	evsteer_listener_disable(w[0].lev);
+	evsteer_listener_disable(w[2].lev);
+	for (int i = 0; i < 60; i++)
+		assert_int_equal(client(&ss, len, 3000), 1);
+	assert_int_equal(atomic_load(&w[3].n), 60);
+	assert_int_equal(atomic_load(&w[0].n), 0);
+	assert_int_equal(atomic_load(&w[2].n), 0);
+
+	/* and the same for the first of them: index 0 */
+	evsteer_listener_disable(w[3].lev);
+	evsteer_listener_enable(w[0].lev);
+	for (int i = 0; i < 30; i++)
+		assert_int_equal(client(&ss, len, 3000), 1);
+	assert_int_equal(atomic_load(&w[0].n), 30);
+	assert_int_equal(atomic_load(&w[3].n), 60);
+
+	/* everyone: the flow hash over the three */
+	evsteer_listener_enable(w[2].lev);
+	evsteer_listener_enable(w[3].lev);
+	int before[4];
+	for (int i = 0; i < 4; i++)
+		before[i] = atomic_load(&w[i].n);
+	for (int i = 0; i < 300; i++)
+		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
+	int got[3] = {atomic_load(&w[0].n) - before[0],
+		      atomic_load(&w[2].n) - before[2],
+		      atomic_load(&w[3].n) - before[3]};
+	print_message("spread over three: %d %d %d\n", got[0], got[1], got[2]);
+	for (int i = 0; i < 3; i++)
+		assert_true(got[i] >= 50); /* mean 100 */
+	EVSTEER_PATH_OPTS(p);
+	evsteer_listener_get_path(w[0].lev, &p);
+	assert_int_equal(p.steering, EVSTEER_STEER_CBPF); /* never stood down */
+	for (int i = 0; i < 4; i++)
+		worker_fini(&w[i]);
+	mask(NULL);
+}
+
+/* ---- a stalled worker is programmed away */
+
+/*
+ * Two workers; the first blocks in its callback for 1.5 s (a synchronous
+ * call). The program leaves it out once a sibling finds it stuck, so the
+ * connections that follow go to the second; at most the few that arrived
+ * before that are stolen from it. Every one is answered well before the
+ * stall ends.
+ */
+static void test_stall_avoided(void **state)
+{
+	(void)state;
+	mask("bpf");
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct worker w[2];
+	for (int i = 0; i < 2; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], &ss, &len, 2000);
+		worker_run(&w[i]);
+	}
+	/* a connection that lands on the first worker starts its stall */
+	atomic_store(&w[0].block_ms, 1500);
+	int tries = 0;
+	while (atomic_load(&w[0].block_ms) && tries++ < 200) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		assert_int_equal(connect(fd, (struct sockaddr *)&ss, len), 0);
+		close(fd); /* its answer does not matter */
+		usleep(2000);
+	}
+	assert_int_equal(atomic_load(&w[0].block_ms), 0);
+	uint64_t t0 = now_ms(), worst = 0;
+	for (int i = 0; i < 40; i++) {
+		uint64_t a = now_ms();
+		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
+		uint64_t d = now_ms() - a;
+		worst = d > worst ? d : worst;
+	}
+	uint64_t took = now_ms() - t0;
+	struct evsteer_group *g = evsteer_listener_get_group(w[0].lev);
+	EVSTEER_WORKER_STATS_OPTS(s0);
+	evsteer_group_worker_stats(g, 0, &s0);
+	print_message("40 connections during the stall in %llu ms (worst %llu "
+		      "ms); stolen from the stalled worker: %llu\n",
+		      (unsigned long long)took, (unsigned long long)worst,
+		      (unsigned long long)s0.stolen_from);
+	assert_true(took < 1400);  /* all served while it still blocks */
+	assert_true(worst < 1000);
+	/* programmed away: the hash alone would send it about 20 */
+	assert_true(s0.stolen_from <= 6);
+	/* and back once it runs: it takes connections again (first its
+	 * blocked callback ends, which counts one) */
+	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
+	while (atomic_load(&w[0].n) == 0 && now_ms() < deadline)
+		usleep(10000);
+	int n0 = atomic_load(&w[0].n);
+	assert_true(n0 > 0);
+	while (atomic_load(&w[0].n) == n0 && now_ms() < deadline)
+		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
+	assert_true(atomic_load(&w[0].n) > n0);
+	for (int i = 0; i < 2; i++)
+		worker_fini(&w[i]);
+	mask(NULL);
+}
+
+/* ---- a leaving worker's queue: to its sibling, none reset */
+
+static void test_drain_no_reset(void **state)
+{
+	(void)state;
+	mask("bpf");
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct worker w[2];
+	for (int i = 0; i < 2; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], &ss, &len, -1);
+	}
+	/* only the first is in the program, and its loop does not run: 150
+	 * connections queue on its socket */
+	evsteer_listener_disable(w[1].lev);
+	worker_run(&w[1]);
+	enum { N = 150 };
+	int c[N];
+	for (int i = 0; i < N; i++) {
+		c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_int_equal(connect(c[i], (struct sockaddr *)&ss, len), 0);
+	}
+	tl_wait_queued(evsteer_listener_get_fd(w[0].lev), N);
+	/* the sibling is back; the first leaves with its queue */
+	evsteer_listener_enable(w[1].lev);
+	evsteer_listener_free(w[0].lev);
+	w[0].lev = NULL;
+	int ok = 0, reset = 0, other = 0;
+	for (int i = 0; i < N; i++) {
+		struct timeval tv = {TL_TIMEOUT_MS / 1000, 0};
+		setsockopt(c[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		char ch;
+		ssize_t r = recv(c[i], &ch, 1, 0);
+		if (r == 1)
+			ok++;
+		else if (r < 0 && errno == ECONNRESET)
+			reset++;
+		else
+			other++;
+		close(c[i]);
+	}
+	print_message("drain: %d answered, %d reset, %d other\n", ok, reset,
+		      other);
+	assert_int_equal(reset, 0);
+	assert_int_equal(ok, N);
+	assert_int_equal(atomic_load(&w[1].n), N);
+	EVSTEER_WORKER_STATS_OPTS(s1);
+	evsteer_group_worker_stats(evsteer_listener_get_group(w[1].lev), 1, &s1);
+	assert_int_equal(s1.migrated, N);
+	for (int i = 0; i < 2; i++)
+		worker_fini(&w[i]);
+	mask(NULL);
+}
+
+/* ---- the re-attach race */
+
+struct hammer {
+	struct sockaddr_storage ss;
+	socklen_t len;
+	atomic_bool stop;
+	atomic_int ok, bad;
+	atomic_int last_err;
+};
+
+static void *hammer_client(void *arg)
+{
+	struct hammer *h = arg;
+	while (!atomic_load(&h->stop)) {
+		int r = client(&h->ss, h->len, TL_TIMEOUT_MS);
+		if (r == 1) {
+			atomic_fetch_add(&h->ok, 1);
+		} else {
+			atomic_fetch_add(&h->bad, 1);
+			atomic_store(&h->last_err, r);
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Two workers stay; two more join and leave over and over (each join
+ * appends a socket, each leave moves the last socket into the hole and
+ * re-attaches the program) while two clients connect without pause. Every
+ * connection must be answered: none reset, none left waiting on a socket
+ * nobody serves. The tier must not have stood down (it would, had its
+ * model of the kernel's order gone wrong: the listeners would not match).
+ */
+static void test_reattach_race(void **state)
+{
+	(void)state;
+	mask("bpf");
+	struct hammer h = {0};
+	h.len = tl_addr_loopback(AF_INET, &h.ss);
+	struct worker stay[2], churn[2];
+	for (int i = 0; i < 2; i++) {
+		worker_init(&stay[i]);
+		worker_listen(&stay[i], &h.ss, &h.len, -1);
+		worker_run(&stay[i]);
+		worker_init(&churn[i]);
+		worker_run(&churn[i]);
+	}
+	pthread_t cl[2];
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&cl[i], NULL, hammer_client, &h), 0);
+	uint64_t end = now_ms() + 3000;
+	int cycles = 0;
+	while (now_ms() < end) {
+		for (int i = 0; i < 2; i++) {
+			socklen_t l = h.len;
+			struct sockaddr_storage a = h.ss;
+			worker_listen(&churn[i], &a, &l, -1);
+		}
+		usleep(1000 + (unsigned)(cycles % 3) * 1000);
+		/* leave in either order: the last socket, or one before it */
+		int first = cycles % 2;
+		evsteer_listener_free(churn[first].lev);
+		churn[first].lev = NULL;
+		usleep(500);
+		evsteer_listener_free(churn[!first].lev);
+		churn[!first].lev = NULL;
+		cycles++;
+	}
+	atomic_store(&h.stop, true);
+	for (int i = 0; i < 2; i++)
+		pthread_join(cl[i], NULL);
+	EVSTEER_PATH_OPTS(p);
+	evsteer_listener_get_path(stay[0].lev, &p);
+	print_message("%d join/leave cycles; %d connections answered, %d not "
+		      "(last: %d); path %s (%s)\n",
+		      cycles, atomic_load(&h.ok), atomic_load(&h.bad),
+		      atomic_load(&h.last_err), p.name, p.steering_reason);
+	assert_int_equal(atomic_load(&h.bad), 0);
+	assert_true(atomic_load(&h.ok) > 100);
+	assert_true(cycles > 20);
+	assert_int_equal(p.steering, EVSTEER_STEER_CBPF);
+	for (int i = 0; i < 2; i++) {
+		worker_fini(&stay[i]);
+		worker_fini(&churn[i]);
+	}
+	mask(NULL);
+}
+
+/* ---- a listener that is not ours: stand down, say why */
+
+static void test_foreign_listener(void **state)
+{
+	(void)state;
+	mask("bpf");
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct worker w[2];
+	for (int i = 0; i < 2; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], &ss, &len, -1);
+		worker_run(&w[i]);
+	}
+	assert_int_equal(path_of(&w[0]).steering, EVSTEER_STEER_CBPF);
+	/* a plain SO_REUSEPORT socket of someone else on the port */
+	int x = socket(AF_INET, SOCK_STREAM, 0);
+	int one = 1;
+	setsockopt(x, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	assert_int_equal(bind(x, (struct sockaddr *)&ss, len), 0);
+	assert_int_equal(listen(x, 16), 0);
+	/* the next change of the program looks first */
+	evsteer_listener_disable(w[1].lev);
+	struct evsteer_path p = path_of(&w[0]);
+	print_message("%s\n", p.steering_reason);
+	assert_int_equal(p.steering, EVSTEER_STEER_KERNEL_HASH);
+	assert_string_equal(p.name, "event");
+	assert_non_null(strstr(p.steering_reason, "cbpf: stood down"));
+	assert_non_null(strstr(p.steering_reason, "not one of this process's"));
+	close(x);
+	evsteer_listener_enable(w[1].lev);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
+	for (int i = 0; i < 2; i++)
+		worker_fini(&w[i]);
+	mask(NULL);
+}
+
+/* ---- eBPF refused for real: seccomp, and no capabilities */
+
+static void child_fail(int code, const char *what)
+{
+	fprintf(stderr, "child: %s (errno %d: %s)\n", what, errno,
+		strerror(errno));
+	_exit(code);
+}
+
+/* In a child where eBPF is refused: classic BPF with the reason, serving
+ * over both workers. One thread (a child of fork under TSan may not start
+ * any): the clients connect first, then the loop answers them all. */
+static bool all_answered(void *arg)
+{
+	struct worker *w = arg;
+	return atomic_load(&w[0].n) + atomic_load(&w[1].n) >= 200;
+}
+
+static void child_check(const char *reason)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	EVSTEER_GROUP_OPTS(o, .stall_us = -1);
+	struct evsteer_group *g =
+		evsteer_group_new((struct sockaddr *)&ss, len, 2, 0, -1, &o);
+	if (!g)
+		child_fail(10, "group_new");
+	EVSTEER_PATH_OPTS(p);
+	evsteer_group_get_path(g, &p);
+	fprintf(stderr, "child: path %s, reason \"%s\"\n", p.name,
+		p.steering_reason);
+	if (p.steering != EVSTEER_STEER_CBPF || strcmp(p.name, "cbpf+event") ||
+	    !strstr(p.steering_reason, reason) ||
+	    !strstr(p.steering_reason, "classic BPF program steers"))
+		child_fail(11, "expected classic BPF with the reason");
+	struct event_base *base = event_base_new();
+	struct worker w[2];
+	memset(w, 0, sizeof(w));
+	struct evsteer_listener *l[2];
+	for (unsigned int i = 0; i < 2; i++)
+		if (!(l[i] = evsteer_group_attach(g, i, base, answer_cb, &w[i])))
+			child_fail(12, "attach");
+	len = sizeof(ss);
+	getsockname(evsteer_group_get_fd(g, 0), (struct sockaddr *)&ss, &len);
+	enum { N = 200 };
+	int c[N];
+	for (int i = 0; i < N; i++) {
+		c[i] = socket(AF_INET, SOCK_STREAM, 0);
+		if (connect(c[i], (struct sockaddr *)&ss, len) < 0)
+			child_fail(13, "connect");
+	}
+	if (!tl_loop_until_fn(base, all_answered, w))
+		child_fail(14, "connections not answered");
+	for (int i = 0; i < N; i++) {
+		char ch;
+		if (recv(c[i], &ch, 1, 0) != 1)
+			child_fail(15, "no answer");
+		close(c[i]);
+	}
+	fprintf(stderr, "child: %d and %d\n", atomic_load(&w[0].n),
+		atomic_load(&w[1].n));
+	if (atomic_load(&w[0].n) < 40 || atomic_load(&w[1].n) < 40)
+		child_fail(16, "not spread over both workers");
+	evsteer_listener_free(l[0]);
+	evsteer_listener_free(l[1]);
+	evsteer_group_free(g);
+	event_base_free(base);
+	_exit(0);
+}
+
+static void test_seccomp_denies_bpf(void **state)
+{
+	(void)state;
+	tl_need_bpf(); /* a forced refusal means something only where it works */
+	tl_skip_unless(TL_SECCOMP_ARCH != 0, "bpf", "no seccomp arch constant here");
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (tl_deny_syscall(__NR_bpf, EPERM) < 0)
+			child_fail(2, "seccomp");
+		child_check("a seccomp filter refuses bpf()");
+	}
+	assert_int_equal(tl_wait_status(pid), 0);
+}
+
+static bool have_setpriv(void)
+{
+	return system("setpriv --version >/dev/null 2>&1") == 0 && geteuid() == 0;
+}
+
+/* uid 0 without a single capability: no CAP_BPF, and classic BPF needs
+ * none. The child is this binary again (--child nocap). */
+static void test_no_capabilities(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	tl_skip_unless(have_setpriv(), "bpf", "needs root and setpriv");
+	char self[512];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	assert_true(n > 0);
+	self[n] = '\0';
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		execlp("setpriv", "setpriv", "--inh-caps=-all",
+		       "--ambient-caps=-all", "--bounding-set=-all", "--", self,
+		       "--child", "nocap", (char *)NULL);
+		_exit(127);
+	}
+	assert_int_equal(tl_wait_status(pid), 0);
+}
+
+int main(int argc, char **argv)
+{
+	evthread_use_pthreads();
+	if (argc == 3 && !strcmp(argv[1], "--child") && !strcmp(argv[2], "nocap"))
+		child_check("needs CAP_BPF, which this process lacks");
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_path_and_ladder),
+		cmocka_unit_test(test_index_after_shift),
+		cmocka_unit_test(test_stall_avoided),
+		cmocka_unit_test(test_drain_no_reset),
+		cmocka_unit_test(test_reattach_race),
+		cmocka_unit_test(test_foreign_listener),
+		cmocka_unit_test(test_seccomp_denies_bpf),
+		cmocka_unit_test(test_no_capabilities),
+	};
+	return tl_run_once("cbpf", tests, sizeof(tests) / sizeof(tests[0]));
+}
