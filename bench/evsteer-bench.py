@@ -98,6 +98,9 @@ HTTP_SERVER = os.path.join(HERE, "evsteer-http-server")
 EVSTEER_RUN = os.path.join(HERE, "..", "preload", "evsteer-run")
 SRCDIR = "@SRCDIR@"  # filled in by meson
 IMPLS = ["libevent", "evsteer", "evsteer-event", "evsteer-direct", "floor"]
+# only when named with --impl: evsteer in a process whose seccomp filter
+# refuses bpf() (a container's default profile): classic BPF steering
+OPT_IMPLS = ["evsteer-cbpf"]
 # The end-to-end scenarios' implementations: evsteer-http-server (libevent
 # only) run plain, or under evsteer-run with these options, one per path.
 HTTP_IMPLS = {
@@ -1244,7 +1247,7 @@ def main():
             ap.error(f"unknown scenario {s}")
     impls = a.impl.split(",") if a.impl else None
     for i in impls or []:
-        if i not in IMPLS and i not in HTTP_IMPLS:
+        if i not in IMPLS and i not in HTTP_IMPLS and i not in OPT_IMPLS:
             ap.error(f"unknown implementation {i}")
     repeat = a.repeat or (1 if a.quick else 3)
     out = a.out or os.environ.get("EVSTEER_BENCH_OUT") or os.path.join(
@@ -1260,7 +1263,8 @@ def main():
     for scen in scens:
         http = SCENARIOS[scen].get("http", False)
         own = list(HTTP_IMPLS) if http else IMPLS
-        simpls = [i for i in (impls or own) if i in own]
+        simpls = [i for i in (impls or own)
+                  if i in own or (not http and i in OPT_IMPLS)]
         # the floor has no listener to drop or leave: the drains and
         # restart do not apply to it
         simpls = [i for i in simpls

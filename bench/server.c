@@ -11,11 +11,15 @@
  * (evsteer-direct, floor) have no time-out on their recv, like the rest of
  * their I/O here: the load generator always sends (--send).
  *
- *   --impl libevent|evsteer|evsteer-event|evsteer-direct|floor
+ *   --impl libevent|evsteer|evsteer-event|evsteer-direct|evsteer-cbpf|floor
  *   --workers N --port P [--policy least-pending|hash|round-robin|cpu]
  *   [--work-us U] [--work-mode spin|sleep] [--read-first]
  *   [--stall-worker W --stall-ms M --stall-every-ms E] [--freeze-worker W]
  *   [--slow-worker W --slow-us U] [--cpu-to W]
+ *
+ * evsteer-cbpf is evsteer in a process whose seccomp filter refuses bpf()
+ * with EPERM (what a container's default profile does): classic BPF
+ * steering, the event engine.
  *
  * Prints "ready PORT" when listening. SIGUSR1 frees the frozen worker's
  * listener (drain), or has the slow worker free its own from its next
@@ -29,6 +33,12 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -388,9 +398,7 @@ static void ev_describe(struct bench_worker *w, char *buf, size_t len)
 		 "{\"steering\": \"%s\", \"engine\": \"%s\", \"name\": \"%s\", "
 		 "\"policy\": \"%s\", \"steering_reason\": \"%s\", "
 		 "\"engine_reason\": \"%s\"}",
-		 p.steering == EVSTEER_STEER_BPF	 ? "bpf" :
-		 p.steering == EVSTEER_STEER_KERNEL_HASH ? "kernel-hash" :
-							   "none",
+		 evsteer_steering_str(p.steering),
 		 p.engine == EVSTEER_ENGINE_EVENT ? "event" :
 		 p.engine == EVSTEER_ENGINE_URING ? "io_uring" :
 						    "io_uring-direct",
@@ -654,6 +662,33 @@ static const char *arg_str(int argc, char **argv, const char *name,
 	return def;
 }
 
+/* evsteer-cbpf: bpf() refused by a seccomp filter, as in a container with
+ * Docker's default profile (no_new_privs first, as an unprivileged
+ * process must). 0 or -1. */
+static int deny_bpf(void)
+{
+#if defined(__x86_64__)
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bpf, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+#else
+	errno = ENOTSUP;
+	return -1;
+#endif
+}
+
 int main(int argc, char **argv)
 {
 	struct bench_cfg cfg = {
@@ -697,6 +732,10 @@ int main(int argc, char **argv)
 		getrlimit(RLIMIT_NOFILE, &rl);
 		rl.rlim_cur = (rlim_t)fdlim;
 		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (!strcmp(cfg.impl, "evsteer-cbpf") && deny_bpf() < 0) {
+		fprintf(stderr, "evsteer-cbpf: seccomp: %s\n", strerror(errno));
+		return 1;
 	}
 	evthread_use_pthreads();
 
