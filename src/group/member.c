@@ -38,7 +38,10 @@ static int member_state_new(struct evsteer_listener *lev)
 	}
 	ms->watch.poke_fd = ms->poke_fd;
 	pthread_mutex_init(&ms->inbox_lock, NULL);
+	/* siblings read lev->ms under g->lock (a poke, a hand-off) */
+	pthread_mutex_lock(&lev->group->lock);
 	lev->ms = ms;
+	pthread_mutex_unlock(&lev->group->lock);
 	return 0;
 }
 
