@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -621,6 +622,79 @@ static void test_foreign_listener(void **state)
 	mask(NULL);
 }
 
+/*
+ * A second process on the port (a prefork sibling, a restart's new
+ * version): its classic BPF cannot know the array's order, so it stands
+ * down at once and says why; the first stands down at its next re-attach.
+ * Both then run on the kernel's hash and serve.
+ */
+static void test_second_process(void **state)
+{
+	(void)state;
+#if defined(__SANITIZE_THREAD__)
+	/* a listener made in a forked child: TSan does not support threads
+	 * started in a child of a multi-threaded process */
+	print_message("skip: not under ThreadSanitizer\n");
+	skip();
+#endif
+	mask("bpf");
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct worker w[2];
+	for (int i = 0; i < 2; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], &ss, &len, -1);
+		worker_run(&w[i]);
+	}
+	int pipefd[2];
+	assert_int_equal(pipe(pipefd), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(pipefd[0]);
+		struct event_base *b = event_base_new();
+		EVSTEER_LISTENER_OPTS(o, .stall_us = -1,
+				      .accept = EVSTEER_ACCEPT_EVENT);
+		struct evsteer_listener *l = evsteer_listener_new_bind(
+			b, answer_cb, NULL, FLAGS, -1, (struct sockaddr *)&ss,
+			len, &o);
+		EVSTEER_PATH_OPTS(p);
+		if (!l || evsteer_listener_get_path(l, &p) < 0)
+			_exit(2);
+		fprintf(stderr, "child: path %s (%s)\n", p.name,
+			p.steering_reason);
+		bool ok = p.steering == EVSTEER_STEER_KERNEL_HASH &&
+			  strstr(p.steering_reason, "cbpf: stood down") &&
+			  strstr(p.steering_reason, "not one of this process's");
+		char c = ok ? 'y' : 'n';
+		if (write(pipefd[1], &c, 1) != 1)
+			_exit(3);
+		/* stay on the port until the parent has looked (and kills) */
+		sleep(30);
+		_exit(ok ? 0 : 1);
+	}
+	close(pipefd[1]);
+	char c = 0;
+	assert_int_equal(read(pipefd[0], &c, 1), 1);
+	assert_int_equal(c, 'y');
+	/* the next re-attach in the first process looks, and stands down */
+	evsteer_listener_disable(w[1].lev);
+	struct evsteer_path p = path_of(&w[0]);
+	print_message("parent: path %s\n", p.name);
+	assert_int_equal(p.steering, EVSTEER_STEER_KERNEL_HASH);
+	assert_non_null(strstr(p.steering_reason, "cbpf: stood down"));
+	kill(pid, SIGKILL);
+	tl_wait_status(pid);
+	close(pipefd[0]);
+	evsteer_listener_enable(w[1].lev);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
+	for (int i = 0; i < 2; i++)
+		worker_fini(&w[i]);
+	mask(NULL);
+}
+
 /* ---- eBPF refused for real: seccomp, and no capabilities */
 
 static void child_fail(int code, const char *what)
@@ -748,6 +822,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_cpu_policy),
 		cmocka_unit_test(test_reattach_race),
 		cmocka_unit_test(test_foreign_listener),
+		cmocka_unit_test(test_second_process),
 		cmocka_unit_test(test_seccomp_denies_bpf),
 		cmocka_unit_test(test_no_capabilities),
 	};
