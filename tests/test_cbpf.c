@@ -826,5 +826,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_seccomp_denies_bpf),
 		cmocka_unit_test(test_no_capabilities),
 	};
+	/* TEST_CBPF_ONLY=name: that test alone (chasing a flaky one) */
+	const char *only = getenv("TEST_CBPF_ONLY");
+	if (only)
+		cmocka_set_test_filter(only);
 	return tl_run_once("cbpf", tests, sizeof(tests) / sizeof(tests[0]));
 }

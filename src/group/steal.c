@@ -19,11 +19,16 @@
 
 /* n connections counted on slot `from` (its worker entry w) were taken by
  * slot `to`: off the victim's pending, and into both counters. The victim
- * stays out of the steering until its loop runs after this (stolen_ns). */
+ * stays out of the steering until its loop runs after this (stolen_ns).
+ * The time is the theft's own, not the pass's start: a heartbeat written
+ * meanwhile (classic BPF's refresh starts an idle worker's clock) must not
+ * look like a pass after the theft. */
 static void note_stolen(struct evsteer_group *g, struct evst_worker *w,
 			unsigned int from, unsigned int to, unsigned int n,
 			uint64_t now)
 {
+	(void)now;
+	now = evst_now_ns();
 	__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
 	if (evst_ld64(&w->stolen_ns) < now)
 		__atomic_store_n(&w->stolen_ns, now, __ATOMIC_RELAXED);
@@ -190,9 +195,13 @@ void evst_steal_stuck(struct evsteer_listener *lev)
 		age = now - prog;
 		if ((int64_t)age < 0 || age <= stall)
 			continue;
-		/* classic BPF: out of the program first, then take its queue */
-		if (classic)
+		/* classic BPF: out of the program first, then take its queue;
+		 * this loop runs, so its own heartbeat is fresh (a stale one
+		 * would make the program think every worker is stuck) */
+		if (classic) {
+			evst_made_progress(lev->ws, evst_now_ns());
 			evst_shared_health(g->sh);
+		}
 		/* a new episode unless stolen from since its last pass
 		 * (evsteer-stat's "stalls"; racing thieves may count one twice) */
 		if (evst_ld64(&w->stolen_ns) <= prog)

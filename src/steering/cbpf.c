@@ -278,34 +278,40 @@ static int kidx(struct evst_shared *sh, unsigned int i)
 	return sh->local_fd[i] >= 0 ? index_of(sh->cb, sh->local_fd[i]) : -1;
 }
 
-/* ctl->lock held: the entries of the hash table (healthy workers, each as
- * often as its weight; every live one when none is healthy); sets out[]. */
+/* A worker stolen from and not run since: known stuck (held out). */
+static bool robbed(const struct evst_worker *w)
+{
+	return evst_ld64(&w->stolen_ns) > evst_ld64(&w->progress_ns);
+}
+
+/* ctl->lock held: the entries of the hash table: the healthy workers, each
+ * as often as its weight. When none is healthy (a busy machine leaves
+ * every thread waiting for a CPU now and then), those not known stuck;
+ * when none is that either, every live one. Sets out[]: a worker left out
+ * for its health, whose own next pass re-makes the program. */
 static unsigned int entries(struct evst_shared *sh, uint64_t now)
 {
 	struct evst_cbpf *cb = sh->cb;
 	uint64_t st = evst_ld64(sh->v.stall_ns);
-	bool ok[EVST_MAX_WORKERS], any = false;
+	uint8_t ok[EVST_MAX_WORKERS]; /* 0 no, 1 live, 2 not robbed, 3 healthy */
+	uint8_t best = 0;
 	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
 		struct evst_worker *w = &sh->v.workers[i];
-		ok[i] = sh->ctl->slots[i].owner &&
-			__atomic_load_n(&w->live, __ATOMIC_RELAXED) &&
-			kidx(sh, i) >= 0;
-		if (ok[i] && healthy(w, now, st))
-			any = true;
-		if (!ok[i])
-			__atomic_store_n(&cb->out[i], 0, __ATOMIC_RELAXED);
+		ok[i] = 0;
+		if (sh->ctl->slots[i].owner &&
+		    __atomic_load_n(&w->live, __ATOMIC_RELAXED) && kidx(sh, i) >= 0)
+			ok[i] = healthy(w, now, st) ? 3 : robbed(w) ? 1 : 2;
+		best = ok[i] > best ? ok[i] : best;
 	}
 	unsigned int m = 0;
 	for (unsigned int w = 0; w < 16; w++)
 		for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
-			if (!ok[i])
-				continue;
-			bool h = healthy(&sh->v.workers[i], now, st);
 			if (w == 0)
-				__atomic_store_n(&cb->out[i], (uint8_t)(any && !h),
+				__atomic_store_n(&cb->out[i],
+						 (uint8_t)(ok[i] && ok[i] < best),
 						 __ATOMIC_RELAXED);
-			if ((any && !h) || w >= sh->ctl->slots[i].weight ||
-			    m >= CB_MAX_ENTRIES)
+			if (!ok[i] || ok[i] < best ||
+			    w >= sh->ctl->slots[i].weight || m >= CB_MAX_ENTRIES)
 				continue;
 			cb->entries[m++] = (uint32_t)kidx(sh, i);
 		}
@@ -369,8 +375,13 @@ static void program(struct evst_shared *sh)
 	}
 	cb->sum = sum;
 	__atomic_fetch_add(&cb->attaches, 1, __ATOMIC_RELAXED);
+	uint64_t held = 0;
+	for (unsigned int i = 0; i < EVST_MAX_WORKERS && i < 64; i++)
+		if (__atomic_load_n(&cb->out[i], __ATOMIC_RELAXED))
+			held |= 1ull << i;
 	evst_debug("group %s: classic program of %u instructions over %u "
-		   "entries attached", sh->key, at, m);
+		   "entries attached (slots held out for health: %#llx)",
+		   sh->key, at, m, (unsigned long long)held);
 }
 
 void evst_cbpf_program(struct evst_shared *sh)
@@ -526,10 +537,14 @@ void evst_shared_queue_to_pending(struct evst_worker *w, int fd)
 	/* work arriving on an idle worker starts its clock, as the eBPF
 	 * program does when it steers to one: an old heartbeat of a worker
 	 * that simply had nothing to do is no stall (seen here at the first
-	 * look after the arrival) */
-	if (was <= 0 && ti.tcpi_unacked) {
+	 * look after the arrival). Not for one held out after a theft: the
+	 * program steers nothing to it, so what is there came before (or in
+	 * the moment of the re-attach), and a fresh clock would let it back
+	 * in while its loop is still stuck. */
+	uint64_t pr = evst_ld64(&w->progress_ns);
+	if (was <= 0 && ti.tcpi_unacked && evst_ld64(&w->stolen_ns) <= pr) {
 		uint64_t now = evst_now_ns();
-		if (evst_ld64(&w->progress_ns) < now)
+		if (pr < now)
 			__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
 	}
 	__atomic_store_n(&w->steered, dq + (uint64_t)ti.tcpi_unacked,
