@@ -125,7 +125,10 @@ static int client(const struct sockaddr_storage *ss, socklen_t len,
 		r = -errno;
 	} else {
 		char c;
-		ssize_t n = recv(fd, &c, 1, 0);
+		ssize_t n;
+		/* EINTR: a ring's task work on a thread that made one */
+		while ((n = recv(fd, &c, 1, 0)) < 0 && errno == EINTR)
+			;
 		r = n == 1 && c == 'k' ? 1 : n == 0 ? 0 : -errno;
 	}
 	close(fd);
@@ -410,7 +413,9 @@ static void drain_no_reset(void)
 		struct timeval tv = {TL_TIMEOUT_MS / 1000, 0};
 		setsockopt(c[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 		char ch;
-		ssize_t r = recv(c[i], &ch, 1, 0);
+		ssize_t r;
+		while ((r = recv(c[i], &ch, 1, 0)) < 0 && errno == EINTR)
+			;
 		if (r == 1)
 			ok++;
 		else if (r < 0 && errno == ECONNRESET)

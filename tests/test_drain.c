@@ -59,7 +59,11 @@ static int read_reply(int c)
 	struct timeval tv = {.tv_sec = TL_TIMEOUT_MS / 1000};
 	setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	char buf[4];
-	ssize_t r = read(c, buf, sizeof(buf));
+	ssize_t r;
+	/* a thread that made a ring sees its task work as EINTR
+	 * (docs/ARCHITECTURE.md): that is no lost connection */
+	while ((r = read(c, buf, sizeof(buf))) < 0 && errno == EINTR)
+		;
 	if (r < 0)
 		return -errno;
 	return r == 2 && !memcmp(buf, "ok", 2) ? 0 : -EPROTO;
