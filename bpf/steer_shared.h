@@ -10,8 +10,15 @@
 
 #include <linux/types.h>
 
-#define EVST_MAX_WORKERS 64   /* REUSEPORT_SOCKARRAY slots */
-#define EVST_TABLE_SIZE 256   /* weighted rotation table */
+/* REUSEPORT_SOCKARRAY slots: workers of one address, threads and
+ * processes together (issue 23: a prefork server with one worker per core
+ * on a machine with more than 64 cores). A power of two: the program masks
+ * indexes with it. 64 bytes of .bss and of control page per worker. */
+#define EVST_MAX_WORKERS 64
+#define EVST_MAX_WEIGHT 16
+/* The weighted rotation table holds every live worker at its weight, at
+ * most EVST_MAX_WEIGHT entries each (a power of two too). */
+#define EVST_TABLE_SIZE (EVST_MAX_WORKERS * EVST_MAX_WEIGHT)
 #define EVST_MAX_CPUS 256
 
 enum evst_policy_id {

@@ -34,8 +34,14 @@
 #include "steering/rendezvous.h"
 #include "steering/shared.h"
 
-#define EVST_SHARED_VERSION 2 /* 2: evst_worker.stolen_ns */
-#define EVST_MAX_MEMBERS 64
+/* 2: evst_worker.stolen_ns; 3: 1,024 workers and member processes (the
+ * control page, the .bss and the sockarray all grew), the live list. A
+ * process of another version neither joins nor serves this one's groups:
+ * the rendezvous compares LAYOUT, and the descriptors' sizes are checked
+ * (steer.c). */
+#define EVST_SHARED_VERSION 3
+/* One member per process: as many as there can be workers. */
+#define EVST_MAX_MEMBERS EVST_MAX_WORKERS
 
 /*
  * tid and info took the place of padding (same size, same layout number):
@@ -79,7 +85,8 @@ struct evst_ctl {
 struct evst_local_state {
 	struct evst_worker workers[EVST_MAX_WORKERS];
 	__u32 table[EVST_TABLE_SIZE];
-	__u32 table_len, policy, nslots;
+	__u32 live[EVST_MAX_WORKERS];
+	__u32 table_len, live_len, policy, nslots;
 	__u64 stall_ns;
 	__u32 cpu_map[EVST_MAX_CPUS];
 };
