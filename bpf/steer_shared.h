@@ -14,7 +14,7 @@
  * processes together (issue 23: a prefork server with one worker per core
  * on a machine with more than 64 cores). A power of two: the program masks
  * indexes with it. 64 bytes of .bss and of control page per worker. */
-#define EVST_MAX_WORKERS 64
+#define EVST_MAX_WORKERS 1024
 #define EVST_MAX_WEIGHT 16
 /* The weighted rotation table holds every live worker at its weight, at
  * most EVST_MAX_WEIGHT entries each (a power of two too). */

@@ -363,7 +363,18 @@ struct evsteer_group_opts {
 #define EVSTEER_GROUP_OPTS(NAME, ...)                                          \
 	EVSTEER_OPTS_DECLARE_(evsteer_group_opts, accept, NAME, __VA_ARGS__)
 
-#define EVSTEER_MAX_WORKERS 64
+/*
+ * Workers of one address, in every process together (threads and member
+ * processes): evsteer_group_new()'s nworkers, evsteer_group_from_fds()'s
+ * n, slots, and evsteer_group_global_size() are at most this. It was 64
+ * in 0.1.0 (an API change, not an ABI one: no type or symbol changed; a
+ * program built against 64 that sizes an array by it must not fill it
+ * from evsteer_group_global_size() of a group that other processes grew
+ * past 64). Processes of that version and of this one do not share a
+ * group (their shared layouts differ): a newcomer of the other version
+ * falls back to the kernel's hash, and says so.
+ */
+#define EVSTEER_MAX_WORKERS 1024
 #define EVSTEER_DEFAULT_STALL_US 2000
 
 /*

@@ -288,15 +288,14 @@ void evsteer_group_free(struct evsteer_group *g)
 		evst_group_forget_ref(g);
 		return;
 	}
-	int fds[EVST_MAX_WORKERS];
-	int n = 0;
+	/* Closed under the lock rather than gathered on the stack for later
+	 * (up to 1,024 of them): a close takes no lock of ours, and what was
+	 * queued migrates through the program in the kernel. */
 	pthread_mutex_lock(&g->lock);
 	for (unsigned int i = 0; i < g->nslots; i++)
 		if (slot_used(&g->slots[i]) && !g->slots[i].lev)
-			fds[n++] = evst_slot_remove(g, i);
+			close(evst_slot_remove(g, i));
 	pthread_mutex_unlock(&g->lock);
-	for (int i = 0; i < n; i++)
-		close(fds[i]);
 	evst_group_unref(g);
 }
 

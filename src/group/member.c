@@ -271,7 +271,7 @@ static void poke_cb(evutil_socket_t fd, short what, void *arg)
 	lev->refcnt++;
 	if (lev->group && evst_active(lev)) {
 		member_alive(lev, evst_now_ns());
-		evst_steal_stuck(lev);
+		evst_steal_stuck_all(lev);
 	}
 	evst_decref_and_unlock(lev);
 }

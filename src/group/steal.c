@@ -41,6 +41,7 @@ static void poke_slot(const struct evst_slot *s)
 }
 
 #define STEAL_BUDGET 64
+#define STEAL_WINDOW 64
 
 /*
  * A direct lev takes up to max of stuck slot i's connections into its own
@@ -146,7 +147,7 @@ static int steal_fds(struct evsteer_listener *lev, struct evsteer_group *g,
  * lock, no system call), so every wake-up looks; the stall watch (watch.c)
  * covers the time when nothing wakes a healthy sibling.
  */
-void evst_steal_stuck(struct evsteer_listener *lev)
+static void steal_scan(struct evsteer_listener *lev, bool all)
 {
 	struct evsteer_group *g = lev->group;
 	uint64_t stall = evst_shared_stall_ns(g->sh);
@@ -156,7 +157,18 @@ void evst_steal_stuck(struct evsteer_listener *lev)
 	uint64_t now = evst_now_ns();
 	int budget = STEAL_BUDGET;
 	unsigned int nslots = __atomic_load_n(&g->nslots, __ATOMIC_RELAXED);
-	for (unsigned int i = 0; i < nslots && budget > 0; i++) {
+	/* A wake-up looks at STEAL_WINDOW siblings, from where this
+	 * member's last look stopped: with 1,024 workers in a process a look
+	 * at all of them on every wake-up would cost more than the accept.
+	 * A poke (the stall watch found a stuck sibling) looks at all. */
+	unsigned int look = all || nslots <= STEAL_WINDOW ? nslots : STEAL_WINDOW;
+	unsigned int from = 0;
+	if (look < nslots && lev->ms) {
+		from = lev->ms->steal_from % nslots;
+		lev->ms->steal_from = from + look;
+	}
+	for (unsigned int k = 0; k < look && budget > 0; k++) {
+		unsigned int i = from + k < nslots ? from + k : from + k - nslots;
 		if (i == lev->slot)
 			continue;
 		/* without the lock (shared memory, relaxed); lock to take */
@@ -182,6 +194,26 @@ void evst_steal_stuck(struct evsteer_listener *lev)
 	}
 }
 
+void evst_steal_stuck(struct evsteer_listener *lev)
+{
+	steal_scan(lev, false);
+}
+
+void evst_steal_stuck_all(struct evsteer_listener *lev)
+{
+	steal_scan(lev, true);
+}
+
+/* g->lock held: slot i can take what the leaving lev's engine holds. */
+static bool adopter(struct evsteer_group *g, struct evsteer_listener *lev,
+		    unsigned int i)
+{
+	struct evst_slot *s = &g->slots[i];
+	return i != lev->slot && slot_used(s) && slot_lev(s) &&
+	       evst_listener_adopts(s->lev, lev) &&
+	       __atomic_load_n(&s->ws->live, __ATOMIC_RELAXED);
+}
+
 /*
  * member->handoff: lev is leaving with n connections its engine accepted
  * and never delivered: give them to live siblings of this process that can
@@ -195,28 +227,25 @@ unsigned int evst_steal_handoff(struct evsteer_listener *lev,
 
 	pthread_mutex_lock(&g->lock);
 	/* Live siblings only: `live` is cleared under this lock before a
-	 * listener starts going away, so a live one outlives the call. */
-	struct evsteer_listener *to[EVST_MAX_WORKERS];
-	struct evst_worker *ws[EVST_MAX_WORKERS];
+	 * listener starts going away, so a live one outlives the call, and
+	 * two passes under it see the same siblings: one to count them, one
+	 * to give (no list of up to 1,024 of them on the stack). */
 	unsigned int k = 0;
-	for (unsigned int i = 0; i < g->nslots; i++) {
-		struct evst_slot *s = &g->slots[i];
-		if (i == lev->slot || !slot_used(s) || !slot_lev(s) ||
-		    !evst_listener_adopts(s->lev, lev) ||
-		    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED))
-			continue;
-		to[k] = s->lev;
-		ws[k++] = s->ws;
-	}
+	for (unsigned int i = 0; i < g->nslots; i++)
+		k += adopter(g, lev, i);
 	/* spread in runs, so each sibling gets its share in order */
-	for (unsigned int j = 0; j < k && given < n; j++) {
+	for (unsigned int i = 0, j = 0; i < g->nslots && j < k && given < n; i++) {
+		if (!adopter(g, lev, i))
+			continue;
+		struct evst_slot *s = &g->slots[i];
 		unsigned int share = (n - given + (k - j) - 1) / (k - j);
-		unsigned int took = evst_listener_adopt(to[j], c + given, share);
+		unsigned int took = evst_listener_adopt(s->lev, c + given, share);
 		/* as if the program had steered them there: its pending stays
 		 * right, and they show as migrated */
-		__atomic_fetch_add(&ws[j]->steered, took, __ATOMIC_RELAXED);
-		__atomic_fetch_add(&ws[j]->migrated, took, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&s->ws->steered, took, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&s->ws->migrated, took, __ATOMIC_RELAXED);
 		given += took;
+		j++;
 	}
 	pthread_mutex_unlock(&g->lock);
 	return given;
