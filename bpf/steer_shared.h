@@ -13,6 +13,11 @@
 #define EVST_MAX_WORKERS 64   /* REUSEPORT_SOCKARRAY slots */
 #define EVST_TABLE_SIZE 256   /* weighted rotation table */
 #define EVST_MAX_CPUS 256
+/* Steering times kept per worker, a ring indexed by the worker's steered
+ * count: the queue is FIFO, so the n-th connection taken off a socket is
+ * the n-th steered to it, and its wait is the time since stamps[n % this]
+ * (see struct evst_wait_hist in src/steering/steering.h). A power of 2. */
+#define EVST_WAIT_STAMPS 32
 
 enum evst_policy_id {
 	EVST_POLICY_LEAST_PENDING = 0,
