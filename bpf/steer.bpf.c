@@ -50,6 +50,9 @@ __u32 cpu_map[EVST_MAX_CPUS];    /* cpu -> worker + 1 (0: unset) */
 __u64 rr;                        /* rotation cursor */
 __u32 nslots;                    /* highest used worker slot + 1 (not read here:
 				  * evsteer-stat and older readers) */
+/* when each of the last EVST_WAIT_STAMPS connections was steered to a
+ * worker (by its steered count); user space reads them at accept */
+__u64 stamps[EVST_MAX_WORKERS][EVST_WAIT_STAMPS];
 
 static __always_inline __u64 pending(struct evst_worker *w)
 {
@@ -105,7 +108,9 @@ static __always_inline int steer_to(struct sk_reuseport_md *md, __u32 wi,
 	 * of a stalled one starts its next interval). */
 	if (!pending(w))
 		w->progress_ns = now;
-	__sync_fetch_and_add(&w->steered, 1);
+	/* the count before ours is this connection's place in the queue */
+	__u64 n = __sync_fetch_and_add(&w->steered, 1);
+	stamps[BOUND(wi, EVST_MAX_WORKERS)][n & (EVST_WAIT_STAMPS - 1)] = now;
 	if (migrating)
 		__sync_fetch_and_add(&w->migrated, 1);
 	return 1;

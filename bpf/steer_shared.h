@@ -20,6 +20,11 @@
  * most EVST_MAX_WEIGHT entries each (a power of two too). */
 #define EVST_TABLE_SIZE (EVST_MAX_WORKERS * EVST_MAX_WEIGHT)
 #define EVST_MAX_CPUS 256
+/* Steering times kept per worker, a ring indexed by the worker's steered
+ * count: the queue is FIFO, so the n-th connection taken off a socket is
+ * the n-th steered to it, and its wait is the time since stamps[n % this]
+ * (see struct evst_wait_hist in src/steering/steering.h). A power of 2. */
+#define EVST_WAIT_STAMPS 32
 
 enum evst_policy_id {
 	EVST_POLICY_LEAST_PENDING = 0,

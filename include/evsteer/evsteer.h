@@ -497,6 +497,11 @@ EVSTEER_API struct evsteer_group *
 evsteer_group_from_fds(const int *fds, unsigned int n, unsigned int flags,
 		       const struct evsteer_group_opts *opts);
 
+/* Queue-wait buckets (struct evsteer_worker_stats): bucket k holds waits
+ * below 1024 << k ns (about 1 us, 2 us, ... 4.3 s; the last, above). */
+#define EVSTEER_WAIT_BUCKETS 24
+#define EVSTEER_WAIT_BUCKET_NS(k) (1024ull << (k))
+
 struct evsteer_worker_stats {
 	size_t sz;
 	uint64_t steered;   /* connections the program chose this socket for */
@@ -514,6 +519,18 @@ struct evsteer_worker_stats {
 	int pid;
 	int global_slot;
 	int mine;
+	/* Queue wait (0.3): from the steering program's decision (the SYN,
+	 * or a migration from a sibling that closed) to the accept that took
+	 * the connection off this worker's socket, by whoever took it (the
+	 * worker or a thief); the handshake's round trip is part of it.
+	 * wait_hist[k] counts waits below EVSTEER_WAIT_BUCKET_NS(k) and at or
+	 * above the bucket below's bound; the last bucket has no upper bound.
+	 * wait_untimed: taken with no steering time known (more than 32
+	 * steered after it before it was taken). All 0 without BPF steering:
+	 * the kernel's hash has no moment to time from. */
+	uint64_t wait_hist[EVSTEER_WAIT_BUCKETS];
+	uint64_t wait_sum_ns;
+	uint64_t wait_untimed;
 };
 #define EVSTEER_WORKER_STATS_OPTS(NAME) \
 	struct evsteer_worker_stats NAME = { \
@@ -638,7 +655,7 @@ typedef void (*evsteer_log_fn)(enum evsteer_log_level level, const char *msg,
 EVSTEER_API evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
 					   enum evsteer_log_level max_level);
 
-/* The library's version string, e.g. "0.2.0". */
+/* The library's version string, e.g. "0.3.0". */
 EVSTEER_API const char *evsteer_version(void);
 
 /*

@@ -229,7 +229,8 @@ static void member_took(struct evsteer_listener *lev, uint64_t now)
 {
 	if (!lev->ws)
 		return;
-	__atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
+	uint64_t first = __atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
+	evst_shared_waited(lev->group->sh, lev->ws, first, 1, now);
 	evst_made_progress(lev->ws, now);
 	__atomic_fetch_add(&evst_group_counters(lev->group, lev->slot)->accepted, 1,
 			   __ATOMIC_RELAXED);

@@ -22,7 +22,9 @@ static void note_stolen(struct evsteer_group *g, struct evst_worker *w,
 			unsigned int from, unsigned int to, unsigned int n,
 			uint64_t now)
 {
-	__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
+	uint64_t first = __atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
+	/* the victim's queue waited: its histogram */
+	evst_shared_waited(g->sh, w, first, n, now);
 	if (evst_ld64(&w->stolen_ns) < now)
 		__atomic_store_n(&w->stolen_ns, now, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&evst_group_counters(g, from)->stolen_from, (uint64_t)n,
@@ -241,8 +243,10 @@ unsigned int evst_steal_handoff(struct evsteer_listener *lev,
 		unsigned int share = (n - given + (k - j) - 1) / (k - j);
 		unsigned int took = evst_listener_adopt(s->lev, c + given, share);
 		/* as if the program had steered them there: its pending stays
-		 * right, and they show as migrated */
-		__atomic_fetch_add(&s->ws->steered, took, __ATOMIC_RELAXED);
+		 * right, they show as migrated, and their wait starts now */
+		uint64_t first = __atomic_fetch_add(&s->ws->steered, took,
+						    __ATOMIC_RELAXED);
+		evst_shared_stamp(g->sh, s->ws, first, took, evst_now_ns());
 		__atomic_fetch_add(&s->ws->migrated, took, __ATOMIC_RELAXED);
 		given += took;
 		j++;

@@ -238,6 +238,7 @@ void evst_steer_view(struct evst_steer *s, struct evst_shared_view *v)
 	v->stall_ns = &b->stall_ns;
 	v->cpu_map = b->cpu_map;
 	v->nslots = &b->nslots;
+	v->stamps = b->stamps;
 }
 
 void evst_steer_close(struct evst_steer *s)

@@ -34,6 +34,7 @@ struct evst_shared_view {
 	__u64 *stall_ns;
 	__u32 *cpu_map;
 	__u32 *nslots;
+	__u64 (*stamps)[EVST_WAIT_STAMPS]; /* NULL without a program */
 };
 
 enum { EVST_FD_PROG, EVST_FD_SOCKS, EVST_FD_BSS, EVST_STEER_NFDS };

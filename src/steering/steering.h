@@ -34,12 +34,12 @@
 #include "steering/rendezvous.h"
 #include "steering/shared.h"
 
-/* 2: evst_worker.stolen_ns; 3: 1,024 workers and member processes (the
- * control page, the .bss and the sockarray all grew), the live list. A
- * process of another version neither joins nor serves this one's groups:
- * the rendezvous compares LAYOUT, and the descriptors' sizes are checked
- * (steer.c). */
-#define EVST_SHARED_VERSION 3
+/* 2: evst_worker.stolen_ns; 3: waits, stamps (issue 22); 4: 1,024 workers
+ * and member processes (the control page, the .bss and the sockarray all
+ * grew), the live list (issue 23). A process of another version neither
+ * joins nor serves this one's groups: the rendezvous compares LAYOUT, and
+ * the descriptors' sizes are checked (steer.c). */
+#define EVST_SHARED_VERSION 4
 /* One member per process: as many as there can be workers. */
 #define EVST_MAX_MEMBERS EVST_MAX_WORKERS
 
@@ -67,7 +67,9 @@ struct evst_member_rec {
 	uint32_t pid;
 };
 
-/* The control page: a memfd every member maps. */
+/* The control page: a memfd every member maps. waits[i] belongs to
+ * slots[i] (shared.h, struct evst_wait_hist), out of the slot record so
+ * that the record stays one cache line. */
 struct evst_ctl {
 	uint32_t magic, layout;
 	uint32_t next_id;
@@ -76,6 +78,7 @@ struct evst_ctl {
 	char reason[256];  /* why detached */
 	struct evst_member_rec members[EVST_MAX_MEMBERS];
 	struct evst_slot_rec slots[EVST_MAX_WORKERS];
+	struct evst_wait_hist waits[EVST_MAX_WORKERS];
 };
 
 #define CTL_MAGIC 0x4c544345u
@@ -89,6 +92,7 @@ struct evst_local_state {
 	__u32 table_len, live_len, policy, nslots;
 	__u64 stall_ns;
 	__u32 cpu_map[EVST_MAX_CPUS];
+	/* no stamps: without a program nothing is steered, nothing timed */
 };
 
 #define MAX_SUSPECTS 16
