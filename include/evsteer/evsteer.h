@@ -367,10 +367,10 @@ struct evsteer_group_opts {
  * Workers of one address, in every process together (threads and member
  * processes): evsteer_group_new()'s nworkers, evsteer_group_from_fds()'s
  * n, slots, and evsteer_group_global_size() are at most this. It was 64
- * in 0.1.0 (an API change, not an ABI one: no type or symbol changed; a
- * program built against 64 that sizes an array by it must not fill it
- * from evsteer_group_global_size() of a group that other processes grew
- * past 64). Processes of that version and of this one do not share a
+ * in 0.1.0 and 0.2.0 (an API change, not an ABI one: no type or symbol
+ * changed; a program built against 64 that sizes an array by it must not
+ * fill it from evsteer_group_global_size() of a group that other
+ * processes grew past 64). Processes of that version and of this one do not share a
  * group (their shared layouts differ): a newcomer of the other version
  * falls back to the kernel's hash, and says so.
  */
