@@ -167,13 +167,18 @@ static __always_inline __u32 pick_from_table(__u32 start, __u32 n, __u64 now)
 	return table[BOUND(start % n, EVST_TABLE_SIZE)];
 }
 
-/* The worker's load as least-pending weighs it: pending connections per
- * unit of weight (x 1024, so that weights below 16 still tell apart). */
-static __always_inline __u64 score(__u32 wi)
+/* Worker b is less loaded than worker a as least-pending weighs them
+ * (pending per unit of weight): pending_b / w_b < pending_a / w_a, cross-
+ * multiplied rather than divided (a division costs tens of cycles, and
+ * this runs twice a SYN; pending stays far below 2^59, weights <= 16). */
+static __always_inline int less_loaded(__u32 b, __u32 a)
 {
-	struct evst_worker *w = &workers[BOUND(wi, EVST_MAX_WORKERS)];
-	__u32 weight = w->weight ? w->weight : 1;
-	return (pending(w) << 10) / weight;
+	struct evst_worker *wa = &workers[BOUND(a, EVST_MAX_WORKERS)];
+	struct evst_worker *wb = &workers[BOUND(b, EVST_MAX_WORKERS)];
+	__u64 weight_a = wa->weight & (EVST_MAX_WEIGHT * 2 - 1);
+	__u64 weight_b = wb->weight & (EVST_MAX_WEIGHT * 2 - 1);
+	return pending(wb) * (weight_a ? weight_a : 1) <
+	       pending(wa) * (weight_b ? weight_b : 1);
 }
 
 /*
@@ -207,7 +212,9 @@ struct p2c {
  * to add from different maps, paths or scalars", measured with
  * `ib = ... ? ia + 1 : 0`). So the second choice is computed, not
  * branched on: ia + 1 + j (mod n) for j in 0..n-2 is any worker but ia,
- * uniformly, and n >= 2 here (the caller takes a lone worker itself).
+ * uniformly, and n >= 2 here (the caller takes a lone worker itself). The
+ * wrap is a compare and subtract: both sides leave an index the verifier
+ * does not know.
  */
 static long p2c_one(__u32 k, void *arg)
 {
@@ -216,14 +223,18 @@ static long p2c_one(__u32 k, void *arg)
 	if (n < 2)
 		return 1;
 	__u64 ia = (pc->start + k) % n;
-	/* n <= 1,024: the modulo's bias over 32 random bits is nil */
-	__u64 ib = (ia + 1 + bpf_get_prandom_u32() % (n - 1)) % n;
+	/* j in 0..n-2 from 32 random bits by multiply and shift, not a
+	 * division (Lemire); n <= 1,024, so its bias is nil */
+	__u64 j = ((__u64)bpf_get_prandom_u32() * (n - 1)) >> 32;
+	__u64 ib = ia + 1 + j;
+	if (ib >= n)
+		ib -= n;
 	__u32 a = live[BOUND((__u32)ia, EVST_MAX_WORKERS)];
 	__u32 b = live[BOUND((__u32)ib, EVST_MAX_WORKERS)];
 	int ua = a < EVST_MAX_WORKERS && usable(a, pc->now);
 	int ub = b < EVST_MAX_WORKERS && usable(b, pc->now);
 	if (ua && ub)
-		pc->found = score(b) < score(a) ? b : a;
+		pc->found = less_loaded(b, a) ? b : a;
 	else if (ua || ub)
 		pc->found = ua ? a : b;
 	else
