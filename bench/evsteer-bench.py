@@ -29,7 +29,8 @@ a figure is called a result; the report's header says which settings it had):
 
 Scenarios on the bench server (implementations: libevent, evsteer,
 evsteer-event, evsteer-direct, floor): rate, latency, stall, balance, drain,
-drain-running, emfile, restart. End to end (http, http-stall):
+drain-running, emfile, restart. End to end (http, http-stall,
+http-stall-open):
 build/bench/evsteer-http-server, an evhttp server built against libevent
 only, with 2 threads, run plain (libevent) and under build/preload/evsteer-run
 --group PORT as evsteer (auto: bpf+uring), evsteer-event (--accept event),
@@ -41,10 +42,15 @@ where it is missing):
   http-stall  the same with -c8, while a Python http.client GETs /stall (its
               handler sleeps 50 ms in its thread) every 200 ms; those
               requests are left out of the figures
+  http-stall-open  the same stalls under evsteer-bench-load's open loop
+              (--rate 3000 --send: a new connection due every 1/3000 s,
+              latency from that moment to the reply, every sample and none
+              added: wrk corrects its histogram with samples no client made)
 reporting requests/s, server CPU per request (utime+stime of the server
 from /proc over the run / requests), p50/p99/p99.9/max, each thread's share
 (max/mean of the requests each served) and, under evsteer, the connections
-stolen from a stalled thread. --work-us and --work-mode go to that server
+stolen from a stalled thread, and held_10ms: the requests the server held
+over 10 ms from accept to reply on its own clock. --work-us and --work-mode go to that server
 too (it always reads its request). S: 10 s, 2 s with --quick. --conns N
 sets wrk's -c in both (e.g. --scenario http --conns 8 for a lighter point).
 
@@ -140,6 +146,12 @@ SCENARIOS = {
     # handler sleeps 50 ms in its thread) every 200 ms
     "http-stall": dict(http=True, threads=2, conns=8, seconds=(2, 10),
                        stall_every_s=0.2, stall_ms=50),
+    # the same stalls under an open loop instead of wrk: a connection due
+    # every 1/rate s, its latency from that moment to the first byte of the
+    # reply, every sample kept and none added (wrk "corrects" its histogram
+    # with samples no client made; see bench/README.md)
+    "http-stall-open": dict(http=True, threads=2, rate=3000,
+                            seconds=(2, 10), stall_every_s=0.2, stall_ms=50),
 }
 # issue 23's sweep (--scenario sweep, or --sweep): the rate scenario's
 # closed loop at each concurrency (--sweep-conc) and work (--sweep-work);
@@ -162,11 +174,16 @@ KEYS = {
     "emfile": ["server_cpu_pct", "recovered", "lost", "connect_failed"],
     "restart": ["sent", "served", "reset", "refused", "closed", "timed_out",
                 "p99_ms", "max_ms", "a_leave_s"],
+    # held_10ms: requests the server held over 10 ms from accept to reply
+    # (its own clock; what a blocked thread had already taken)
     "http": ["req_per_s", "server_cpu_us_per_req", "p50_ms", "p99_ms",
-             "p999_ms", "max_ms", "share", "errors"],
+             "p999_ms", "max_ms", "share", "errors", "held_10ms"],
     "http-stall": ["req_per_s", "server_cpu_us_per_req", "p50_ms", "p99_ms",
                    "p999_ms", "max_ms", "share", "errors", "stalls",
-                   "stolen"],
+                   "stolen", "held_10ms", "held_per_stall"],
+    "http-stall-open": ["req_per_s", "server_cpu_us_per_req", "p50_ms",
+                        "p99_ms", "p999_ms", "max_ms", "share", "errors",
+                        "stalls", "stolen", "held_10ms", "held_per_stall"],
 }
 
 
@@ -740,11 +757,18 @@ def run_http(scen, impl, quick, work):
                 stall = StallLoop(srv.port, s["stall_every_s"])
                 stall.start()
             c0 = srv.cpu()
-            r = subprocess.run(
-                ["wrk", "-t2", f"-c{s['conns']}", f"-d{secs}s",
-                 "-H", "Connection: close", "--latency", "-s", wrk_script(),
-                 f"http://127.0.0.1:{srv.port}/"],
-                capture_output=True, text=True, timeout=secs + 60)
+            if s.get("rate"):
+                # the open loop: evsteer-bench-load's GET / HTTP/1.0
+                r = subprocess.run(
+                    [LOAD, "open", "--port", str(srv.port), "--rate",
+                     str(s["rate"]), "--seconds", str(secs), "--send"],
+                    capture_output=True, text=True, timeout=secs + 60)
+            else:
+                r = subprocess.run(
+                    ["wrk", "-t2", f"-c{s['conns']}", f"-d{secs}s",
+                     "-H", "Connection: close", "--latency", "-s",
+                     wrk_script(), f"http://127.0.0.1:{srv.port}/"],
+                    capture_output=True, text=True, timeout=secs + 60)
             cpu = srv.cpu() - c0
         finally:
             if stall:
@@ -755,10 +779,19 @@ def run_http(scen, impl, quick, work):
                 srv.kill()
                 raise RuntimeError(f"http server died ({srv.p.returncode})")
         if r.returncode != 0:
-            raise RuntimeError(f"wrk failed: {r.stderr.strip()[-300:]}")
+            raise RuntimeError(f"load failed: {r.stderr.strip()[-300:]}")
         w = last_json(r.stdout)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if s.get("rate"):  # the open loop's figures in wrk's shape
+        w = {"requests": w["completed"], "duration_us": secs * 1e6,
+             "errors": {k: w[k] for k in ("reset", "refused", "closed",
+                                          "timed_out", "other")},
+             "latency_us": {"p50": w["p50_ms"] * 1e3, "p90": None,
+                            "p99": w["p99_ms"] * 1e3,
+                            "p999": w["p999_ms"] * 1e3,
+                            "max": w["max_ms"] * 1e3},
+             "tail": w.get("tail")}
     n = max(w["requests"], 1)
     lat = w["latency_us"]
     # each thread's share of the requests wrk made (not of the stalls)
@@ -767,16 +800,24 @@ def run_http(scen, impl, quick, work):
     mean = statistics.mean(served) if served else 0
     res = {"req_per_s": w["requests"] / (w["duration_us"] / 1e6),
            "server_cpu_us_per_req": cpu * 1e6 / n,
-           "p50_ms": lat["p50"] / 1e3, "p90_ms": lat["p90"] / 1e3,
+           "p50_ms": lat["p50"] / 1e3,
+           "p90_ms": lat["p90"] / 1e3 if lat["p90"] is not None else None,
            "p99_ms": lat["p99"] / 1e3, "p999_ms": lat["p999"] / 1e3,
            "max_ms": lat["max"] / 1e3,
            "share": max(served) / mean if mean else None,
            "per_thread": served, "requests": w["requests"],
            "errors": sum(w["errors"].values()),
            "errors_by_kind": w["errors"], "server_cpu_s": info.get("cpu_s")}
+    held = info.get("held") or {}
+    res["held"] = held
+    res["held_10ms"] = held.get("over_10ms")
+    if w.get("tail"):
+        res["tail"] = w["tail"]
     if stall:
         res["stalls"] = stall.done
         res["stalls_failed"] = stall.failed
+        if stall.done and res["held_10ms"] is not None:
+            res["held_per_stall"] = res["held_10ms"] / stall.done
     if stats:
         st = stats[0]
         res["path"] = {"name": st.get("path"), "steering": st.get("steering"),
@@ -854,7 +895,14 @@ CAPTIONS = {
                   "(its handler sleeps 50 ms in its thread) every 200 ms; "
                   "those requests are left out of every figure. stalls = "
                   "/stall requests answered; stolen = connections evsteer's "
-                  "siblings took from a stalled thread.",
+                  "siblings took from a stalled thread; held_10ms = requests "
+                  "the server itself held over 10 ms from accept to reply "
+                  "(what a thread had taken before it blocked).",
+    "http-stall-open": "The stalls of http-stall under an open loop instead of "
+                       "wrk: `evsteer-bench-load open --rate {rate} --send` "
+                       "(GET / HTTP/1.0, a new connection due every 1/rate "
+                       "s); latency from each connection's due time to the "
+                       "first byte, every sample, none added.",
 }
 
 
@@ -908,7 +956,8 @@ def markdown(report):
         if scen in CAPTIONS:
             lines += [CAPTIONS[scen].format(
                 secs=pick(SCENARIOS[scen]["seconds"], report.get("quick")),
-                conns=SCENARIOS[scen].get("conns")),
+                conns=SCENARIOS[scen].get("conns"),
+                rate=SCENARIOS[scen].get("rate")),
                 ""]
         keys = KEYS[scen]
         lines.append("| impl | " + " | ".join(keys) + " | path |")
@@ -1233,7 +1282,7 @@ def main():
         if a.conns < 2:  # wrk -t2 needs a connection per thread
             ap.error("--conns must be >= 2")
         for s in SCENARIOS.values():
-            if s.get("http"):
+            if s.get("http") and "conns" in s:
                 s["conns"] = a.conns
     work = Work(a.work_us, a.work_mode, a.read_first)
 
@@ -1257,7 +1306,7 @@ def main():
     report = {"machine": machine(), "repeats": repeat, "quick": a.quick,
               "work": work.as_dict(),
               "http_conns": {k: s["conns"] for k, s in SCENARIOS.items()
-                             if s.get("http")},
+                             if s.get("http") and "conns" in s},
               "scenarios": {}}
     failed_runs = report.setdefault("failed_runs", [])
     for scen in scens:

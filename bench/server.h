@@ -8,7 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define MAX_WORKERS 16
+/* threads of one server; the group takes up to EVSTEER_MAX_WORKERS */
+#define MAX_WORKERS 256
 
 struct event_base;
 

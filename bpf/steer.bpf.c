@@ -11,6 +11,12 @@
  * at most PROBE_STALLS x stall_ns after the theft (see stale()).
  * When no socket can be selected the program returns SK_PASS without a
  * selection and the kernel falls back to its own hash.
+ *
+ * Every pick costs the same whatever the number of workers (up to
+ * EVST_MAX_WORKERS, 1,024): hash and round-robin index the weighted table,
+ * least-pending compares two workers drawn at random from the compact list
+ * of live ones (power of two choices) instead of scanning them all, so a
+ * SYN reads a few cache lines of worker state, not one per worker.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -36,11 +42,17 @@ struct {
 struct evst_worker workers[EVST_MAX_WORKERS];
 __u32 table[EVST_TABLE_SIZE];    /* live workers, repeated by weight */
 __u32 table_len;
+__u32 live[EVST_MAX_WORKERS];    /* live workers, once each */
+__u32 live_len;
 __u32 policy;
 __u64 stall_ns;                  /* 0: stall detection off */
 __u32 cpu_map[EVST_MAX_CPUS];    /* cpu -> worker + 1 (0: unset) */
 __u64 rr;                        /* rotation cursor */
-__u32 nslots;                    /* highest used worker slot + 1 */
+__u32 nslots;                    /* highest used worker slot + 1 (not read here:
+				  * evsteer-stat and older readers) */
+/* when each of the last EVST_WAIT_STAMPS connections was steered to a
+ * worker (by its steered count); user space reads them at accept */
+__u64 stamps[EVST_MAX_WORKERS][EVST_WAIT_STAMPS];
 
 static __always_inline __u64 pending(struct evst_worker *w)
 {
@@ -96,7 +108,9 @@ static __always_inline int steer_to(struct sk_reuseport_md *md, __u32 wi,
 	 * of a stalled one starts its next interval). */
 	if (!pending(w))
 		w->progress_ns = now;
-	__sync_fetch_and_add(&w->steered, 1);
+	/* the count before ours is this connection's place in the queue */
+	__u64 n = __sync_fetch_and_add(&w->steered, 1);
+	stamps[BOUND(wi, EVST_MAX_WORKERS)][n & (EVST_WAIT_STAMPS - 1)] = now;
 	if (migrating)
 		__sync_fetch_and_add(&w->migrated, 1);
 	return 1;
@@ -153,48 +167,101 @@ static __always_inline __u32 pick_from_table(__u32 start, __u32 n, __u64 now)
 	return table[BOUND(start % n, EVST_TABLE_SIZE)];
 }
 
-struct scan {
+/* Worker b is less loaded than worker a as least-pending weighs them
+ * (pending per unit of weight): pending_b / w_b < pending_a / w_a, cross-
+ * multiplied rather than divided (a division costs tens of cycles, and
+ * this runs twice a SYN; pending stays far below 2^59, weights <= 16). */
+static __always_inline int less_loaded(__u32 b, __u32 a)
+{
+	struct evst_worker *wa = &workers[BOUND(a, EVST_MAX_WORKERS)];
+	struct evst_worker *wb = &workers[BOUND(b, EVST_MAX_WORKERS)];
+	__u64 weight_a = wa->weight & (EVST_MAX_WEIGHT * 2 - 1);
+	__u64 weight_b = wb->weight & (EVST_MAX_WEIGHT * 2 - 1);
+	return pending(wb) * (weight_a ? weight_a : 1) <
+	       pending(wa) * (weight_b ? weight_b : 1);
+}
+
+/*
+ * Least-pending by the power of two choices: two distinct live workers, the
+ * one with the lower score. The first is the next in rotation over the live
+ * list, the second one of the others at random; a tie goes to the first,
+ * so idle workers are visited in turn, as the full scan's rotating start
+ * did (random ties were measured to give 117 and 83 of 200 connections to
+ * two workers), and the random one is what makes it two choices. A stale
+ * candidate does not count; when both of a pair are, the next pair is
+ * drawn, at most P2C_TRIES pairs: with half the workers stale, all four
+ * pairs miss about one time in 256, and the caller falls back to the
+ * table's probes. Its cost does not depend on the number of
+ * workers; the full scan it replaces cost 1 us per SYN at 64 (issue 23).
+ * A two-choice pick keeps the most loaded worker within O(log log n) of the
+ * mean (Azar, Broder, Karlin, Upfal 1994), which is what least-pending is
+ * for: a worker that stops accepting stops getting connections.
+ */
+#define P2C_TRIES 4
+struct p2c {
 	__u64 now;
-	__u64 best_score;
-	__u64 best;
-	__u64 off;
-	__u64 ns;
+	__u64 n;     /* live_len, 2..EVST_MAX_WORKERS */
+	__u64 start; /* the rotation's position for this SYN */
+	__u64 found; /* EVST_MAX_WORKERS: none yet */
 };
 
-/* bpf_loop body: the verifier checks it once, whatever the worker count,
- * which keeps the program loadable with CAP_BPF alone (without
- * CAP_PERFMON the verifier also walks every speculative branch). */
-static long scan_one(__u32 k, void *arg)
+/*
+ * No branch may leave an index the verifier knows as a constant on one
+ * path and not on another: without CAP_PERFMON it sanitizes pointer
+ * arithmetic per instruction and refuses one reached with both ("R2 tried
+ * to add from different maps, paths or scalars", measured with
+ * `ib = ... ? ia + 1 : 0`). So the second choice is computed, not
+ * branched on: ia + 1 + j (mod n) for j in 0..n-2 is any worker but ia,
+ * uniformly, and n >= 2 here (the caller takes a lone worker itself). The
+ * wrap is a compare and subtract: both sides leave an index the verifier
+ * does not know.
+ */
+static long p2c_one(__u32 k, void *arg)
 {
-	struct scan *sc = arg;
-	__u64 ns = sc->ns;
-	if (!ns)
+	struct p2c *pc = arg;
+	__u64 n = pc->n;
+	if (n < 2)
 		return 1;
-	__u32 wi = BOUND((__u32)((sc->off + k) % ns), EVST_MAX_WORKERS);
-	struct evst_worker *w = &workers[wi];
-	if (!w->live || stale(w, sc->now))
-		return 0;
-	__u32 weight = w->weight ? w->weight : 1;
-	__u64 score = (pending(w) << 10) / weight;
-	if (score < sc->best_score) {
-		sc->best_score = score;
-		sc->best = wi;
-	}
-	return 0;
+	__u64 ia = (pc->start + k) % n;
+	/* j in 0..n-2 from 32 random bits by multiply and shift, not a
+	 * division (Lemire); n <= 1,024, so its bias is nil */
+	__u64 j = ((__u64)bpf_get_prandom_u32() * (n - 1)) >> 32;
+	__u64 ib = ia + 1 + j;
+	if (ib >= n)
+		ib -= n;
+	__u32 a = live[BOUND((__u32)ia, EVST_MAX_WORKERS)];
+	__u32 b = live[BOUND((__u32)ib, EVST_MAX_WORKERS)];
+	int ua = a < EVST_MAX_WORKERS && usable(a, pc->now);
+	int ub = b < EVST_MAX_WORKERS && usable(b, pc->now);
+	if (ua && ub)
+		pc->found = less_loaded(b, a) ? b : a;
+	else if (ua || ub)
+		pc->found = ua ? a : b;
+	else
+		return 0; /* both stale (or leaving): draw again */
+	return 1;
 }
 
 static __always_inline __u32 pick_least_pending(__u64 now)
 {
-	/* Rotate the starting point so ties (all idle) spread evenly. */
-	struct scan sc = {
+	__u32 n = live_len;
+	struct p2c pc = {
 		.now = now,
-		.best_score = ~0ULL,
-		.best = EVST_MAX_WORKERS,
-		.off = (__u32)__sync_fetch_and_add(&rr, 1),
-		.ns = nslots < EVST_MAX_WORKERS ? nslots : EVST_MAX_WORKERS,
+		.n = n <= EVST_MAX_WORKERS ? n : 0,
+		.found = EVST_MAX_WORKERS,
 	};
-	bpf_loop((__u32)sc.ns, scan_one, &sc, 0);
-	return sc.best < EVST_MAX_WORKERS ? (__u32)sc.best : EVST_MAX_WORKERS;
+	if (!pc.n)
+		return EVST_MAX_WORKERS;
+	/* a retry (both of a pair stale) takes the next in rotation as its
+	 * first choice: the next SYN's too, which costs nothing but order */
+	pc.start = __sync_fetch_and_add(&rr, 1);
+	if (pc.n == 1) {
+		__u32 only = live[0];
+		return only < EVST_MAX_WORKERS && usable(only, now) ?
+			       only : EVST_MAX_WORKERS;
+	}
+	bpf_loop(P2C_TRIES, p2c_one, &pc, 0);
+	return pc.found < EVST_MAX_WORKERS ? (__u32)pc.found : EVST_MAX_WORKERS;
 }
 
 /*

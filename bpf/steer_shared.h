@@ -10,9 +10,21 @@
 
 #include <linux/types.h>
 
-#define EVST_MAX_WORKERS 64   /* REUSEPORT_SOCKARRAY slots */
-#define EVST_TABLE_SIZE 256   /* weighted rotation table */
+/* REUSEPORT_SOCKARRAY slots: workers of one address, threads and
+ * processes together (issue 23: a prefork server with one worker per core
+ * on a machine with more than 64 cores). A power of two: the program masks
+ * indexes with it. 64 bytes of .bss and of control page per worker. */
+#define EVST_MAX_WORKERS 1024
+#define EVST_MAX_WEIGHT 16
+/* The weighted rotation table holds every live worker at its weight, at
+ * most EVST_MAX_WEIGHT entries each (a power of two too). */
+#define EVST_TABLE_SIZE (EVST_MAX_WORKERS * EVST_MAX_WEIGHT)
 #define EVST_MAX_CPUS 256
+/* Steering times kept per worker, a ring indexed by the worker's steered
+ * count: the queue is FIFO, so the n-th connection taken off a socket is
+ * the n-th steered to it, and its wait is the time since stamps[n % this]
+ * (see struct evst_wait_hist in src/steering/steering.h). A power of 2. */
+#define EVST_WAIT_STAMPS 32
 
 enum evst_policy_id {
 	EVST_POLICY_LEAST_PENDING = 0,

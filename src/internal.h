@@ -482,6 +482,6 @@ EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_end,
 #define EVST_LISTENER_STATS_COPY_OUT(out, src)                                 \
 	EVST_COPY_OUT(out, src, struct evsteer_listener_stats, handed_off)
 #define EVST_WORKER_STATS_COPY_OUT(out, src)                                   \
-	EVST_COPY_OUT(out, src, struct evsteer_worker_stats, mine)
+	EVST_COPY_OUT(out, src, struct evsteer_worker_stats, wait_untimed)
 
 #endif /* EVSTEER_INTERNAL_H */

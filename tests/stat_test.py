@@ -389,7 +389,10 @@ def case_prom(args):
                 continue
             else:
                 check(PROM_LINE.match(l), f"not exposition format: {l!r}")
-                check(l.split("{")[0].split(" ")[0] in types, f"no TYPE for {l}")
+                name = l.split("{")[0].split(" ")[0]
+                base = re.sub(r"_(bucket|sum|count)$", "", name)
+                check(name in types or types.get(base) == "histogram",
+                      f"no TYPE for {l}")
         mine = [l for l in r.stdout.splitlines()
                 if l.startswith("evsteer_connections_accepted_total{")
                 and f'address="127.0.0.1:{port}"' in l]
@@ -397,6 +400,22 @@ def case_prom(args):
         total = sum(int(l.split()[-1]) for l in mine)
         check(total + stolen == 20, f"accepted_total {total}, stolen {stolen}")
         check(f'pid="{a.p.pid}"' in mine[0], mine[0])
+        # the queue-wait histogram: cumulative buckets ending in +Inf,
+        # which equals _count; every connection timed (none queued behind
+        # 32 others), whoever took it: 20 in all
+        check(types.get("evsteer_queue_wait_seconds") == "histogram", types)
+        count = 0
+        for w in g["workers"]:
+            sel = f'address="127.0.0.1:{port}",pid="{w["pid"]}",slot="{w["slot"]}"'
+            b = [int(l.split()[-1]) for l in r.stdout.splitlines()
+                 if l.startswith("evsteer_queue_wait_seconds_bucket{" + sel)]
+            c = [int(l.split()[-1]) for l in r.stdout.splitlines()
+                 if l.startswith("evsteer_queue_wait_seconds_count{" + sel)]
+            check(len(b) == 24 and b == sorted(b) and c == [b[-1]], (b, c))
+            check(w["queue_wait"]["count"] == c[0] and
+                  sum(w["queue_wait"]["counts"]) == c[0], (w, c))
+            count += c[0] + w["queue_wait"]["untimed"]
+        check(count == 20, f"queue waits counted {count} of 20")
         print(f"prom: {len(types)} metrics, accepted_total {total}")
     finally:
         leave(a)

@@ -73,6 +73,24 @@ static struct evsteer_worker_stats wstats(struct fx *f, int i)
 	return st;
 }
 
+/* queue waits counted in slot i's histogram, in all and from bucket k on */
+static uint64_t waits_from(const struct evsteer_worker_stats *st, int k)
+{
+	uint64_t n = 0;
+	for (int b = k; b < EVSTEER_WAIT_BUCKETS; b++)
+		n += st->wait_hist[b];
+	return n;
+}
+
+/* the first bucket whose waits are all at least ms long */
+static int bucket_at_least_ms(unsigned int ms)
+{
+	int k = 1;
+	while (EVSTEER_WAIT_BUCKET_NS(k - 1) < (uint64_t)ms * 1000000u)
+		k++;
+	return k - 1;
+}
+
 static int client(struct fx *f)
 {
 	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -362,7 +380,58 @@ static void test_stall_steal(void **state)
 	assert_int_equal(s0.pending, 0);
 	assert_int_equal(s1.stolen, 1);
 	assert_int_equal(f.w[0].s.n, 0);
+	/* the stolen one waited on worker 0 past the 20 ms threshold: in
+	 * worker 0's histogram, whoever took it */
+	assert_int_equal(waits_from(&s0, 0), 1);
+	assert_int_equal(waits_from(&s0, bucket_at_least_ms(20)), 1);
+	assert_true(s0.wait_sum_ns >= 20000000u);
+	assert_int_equal(waits_from(&s1, 0) + s1.wait_untimed, s1.steered);
 	tl_close_n(c, n);
+	fx_close(&f);
+}
+
+static bool serve_both(struct fx *f, int want);
+
+/*
+ * Queue wait: connections left queued for at least 30 ms show at least
+ * 30 ms in their worker's histogram (a lower bound: a slow machine only
+ * adds), each counted once, none untimed; without BPF there is no steering
+ * moment and nothing is counted.
+ */
+static void test_queue_wait(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	struct fx f;
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_REQUIRE,
+		true);
+	int c[6];
+	for (int i = 0; i < 6; i++)
+		c[i] = client(&f); /* established: queued on its socket */
+	struct timespec ts = {0, 30 * 1000000L};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+	assert_true(serve_both(&f, 6));
+	for (int i = 0; i < 2; i++) {
+		struct evsteer_worker_stats st = wstats(&f, i);
+		assert_int_equal(st.steered, 3);
+		assert_int_equal(waits_from(&st, 0), 3);
+		assert_int_equal(waits_from(&st, bucket_at_least_ms(30)), 3);
+		assert_int_equal(st.wait_untimed, 0);
+		assert_true(st.wait_sum_ns >= 3 * 30000000ull);
+	}
+	tl_close_n(c, 6);
+	fx_close(&f);
+
+	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, -1, EVSTEER_BPF_OFF, false);
+	for (int i = 0; i < 6; i++)
+		c[i] = client(&f);
+	serve_shared(&f, 6);
+	for (int i = 0; i < 2; i++) {
+		struct evsteer_worker_stats st = wstats(&f, i);
+		assert_int_equal(waits_from(&st, 0) + st.wait_untimed, 0);
+	}
+	tl_close_n(c, 6);
 	fx_close(&f);
 }
 
@@ -980,6 +1049,7 @@ int main(void)
 		cmocka_unit_test(test_weights),
 		cmocka_unit_test(test_join_leave),
 		cmocka_unit_test(test_stall_steal),
+		cmocka_unit_test(test_queue_wait),
 		cmocka_unit_test(test_stall_recovers),
 		cmocka_unit_test(test_stall_back_at_once),
 		cmocka_unit_test(test_drain_zero_resets),

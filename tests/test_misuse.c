@@ -261,7 +261,7 @@ static void test_null_listener(void **state)
 	assert_int_equal(evsteer_listener_get_stats(NULL, &st), -EINVAL);
 	EVSTEER_PATH_OPTS(p);
 	assert_int_equal(evsteer_listener_get_path(NULL, &p), -EINVAL);
-	assert_string_equal(evsteer_version(), "0.2.0");
+	assert_string_equal(evsteer_version(), "0.3.0");
 }
 
 /* The default log sink and a replaced one: set_log returns the previous. */

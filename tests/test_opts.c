@@ -24,7 +24,7 @@
  *   evsteer_group_opts      32 / 32
  *   evsteer_path            44 / 48: 4 bytes of tail padding
  *   evsteer_listener_stats  96 / 96
- *   evsteer_worker_stats    80 / 80
+ *   evsteer_worker_stats    288 / 288 (80 / 80 before 0.3's queue wait)
  * A smaller gap than one alignment unit at least rules out a whole field
  * of the struct's alignment after the one named here.
  */
@@ -35,13 +35,15 @@ LAST(struct evsteer_listener_opts, libevent_compat);
 LAST(struct evsteer_group_opts, accept);
 LAST(struct evsteer_path, policy);
 LAST(struct evsteer_listener_stats, handed_off);
-LAST(struct evsteer_worker_stats, mine);
+LAST(struct evsteer_worker_stats, wait_untimed);
 
 #define END_LOPTS offsetofend(struct evsteer_listener_opts, libevent_compat)
 #define END_GOPTS offsetofend(struct evsteer_group_opts, accept)
 #define END_PATH offsetofend(struct evsteer_path, policy)
 #define END_LSTATS offsetofend(struct evsteer_listener_stats, handed_off)
-#define END_WSTATS offsetofend(struct evsteer_worker_stats, mine)
+#define END_WSTATS offsetofend(struct evsteer_worker_stats, wait_untimed)
+/* what a program built against 0.2 passes */
+#define END_WSTATS_0_2 offsetofend(struct evsteer_worker_stats, mine)
 
 static void dummy_cb(struct evsteer_listener *l, int fd, struct sockaddr *sa,
 		     int len, void *arg)
@@ -392,6 +394,12 @@ static void test_output_stops_at_last_field(void **state)
 	assert_int_equal(evsteer_group_worker_stats(g, 0, &ws.w), 0);
 	assert_untouched(&ws, END_WSTATS, sizeof(ws), 0xa5,
 			 "evsteer_worker_stats");
+	/* a 0.2 caller's struct ends at mine: nothing written past it */
+	memset(&ws, 0xa5, sizeof(ws));
+	ws.w.sz = END_WSTATS_0_2;
+	assert_int_equal(evsteer_group_worker_stats(g, 0, &ws.w), 0);
+	assert_untouched(&ws, END_WSTATS_0_2, sizeof(ws), 0xa5,
+			 "evsteer_worker_stats (0.2 size)");
 	evsteer_group_free(g);
 	event_base_free(base);
 }

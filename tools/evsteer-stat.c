@@ -49,6 +49,8 @@ struct sample {
 	uint32_t owner, pid, tid, weight, engine, flags, live;
 	uint64_t cookie, steered, dequeued, accepted, stolen, stolen_from,
 		migrated, stalls, progress_ns, stolen_ns;
+	/* queue wait (struct evst_wait_hist) */
+	uint64_t wait[EVSTEER_WAIT_BUCKETS], wait_sum_ns, wait_untimed;
 };
 
 struct group {
@@ -353,6 +355,11 @@ static bool read_slot(const struct group *g, unsigned int i, struct sample *s)
 			.stalls = ld64(&r->info.stalls),
 			.progress_ns = ld64(&w->progress_ns),
 			.stolen_ns = ld64(&w->stolen_ns)};
+		const struct evst_wait_hist *h = &g->ctl->waits[i];
+		for (int k = 0; k < EVSTEER_WAIT_BUCKETS; k++)
+			s->wait[k] = ld64(&h->bucket[k]);
+		s->wait_sum_ns = ld64(&h->sum_ns);
+		s->wait_untimed = ld64(&h->untimed);
 		if (__atomic_load_n(&r->owner, __ATOMIC_RELAXED) == o &&
 		    ld64(&r->cookie) == c)
 			return true;
@@ -496,6 +503,51 @@ static void fmt_age(char *b, size_t n, const struct view *x)
 		snprintf(b, n, "%.0fs", (double)x->beat_ns / 1e9);
 }
 
+static uint64_t waits(const struct sample *s)
+{
+	uint64_t n = 0;
+	for (int k = 0; k < EVSTEER_WAIT_BUCKETS; k++)
+		n += s->wait[k];
+	return n;
+}
+
+/* The queue wait at quantile q: the upper bound of the bucket it falls in
+ * (log2 buckets: within 2x); 0 without samples. *open: in the last bucket,
+ * which has no upper bound (the value is then its lower bound). */
+static uint64_t wait_at(const struct sample *s, double q, bool *open)
+{
+	uint64_t n = waits(s), c = 0;
+	*open = false;
+	if (!n)
+		return 0;
+	for (int k = 0; k < EVSTEER_WAIT_BUCKETS; k++) {
+		c += s->wait[k];
+		if ((double)c >= q * (double)n) {
+			if (k == EVSTEER_WAIT_BUCKETS - 1) {
+				*open = true;
+				return EVSTEER_WAIT_BUCKET_NS(k - 1);
+			}
+			return EVSTEER_WAIT_BUCKET_NS(k);
+		}
+	}
+	return 0;
+}
+
+static void fmt_wait(char *b, size_t n, const struct sample *s, double q)
+{
+	bool open;
+	uint64_t ns = wait_at(s, q, &open);
+	const char *pre = open ? ">" : "<";
+	if (!ns)
+		snprintf(b, n, "-");
+	else if (ns < 1000000)
+		snprintf(b, n, "%s%.0fus", pre, (double)ns / 1e3);
+	else if (ns < 1000000000)
+		snprintf(b, n, "%s%.0fms", pre, (double)ns / 1e6);
+	else
+		snprintf(b, n, "%s%.1fs", pre, (double)ns / 1e9);
+}
+
 static void print_table(FILE *o, struct gview *vs, int nv, const char *hdr)
 {
 	const char *b = color ? "\033[1m" : "", *r = color ? "\033[0m" : "",
@@ -526,12 +578,13 @@ static void print_table(FILE *o, struct gview *vs, int nv, const char *hdr)
 		if (v->detached)
 			fprintf(o, "  %s%s%s\n", dim, v->reason, r);
 		fprintf(o, "%s%8s %8s %4s %-12s %-7s %2s %10s %8s %5s %6s %8s %8s "
-			"%8s %7s%s\n", b, "PID", "TID", "SLOT", "ENGINE", "STATE", "W",
+			"%8s %7s %7s%s\n", b, "PID", "TID", "SLOT", "ENGINE", "STATE", "W",
 			"ACCEPTED", "ACC/S", "PEND", "STALLS", "STOLEN", "ST.FROM",
-			"MIGRATED", "BEAT", r);
+			"MIGRATED", "BEAT", "WAIT99", r);
 		for (int i = 0; i < v->n; i++) {
 			struct view *x = &v->w[i];
-			char rate[16], tid[16], beat[16];
+			char rate[16], tid[16], beat[16], w99[16];
+			fmt_wait(w99, sizeof(w99), &x->s, 0.99);
 			if (x->rate < 0)
 				snprintf(rate, sizeof(rate), "-");
 			else
@@ -543,11 +596,11 @@ static void print_table(FILE *o, struct gview *vs, int nv, const char *hdr)
 			fmt_age(beat, sizeof(beat), x);
 			fprintf(o, "%8u %8s %4u %-12s %s%-7s%s %2u %10" PRIu64
 				" %8s %5" PRIu64 " %6" PRIu64 " %8" PRIu64 " %8" PRIu64
-				" %8" PRIu64 " %7s\n", x->s.pid, tid, x->slot,
+				" %8" PRIu64 " %7s %7s\n", x->s.pid, tid, x->slot,
 				engine_str(x->s.engine), x->stalled ? red : "", x->state,
 				x->stalled ? r : "", x->s.weight, x->s.accepted, rate,
 				x->pending, x->s.stalls, x->s.stolen, x->s.stolen_from,
-				x->s.migrated, beat);
+				x->s.migrated, beat, w99);
 		}
 		if (!v->n)
 			fprintf(o, "%s  (no worker slots in use)%s\n", dim, r);
@@ -594,7 +647,14 @@ static void print_json(FILE *o, struct gview *vs, int nv, double interval)
 		   *i4 = json_lines ? "" : "    ";
 	fprintf(o, "{\"evsteer_stat\": 1, \"version\": ");
 	json_str(o, evsteer_version());
-	fprintf(o, ", \"interval_s\": %.3f, \"groups\": [", interval);
+	/* the queue-wait buckets' upper bounds (the last has none: null) */
+	fprintf(o, ", \"interval_s\": %.3f, \"queue_wait_le_ns\": [", interval);
+	for (int k = 0; k < EVSTEER_WAIT_BUCKETS; k++)
+		if (k == EVSTEER_WAIT_BUCKETS - 1)
+			fprintf(o, ", null");
+		else
+			fprintf(o, "%s%llu", k ? ", " : "", EVSTEER_WAIT_BUCKET_NS(k));
+	fprintf(o, "], \"groups\": [");
 	for (int k = 0; k < nv; k++) {
 		struct gview *v = &vs[k];
 		fprintf(o, "%s%s%s{\"address\": ", k ? "," : "", nl, i2);
@@ -642,9 +702,17 @@ static void print_json(FILE *o, struct gview *vs, int nv, double interval)
 				", \"heartbeat_age_ms\": ", x->s.steered, x->pending,
 				x->s.stalls, x->s.stolen, x->s.stolen_from, x->s.migrated);
 			if (x->have_beat)
-				fprintf(o, "%.3f}", (double)x->beat_ns / 1e6);
+				fprintf(o, "%.3f", (double)x->beat_ns / 1e6);
 			else
-				fprintf(o, "null}");
+				fprintf(o, "null");
+			/* counts[k]: waits below queue_wait_le_ns[k] (top level) */
+			fprintf(o, ", \"queue_wait\": {\"count\": %" PRIu64
+				", \"sum_ns\": %" PRIu64 ", \"untimed\": %" PRIu64
+				", \"counts\": [", waits(&x->s), x->s.wait_sum_ns,
+				x->s.wait_untimed);
+			for (int k = 0; k < EVSTEER_WAIT_BUCKETS; k++)
+				fprintf(o, "%s%" PRIu64, k ? ", " : "", x->s.wait[k]);
+			fprintf(o, "]}}");
 		}
 		fprintf(o, "]}");
 	}
@@ -671,7 +739,9 @@ static void print_json(FILE *o, struct gview *vs, int nv, double interval)
 	fprintf(o, "]}\n");
 }
 
-static void prom_labels(FILE *o, const char *addr, const struct view *x)
+/* {address=...[,pid=...,slot=...][,le=...]} */
+static void prom_labels_le(FILE *o, const char *addr, const struct view *x,
+			   const char *le)
 {
 	fprintf(o, "{address=\"");
 	for (const char *p = addr; *p; p++) {
@@ -682,7 +752,39 @@ static void prom_labels(FILE *o, const char *addr, const struct view *x)
 	fputc('"', o);
 	if (x)
 		fprintf(o, ",pid=\"%u\",slot=\"%u\"", x->s.pid, x->slot);
+	if (le)
+		fprintf(o, ",le=\"%s\"", le);
 	fputc('}', o);
+}
+
+static void prom_labels(FILE *o, const char *addr, const struct view *x)
+{
+	prom_labels_le(o, addr, x, NULL);
+}
+
+/* The queue-wait histogram of one worker, in the exposition format's
+ * histogram type: cumulative buckets, +Inf, _sum, _count. */
+static void prom_wait(FILE *o, const char *addr, const struct view *x)
+{
+	static const char *name = "evsteer_queue_wait_seconds";
+	uint64_t c = 0;
+	for (int k = 0; k < EVSTEER_WAIT_BUCKETS; k++) {
+		c += x->s.wait[k];
+		char le[32];
+		if (k == EVSTEER_WAIT_BUCKETS - 1)
+			snprintf(le, sizeof(le), "+Inf");
+		else
+			snprintf(le, sizeof(le), "%.9g",
+				 (double)EVSTEER_WAIT_BUCKET_NS(k) / 1e9);
+		fprintf(o, "%s_bucket", name);
+		prom_labels_le(o, addr, x, le);
+		fprintf(o, " %" PRIu64 "\n", c);
+	}
+	fprintf(o, "%s_sum", name);
+	prom_labels(o, addr, x);
+	fprintf(o, " %.9f\n%s_count", (double)x->s.wait_sum_ns / 1e9, name);
+	prom_labels(o, addr, x);
+	fprintf(o, " %" PRIu64 "\n", c);
 }
 
 struct metric {
@@ -786,17 +888,47 @@ static void print_prom(FILE *o, struct gview *vs, int nv)
 			}
 		}
 	}
+	fprintf(o, "# HELP evsteer_queue_wait_seconds Time from the program's "
+		"steering decision (SYN or migration) to the accept that took the "
+		"connection off the worker's socket.\n"
+		"# TYPE evsteer_queue_wait_seconds histogram\n");
+	for (int k = 0; k < nv; k++)
+		for (int i = 0; i < vs[k].n; i++)
+			prom_wait(o, vs[k].g->addr, &vs[k].w[i]);
+	fprintf(o, "# HELP evsteer_queue_wait_untimed_total Connections taken "
+		"with no steering time known (more than %d steered after them).\n"
+		"# TYPE evsteer_queue_wait_untimed_total counter\n",
+		EVST_WAIT_STAMPS);
+	for (int k = 0; k < nv; k++)
+		for (int i = 0; i < vs[k].n; i++) {
+			fprintf(o, "evsteer_queue_wait_untimed_total");
+			prom_labels(o, vs[k].g->addr, &vs[k].w[i]);
+			fprintf(o, " %" PRIu64 "\n", vs[k].w[i].s.wait_untimed);
+		}
 }
 
 /* ---- driving ----------------------------------------------------------- */
 
-static struct gview views[MAX_GROUPS];
+/* On the heap, one per group found: with 1,024 workers a view is ~390 KiB,
+ * and a static array of MAX_GROUPS of them was 100 MB of .bss (which
+ * strict overcommit would refuse to map at exec). */
+static struct gview *views;
+static int nviews;
 
 /* Read every readable group; with rates when a previous read exists. */
 static int read_all(void)
 {
 	uint64_t now = now_ns();
 	int nv = 0;
+	if (ngroups > nviews) {
+		struct gview *v = realloc(views, sizeof(*v) * (size_t)ngroups);
+		if (!v) {
+			fprintf(stderr, "evsteer-stat: %s\n", strerror(ENOMEM));
+			return 0;
+		}
+		views = v;
+		nviews = ngroups;
+	}
 	for (int i = 0; i < ngroups; i++)
 		if (!groups[i]->status) {
 			read_group(groups[i], &views[nv], now);

@@ -372,7 +372,18 @@ struct evsteer_group_opts {
 #define EVSTEER_GROUP_OPTS(NAME, ...)                                          \
 	EVSTEER_OPTS_DECLARE_(evsteer_group_opts, accept, NAME, __VA_ARGS__)
 
-#define EVSTEER_MAX_WORKERS 64
+/*
+ * Workers of one address, in every process together (threads and member
+ * processes): evsteer_group_new()'s nworkers, evsteer_group_from_fds()'s
+ * n, slots, and evsteer_group_global_size() are at most this. It was 64
+ * in 0.1.0 and 0.2.0 (an API change, not an ABI one: no type or symbol
+ * changed; a program built against 64 that sizes an array by it must not
+ * fill it from evsteer_group_global_size() of a group that other
+ * processes grew past 64). Processes of that version and of this one do not share a
+ * group (their shared layouts differ): a newcomer of the other version
+ * falls back to the kernel's hash, and says so.
+ */
+#define EVSTEER_MAX_WORKERS 1024
 #define EVSTEER_DEFAULT_STALL_US 2000
 
 /*
@@ -495,6 +506,11 @@ EVSTEER_API struct evsteer_group *
 evsteer_group_from_fds(const int *fds, unsigned int n, unsigned int flags,
 		       const struct evsteer_group_opts *opts);
 
+/* Queue-wait buckets (struct evsteer_worker_stats): bucket k holds waits
+ * below 1024 << k ns (about 1 us, 2 us, ... 4.3 s; the last, above). */
+#define EVSTEER_WAIT_BUCKETS 24
+#define EVSTEER_WAIT_BUCKET_NS(k) (1024ull << (k))
+
 struct evsteer_worker_stats {
 	size_t sz;
 	uint64_t steered;   /* connections the program chose this socket for */
@@ -512,6 +528,18 @@ struct evsteer_worker_stats {
 	int pid;
 	int global_slot;
 	int mine;
+	/* Queue wait (0.3): from the steering program's decision (the SYN,
+	 * or a migration from a sibling that closed) to the accept that took
+	 * the connection off this worker's socket, by whoever took it (the
+	 * worker or a thief); the handshake's round trip is part of it.
+	 * wait_hist[k] counts waits below EVSTEER_WAIT_BUCKET_NS(k) and at or
+	 * above the bucket below's bound; the last bucket has no upper bound.
+	 * wait_untimed: taken with no steering time known (more than 32
+	 * steered after it before it was taken). All 0 without BPF steering:
+	 * the kernel's hash has no moment to time from. */
+	uint64_t wait_hist[EVSTEER_WAIT_BUCKETS];
+	uint64_t wait_sum_ns;
+	uint64_t wait_untimed;
 };
 #define EVSTEER_WORKER_STATS_OPTS(NAME) \
 	struct evsteer_worker_stats NAME = { \
@@ -636,7 +664,7 @@ typedef void (*evsteer_log_fn)(enum evsteer_log_level level, const char *msg,
 EVSTEER_API evsteer_log_fn evsteer_set_log(evsteer_log_fn fn, void *arg,
 					   enum evsteer_log_level max_level);
 
-/* The library's version string, e.g. "0.2.0". */
+/* The library's version string, e.g. "0.3.0". */
 EVSTEER_API const char *evsteer_version(void);
 
 /*

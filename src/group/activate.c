@@ -175,7 +175,7 @@ struct evsteer_group *evsteer_group_from_fds(const int *fds, unsigned int n,
 	if (!fds)
 		bad = "NULL fds";
 	else if (n < 1 || n > EVSTEER_MAX_WORKERS)
-		bad = "n not in 1..64";
+		bad = "n not in 1..EVSTEER_MAX_WORKERS";
 	else if (flags & ~EVSTEER_OPT_ALL)
 		bad = "bad flags";
 	if (bad)

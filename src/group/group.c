@@ -138,6 +138,25 @@ group_alloc_opts(unsigned int flags, const struct evsteer_group_opts *opts,
 	return evst_group_alloc(flags | EVSTEER_OPT_REUSEABLE_PORT, &lo);
 }
 
+/* Close the group's sockets no listener holds, one at a time rather than
+ * gathered on the stack (up to 1,024 of them): closing one may drain it by
+ * hand (classic BPF, steal.c), which sleeps and takes g->lock, so it
+ * happens outside it. */
+static void close_unattached(struct evsteer_group *g)
+{
+	for (;;) {
+		int fd = -1;
+		pthread_mutex_lock(&g->lock);
+		for (unsigned int i = 0; i < g->nslots && fd < 0; i++)
+			if (slot_used(&g->slots[i]) && !g->slots[i].lev)
+				fd = evst_slot_remove(g, i);
+		pthread_mutex_unlock(&g->lock);
+		if (fd < 0)
+			return;
+		evst_group_close_sock(g, fd);
+	}
+}
+
 struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 					socklen_t len, unsigned int nworkers,
 					unsigned int flags, int backlog,
@@ -215,14 +234,7 @@ struct evsteer_group *evsteer_group_new(const struct sockaddr *addr,
 	return g;
 fail:
 	evst_warn("%s: %s", fn, strerror(-err));
-	int fds[EVST_MAX_WORKERS], nf = 0;
-	pthread_mutex_lock(&g->lock);
-	for (unsigned int i = 0; i < g->nslots; i++)
-		if (slot_used(&g->slots[i]))
-			fds[nf++] = evst_slot_remove(g, i);
-	pthread_mutex_unlock(&g->lock);
-	for (int i = 0; i < nf; i++)
-		evst_shared_close(g->sh, fds[i], NULL, 0);
+	close_unattached(g);
 	evst_group_unref(g);
 	errno = -err;
 	return NULL;
@@ -301,15 +313,7 @@ void evsteer_group_free(struct evsteer_group *g)
 		evst_group_forget_ref(g);
 		return;
 	}
-	int fds[EVST_MAX_WORKERS];
-	int n = 0;
-	pthread_mutex_lock(&g->lock);
-	for (unsigned int i = 0; i < g->nslots; i++)
-		if (slot_used(&g->slots[i]) && !g->slots[i].lev)
-			fds[n++] = evst_slot_remove(g, i);
-	pthread_mutex_unlock(&g->lock);
-	for (int i = 0; i < n; i++)
-		evst_group_close_sock(g, fds[i]);
+	close_unattached(g);
 	evst_group_unref(g);
 }
 

@@ -85,6 +85,8 @@ struct evst_member_state {
 	pthread_mutex_t inbox_lock; /* a leaf */
 	int *inbox;
 	unsigned int ninbox, inbox_cap;
+	unsigned int steal_from; /* where the next look for stuck siblings
+				  * starts (steal.c; the listener lock) */
 };
 
 static inline uint64_t evst_ld64(const __u64 *p)
@@ -157,8 +159,11 @@ evst_group_implicit(struct evsteer_listener *lev,
 		    const struct evsteer_listener_opts *opts);
 
 /* steal.c */
-/* Listener lock held, reference taken: take stuck siblings' queues. */
+/* Listener lock held, reference taken: take stuck siblings' queues,
+ * looking at up to 64 siblings a call (each call goes on where the last
+ * stopped), or at every one (_all: the stall watch poked this member). */
 EVST_HIDDEN void evst_steal_stuck(struct evsteer_listener *lev);
+EVST_HIDDEN void evst_steal_stuck_all(struct evsteer_listener *lev);
 /* lev's lock held: give what lev's engine accepted and never delivered
  * to live siblings of this process; how many were taken. */
 EVST_HIDDEN unsigned int evst_steal_handoff(struct evsteer_listener *lev,

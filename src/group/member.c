@@ -266,7 +266,8 @@ static void member_took(struct evsteer_listener *lev, uint64_t now)
 {
 	if (!lev->ws)
 		return;
-	__atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
+	uint64_t first = __atomic_fetch_add(&lev->ws->dequeued, 1, __ATOMIC_RELAXED);
+	evst_shared_waited(lev->group->sh, lev->ws, first, 1, now);
 	progress(lev, now);
 	__atomic_fetch_add(&evst_group_counters(lev->group, lev->slot)->accepted, 1,
 			   __ATOMIC_RELAXED);
@@ -310,7 +311,7 @@ static void poke_cb(evutil_socket_t fd, short what, void *arg)
 	lev->refcnt++;
 	if (lev->group && evst_active(lev)) {
 		member_alive(lev, evst_now_ns());
-		evst_steal_stuck(lev);
+		evst_steal_stuck_all(lev);
 		evst_inbox_deliver(lev);
 	}
 	evst_decref_and_unlock(lev);

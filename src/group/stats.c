@@ -28,6 +28,11 @@ static void fill_stats(struct evst_shared *sh, int gslot, bool mine,
 		st.migrated = evst_ld64(&w->migrated);
 		st.heartbeat_age_ns = prog && now > prog ? now - prog : 0;
 		st.live = (int)__atomic_load_n(&w->live, __ATOMIC_RELAXED);
+		const struct evst_wait_hist *h = evst_shared_waits(sh, (unsigned)gslot);
+		for (unsigned int k = 0; k < EVSTEER_WAIT_BUCKETS; k++)
+			st.wait_hist[k] = __atomic_load_n(&h->bucket[k], __ATOMIC_RELAXED);
+		st.wait_sum_ns = __atomic_load_n(&h->sum_ns, __ATOMIC_RELAXED);
+		st.wait_untimed = __atomic_load_n(&h->untimed, __ATOMIC_RELAXED);
 		st.pid = (int)pid;
 		st.global_slot = gslot;
 		st.mine = mine;

@@ -24,12 +24,12 @@
  * meanwhile (classic BPF's refresh starts an idle worker's clock) must not
  * look like a pass after the theft. */
 static void note_stolen(struct evsteer_group *g, struct evst_worker *w,
-			unsigned int from, unsigned int to, unsigned int n,
-			uint64_t now)
+			unsigned int from, unsigned int to, unsigned int n)
 {
-	(void)now;
-	now = evst_now_ns();
-	__atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
+	uint64_t now = evst_now_ns();
+	uint64_t first = __atomic_fetch_add(&w->dequeued, n, __ATOMIC_RELAXED);
+	/* the victim's queue waited: its histogram */
+	evst_shared_waited(g->sh, w, first, n, now);
 	if (evst_ld64(&w->stolen_ns) < now)
 		__atomic_store_n(&w->stolen_ns, now, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&evst_group_counters(g, from)->stolen_from, (uint64_t)n,
@@ -48,6 +48,7 @@ static void poke_slot(const struct evst_slot *s)
 }
 
 #define STEAL_BUDGET 64
+#define STEAL_WINDOW 64
 
 /*
  * A direct lev takes up to max of stuck slot i's connections into its own
@@ -55,8 +56,7 @@ static void poke_slot(const struct evst_slot *s)
  * sent over): lev delivers them on its next round. Taken, or 0.
  */
 static int steal_direct(struct evsteer_listener *lev, struct evsteer_group *g,
-			unsigned int i, struct evst_worker *w, int max,
-			uint64_t now)
+			unsigned int i, struct evst_worker *w, int max)
 {
 	int n = -1;
 	pthread_mutex_lock(&g->lock);
@@ -68,7 +68,7 @@ static int steal_direct(struct evsteer_listener *lev, struct evsteer_group *g,
 					 want < (uint64_t)max ? (unsigned)want :
 								(unsigned)max);
 	if (n > 0) {
-		note_stolen(g, w, i, lev->slot, (unsigned)n, now);
+		note_stolen(g, w, i, lev->slot, (unsigned)n);
 		poke_slot(s);
 	} else if (n == 0) {
 		evst_ws_resync(w); /* counted but not there */
@@ -109,8 +109,7 @@ static int take_one(struct evsteer_listener *lev, struct evst_slot *s,
 /* lev takes stuck slot i's connections one by one and delivers them.
  * Taken, or -1 when lev stopped delivering. */
 static int steal_fds(struct evsteer_listener *lev, struct evsteer_group *g,
-		     unsigned int i, struct evst_worker *w, int max,
-		     uint64_t now)
+		     unsigned int i, struct evst_worker *w, int max)
 {
 	struct evst_slot *s = &g->slots[i];
 	int taken = 0;
@@ -121,7 +120,7 @@ static int steal_fds(struct evsteer_listener *lev, struct evsteer_group *g,
 		pthread_mutex_lock(&g->lock);
 		int fd = take_one(lev, s, w, &ss, &len);
 		if (fd >= 0)
-			note_stolen(g, w, i, lev->slot, 1, now);
+			note_stolen(g, w, i, lev->slot, 1);
 		else if (fd == -1 && errno == EAGAIN)
 			evst_ws_resync(w); /* counted but not there */
 		pthread_mutex_unlock(&g->lock);
@@ -163,7 +162,7 @@ static void queue_of(struct evsteer_group *g, unsigned int i,
  * lock, no system call), so every wake-up looks; the stall watch (watch.c)
  * covers the time when nothing wakes a healthy sibling.
  */
-void evst_steal_stuck(struct evsteer_listener *lev)
+static void steal_scan(struct evsteer_listener *lev, bool all)
 {
 	struct evsteer_group *g = lev->group;
 	uint64_t stall = evst_shared_stall_ns(g->sh);
@@ -174,7 +173,18 @@ void evst_steal_stuck(struct evsteer_listener *lev)
 	int budget = STEAL_BUDGET;
 	bool classic = evst_shared_cbpf(g->sh);
 	unsigned int nslots = __atomic_load_n(&g->nslots, __ATOMIC_RELAXED);
-	for (unsigned int i = 0; i < nslots && budget > 0; i++) {
+	/* A wake-up looks at STEAL_WINDOW siblings, from where this
+	 * member's last look stopped: with 1,024 workers in a process a look
+	 * at all of them on every wake-up would cost more than the accept.
+	 * A poke (the stall watch found a stuck sibling) looks at all. */
+	unsigned int look = all || nslots <= STEAL_WINDOW ? nslots : STEAL_WINDOW;
+	unsigned int from = 0;
+	if (look < nslots && lev->ms) {
+		from = lev->ms->steal_from % nslots;
+		lev->ms->steal_from = from + look;
+	}
+	for (unsigned int k = 0; k < look && budget > 0; k++) {
+		unsigned int i = from + k < nslots ? from + k : from + k - nslots;
 		if (i == lev->slot)
 			continue;
 		/* without the lock (shared memory, relaxed); lock to take */
@@ -208,12 +218,32 @@ void evst_steal_stuck(struct evsteer_listener *lev)
 			__atomic_fetch_add(&evst_shared_info_of(g->sh, w)->stalls,
 					   1, __ATOMIC_RELAXED);
 		int n = evst_listener_is_direct(lev) ?
-				steal_direct(lev, g, i, w, budget, now) :
-				steal_fds(lev, g, i, w, budget, now);
+				steal_direct(lev, g, i, w, budget) :
+				steal_fds(lev, g, i, w, budget);
 		if (n < 0)
 			return;
 		budget -= n;
 	}
+}
+
+void evst_steal_stuck(struct evsteer_listener *lev)
+{
+	steal_scan(lev, false);
+}
+
+void evst_steal_stuck_all(struct evsteer_listener *lev)
+{
+	steal_scan(lev, true);
+}
+
+/* g->lock held: slot i can take what the leaving lev's engine holds. */
+static bool adopter(struct evsteer_group *g, struct evsteer_listener *lev,
+		    unsigned int i)
+{
+	struct evst_slot *s = &g->slots[i];
+	return i != lev->slot && slot_used(s) && slot_lev(s) &&
+	       evst_listener_adopts(s->lev, lev) &&
+	       __atomic_load_n(&s->ws->live, __ATOMIC_RELAXED);
 }
 
 /*
@@ -229,28 +259,27 @@ unsigned int evst_steal_handoff(struct evsteer_listener *lev,
 
 	pthread_mutex_lock(&g->lock);
 	/* Live siblings only: `live` is cleared under this lock before a
-	 * listener starts going away, so a live one outlives the call. */
-	struct evsteer_listener *to[EVST_MAX_WORKERS];
-	struct evst_worker *ws[EVST_MAX_WORKERS];
+	 * listener starts going away, so a live one outlives the call, and
+	 * two passes under it see the same siblings: one to count them, one
+	 * to give (no list of up to 1,024 of them on the stack). */
 	unsigned int k = 0;
-	for (unsigned int i = 0; i < g->nslots; i++) {
-		struct evst_slot *s = &g->slots[i];
-		if (i == lev->slot || !slot_used(s) || !slot_lev(s) ||
-		    !evst_listener_adopts(s->lev, lev) ||
-		    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED))
-			continue;
-		to[k] = s->lev;
-		ws[k++] = s->ws;
-	}
+	for (unsigned int i = 0; i < g->nslots; i++)
+		k += adopter(g, lev, i);
 	/* spread in runs, so each sibling gets its share in order */
-	for (unsigned int j = 0; j < k && given < n; j++) {
+	for (unsigned int i = 0, j = 0; i < g->nslots && j < k && given < n; i++) {
+		if (!adopter(g, lev, i))
+			continue;
+		struct evst_slot *s = &g->slots[i];
 		unsigned int share = (n - given + (k - j) - 1) / (k - j);
-		unsigned int took = evst_listener_adopt(to[j], c + given, share);
+		unsigned int took = evst_listener_adopt(s->lev, c + given, share);
 		/* as if the program had steered them there: its pending stays
-		 * right, and they show as migrated */
-		__atomic_fetch_add(&ws[j]->steered, took, __ATOMIC_RELAXED);
-		__atomic_fetch_add(&ws[j]->migrated, took, __ATOMIC_RELAXED);
+		 * right, they show as migrated, and their wait starts now */
+		uint64_t first = __atomic_fetch_add(&s->ws->steered, took,
+						    __ATOMIC_RELAXED);
+		evst_shared_stamp(g->sh, s->ws, first, took, evst_now_ns());
+		__atomic_fetch_add(&s->ws->migrated, took, __ATOMIC_RELAXED);
 		given += took;
+		j++;
 	}
 	pthread_mutex_unlock(&g->lock);
 	return given;
@@ -266,6 +295,7 @@ unsigned int evst_steal_handoff(struct evsteer_listener *lev,
 #define DRAIN_MAX_NS 200000000ull
 #define DRAIN_BATCH 64
 
+/* 1: the inbox was empty (its owner needs a poke), 0, or -ENOMEM */
 static int inbox_push(struct evst_member_state *ms, int fd)
 {
 	pthread_mutex_lock(&ms->inbox_lock);
@@ -280,40 +310,45 @@ static int inbox_push(struct evst_member_state *ms, int fd)
 		ms->inbox_cap = cap;
 	}
 	ms->inbox[ms->ninbox++] = fd;
+	int first = ms->ninbox == 1;
 	pthread_mutex_unlock(&ms->inbox_lock);
-	return 0;
+	return first;
 }
 
 unsigned int evst_inbox_give(struct evsteer_group *g,
 			     const struct evsteer_listener *skip, const int *fds,
 			     unsigned int n)
 {
-	struct evsteer_listener *to[EVST_MAX_WORKERS];
-	struct evst_worker *ws[EVST_MAX_WORKERS];
-	unsigned int k = 0, closed = 0;
-	/* live fd siblings: `live` is cleared under g->lock before a
-	 * listener goes away, and its inbox is handed on when it does */
-	for (unsigned int i = 0; i < g->nslots; i++) {
-		struct evst_slot *s = &g->slots[i];
-		struct evsteer_listener *l = slot_lev(s);
-		if (!slot_used(s) || !l || l == skip || !l->ms || !s->ws ||
-		    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED) ||
-		    evst_listener_is_direct(l))
-			continue;
-		to[k] = l;
-		ws[k++] = s->ws;
-	}
+	/* round-robin over the live fd siblings, found as it goes (no list
+	 * of up to 1,024 on the stack): `live` is cleared under g->lock
+	 * before a listener goes away, and its inbox is handed on when it
+	 * does */
+	unsigned int closed = 0, at = 0;
 	for (unsigned int j = 0; j < n; j++) {
-		unsigned int t = j % (k ? k : 1);
-		if (!k || inbox_push(to[t]->ms, fds[j]) < 0) {
+		struct evsteer_listener *to = NULL;
+		struct evst_worker *ws = NULL;
+		for (unsigned int k = 0; k < g->nslots && !to; k++) {
+			unsigned int i = (at + k) % g->nslots;
+			struct evst_slot *s = &g->slots[i];
+			struct evsteer_listener *l = slot_lev(s);
+			if (!slot_used(s) || !l || l == skip || !l->ms || !s->ws ||
+			    !__atomic_load_n(&s->ws->live, __ATOMIC_RELAXED) ||
+			    evst_listener_is_direct(l))
+				continue;
+			to = l;
+			ws = s->ws;
+			at = i + 1;
+		}
+		int r = to ? inbox_push(to->ms, fds[j]) : -ENOENT;
+		if (r < 0) {
 			close(fds[j]);
 			closed++;
 			continue;
 		}
-		__atomic_fetch_add(&ws[t]->migrated, 1, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&ws->migrated, 1, __ATOMIC_RELAXED);
+		if (r == 1)
+			eventfd_write(to->ms->poke_fd, 1);
 	}
-	for (unsigned int t = 0; t < k && t < n; t++)
-		eventfd_write(to[t]->ms->poke_fd, 1);
 	return closed;
 }
 

@@ -20,3 +20,62 @@ uint64_t evst_worker_pending(const struct evst_worker *w)
 	int64_t p = (int64_t)(evst_ld64(&w->steered) - evst_ld64(&w->dequeued));
 	return p > 0 ? (uint64_t)p : 0;
 }
+
+/* ---- queue wait (shared.h, struct evst_wait_hist) */
+
+static unsigned int wait_bucket(uint64_t ns)
+{
+	uint64_t u = ns >> 10; /* units of 1024 ns: bucket k is below 1024 << k */
+	unsigned int k = u ? 64u - (unsigned int)__builtin_clzll(u) : 0;
+	return k < EVSTEER_WAIT_BUCKETS ? k : EVSTEER_WAIT_BUCKETS - 1;
+}
+
+void evst_shared_waited(struct evst_shared *sh, const struct evst_worker *w,
+			uint64_t first, unsigned int n, uint64_t now)
+{
+	if (!sh->v.stamps || !n)
+		return;
+	unsigned int slot = (unsigned int)(w - sh->v.workers);
+	const __u64 *st = sh->v.stamps[slot];
+	struct evst_wait_hist *h = &sh->ctl->waits[slot];
+	uint64_t steered = evst_ld64(&w->steered), untimed = 0, sum = 0;
+	for (unsigned int i = 0; i < n; i++) {
+		uint64_t k = first + i;
+		/* its stamp is still there if fewer than a ring's worth were
+		 * steered after it; a stamp from the future or none at all
+		 * (drift dropped, a slot reused) is not its time either */
+		uint64_t t = evst_ld64(&st[k & (EVST_WAIT_STAMPS - 1)]);
+		/* now is the caller's, read once per batch: a connection
+		 * steered during the batch is later than that */
+		if (t > now)
+			now = evst_now_ns();
+		if (steered - k > EVST_WAIT_STAMPS || !t || t > now) {
+			untimed++;
+			continue;
+		}
+		sum += now - t;
+		__atomic_fetch_add(&h->bucket[wait_bucket(now - t)], 1,
+				   __ATOMIC_RELAXED);
+	}
+	if (sum)
+		__atomic_fetch_add(&h->sum_ns, sum, __ATOMIC_RELAXED);
+	if (untimed)
+		__atomic_fetch_add(&h->untimed, untimed, __ATOMIC_RELAXED);
+}
+
+void evst_shared_stamp(struct evst_shared *sh, const struct evst_worker *w,
+		       uint64_t first, unsigned int n, uint64_t now)
+{
+	if (!sh->v.stamps)
+		return;
+	__u64 *st = sh->v.stamps[w - sh->v.workers];
+	for (unsigned int i = 0; i < n && i < EVST_WAIT_STAMPS; i++)
+		__atomic_store_n(&st[(first + n - 1 - i) & (EVST_WAIT_STAMPS - 1)],
+				 now, __ATOMIC_RELAXED);
+}
+
+const struct evst_wait_hist *evst_shared_waits(const struct evst_shared *sh,
+					       unsigned int slot)
+{
+	return &sh->ctl->waits[slot];
+}

@@ -90,6 +90,10 @@ struct evst_cbpf {
 	uint64_t attaches;
 	struct sock_filter insns[CB_MAX_INSNS];
 	uint32_t entries[CB_MAX_ENTRIES];
+	/* entries()' kernel index per slot (ctl->lock held) */
+	int kid[EVST_MAX_WORKERS];
+	/* look()'s listing (ctl->lock held): ~50 KB, too much for a stack */
+	struct evst_sock_info listing[CB_MAX_SOCKS + 8];
 };
 
 static int index_of(const struct evst_cbpf *cb, int fd)
@@ -154,7 +158,7 @@ static void stand_down(struct evst_shared *sh, const char *fmt, ...)
 static bool look(struct evst_shared *sh, int extra)
 {
 	struct evst_cbpf *cb = sh->cb;
-	struct evst_sock_info li[CB_MAX_SOCKS + 8];
+	struct evst_sock_info *li = cb->listing;
 	/* ctl->lock is held, so a close of ours is not half done; the
 	 * listen order is taken only if free (it nests outside ctl->lock) */
 	bool strict = extra >= 0 || evst_listen_order_trylock();
@@ -298,8 +302,10 @@ static unsigned int entries(struct evst_shared *sh, uint64_t now)
 	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
 		struct evst_worker *w = &sh->v.workers[i];
 		ok[i] = 0;
+		/* each looked up once: a search of the model, up to 2,048 */
+		cb->kid[i] = kidx(sh, i);
 		if (sh->ctl->slots[i].owner &&
-		    __atomic_load_n(&w->live, __ATOMIC_RELAXED) && kidx(sh, i) >= 0)
+		    __atomic_load_n(&w->live, __ATOMIC_RELAXED) && cb->kid[i] >= 0)
 			ok[i] = healthy(w, now, st) ? 3 : robbed(w) ? 1 : 2;
 		best = ok[i] > best ? ok[i] : best;
 	}
@@ -313,7 +319,7 @@ static unsigned int entries(struct evst_shared *sh, uint64_t now)
 			if (!ok[i] || ok[i] < best ||
 			    w >= sh->ctl->slots[i].weight || m >= CB_MAX_ENTRIES)
 				continue;
-			cb->entries[m++] = (uint32_t)kidx(sh, i);
+			cb->entries[m++] = (uint32_t)cb->kid[i];
 		}
 	return m;
 }
@@ -375,13 +381,14 @@ static void program(struct evst_shared *sh)
 	}
 	cb->sum = sum;
 	__atomic_fetch_add(&cb->attaches, 1, __ATOMIC_RELAXED);
-	uint64_t held = 0;
-	for (unsigned int i = 0; i < EVST_MAX_WORKERS && i < 64; i++)
-		if (__atomic_load_n(&cb->out[i], __ATOMIC_RELAXED))
-			held |= 1ull << i;
+	unsigned int held = 0;
+	int first_held = -1;
+	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++)
+		if (__atomic_load_n(&cb->out[i], __ATOMIC_RELAXED) && !held++)
+			first_held = (int)i;
 	evst_debug("group %s: classic program of %u instructions over %u "
-		   "entries attached (slots held out for health: %#llx)",
-		   sh->key, at, m, (unsigned long long)held);
+		   "entries attached (slots held out for health: %u, the first "
+		   "%d)", sh->key, at, m, held, first_held);
 }
 
 void evst_cbpf_program(struct evst_shared *sh)

@@ -17,25 +17,44 @@ void evst_ctl_unlock(struct evst_shared *sh)
 	pthread_mutex_unlock(&sh->ctl->lock);
 }
 
-/* ctl->lock held. Rebuild the weighted table of live workers. */
+/*
+ * ctl->lock held. Rebuild what the program picks from: the compact list of
+ * live workers (least-pending draws two from it) and the weighted table
+ * (every live worker at its weight, weight-major, so that round-robin
+ * visits each once before any twice). One pass over the slots, then one
+ * over the list per weight: O(slots + table) per change, which a group of
+ * 1,024 joining or leaving one by one pays a thousand times.
+ *
+ * The program may read an entry while it is rewritten: it sees a valid
+ * worker index either way, and checks that worker's `live` before it
+ * steers there.
+ */
 void evst_ctl_rebuild_table(struct evst_shared *sh)
 {
-	__u32 n = 0, hi = 0;
-	for (unsigned int w = 0; w < 16; w++) {
-		for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
-			struct evst_slot_rec *s = &sh->ctl->slots[i];
-			if (!__atomic_load_n(&s->owner, __ATOMIC_RELAXED) ||
-			    !__atomic_load_n(&sh->v.workers[i].live,
-					     __ATOMIC_RELAXED))
-				continue;
-			hi = i + 1;
-			if (w < s->weight && n < EVST_TABLE_SIZE)
+	__u32 nlive = 0, n = 0, hi = 0, maxw = 1;
+	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++) {
+		struct evst_slot_rec *s = &sh->ctl->slots[i];
+		if (!__atomic_load_n(&s->owner, __ATOMIC_RELAXED))
+			continue;
+		hi = i + 1;
+		if (!__atomic_load_n(&sh->v.workers[i].live, __ATOMIC_RELAXED))
+			continue;
+		__atomic_store_n(&sh->v.live[nlive++], i, __ATOMIC_RELAXED);
+		if (s->weight > maxw)
+			maxw = s->weight < EVST_MAX_WEIGHT ? s->weight :
+							     EVST_MAX_WEIGHT;
+	}
+	for (unsigned int w = 0; w < maxw; w++) {
+		for (unsigned int k = 0; k < nlive; k++) {
+			__u32 i = __atomic_load_n(&sh->v.live[k], __ATOMIC_RELAXED);
+			if (w < sh->ctl->slots[i].weight && n < EVST_TABLE_SIZE)
 				__atomic_store_n(&sh->v.table[n++], i,
 						 __ATOMIC_RELAXED);
 		}
 	}
-	/* the program reads the length first: publish entries before it */
+	/* the program reads the lengths first: publish entries before them */
 	__atomic_store_n(sh->v.nslots, hi, __ATOMIC_RELEASE);
+	__atomic_store_n(sh->v.live_len, nlive, __ATOMIC_RELEASE);
 	__atomic_store_n(sh->v.table_len, n, __ATOMIC_RELEASE);
 	/* classic BPF reads no table: it gets a new program instead */
 	evst_cbpf_program(sh);
@@ -157,7 +176,8 @@ static void view_local(struct evst_shared *sh)
 	struct evst_local_state *l = sh->local;
 	sh->v = (struct evst_shared_view){
 		.workers = l->workers, .table = l->table,
-		.table_len = &l->table_len, .policy = &l->policy,
+		.table_len = &l->table_len, .live = l->live,
+		.live_len = &l->live_len, .policy = &l->policy,
 		.stall_ns = &l->stall_ns, .cpu_map = &l->cpu_map[0],
 		.nslots = &l->nslots};
 }
@@ -214,14 +234,22 @@ int evst_ctl_map(struct evst_shared *sh, int fd, bool create)
 	return 0;
 }
 
-/* ctl->lock held: the default CPU map, cpu % used slots, over all. */
+/*
+ * ctl->lock held: the default CPU map, cpu % used slots, over all: CPU c
+ * gets the (c % n)-th used slot. The first min(n, EVST_MAX_CPUS) CPUs take
+ * the used slots in order, the rest repeat them; no list of used slots on
+ * the stack (there can be 1,024).
+ */
 void evst_ctl_default_cpu_map(struct evst_shared *sh)
 {
-	unsigned int used[EVST_MAX_WORKERS], n = 0;
-	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++)
+	unsigned int c = 0;
+	for (unsigned int i = 0; i < EVST_MAX_WORKERS && c < EVST_MAX_CPUS; i++)
 		if (sh->ctl->slots[i].owner)
-			used[n++] = i;
-	for (unsigned int c = 0; c < EVST_MAX_CPUS && n; c++)
-		__atomic_store_n(&sh->v.cpu_map[c], used[c % n] + 1,
+			__atomic_store_n(&sh->v.cpu_map[c++], i + 1,
+					 __ATOMIC_RELAXED);
+	for (unsigned int k = c; k < EVST_MAX_CPUS && c; k++)
+		__atomic_store_n(&sh->v.cpu_map[k],
+				 __atomic_load_n(&sh->v.cpu_map[k % c],
+						 __ATOMIC_RELAXED),
 				 __ATOMIC_RELAXED);
 }

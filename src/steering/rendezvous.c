@@ -128,8 +128,10 @@ int evst_rdv_bind(struct evst_rdv *r)
 	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (s < 0)
 		return -errno;
+	/* up to EVST_MAX_WORKERS member processes may join at once (a
+	 * prefork server starting): past the backlog they wait in connect() */
 	if (bind(s, (const struct sockaddr *)&r->name, r->namelen) < 0 ||
-	    listen(s, 64) < 0) {
+	    listen(s, SOMAXCONN) < 0) {
 		int err = -errno;
 		close(s);
 		return err;

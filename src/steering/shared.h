@@ -38,6 +38,26 @@ struct evst_slot_info {
 	uint32_t flags;   /* EVST_SLOT_* */
 };
 
+/*
+ * Queue wait, per worker slot, in the control page: the time from the
+ * program's steering decision (a SYN, or a migration from a closing
+ * sibling; for a hand-off within a process, the hand-off) to the accept
+ * that took the connection off the socket, whoever took it (the worker or
+ * a thief). It includes the handshake's round trip. bucket[k] counts
+ * waits below EVSTEER_WAIT_BUCKET_NS(k) and at or above bucket k-1's
+ * bound; the last bucket has no upper bound. untimed: taken with no
+ * steering time known (more than EVST_WAIT_STAMPS were steered after it
+ * before it was taken, or its count was dropped as drift). Written with
+ * relaxed atomics by the process that takes; read by evsteer-stat.
+ */
+struct evst_wait_hist {
+	uint64_t bucket[EVSTEER_WAIT_BUCKETS];
+	uint64_t sum_ns;
+	uint64_t untimed;
+	uint64_t pad[6];
+};
+_Static_assert(sizeof(struct evst_wait_hist) == 256, "four cache lines");
+
 struct evst_shared_opts {
 	enum evsteer_bpf_mode mode;
 	enum evsteer_policy policy;
@@ -137,6 +157,21 @@ EVST_HIDDEN unsigned int evst_shared_nslots(const struct evst_shared *sh);
 /* Who owns a slot: its process id, 0 when free. */
 EVST_HIDDEN uint32_t evst_shared_slot_pid(const struct evst_shared *sh,
 					  unsigned int slot);
+
+/* n connections taken off worker w's socket, the first of them the
+ * first-th steered to it (its dequeued count before): their queue waits
+ * into w's histogram. */
+EVST_HIDDEN void evst_shared_waited(struct evst_shared *sh,
+				    const struct evst_worker *w, uint64_t first,
+				    unsigned int n, uint64_t now);
+/* n connections given to worker w by hand (not by the program), the first
+ * the first-th counted as steered: stamped now. */
+EVST_HIDDEN void evst_shared_stamp(struct evst_shared *sh,
+				   const struct evst_worker *w, uint64_t first,
+				   unsigned int n, uint64_t now);
+/* A slot's queue-wait histogram (any process's slot). */
+EVST_HIDDEN const struct evst_wait_hist *
+evst_shared_waits(const struct evst_shared *sh, unsigned int slot);
 
 /* shared state helpers used by the accounting (group/) */
 EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);

@@ -37,6 +37,16 @@ int evst_shared_claim(struct evst_shared *sh, int fd)
 	__atomic_store_n(&s->c.stolen_from, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->tid, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->info.stalls, 0, __ATOMIC_RELAXED);
+	/* a new owner starts with no waits and no stamps (not live yet: the
+	 * program steers nothing here meanwhile) */
+	struct evst_wait_hist *h = &sh->ctl->waits[i];
+	for (unsigned int k = 0; k < EVSTEER_WAIT_BUCKETS; k++)
+		__atomic_store_n(&h->bucket[k], 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->sum_ns, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->untimed, 0, __ATOMIC_RELAXED);
+	if (sh->v.stamps)
+		for (unsigned int k = 0; k < EVST_WAIT_STAMPS; k++)
+			__atomic_store_n(&sh->v.stamps[i][k], 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->info.engine, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->info.flags, 0, __ATOMIC_RELAXED);
 	if (sh->steer) {

@@ -232,10 +232,13 @@ void evst_steer_view(struct evst_steer *s, struct evst_shared_view *v)
 	v->workers = b->workers;
 	v->table = b->table;
 	v->table_len = &b->table_len;
+	v->live = b->live;
+	v->live_len = &b->live_len;
 	v->policy = &b->policy;
 	v->stall_ns = &b->stall_ns;
 	v->cpu_map = b->cpu_map;
 	v->nslots = &b->nslots;
+	v->stamps = b->stamps;
 }
 
 void evst_steer_close(struct evst_steer *s)

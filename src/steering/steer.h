@@ -28,10 +28,13 @@ struct evst_shared_view {
 	struct evst_worker *workers;
 	__u32 *table;
 	__u32 *table_len;
+	__u32 *live;      /* live workers once each: least-pending's draw */
+	__u32 *live_len;
 	__u32 *policy;
 	__u64 *stall_ns;
 	__u32 *cpu_map;
 	__u32 *nslots;
+	__u64 (*stamps)[EVST_WAIT_STAMPS]; /* NULL without a program */
 };
 
 enum { EVST_FD_PROG, EVST_FD_SOCKS, EVST_FD_BSS, EVST_STEER_NFDS };

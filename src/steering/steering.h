@@ -36,8 +36,14 @@
 #include "steering/rendezvous.h"
 #include "steering/shared.h"
 
-#define EVST_SHARED_VERSION 2 /* 2: evst_worker.stolen_ns */
-#define EVST_MAX_MEMBERS 64
+/* 2: evst_worker.stolen_ns; 3: waits, stamps (issue 22); 4: 1,024 workers
+ * and member processes (the control page, the .bss and the sockarray all
+ * grew), the live list (issue 23). A process of another version neither
+ * joins nor serves this one's groups: the rendezvous compares LAYOUT, and
+ * the descriptors' sizes are checked (steer.c). */
+#define EVST_SHARED_VERSION 4
+/* One member per process: as many as there can be workers. */
+#define EVST_MAX_MEMBERS EVST_MAX_WORKERS
 
 /*
  * tid and info took the place of padding (same size, same layout number):
@@ -63,7 +69,9 @@ struct evst_member_rec {
 	uint32_t pid;
 };
 
-/* The control page: a memfd every member maps. */
+/* The control page: a memfd every member maps. waits[i] belongs to
+ * slots[i] (shared.h, struct evst_wait_hist), out of the slot record so
+ * that the record stays one cache line. */
 struct evst_ctl {
 	uint32_t magic, layout;
 	uint32_t next_id;
@@ -72,6 +80,7 @@ struct evst_ctl {
 	char reason[256];  /* why detached */
 	struct evst_member_rec members[EVST_MAX_MEMBERS];
 	struct evst_slot_rec slots[EVST_MAX_WORKERS];
+	struct evst_wait_hist waits[EVST_MAX_WORKERS];
 };
 
 #define CTL_MAGIC 0x4c544345u
@@ -81,9 +90,11 @@ struct evst_ctl {
 struct evst_local_state {
 	struct evst_worker workers[EVST_MAX_WORKERS];
 	__u32 table[EVST_TABLE_SIZE];
-	__u32 table_len, policy, nslots;
+	__u32 live[EVST_MAX_WORKERS];
+	__u32 table_len, live_len, policy, nslots;
 	__u64 stall_ns;
 	__u32 cpu_map[EVST_MAX_CPUS];
+	/* no stamps: without a program nothing is steered, nothing timed */
 };
 
 #define MAX_SUSPECTS 16

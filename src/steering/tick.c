@@ -17,13 +17,23 @@ static int any_local_fd(struct evst_shared *sh)
 	return -1;
 }
 
-static bool known_cookie(struct evst_shared *sh, uint64_t c)
+static int cmp_u64(const void *a, const void *b)
 {
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* ctl->lock held: the cookies of every used slot, sorted, into k (room
+ * for EVST_MAX_WORKERS); how many. Looked up once per listener found, so
+ * a tick costs O(n log n), not O(n^2), with 1,024 workers. */
+static size_t known_cookies(struct evst_shared *sh, uint64_t *k)
+{
+	size_t n = 0;
 	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++)
-		if (__atomic_load_n(&sh->ctl->slots[i].owner, __ATOMIC_ACQUIRE) &&
-		    sh->ctl->slots[i].cookie == c)
-			return true;
-	return false;
+		if (__atomic_load_n(&sh->ctl->slots[i].owner, __ATOMIC_ACQUIRE))
+			k[n++] = sh->ctl->slots[i].cookie;
+	qsort(k, n, sizeof(*k), cmp_u64);
+	return n;
 }
 
 /* ctl->lock held: our copy of the shared stand-down reason, up to date
@@ -53,16 +63,25 @@ const char *evst_detach_reason(struct evst_shared *sh)
  */
 static void check_foreign(struct evst_shared *sh)
 {
-	struct evst_sock_info li[EVST_MAX_WORKERS + MAX_SUSPECTS];
-	int n = evst_list_listeners((struct sockaddr *)&sh->addr, li,
-				    (int)(sizeof(li) / sizeof(li[0])));
-	if (n < 0)
+	/* on the heap: 1,040 entries are 25 KiB, and the tick runs on the
+	 * rendezvous thread, whose stack is not ours to size */
+	enum { MAX_LI = EVST_MAX_WORKERS + MAX_SUSPECTS };
+	struct evst_sock_info *li = malloc(sizeof(*li) * MAX_LI);
+	uint64_t *known = malloc(sizeof(*known) * EVST_MAX_WORKERS);
+	int n = li && known ? evst_list_listeners((struct sockaddr *)&sh->addr,
+						  li, MAX_LI) : -1;
+	if (n < 0) {
+		free(li);
+		free(known);
 		return;
+	}
 	uint64_t now[MAX_SUSPECTS];
 	int nn = 0, confirmed = -1;
 	evst_ctl_lock(sh);
+	size_t nk = known_cookies(sh, known);
 	for (int i = 0; i < n; i++) {
-		if (known_cookie(sh, li[i].cookie) || nn == MAX_SUSPECTS)
+		if (bsearch(&li[i].cookie, known, nk, sizeof(*known), cmp_u64) ||
+		    nn == MAX_SUSPECTS)
 			continue;
 		for (int k = 0; k < sh->nsuspects; k++)
 			if (sh->suspects[k] == li[i].cookie && confirmed < 0)
@@ -92,6 +111,8 @@ static void check_foreign(struct evst_shared *sh)
 			  "again", a);
 	}
 	evst_ctl_unlock(sh);
+	free(li);
+	free(known);
 }
 
 void evst_shared_tick(void *arg)
