@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * A group of EVSTEER_MAX_WORKERS (1,024) workers (issue 23): made, steered
- * and torn down, with no descriptor left behind.
+ * and torn down, with no descriptor left behind; on eBPF, and on classic
+ * BPF (issue 21: its largest program, a hash over 1,024 sockets' indexes).
  *
  * One thread serves every worker from one event_base: the point is the
  * group's size, not its throughput, and a single thread makes the
@@ -37,6 +38,7 @@
 #define BATCH 2048
 #define RR_CONNS 100000
 #define LP_CONNS 50000
+#define CB_CONNS 30000
 #define NEED_FDS (2 * NW + BATCH + 1024)
 /*
  * The issue's bound, max/mean <= 1.1, for both policies. Round-robin is
@@ -216,6 +218,57 @@ static void test_thousand_workers(void **state)
 	assert_int_equal(tl_count_fds(), fds_before);
 }
 
+/*
+ * The same size on classic BPF (eBPF masked): the program is a binary
+ * search over 1,024 kernel indexes, the largest classic BPF takes here;
+ * every worker must be reachable through it. Hash: no balance bound (at
+ * ~29 a worker the hash's spread is wide), but each worker gets some
+ * (a worker left out of the table would get none; that the hash alone
+ * leaves one of the 1,024 empty has a chance of about 2e-10).
+ */
+static void test_thousand_workers_cbpf(void **state)
+{
+	(void)state;
+	int fds_before = tl_count_fds();
+	setenv("EVSTEER_TEST_MASK", "bpf", 1);
+	memset(S.got, 0, sizeof(S.got));
+	S.total = 0;
+	S.len = tl_addr_loopback(AF_INET, &S.addr);
+	EVSTEER_GROUP_OPTS(o, .policy = EVSTEER_POLICY_HASH, .stall_us = -1,
+			   .accept = EVSTEER_ACCEPT_EVENT);
+	S.g = evsteer_group_new((struct sockaddr *)&S.addr, S.len, NW,
+				EVSTEER_OPT_REUSEABLE, -1, &o);
+	assert_non_null(S.g);
+	S.len = tl_sockname(evsteer_group_get_fd(S.g, 0), &S.addr);
+	S.base = tl_base();
+	for (int i = 0; i < NW; i++) {
+		S.lev[i] = evsteer_group_attach(S.g, (unsigned)i, S.base,
+						accept_cb, &S.got[i]);
+		assert_non_null(S.lev[i]);
+	}
+	EVSTEER_PATH_OPTS(p);
+	assert_int_equal(evsteer_group_get_path(S.g, &p), 0);
+	assert_int_equal(p.steering, EVSTEER_STEER_CBPF);
+	assert_string_equal(evsteer_listener_path_name(S.lev[0]), "cbpf+event");
+
+	drive(CB_CONNS);
+	unsigned int min;
+	double spread = max_over_mean(NULL, CB_CONNS, &min);
+	print_message("classic BPF hash: %d workers, %d connections: max/mean "
+		      "%.3f, min %u\n", NW, CB_CONNS, spread, min);
+	assert_true(min > 0);
+	/* still classic BPF: nothing made it stand down */
+	assert_int_equal(evsteer_group_get_path(S.g, &p), 0);
+	assert_int_equal(p.steering, EVSTEER_STEER_CBPF);
+
+	for (int i = 0; i < NW; i++)
+		evsteer_listener_free(S.lev[i]);
+	evsteer_group_free(S.g);
+	event_base_free(S.base);
+	unsetenv("EVSTEER_TEST_MASK");
+	assert_int_equal(tl_count_fds(), fds_before);
+}
+
 int main(void)
 {
 	/* before cmocka: a skip is the process's exit status 77 */
@@ -237,6 +290,7 @@ int main(void)
 	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_thousand_workers),
+		cmocka_unit_test(test_thousand_workers_cbpf),
 	};
 	return tl_run_once(__FILE__, tests, sizeof(tests) / sizeof(tests[0]));
 }
