@@ -28,7 +28,7 @@ tree=$(pwd -P)
 here=$tree/deploy/vmtest
 
 kernel=${1:-bookworm}
-tests=${EVSTEER_VMTEST_TESTS-accept bind lifecycle errors misuse threads group fallback direct masks pitfalls drain xproc}
+tests=${EVSTEER_VMTEST_TESTS-accept bind lifecycle errors misuse threads group fallback direct masks pitfalls drain xproc cbpf}
 cache=${EVSTEER_VMTEST_CACHE:-/var/cache/evsteer-vmtest}
 limit=${EVSTEER_VMTEST_TIMEOUT:-900}
 
