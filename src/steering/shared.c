@@ -168,6 +168,35 @@ static void drop_own(struct evst_shared *sh)
 }
 
 /*
+ * Could a member of an eBPF group of this address be alive in this network
+ * namespace? Each holds an abstract name "<key>/m<id>" (ctl.c) while its
+ * process lives, and abstract names are listed in /proc/net/unix. When
+ * none is, the others listening are no eBPF group (a plain program, a
+ * classic BPF group, which has no rendezvous): no server will come, and
+ * waiting for one would leave our socket, listening already, unserved for
+ * the whole wait (issue 21: 0.5 s tails at a restart). True when it cannot
+ * tell.
+ */
+static bool members_may_live(const struct evst_shared *sh)
+{
+	FILE *f = fopen("/proc/net/unix", "re");
+	if (!f)
+		return true;
+	char want[160], line[512];
+	int n = snprintf(want, sizeof(want), "@%s/m", sh->key);
+	bool found = false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		/* the path is the last field; abstract names start with @ */
+		const char *at = strrchr(line, ' ');
+		found = at && n > 0 && (size_t)n < sizeof(want) &&
+			!strncmp(at + 1, want, (size_t)n);
+	}
+	bool err = ferror(f);
+	fclose(f);
+	return found || err;
+}
+
+/*
  * While the server of a group leaves, its name is free for up to a tick
  * before another member takes it: a newcomer that loaded its own program
  * then would replace the group's. So when others listen on the address,
@@ -179,9 +208,18 @@ static bool wait_for_server(struct evst_shared *sh, uint64_t self,
 {
 	if (!others_listen(sh, self))
 		return false;
+	if (!*until && !members_may_live(sh)) {
+		evst_debug("group %s: others listen, but no member of an eBPF "
+			   "group of the address is alive: not waiting for a "
+			   "server", sh->key);
+		return false;
+	}
 	uint64_t now = evst_now_ns();
-	if (!*until)
+	if (!*until) {
 		*until = now + 3ull * EVST_RDV_TICK_MS * 1000000;
+		evst_debug("group %s: a member may be alive: waiting up to %d ms "
+			   "for its server", sh->key, 3 * EVST_RDV_TICK_MS);
+	}
 	if (now >= *until)
 		return false;
 	struct timespec ts = {0, 5000000L};
