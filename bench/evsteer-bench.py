@@ -105,8 +105,12 @@ EVSTEER_RUN = os.path.join(HERE, "..", "preload", "evsteer-run")
 SRCDIR = "@SRCDIR@"  # filled in by meson
 IMPLS = ["libevent", "evsteer", "evsteer-event", "evsteer-direct", "floor"]
 # only when named with --impl: evsteer in a process whose seccomp filter
-# refuses bpf() (a container's default profile): classic BPF steering
-OPT_IMPLS = ["evsteer-cbpf"]
+# refuses bpf() (a container's default profile): classic BPF steering;
+# evsteer in a real runc container with Docker's default seccomp profile
+# and capabilities (in_runc.py; root and runc needed; its CPU figures are
+# not the server's, only latency and counts are)
+OPT_IMPLS = ["evsteer-cbpf", "evsteer-runc"]
+IN_RUNC = os.path.join(SRCDIR, "bench", "in_runc.py")
 # The end-to-end scenarios' implementations: evsteer-http-server (libevent
 # only) run plain, or under evsteer-run with these options, one per path.
 HTTP_IMPLS = {
@@ -236,6 +240,9 @@ class Server:
     def __init__(self, impl, workers, extra, work):
         args = ([SERVER, "--impl", impl, "--workers", str(workers)] + extra +
                 work.server_args())
+        if impl == "evsteer-runc":
+            args = ([sys.executable, IN_RUNC, "--", SERVER, "--impl",
+                     "evsteer"] + args[3:])
         # libevent logs every failed accept at EMFILE: keep that out
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)

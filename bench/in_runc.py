@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Run one command in a runc container as `docker run --network host` would
+by default: Docker's default seccomp profile and capability set (no
+CAP_BPF, no CAP_SYS_ADMIN), root in the container, the host's network.
+For the bench (issue 21): `EVSTEER_BENCH_WRAP="python3 bench/in_runc.py --"`
+makes evsteer-bench start its servers this way.
+
+  in_runc.py [--no-seccomp] -- COMMAND [ARG...]
+
+No image: an empty rootfs with the host's /usr and /etc read-only, the
+command's build tree (the directory two levels above it, so that the
+binaries' $ORIGIN/../src finds libevsteer) mounted read-only at the same
+path. stdin/stdout/stderr pass through; SIGTERM and SIGINT are forwarded
+to the container (runc run does), and the exit status is the command's.
+"""
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(HERE) if os.path.isdir(
+    os.path.join(os.path.dirname(HERE), "deploy")) else None
+# Docker's default capabilities (moby oci/caps/defaults.go)
+DOCKER_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER",
+               "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID",
+               "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+               "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+
+
+def source_dir(cmd0):
+    """deploy/seccomp lives in the source tree: beside this file when run
+    from it, else named by the build's meson-info."""
+    for d in (SRC, os.environ.get("EVSTEER_SRC")):
+        if d and os.path.isdir(os.path.join(d, "deploy", "seccomp")):
+            return d
+    info = os.path.join(os.path.dirname(os.path.dirname(cmd0)), "meson-info",
+                        "meson-info.json")
+    with open(info) as f:
+        return json.load(f)["directories"]["source"]
+
+
+def main():
+    argv = sys.argv[1:]
+    use_seccomp = True
+    if argv and argv[0] == "--no-seccomp":
+        use_seccomp, argv = False, argv[1:]
+    if not argv or argv[0] != "--" or len(argv) < 2:
+        sys.exit(__doc__)
+    cmd = [os.path.abspath(argv[1])] + argv[2:]
+    if os.geteuid() != 0 or not shutil.which("runc"):
+        sys.exit("in_runc.py: needs root and runc (apt-get install runc)")
+    src = source_dir(cmd[0])
+    tree = os.path.dirname(os.path.dirname(cmd[0]))
+    top = tempfile.mkdtemp(prefix="evsteer-bench-runc-", dir="/tmp")
+    os.chmod(top, 0o755)
+    root = os.path.join(top, "rootfs")
+    for sub in ("", "usr", "etc", "proc", "dev", "sys", "tmp"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        if os.path.islink("/" + link):
+            os.symlink(os.readlink("/" + link), os.path.join(root, link))
+    os.makedirs(root + tree, exist_ok=True)
+    ro = ["rbind", "ro", "nosuid", "nodev"]
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    env = ["PATH=/usr/bin:/bin"] + [f"{k}={v}" for k, v in os.environ.items()
+                                    if k.startswith("EVSTEER_")
+                                    and k != "EVSTEER_BENCH_WRAP"]
+    cfg = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False, "user": {"uid": 0, "gid": 0},
+            "args": cmd, "env": env, "cwd": "/",
+            "capabilities": {k: DOCKER_CAPS for k in (
+                "bounding", "effective", "permitted", "inheritable")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile,
+                         "soft": nofile}],
+            "noNewPrivileges": False,
+        },
+        "root": {"path": root, "readonly": True},
+        "hostname": "evsteer-bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "mode=1777"]},
+            {"destination": "/usr", "type": "bind", "source": "/usr",
+             "options": ro},
+            {"destination": "/etc", "type": "bind", "source": "/etc",
+             "options": ro},
+            {"destination": tree, "type": "bind", "source": tree,
+             "options": ro},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in
+                           ("pid", "ipc", "uts", "mount")],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list",
+                            "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq",
+                              "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+    if use_seccomp:
+        prof = os.path.join(src, "deploy", "seccomp", "docker-default.json")
+        out = subprocess.run(
+            [sys.executable, os.path.join(src, "deploy", "seccomp",
+                                          "profile.py"),
+             "resolve", prof, "--caps", ",".join(DOCKER_CAPS)],
+            check=True, capture_output=True, text=True).stdout
+        cfg["linux"]["seccomp"] = json.loads(out)
+    with open(os.path.join(top, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    cid = f"evsteer-bench-{os.getpid()}"
+    state = os.path.join(top, "state")
+    p = subprocess.Popen(["runc", "--root", state, "run", "--bundle", top,
+                          cid])
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: p.send_signal(s))
+    rc = p.wait()
+    subprocess.run(["runc", "--root", state, "delete", "--force", cid],
+                   capture_output=True)
+    shutil.rmtree(top, ignore_errors=True)
+    sys.exit(rc if rc >= 0 else 128 - rc)
+
+
+if __name__ == "__main__":
+    main()
