@@ -11,8 +11,9 @@ makes evsteer-bench start its servers this way.
 No image: an empty rootfs with the host's /usr and /etc read-only, the
 command's build tree (the directory two levels above it, so that the
 binaries' $ORIGIN/../src finds libevsteer) mounted read-only at the same
-path. stdin/stdout/stderr pass through; SIGTERM and SIGINT are forwarded
-to the container (runc run does), and the exit status is the command's.
+path. stdin/stdout/stderr pass through; SIGTERM, SIGINT, SIGHUP, SIGUSR1
+and SIGUSR2 are forwarded to the container (runc run passes them on), and
+the exit status is the command's.
 """
 import json
 import os
@@ -122,7 +123,9 @@ def main():
     state = os.path.join(top, "state")
     p = subprocess.Popen(["runc", "--root", state, "run", "--bundle", top,
                           cid])
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # what the harness sends (leave, drain one worker, exhaust descriptors)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                signal.SIGUSR2):
         signal.signal(sig, lambda s, f: p.send_signal(s))
     rc = p.wait()
     subprocess.run(["runc", "--root", state, "delete", "--force", cid],
