@@ -110,6 +110,19 @@ static void worker_listen(struct worker *w, struct sockaddr_storage *ss,
 	*len = tl_sockname(evsteer_listener_get_fd(w->lev), ss);
 }
 
+/* n workers on *ss (port 0 the first time: *ss gets the port), each
+ * listening with stall_us; their loops started if run. */
+static void workers_up(struct worker *w, int n, struct sockaddr_storage *ss,
+		       socklen_t *len, int stall_us, bool run)
+{
+	for (int i = 0; i < n; i++) {
+		worker_init(&w[i]);
+		worker_listen(&w[i], ss, len, stall_us);
+		if (run)
+			worker_run(&w[i]);
+	}
+}
+
 /* A client: connect, wait for "k". 1 answered, 0 closed without an
  * answer, -errno (ECONNRESET: reset; EAGAIN: no answer in time). */
 static int client(const struct sockaddr_storage *ss, socklen_t len,
@@ -169,10 +182,7 @@ static void test_path_and_ladder(void **state)
 	/* eBPF masked: classic BPF, and the reason says both */
 	mask("bpf");
 	tl_log_capture_start();
-	for (int i = 0; i < 2; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, 0);
-	}
+	workers_up(w, 2, &ss, &len, 0, false);
 	struct evsteer_path p = path_of(&w[0]);
 	print_message("path %s: %s\n", p.name, p.steering_reason);
 	assert_string_equal(p.name, "cbpf+event");
@@ -200,10 +210,7 @@ static void test_path_and_ladder(void **state)
 	/* classic BPF masked too: the kernel's hash, saying so */
 	mask("bpf,cbpf");
 	len = tl_addr_loopback(AF_INET, &ss);
-	for (int i = 0; i < 2; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, 0);
-	}
+	workers_up(w, 2, &ss, &len, 0, false);
 	p = path_of(&w[0]);
 	assert_string_equal(p.name, "event");
 	assert_int_equal(p.steering, EVSTEER_STEER_KERNEL_HASH);
@@ -227,10 +234,7 @@ static void test_path_and_ladder(void **state)
 	mask("bpf");
 	setenv("EVSTEER_BPF", "off", 1);
 	len = tl_addr_loopback(AF_INET, &ss);
-	for (int i = 0; i < 2; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, 0);
-	}
+	workers_up(w, 2, &ss, &len, 0, false);
 	assert_int_equal(path_of(&w[0]).steering, EVSTEER_STEER_KERNEL_HASH);
 	for (int i = 0; i < 2; i++)
 		worker_fini(&w[i]);
@@ -255,11 +259,7 @@ static void test_index_after_shift(void **state)
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct worker w[4];
-	for (int i = 0; i < 4; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, -1);
-		worker_run(&w[i]);
-	}
+	workers_up(w, 4, &ss, &len, -1, true);
 	evsteer_listener_free(w[1].lev);
 	w[1].lev = NULL;
 	evsteer_listener_disable(w[0].lev);
@@ -316,11 +316,7 @@ static void test_stall_avoided(void **state)
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct worker w[2];
-	for (int i = 0; i < 2; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, 2000);
-		worker_run(&w[i]);
-	}
+	workers_up(w, 2, &ss, &len, 2000, true);
 	/* a connection that lands on the first worker starts its stall */
 	atomic_store(&w[0].block_ms, 1500);
 	int tries = 0;
@@ -389,10 +385,7 @@ static void drain_no_reset(void)
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct worker w[2];
-	for (int i = 0; i < 2; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, -1);
-	}
+	workers_up(w, 2, &ss, &len, -1, false);
 	/* only the first is in the program, and its loop does not run: 150
 	 * connections queue on its socket */
 	evsteer_listener_disable(w[1].lev);
@@ -465,11 +458,7 @@ static void test_cpu_policy(void **state)
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct worker w[2];
-	for (int i = 0; i < 2; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, -1);
-		worker_run(&w[i]);
-	}
+	workers_up(w, 2, &ss, &len, -1, true);
 	struct evsteer_group *g = evsteer_listener_get_group(w[0].lev);
 	assert_int_equal(evsteer_group_set_policy(g, EVSTEER_POLICY_CPU), 0);
 	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
@@ -563,11 +552,7 @@ static void test_reattach_race(void **state)
 	h.len = tl_addr_loopback(AF_INET, &h.ss);
 	struct worker stay[2];
 	struct churner ch[2];
-	for (int i = 0; i < 2; i++) {
-		worker_init(&stay[i]);
-		worker_listen(&stay[i], &h.ss, &h.len, -1);
-		worker_run(&stay[i]);
-	}
+	workers_up(stay, 2, &h.ss, &h.len, -1, true);
 	uint64_t end = now_ms() + 3000;
 	for (int i = 0; i < 2; i++) {
 		memset(&ch[i], 0, sizeof(ch[i]));
@@ -614,11 +599,7 @@ static void test_foreign_listener(void **state)
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct worker w[2];
-	for (int i = 0; i < 2; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, -1);
-		worker_run(&w[i]);
-	}
+	workers_up(w, 2, &ss, &len, -1, true);
 	assert_int_equal(path_of(&w[0]).steering, EVSTEER_STEER_CBPF);
 	/* a plain SO_REUSEPORT socket of someone else on the port */
 	int x = socket(AF_INET, SOCK_STREAM, 0);
@@ -662,11 +643,7 @@ static void test_second_process(void **state)
 	struct sockaddr_storage ss;
 	socklen_t len = tl_addr_loopback(AF_INET, &ss);
 	struct worker w[2];
-	for (int i = 0; i < 2; i++) {
-		worker_init(&w[i]);
-		worker_listen(&w[i], &ss, &len, -1);
-		worker_run(&w[i]);
-	}
+	workers_up(w, 2, &ss, &len, -1, true);
 	int pipefd[2];
 	assert_int_equal(pipe(pipefd), 0);
 	fflush(NULL);

@@ -147,6 +147,27 @@ static double max_over_mean(const unsigned int *before, unsigned long n,
 	return (double)max / ((double)n / NW);
 }
 
+/* S.g made: its address as bound, one base, every slot attached to it. */
+static void attach_all(void)
+{
+	S.len = tl_sockname(evsteer_group_get_fd(S.g, 0), &S.addr);
+	S.base = tl_base();
+	for (int i = 0; i < NW; i++) {
+		S.lev[i] = evsteer_group_attach(S.g, (unsigned)i, S.base,
+						accept_cb, &S.got[i]);
+		assert_non_null(S.lev[i]);
+	}
+}
+
+/* Every listener, the group, the base. */
+static void tear_down(void)
+{
+	for (int i = 0; i < NW; i++)
+		evsteer_listener_free(S.lev[i]);
+	evsteer_group_free(S.g);
+	event_base_free(S.base);
+}
+
 static void test_thousand_workers(void **state)
 {
 	(void)state;
@@ -163,13 +184,7 @@ static void test_thousand_workers(void **state)
 	assert_null(evsteer_group_new((struct sockaddr *)&S.addr, S.len, NW + 1,
 				      EVSTEER_OPT_REUSEABLE, -1, &o));
 	assert_int_equal(errno, EINVAL);
-	S.len = tl_sockname(evsteer_group_get_fd(S.g, 0), &S.addr);
-	S.base = tl_base();
-	for (int i = 0; i < NW; i++) {
-		S.lev[i] = evsteer_group_attach(S.g, (unsigned)i, S.base,
-						accept_cb, &S.got[i]);
-		assert_non_null(S.lev[i]);
-	}
+	attach_all();
 	assert_int_equal(evsteer_group_size(S.g), NW);
 	assert_int_equal(evsteer_group_global_size(S.g), NW);
 	/* the address is full: one more worker has no slot */
@@ -211,10 +226,7 @@ static void test_thousand_workers(void **state)
 	assert_true(lp <= LP_BOUND);
 
 	/* torn down: every listener, the group, the base; no fd left */
-	for (int i = 0; i < NW; i++)
-		evsteer_listener_free(S.lev[i]);
-	evsteer_group_free(S.g);
-	event_base_free(S.base);
+	tear_down();
 	assert_int_equal(tl_count_fds(), fds_before);
 }
 
@@ -239,13 +251,7 @@ static void test_thousand_workers_cbpf(void **state)
 	S.g = evsteer_group_new((struct sockaddr *)&S.addr, S.len, NW,
 				EVSTEER_OPT_REUSEABLE, -1, &o);
 	assert_non_null(S.g);
-	S.len = tl_sockname(evsteer_group_get_fd(S.g, 0), &S.addr);
-	S.base = tl_base();
-	for (int i = 0; i < NW; i++) {
-		S.lev[i] = evsteer_group_attach(S.g, (unsigned)i, S.base,
-						accept_cb, &S.got[i]);
-		assert_non_null(S.lev[i]);
-	}
+	attach_all();
 	EVSTEER_PATH_OPTS(p);
 	assert_int_equal(evsteer_group_get_path(S.g, &p), 0);
 	assert_int_equal(p.steering, EVSTEER_STEER_CBPF);
@@ -261,10 +267,7 @@ static void test_thousand_workers_cbpf(void **state)
 	assert_int_equal(evsteer_group_get_path(S.g, &p), 0);
 	assert_int_equal(p.steering, EVSTEER_STEER_CBPF);
 
-	for (int i = 0; i < NW; i++)
-		evsteer_listener_free(S.lev[i]);
-	evsteer_group_free(S.g);
-	event_base_free(S.base);
+	tear_down();
 	unsetenv("EVSTEER_TEST_MASK");
 	assert_int_equal(tl_count_fds(), fds_before);
 }

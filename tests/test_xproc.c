@@ -677,17 +677,24 @@ static void test_concurrent_joins(void **state)
 /* A plain SO_REUSEPORT listener on the port that is not ours: our program
  * would starve it, so the group stands down to the kernel's hash and says
  * why, and steers again once it is gone. */
-static void test_foreign_socket(void **state)
+/* A plain SO_REUSEPORT listener on loopback:port, not evsteer's. */
+static int plain_listener(int port)
 {
-	(void)state;
-	tl_need_bpf();
-	int port = free_port();
 	int f = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int one = 1;
 	setsockopt(f, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 	struct sockaddr_in a = addr_of(port);
 	assert_int_equal(bind(f, (struct sockaddr *)&a, sizeof(a)), 0);
 	assert_int_equal(listen(f, 128), 0);
+	return f;
+}
+
+static void test_foreign_socket(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	int port = free_port();
+	int f = plain_listener(port);
 	struct srv s;
 	srv_start(&s, port, 2, NULL);
 	assert_true(srv_wait_path(&s, "bpf+", false));
@@ -919,12 +926,8 @@ static void test_no_wait_beside_plain(void **state)
 	tl_need_bpf();
 	for (int live = 0; live < 2; live++) {
 		int port = free_port();
-		int f = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		int one = 1;
-		setsockopt(f, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+		int f = plain_listener(port);
 		struct sockaddr_in a = addr_of(port);
-		assert_int_equal(bind(f, (struct sockaddr *)&a, sizeof(a)), 0);
-		assert_int_equal(listen(f, 128), 0);
 		/* the group's key names the network namespace by its cookie */
 		uint64_t ns = 0;
 		socklen_t nl = sizeof(ns);
