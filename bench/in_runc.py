@@ -59,64 +59,22 @@ def main():
     src = source_dir(cmd[0])
     tree = os.path.dirname(os.path.dirname(cmd[0]))
     top = tempfile.mkdtemp(prefix="evsteer-bench-runc-", dir="/tmp")
-    os.chmod(top, 0o755)
-    root = os.path.join(top, "rootfs")
-    for sub in ("", "usr", "etc", "proc", "dev", "sys", "tmp"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        if os.path.islink("/" + link):
-            os.symlink(os.readlink("/" + link), os.path.join(root, link))
-    os.makedirs(root + tree, exist_ok=True)
-    ro = ["rbind", "ro", "nosuid", "nodev"]
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    sys.path.insert(0, os.path.join(src, "deploy"))
+    import runc_bundle  # deploy/runc_bundle.py: shared with the tests
+    root = runc_bundle.rootfs(top, dirs=(tree,))
     env = ["PATH=/usr/bin:/bin"] + [f"{k}={v}" for k, v in os.environ.items()
                                     if k.startswith("EVSTEER_")
                                     and k != "EVSTEER_BENCH_WRAP"]
-    cfg = {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False, "user": {"uid": 0, "gid": 0},
-            "args": cmd, "env": env, "cwd": "/",
-            "capabilities": {k: DOCKER_CAPS for k in (
-                "bounding", "effective", "permitted", "inheritable")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile,
-                         "soft": nofile}],
-            "noNewPrivileges": False,
-        },
-        "root": {"path": root, "readonly": True},
-        "hostname": "evsteer-bench",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "nodev", "mode=1777"]},
-            {"destination": "/usr", "type": "bind", "source": "/usr",
-             "options": ro},
-            {"destination": "/etc", "type": "bind", "source": "/etc",
-             "options": ro},
-            {"destination": tree, "type": "bind", "source": tree,
-             "options": ro},
-        ],
-        "linux": {
-            "namespaces": [{"type": t} for t in
-                           ("pid", "ipc", "uts", "mount")],
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list",
-                            "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq",
-                              "/proc/sys", "/proc/sysrq-trigger"],
-        },
-    }
+    sec = None
     if use_seccomp:
-        prof = os.path.join(src, "deploy", "seccomp", "docker-default.json")
-        out = subprocess.run(
-            [sys.executable, os.path.join(src, "deploy", "seccomp",
-                                          "profile.py"),
-             "resolve", prof, "--caps", ",".join(DOCKER_CAPS)],
-            check=True, capture_output=True, text=True).stdout
-        cfg["linux"]["seccomp"] = json.loads(out)
+        sec = runc_bundle.seccomp(
+            os.path.join(src, "deploy", "seccomp", "docker-default.json"),
+            DOCKER_CAPS)
+    cfg = runc_bundle.config(
+        cmd, env, DOCKER_CAPS, 0, root, [(tree, tree)],
+        nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        no_new_privs=False, hostname="evsteer-bench", sec=sec,
+        ambient=False)
     with open(os.path.join(top, "config.json"), "w") as f:
         json.dump(cfg, f)
     cid = f"evsteer-bench-{os.getpid()}"

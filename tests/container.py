@@ -27,7 +27,9 @@ import tempfile
 import evtest
 
 DEMO, LIB, SRC = sys.argv[1:4]
-PROFILE_PY = os.path.join(SRC, "deploy", "seccomp", "profile.py")
+sys.path.insert(0, os.path.join(SRC, "deploy"))
+import runc_bundle  # noqa: E402  (deploy/runc_bundle.py: shared with the bench)
+
 OURS = os.path.join(SRC, "deploy", "seccomp", "evsteer.json")
 DOCKER = os.path.join(SRC, "deploy", "seccomp", "docker-default.json")
 TIMEOUT = 120  # seconds per container; a loaded 2-core box is slow
@@ -55,79 +57,22 @@ def stage(top):
 
 
 def rootfs(top):
-    r = os.path.join(top, "rootfs")
-    os.mkdir(r)
-    for sub in ("usr", "etc", "proc", "dev", "sys", "tmp", "opt",
-                "opt/evsteer"):
-        os.mkdir(os.path.join(r, sub))
-    # Debian 12 has merged /usr: these are links into it
-    for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        if os.path.islink("/" + link):
-            os.symlink(os.readlink("/" + link), os.path.join(r, link))
-    os.chmod(top, 0o755)
-    return r
+    return runc_bundle.rootfs(top, dirs=("opt/evsteer",))
 
 
 def seccomp(profile, caps, deny=()):
-    out = subprocess.run(
-        [sys.executable, PROFILE_PY, "resolve", profile,
-         "--caps", ",".join(caps), "--deny", ",".join(deny)],
-        check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    return runc_bundle.seccomp(profile, caps, deny)
 
 
 def config(stagedir, caps, uid, sec):
-    ro = ["rbind", "ro", "nosuid", "nodev"]
     env = ["PATH=/usr/bin:/bin", "LD_LIBRARY_PATH=/opt/evsteer/src"]
     for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
         if k in os.environ:
             env.append(f"{k}={os.environ[k]}")
-    cfg = {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "user": {"uid": uid, "gid": uid},
-            "args": ["/opt/evsteer/examples/evsteer-demo",
-                     "--connections", "200"],
-            "env": env,
-            "cwd": "/",
-            "capabilities": {k: list(caps) for k in (
-                "bounding", "effective", "permitted", "inheritable",
-                "ambient")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024,
-                         "soft": 1024}],
-            "noNewPrivileges": True,
-        },
-        "root": {"path": "rootfs", "readonly": True},
-        "hostname": "evsteer-test",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "nodev", "mode=1777"]},
-            {"destination": "/usr", "type": "bind", "source": "/usr",
-             "options": ro},
-            {"destination": "/etc", "type": "bind", "source": "/etc",
-             "options": ro},
-            {"destination": "/opt/evsteer", "type": "bind",
-             "source": stagedir, "options": ro},
-        ],
-        "linux": {
-            # no network namespace: the host's, as in `--network host`
-            "namespaces": [{"type": t} for t in
-                           ("pid", "ipc", "uts", "mount")],
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list",
-                            "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq",
-                              "/proc/sys", "/proc/sysrq-trigger"],
-        },
-    }
-    if sec is not None:
-        cfg["linux"]["seccomp"] = sec
-    return cfg
+    return runc_bundle.config(
+        ["/opt/evsteer/examples/evsteer-demo", "--connections", "200"], env,
+        caps, uid, "rootfs", [("/opt/evsteer", stagedir)], nofile=1024,
+        no_new_privs=True, hostname="evsteer-test", sec=sec)
 
 
 def workers(out):
