@@ -430,9 +430,12 @@ EVSTEER_API void evsteer_group_free(struct evsteer_group *g);
  * bound: a handshake that never completes counts until the next empty
  * pass), then free the listeners: nothing is left on their sockets, and
  * what still arrives there migrates. Retired workers do not come back on
- * enable. With the kernel's hash (no BPF) there is no table to leave: the
- * kernel keeps picking these sockets until they close, and what is queued
- * on them then is reset unless net.ipv4.tcp_migrate_req=1. 0 or -errno.
+ * enable. With classic BPF (no CAP_BPF) beside another process's
+ * listeners, a program sends every new connection to them while this
+ * process's kernel indexes are known (docs/groups.md). With the kernel's
+ * hash (no BPF) there is no table to leave: the kernel keeps picking these
+ * sockets until they close, and what is queued on them then is reset
+ * unless net.ipv4.tcp_migrate_req=1. 0 or -errno.
  */
 EVSTEER_API int evsteer_group_retire(struct evsteer_group *g);
 /* Connections steered to this group's workers and not yet handed to a

@@ -16,11 +16,15 @@ int evsteer_group_pending(const struct evsteer_group *g)
 	EVST_REFUSE_INHERITED(g->gen, -EINVAL);
 	struct evsteer_group *mg = (struct evsteer_group *)g;
 	uint64_t n = 0;
+	/* classic BPF counts nothing in the kernel: ask the sockets */
+	bool classic = evst_shared_cbpf_any(g->sh);
 	pthread_mutex_lock(&mg->lock);
 	for (unsigned int i = 0; i < g->nslots; i++) {
 		struct evst_worker *w = g->slots[i].ws;
 		if (!w)
 			continue;
+		if (classic && g->slots[i].fd >= 0)
+			evst_shared_queue_to_pending(w, g->slots[i].fd);
 		n += evst_worker_pending(w);
 		/* accepted by an engine, not yet delivered */
 		struct evsteer_listener *l = slot_lev(&g->slots[i]);

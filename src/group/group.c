@@ -332,6 +332,7 @@ int evsteer_group_retire(struct evsteer_group *g)
 					  EVST_SLOT_RETIRED, __ATOMIC_RELAXED);
 		}
 	pthread_mutex_unlock(&g->lock);
+	evst_shared_retire(g->sh);
 	return 0;
 }
 

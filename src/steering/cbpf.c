@@ -32,6 +32,12 @@
  *    before the lock is dropped. A socket that leaves the group without
  *    being closed by us (the user keeps it) makes the tier stand down.
  *
+ * Standing down for another process's listener keeps what the model knows
+ * (keep_pos): ours were the whole array, the other's came after, so every
+ * index the model does not hold is another's. A group that retires then
+ * sends everything there (away()), and follows its own closes by counting
+ * the listeners first: the one the kernel moves into the hole is the last.
+ *
  * Between a close and the re-attach (microseconds, under the lock) the old
  * program runs against the shifted array: an index it returns is either a
  * socket that is still open (the last one, moved into the hole) or past
@@ -83,6 +89,12 @@ struct evst_cbpf {
 	char reason_buf[640];    /* sh->reason while classic BPF steers */
 	const char *down; /* stood down: why (release; never changes after) */
 	char down_buf[1024];
+	/* Stood down for another process's listener, with our indexes still
+	 * known: fd[i] is at kernel index i, or -1 where another's socket is
+	 * (every index >= n is another's). A retiring group uses it to send
+	 * every connection to the others (away()). */
+	bool keep_pos;
+	bool retiring; /* evsteer_group_retire(): leaving, for good */
 	uint64_t look_ns;  /* the last look for foreign listeners (relaxed) */
 	uint64_t sum;      /* checksum of the program attached; 0: none */
 	unsigned int ncpu;
@@ -116,9 +128,11 @@ const char *evst_cbpf_down_reason(const struct evst_shared *sh)
 
 /* ctl->lock held: the tier gives up for good (the model cannot be trusted
  * again); the kernel's hash steers from here, and the reason says why. */
-static void stand_down(struct evst_shared *sh, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-static void stand_down(struct evst_shared *sh, const char *fmt, ...)
+static int away(struct evst_shared *sh, bool spare_last);
+
+static void stand_down(struct evst_shared *sh, bool keep, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void stand_down(struct evst_shared *sh, bool keep, const char *fmt, ...)
 {
 	struct evst_cbpf *cb = sh->cb;
 	if (cb->down)
@@ -144,6 +158,11 @@ static void stand_down(struct evst_shared *sh, const char *fmt, ...)
 	__atomic_store_n(&cb->down, cb->down_buf, __ATOMIC_RELEASE);
 	evst_info("group %s: classic BPF steering stood down: %s; the kernel's "
 		  "SO_REUSEPORT hash steers", sh->key, why);
+	/* the model was the whole array until now, and what appeared since
+	 * was appended after it: our indexes hold until we close one */
+	cb->keep_pos = keep;
+	if (keep && cb->retiring)
+		away(sh, false);
 }
 
 /*
@@ -155,22 +174,23 @@ static void stand_down(struct evst_shared *sh, const char *fmt, ...)
  * it, so the model's indexes hold, and its claim will look again. So then
  * only the model's own sockets are checked.
  */
-static bool look(struct evst_shared *sh, int extra)
+static bool look(struct evst_shared *sh, int extra, bool order_held)
 {
 	struct evst_cbpf *cb = sh->cb;
 	struct evst_sock_info *li = cb->listing;
 	/* ctl->lock is held, so a close of ours is not half done; the
 	 * listen order is taken only if free (it nests outside ctl->lock) */
-	bool strict = extra >= 0 || evst_listen_order_trylock();
+	bool mine = extra < 0 && !order_held && evst_listen_order_trylock();
+	bool strict = extra >= 0 || order_held || mine;
 	int n = evst_list_listeners((struct sockaddr *)&sh->addr, li,
 				    CB_MAX_SOCKS + 8);
-	if (strict && extra < 0)
+	if (mine)
 		evst_listen_order_unlock();
 	__atomic_store_n(&cb->look_ns, evst_now_ns(), __ATOMIC_RELAXED);
 	char a[64];
 	evst_addr_str(&sh->addr, a, sizeof(a));
 	if (n < 0) {
-		stand_down(sh, "cannot list the listeners of %s to check the "
+		stand_down(sh, false, "cannot list the listeners of %s to check the "
 			   "kernel's socket order (sock_diag: %s)", a, strerror(-n));
 		return false;
 	}
@@ -184,7 +204,7 @@ static bool look(struct evst_shared *sh, int extra)
 					break;
 				}
 		if (found != cb->n) {
-			stand_down(sh, "%u of the %u sockets known on %s closed "
+			stand_down(sh, false, "%u of the %u sockets known on %s closed "
 				   "without evsteer: the kernel's socket order is "
 				   "not known any more", cb->n - found, cb->n, a);
 			return false;
@@ -196,7 +216,9 @@ static bool look(struct evst_shared *sh, int extra)
 		for (unsigned int k = 0; k < cb->n && !ours; k++)
 			ours = cb->cookie[k] == li[i].cookie;
 		if (!ours) {
-			stand_down(sh, "a listener that is not one of this "
+			/* during a claim the claimed socket's index is
+			 * after the other's: not known */
+			stand_down(sh, extra < 0, "a listener that is not one of this "
 				   "process's workers is on %s (socket inode %llu, "
 				   "uid %u): a classic program indexes the kernel's "
 				   "socket array, whose order is known only for "
@@ -207,7 +229,7 @@ static bool look(struct evst_shared *sh, int extra)
 	}
 	unsigned int want = cb->n + (extra >= 0);
 	if ((unsigned int)n != want) {
-		stand_down(sh, "%d sockets listen on %s where %u are known: one "
+		stand_down(sh, false, "%d sockets listen on %s where %u are known: one "
 			   "closed without evsteer, so the kernel's socket order "
 			   "is not known any more", n, a, want);
 		return false;
@@ -350,8 +372,9 @@ static unsigned int emit_cpu(struct evst_shared *sh, struct sock_filter *p)
 }
 
 /* ctl->lock held: write the program for the group as it is now and attach
- * it if it differs from the one attached. */
-static void program(struct evst_shared *sh)
+ * it if it differs from the one attached (after a look for others'
+ * listeners unless the caller has just made one). */
+static void program(struct evst_shared *sh, bool looked)
 {
 	struct evst_cbpf *cb = sh->cb;
 	if (cb->down || !cb->n)
@@ -371,12 +394,13 @@ static void program(struct evst_shared *sh)
 		return;
 	/* a listener of another process would be steered by indexes we
 	 * cannot know, or its own program replaced by ours: look first */
-	if (!look(sh, -1))
+	if (!looked && !look(sh, -1, false))
 		return;
 	struct sock_fprog fp = {.len = (unsigned short)at, .filter = cb->insns};
 	if (setsockopt(cb->fd[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp,
 		       sizeof(fp)) < 0) {
-		stand_down(sh, "SO_ATTACH_REUSEPORT_CBPF: %s", strerror(errno));
+		stand_down(sh, false, "SO_ATTACH_REUSEPORT_CBPF: %s",
+			   strerror(errno));
 		return;
 	}
 	cb->sum = sum;
@@ -391,10 +415,145 @@ static void program(struct evst_shared *sh)
 		   "%d)", sh->key, at, m, held, first_held);
 }
 
+/*
+ * Stood down for another process's listener (keep_pos): our sockets are
+ * still where the model says, and every other index of the array is
+ * another's socket. ctl->lock held.
+ *
+ * count(): the listeners on the address now, after checking that each of
+ * ours is among them at an index below their number (else the indexes
+ * are lost: keep_pos goes). -1 then.
+ */
+static int count(struct evst_shared *sh)
+{
+	struct evst_cbpf *cb = sh->cb;
+	struct evst_sock_info *li = cb->listing;
+	int n = evst_list_listeners((struct sockaddr *)&sh->addr, li,
+				    CB_MAX_SOCKS + 8);
+	for (unsigned int k = 0; n >= 0 && k < cb->n; k++) {
+		if (cb->fd[k] < 0)
+			continue;
+		bool found = false;
+		for (int j = 0; j < n && !found; j++)
+			found = li[j].cookie == cb->cookie[k];
+		if (!found || (int)k >= n)
+			n = -1;
+	}
+	if (n < 0) {
+		cb->keep_pos = false;
+		evst_debug("group %s: our kernel indexes are not known any more",
+			   sh->key);
+	}
+	return n;
+}
+
+/* Our socket at index i closed while total listened: the kernel moved
+ * its last socket (ours or another's) into i. */
+static void moved(struct evst_cbpf *cb, unsigned int i, unsigned int total)
+{
+	unsigned int last = total - 1;
+	if (last != i && last < cb->n && cb->fd[last] >= 0) {
+		cb->fd[i] = cb->fd[last];
+		cb->cookie[i] = cb->cookie[last];
+	} else {
+		cb->fd[i] = -1;
+	}
+	if (last < cb->n)
+		cb->fd[last] = -1; /* that index is past the end now */
+	while (cb->n && cb->fd[cb->n - 1] < 0)
+		cb->n--;
+}
+
+/*
+ * A retiring group beside another process's listeners: a program that
+ * sends every new connection to the others (a flow hash over their
+ * indexes), so that nothing new queues on a socket that is going to
+ * close; what is queued already is served (evsteer_group_pending() reads
+ * the queues). spare_last leaves out the last index too, when another
+ * remains: a close of ours moves that socket into the hole, and an index
+ * past the end would fall back to the kernel's hash, which may pick one
+ * of ours. With no other listener there is nowhere to send them: the
+ * program goes and the kernel's hash picks among ours. Returns the
+ * listeners counted, or -1 (indexes lost: nothing attached).
+ */
+static int away(struct evst_shared *sh, bool spare_last)
+{
+	struct evst_cbpf *cb = sh->cb;
+	int total = count(sh);
+	if (total < 0)
+		return -1;
+	unsigned int m = 0;
+	int by = -1; /* a socket of ours to attach through */
+	for (int p = 0; p < total && m < CB_MAX_ENTRIES; p++) {
+		if ((unsigned int)p < cb->n && cb->fd[p] >= 0)
+			by = cb->fd[p];
+		else if (!spare_last || p != total - 1)
+			cb->entries[m++] = (uint32_t)p;
+	}
+	if (!m && spare_last && total > 0 &&
+	    ((unsigned int)total - 1 >= cb->n || cb->fd[total - 1] < 0))
+		cb->entries[m++] = (uint32_t)total - 1; /* the only other one */
+	if (by < 0)
+		return total;
+	if (!m) {
+		if (cb->sum) {
+			int one = 1;
+			setsockopt(by, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &one,
+				   sizeof(one));
+			cb->sum = 0;
+		}
+		return total;
+	}
+	unsigned int at = emit_hash(cb->insns, cb->entries, m);
+	uint64_t sum = checksum(cb->insns, at);
+	if (sum == cb->sum)
+		return total;
+	struct sock_fprog fp = {.len = (unsigned short)at, .filter = cb->insns};
+	if (setsockopt(by, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp,
+		       sizeof(fp)) < 0) {
+		evst_warn("group %s: retiring: SO_ATTACH_REUSEPORT_CBPF: %s; the "
+			  "kernel's hash keeps picking our sockets until they "
+			  "close", sh->key, strerror(errno));
+		cb->keep_pos = false;
+		return -1;
+	}
+	cb->sum = sum;
+	__atomic_fetch_add(&cb->attaches, 1, __ATOMIC_RELAXED);
+	evst_debug("group %s: retiring: every new connection goes to the "
+		   "other %u listener(s) of the address (%d listen)", sh->key, m,
+		   total);
+	return total;
+}
+
+void evst_shared_retire(struct evst_shared *sh)
+{
+	if (!sh || !sh->cb)
+		return;
+	evst_listen_order_lock();
+	evst_ctl_lock(sh);
+	struct evst_cbpf *cb = sh->cb;
+	cb->retiring = true;
+	/* another process on the address (a restart's new version): the
+	 * look stands down, and with our indexes known sends everything
+	 * there; else our workers are all out and the kernel's hash picks
+	 * among them, there being nobody else */
+	if (!cb->down)
+		look(sh, -1, true);
+	else if (cb->keep_pos)
+		away(sh, false);
+	evst_ctl_unlock(sh);
+	evst_listen_order_unlock();
+}
+
+bool evst_shared_cbpf_any(const struct evst_shared *sh)
+{
+	return sh && sh->cb;
+}
+
 void evst_cbpf_program(struct evst_shared *sh)
 {
 	if (sh->cb)
-		program(sh);
+		program(sh, false);
 }
 
 int evst_cbpf_start(struct evst_shared *sh)
@@ -428,13 +587,20 @@ void evst_cbpf_free(struct evst_shared *sh)
 void evst_cbpf_claimed(struct evst_shared *sh, int fd)
 {
 	struct evst_cbpf *cb = sh->cb;
-	if (!cb || cb->down)
+	if (!cb)
 		return;
-	if (cb->n == CB_MAX_SOCKS) {
-		stand_down(sh, "more than %d sockets in the group", CB_MAX_SOCKS);
+	if (cb->down) {
+		/* appended after the others' sockets: its index is theirs
+		 * to know, so a retire cannot send everything away */
+		cb->keep_pos = false;
 		return;
 	}
-	if (!look(sh, fd))
+	if (cb->n == CB_MAX_SOCKS) {
+		stand_down(sh, false, "more than %d sockets in the group",
+			   CB_MAX_SOCKS);
+		return;
+	}
+	if (!look(sh, fd, true))
 		return;
 	cb->cookie[cb->n] = evst_sock_cookie(fd);
 	cb->fd[cb->n++] = fd;
@@ -442,7 +608,7 @@ void evst_cbpf_claimed(struct evst_shared *sh, int fd)
 	 * later ones join the group and its program (not live yet) */
 	if (cb->n == 1) {
 		cb->sum = 0;
-		program(sh);
+		program(sh, true);
 	}
 }
 
@@ -459,6 +625,19 @@ int evst_shared_close(struct evst_shared *sh, int fd, int *late, int max)
 	evst_ctl_lock(sh);
 	struct evst_cbpf *cb = sh->cb;
 	int i = index_of(cb, fd);
+	/* Another process's socket appended since the last look would be
+	 * the one the kernel moves into the hole, not our last: look now,
+	 * so that the model is never shifted by a wrong guess (a listen()
+	 * of another process in the microseconds between the look and the
+	 * close is the one case left). */
+	if (i >= 0 && !cb->down)
+		look(sh, -1, true);
+	/* stood down with our indexes known: how many listen right now (the
+	 * last of them takes the hole); a retiring group sends new
+	 * connections away from this socket and from the one that moves */
+	int total = -1;
+	if (i >= 0 && cb->down && cb->keep_pos)
+		total = cb->retiring ? away(sh, true) : count(sh);
 	/* what completed its handshake here since the caller's last look:
 	 * accepted under the lock, so that nothing can be steered here any
 	 * more between this and the close (the program leaves it out) */
@@ -469,17 +648,21 @@ int evst_shared_close(struct evst_shared *sh, int fd, int *late, int max)
 		late[n++] = c;
 	}
 	close(fd);
-	if (i >= 0) {
+	if (i >= 0 && !cb->down) {
 		/* the kernel moved its last socket into the hole */
 		cb->fd[i] = cb->fd[cb->n - 1];
 		cb->cookie[i] = cb->cookie[cb->n - 1];
 		cb->n--;
-		if (!cb->n)
-			cb->sum = 0; /* the kernel group and its program are gone */
-		else if (!cb->down) {
-			cb->sum = 0; /* same bytes, other sockets: attach again */
-			program(sh);
-		}
+		cb->sum = 0; /* same bytes, other sockets: attach again */
+		if (cb->n)
+			program(sh, true);
+	} else if (i >= 0 && cb->keep_pos && total > 0) {
+		moved(cb, (unsigned int)i, (unsigned int)total);
+		if (cb->retiring)
+			away(sh, false);
+	} else if (i >= 0) {
+		cb->keep_pos = false;
+		cb->fd[i] = -1;
 	}
 	evst_ctl_unlock(sh);
 	evst_listen_order_unlock();
@@ -491,8 +674,10 @@ void evst_shared_keep(struct evst_shared *sh, int fd)
 	if (!sh || !sh->cb)
 		return;
 	evst_ctl_lock(sh);
-	if (index_of(sh->cb, fd) >= 0 && !sh->cb->down)
-		stand_down(sh, "a worker's socket (fd %d) left the group without "
+	if (index_of(sh->cb, fd) >= 0 && sh->cb->down)
+		sh->cb->keep_pos = false; /* it moves unseen when it closes */
+	else if (index_of(sh->cb, fd) >= 0)
+		stand_down(sh, false, "a worker's socket (fd %d) left the group without "
 			   "being closed by evsteer (no CLOSE_ON_FREE): when it "
 			   "closes, the kernel's socket order changes unseen", fd);
 	evst_ctl_unlock(sh);
@@ -510,7 +695,7 @@ void evst_shared_health(struct evst_shared *sh)
 	if (!evst_shared_cbpf(sh))
 		return;
 	evst_ctl_lock(sh);
-	program(sh);
+	program(sh, false);
 	evst_ctl_unlock(sh);
 }
 
@@ -521,7 +706,7 @@ void evst_shared_cbpf_look(struct evst_shared *sh, uint64_t now)
 		return;
 	evst_ctl_lock(sh);
 	if (!sh->cb->down && now - sh->cb->look_ns >= CB_LOOK_NS)
-		look(sh, -1);
+		look(sh, -1, false);
 	evst_ctl_unlock(sh);
 }
 

@@ -136,6 +136,14 @@ EVST_HIDDEN void evst_shared_cbpf_look(struct evst_shared *sh, uint64_t now);
  * queue (fd: the worker's listening socket); connections found on an idle
  * worker start its progress clock. */
 EVST_HIDDEN void evst_shared_queue_to_pending(struct evst_worker *w, int fd);
+/* A classic BPF tier exists for sh, steering or stood down (its workers'
+ * pending is then read from their sockets' queues). */
+EVST_HIDDEN bool evst_shared_cbpf_any(const struct evst_shared *sh);
+/* The group is retiring (its workers are out already). Classic BPF beside
+ * another process's listeners: while this process's kernel indexes are
+ * known, a program sends every new connection to the others until our
+ * last socket closes. */
+EVST_HIDDEN void evst_shared_retire(struct evst_shared *sh);
 /* Programs attached so far (tests, debugging). */
 EVST_HIDDEN uint64_t evst_shared_cbpf_attaches(const struct evst_shared *sh);
 
