@@ -708,8 +708,8 @@ static void test_second_process(void **state)
 static void child_answer_cb(struct evsteer_listener *l, int fd,
 			    struct sockaddr *sa, int len, void *arg)
 {
-	(void)l, (void)sa, (void)len, (void)arg;
-	ssize_t r = write(fd, "c", 1);
+	(void)l, (void)sa, (void)len;
+	ssize_t r = write(fd, arg, 1); /* "c" or "d": which socket */
 	(void)r;
 	close(fd);
 }
@@ -748,7 +748,7 @@ static void *retire_hammer_main(void *arg)
 	struct retire_hammer *h = arg;
 	while (!atomic_load(&h->stop)) {
 		int r = answer_of(h->ss, h->len);
-		atomic_fetch_add(r == 'c'	     ? &h->child :
+		atomic_fetch_add(r == 'c' || r == 'd' ? &h->child :
 				 r == 'k'	     ? &h->here :
 				 r == -ECONNRESET ? &h->reset :
 						    &h->other,
@@ -791,7 +791,8 @@ static void retire_once(void)
 		EVSTEER_LISTENER_OPTS(o, .stall_us = -1,
 				      .accept = EVSTEER_ACCEPT_EVENT);
 		for (int i = 0; i < 2; i++)
-			if (!evsteer_listener_new_bind(b, child_answer_cb, NULL,
+			if (!evsteer_listener_new_bind(b, child_answer_cb,
+						       i ? "d" : "c",
 						       FLAGS, -1,
 						       (struct sockaddr *)&ss,
 						       len, &o))
@@ -810,7 +811,7 @@ static void retire_once(void)
 	/* both versions serve (the kernel's hash) */
 	for (int i = 0; i < 20; i++) {
 		int r = answer_of(&ss, len);
-		assert_true(r == 'k' || r == 'c');
+		assert_true(r == 'k' || r == 'c' || r == 'd');
 	}
 	struct evsteer_group *g = evsteer_listener_get_group(w[0].lev);
 	assert_int_equal(evsteer_group_retire(g), 0);
@@ -821,7 +822,7 @@ static void retire_once(void)
 	int here = 0;
 	for (int i = 0; i < 200; i++) {
 		int r = answer_of(&ss, len);
-		assert_true(r == 'k' || r == 'c');
+		assert_true(r == 'k' || r == 'c' || r == 'd');
 		here += r == 'k';
 	}
 	print_message("retired: %d of 200 new connections came here\n", here);
@@ -855,6 +856,29 @@ static void retire_once(void)
 	assert_int_equal(atomic_load(&h.reset), 0);
 	assert_int_equal(atomic_load(&h.other), 0);
 	assert_int_equal(atomic_load(&h.here), 0);
+	/* The old version's last program, left attached, sends everything
+	 * to the indexes it knew; the new one, alone again, takes it off
+	 * within about a second, and the kernel's hash uses both its
+	 * sockets (before: only one of them got connections from then on). */
+	int tally[2] = {0, 0};
+	until = now_ms() + TL_TIMEOUT_MS;
+	while ((!tally[0] || !tally[1]) && now_ms() < until) {
+		int r = answer_of(&ss, len);
+		assert_true(r == 'c' || r == 'd');
+		tally[r == 'd']++;
+	}
+	print_message("then: %d and %d on the new version's sockets until both "
+		      "had one\n", tally[0], tally[1]);
+	assert_true(tally[0] && tally[1]);
+	/* and from then on, the kernel's hash over both */
+	tally[0] = tally[1] = 0;
+	for (int i = 0; i < 200; i++) {
+		int r = answer_of(&ss, len);
+		assert_true(r == 'c' || r == 'd');
+		tally[r == 'd']++;
+	}
+	print_message("then: %d and %d of 200\n", tally[0], tally[1]);
+	assert_true(tally[0] >= 40 && tally[1] >= 40);
 	kill(pid, SIGKILL);
 	tl_wait_status(pid);
 	for (int i = 0; i < 2; i++)

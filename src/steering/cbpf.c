@@ -95,6 +95,9 @@ struct evst_cbpf {
 	 * every connection to the others (away()). */
 	bool keep_pos;
 	bool retiring; /* evsteer_group_retire(): leaving, for good */
+	/* stood down for another process's listener: looked at once a
+	 * second for when they are gone (alone_again()) */
+	bool beside;
 	uint64_t look_ns;  /* the last look for foreign listeners (relaxed) */
 	uint64_t sum;      /* checksum of the program attached; 0: none */
 	unsigned int ncpu;
@@ -218,6 +221,7 @@ static bool look(struct evst_shared *sh, int extra, bool order_held)
 		if (!ours) {
 			/* during a claim the claimed socket's index is
 			 * after the other's: not known */
+			__atomic_store_n(&cb->beside, true, __ATOMIC_RELAXED);
 			stand_down(sh, extra < 0, "a listener that is not one of this "
 				   "process's workers is on %s (socket inode %llu, "
 				   "uid %u): a classic program indexes the kernel's "
@@ -699,14 +703,62 @@ void evst_shared_health(struct evst_shared *sh)
 	evst_ctl_unlock(sh);
 }
 
+/*
+ * ctl->lock held; stood down beside another process's listeners. Once
+ * they are all gone, a program one of them left attached (an old version
+ * retiring beside us sends everything to the indexes it knew, and cannot
+ * take it off with its last socket) would go on steering our sockets by
+ * indexes nobody knows: take it off, for the kernel's hash that the path
+ * report promises. ENOENT (no program) is the usual answer.
+ */
+static void alone_again(struct evst_shared *sh)
+{
+	struct evst_cbpf *cb = sh->cb;
+	struct evst_sock_info *li = cb->listing;
+	__atomic_store_n(&cb->look_ns, evst_now_ns(), __ATOMIC_RELAXED);
+	int n = evst_list_listeners((struct sockaddr *)&sh->addr, li,
+				    CB_MAX_SOCKS + 8);
+	int ours = 0, by = -1;
+	for (unsigned int s = 0; s < EVST_MAX_WORKERS; s++)
+		if (sh->local_fd[s] >= 0)
+			ours++, by = sh->local_fd[s];
+	/* as many listeners as we have sockets (cheap), then the cookies */
+	if (n <= 0 || n != ours)
+		return;
+	for (unsigned int s = 0; s < EVST_MAX_WORKERS; s++) {
+		if (sh->local_fd[s] < 0)
+			continue;
+		uint64_t c = evst_sock_cookie(sh->local_fd[s]);
+		bool found = false;
+		for (int j = 0; j < n && !found; j++)
+			found = li[j].cookie == c;
+		if (!found)
+			return;
+	}
+	int one = 1;
+	if (setsockopt(by, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &one,
+		       sizeof(one)) == 0)
+		evst_info("group %s: alone on the address again: the reuseport "
+			  "program another process left attached is taken off; "
+			  "the kernel's hash steers", sh->key);
+}
+
 void evst_shared_cbpf_look(struct evst_shared *sh, uint64_t now)
 {
-	if (!evst_shared_cbpf(sh) ||
-	    now - __atomic_load_n(&sh->cb->look_ns, __ATOMIC_RELAXED) < CB_LOOK_NS)
+	struct evst_cbpf *cb = sh ? sh->cb : NULL;
+	if (!cb ||
+	    now - __atomic_load_n(&cb->look_ns, __ATOMIC_RELAXED) < CB_LOOK_NS)
+		return;
+	bool down = __atomic_load_n(&cb->down, __ATOMIC_ACQUIRE) != NULL;
+	if (down && !__atomic_load_n(&cb->beside, __ATOMIC_RELAXED))
 		return;
 	evst_ctl_lock(sh);
-	if (!sh->cb->down && now - sh->cb->look_ns >= CB_LOOK_NS)
-		look(sh, -1, false);
+	if (now - cb->look_ns >= CB_LOOK_NS) {
+		if (!cb->down)
+			look(sh, -1, false);
+		else if (cb->beside && !cb->retiring)
+			alone_again(sh);
+	}
 	evst_ctl_unlock(sh);
 }
 
