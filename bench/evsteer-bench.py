@@ -181,7 +181,7 @@ KEYS = {
     # held_10ms: requests the server held over 10 ms from accept to reply
     # (its own clock; what a blocked thread had already taken)
     "http": ["req_per_s", "server_cpu_us_per_req", "p50_ms", "p99_ms",
-             "p999_ms", "max_ms", "share", "errors", "held_10ms"],
+             "p999_ms", "max_ms", "share", "errors", "held_10ms", "stolen"],
     "http-stall": ["req_per_s", "server_cpu_us_per_req", "p50_ms", "p99_ms",
                    "p999_ms", "max_ms", "share", "errors", "stalls",
                    "stolen", "held_10ms", "held_per_stall"],
