@@ -452,7 +452,7 @@ int tl_sockopt_int(int fd, int level, int name)
 }
 
 static pthread_mutex_t cap_lock = PTHREAD_MUTEX_INITIALIZER;
-static char cap_buf[16384];
+static char cap_buf[65536]; /* libbpf alone logs ~10 KB per program load */
 static size_t cap_len;
 
 static void capture_fn(enum evsteer_log_level level, const char *msg,
