@@ -125,10 +125,10 @@ static void workers_up(struct worker *w, int n, struct sockaddr_storage *ss,
 	}
 }
 
-/* A client: connect, wait for "k". 1 answered, 0 closed without an
+/* A client: connect, wait for one byte. The byte, 0 closed without an
  * answer, -errno (ECONNRESET: reset; EAGAIN: no answer in time). */
-static int client(const struct sockaddr_storage *ss, socklen_t len,
-		  int timeout_ms)
+static int answer_of(const struct sockaddr_storage *ss, socklen_t len,
+		     int timeout_ms)
 {
 	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -144,10 +144,19 @@ static int client(const struct sockaddr_storage *ss, socklen_t len,
 		/* EINTR: a ring's task work on a thread that made one */
 		while ((n = recv(fd, &c, 1, 0)) < 0 && errno == EINTR)
 			;
-		r = n == 1 && c == 'k' ? 1 : n == 0 ? 0 : -errno;
+		r = n == 1 ? (unsigned char)c : n == 0 ? 0 : -errno;
 	}
 	close(fd);
 	return r;
+}
+
+/* The same, for answer_cb's "k": 1 answered, 0 closed without an answer,
+ * -errno (-EPROTO: another byte). */
+static int client(const struct sockaddr_storage *ss, socklen_t len,
+		  int timeout_ms)
+{
+	int r = answer_of(ss, len, timeout_ms);
+	return r == 'k' ? 1 : r > 0 ? -EPROTO : r;
 }
 
 static uint64_t now_ms(void)
@@ -714,28 +723,6 @@ static void child_answer_cb(struct evsteer_listener *l, int fd,
 	close(fd);
 }
 
-/* connect, wait for one byte: the byte, 0 closed, -errno */
-static int answer_of(const struct sockaddr_storage *ss, socklen_t len)
-{
-	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	struct timeval tv = {TL_TIMEOUT_MS / 1000, 0};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	int r;
-	if (connect(fd, (const struct sockaddr *)ss, len) < 0) {
-		r = -errno;
-	} else {
-		char c;
-		ssize_t n;
-		while ((n = recv(fd, &c, 1, 0)) < 0 && errno == EINTR)
-			;
-		r = n == 1 ? (unsigned char)c : n == 0 ? 0 : -errno;
-	}
-	close(fd);
-	return r;
-}
-
 struct retire_hammer {
 	const struct sockaddr_storage *ss;
 	socklen_t len;
@@ -747,7 +734,7 @@ static void *retire_hammer_main(void *arg)
 {
 	struct retire_hammer *h = arg;
 	while (!atomic_load(&h->stop)) {
-		int r = answer_of(h->ss, h->len);
+		int r = answer_of(h->ss, h->len, TL_TIMEOUT_MS);
 		atomic_fetch_add(r == 'c' || r == 'd' ? &h->child :
 				 r == 'k'	     ? &h->here :
 				 r == -ECONNRESET ? &h->reset :
@@ -810,7 +797,7 @@ static void retire_once(void)
 		worker_run(&w[i]);
 	/* both versions serve (the kernel's hash) */
 	for (int i = 0; i < 20; i++) {
-		int r = answer_of(&ss, len);
+		int r = answer_of(&ss, len, TL_TIMEOUT_MS);
 		assert_true(r == 'k' || r == 'c' || r == 'd');
 	}
 	struct evsteer_group *g = evsteer_listener_get_group(w[0].lev);
@@ -821,7 +808,7 @@ static void retire_once(void)
 	/* every new connection goes to the new version */
 	int here = 0;
 	for (int i = 0; i < 200; i++) {
-		int r = answer_of(&ss, len);
+		int r = answer_of(&ss, len, TL_TIMEOUT_MS);
 		assert_true(r == 'k' || r == 'c' || r == 'd');
 		here += r == 'k';
 	}
@@ -863,7 +850,7 @@ static void retire_once(void)
 	int tally[2] = {0, 0};
 	until = now_ms() + TL_TIMEOUT_MS;
 	while ((!tally[0] || !tally[1]) && now_ms() < until) {
-		int r = answer_of(&ss, len);
+		int r = answer_of(&ss, len, TL_TIMEOUT_MS);
 		assert_true(r == 'c' || r == 'd');
 		tally[r == 'd']++;
 	}
@@ -873,7 +860,7 @@ static void retire_once(void)
 	/* and from then on, the kernel's hash over both */
 	tally[0] = tally[1] = 0;
 	for (int i = 0; i < 200; i++) {
-		int r = answer_of(&ss, len);
+		int r = answer_of(&ss, len, TL_TIMEOUT_MS);
 		assert_true(r == 'c' || r == 'd');
 		tally[r == 'd']++;
 	}

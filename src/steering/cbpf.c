@@ -129,6 +129,37 @@ const char *evst_cbpf_down_reason(const struct evst_shared *sh)
 	return sh->cb ? __atomic_load_n(&sh->cb->down, __ATOMIC_ACQUIRE) : NULL;
 }
 
+/* Is the socket with this cookie among the n listeners of li? */
+static bool listed(const struct evst_sock_info *li, int n, uint64_t cookie)
+{
+	for (int j = 0; j < n; j++)
+		if (li[j].cookie == cookie)
+			return true;
+	return false;
+}
+
+/* Take the group's program off through fd, one of its sockets (any of
+ * them acts for all): 0, or -1 with errno (ENOENT: there was none). */
+static int detach(int fd)
+{
+	int one = 1;
+	return setsockopt(fd, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &one,
+			  sizeof(one));
+}
+
+/* Attach the at instructions in cb->insns, whose checksum is sum, to the
+ * group through fd, one of its sockets: 0, or -1 with errno. */
+static int attach(struct evst_cbpf *cb, int fd, unsigned int at, uint64_t sum)
+{
+	struct sock_fprog fp = {.len = (unsigned short)at, .filter = cb->insns};
+	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp,
+		       sizeof(fp)) < 0)
+		return -1;
+	cb->sum = sum;
+	__atomic_fetch_add(&cb->attaches, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
 /* ctl->lock held: the tier gives up for good (the model cannot be trusted
  * again); the kernel's hash steers from here, and the reason says why. */
 static int away(struct evst_shared *sh, bool spare_last);
@@ -147,11 +178,8 @@ static void stand_down(struct evst_shared *sh, bool keep, const char *fmt, ...)
 	va_end(ap);
 	/* a program of ours left attached would keep steering by stale
 	 * indexes: take it off (any socket of the group acts for all) */
-	if (cb->n && cb->sum) {
-		int one = 1;
-		setsockopt(cb->fd[0], SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &one,
-			   sizeof(one));
-	}
+	if (cb->n && cb->sum)
+		detach(cb->fd[0]);
 	cb->sum = 0;
 	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++)
 		__atomic_store_n(&cb->out[i], 0, __ATOMIC_RELAXED);
@@ -201,11 +229,7 @@ static bool look(struct evst_shared *sh, int extra, bool order_held)
 	if (!strict) {
 		unsigned int found = 0;
 		for (unsigned int k = 0; k < cb->n; k++)
-			for (int i = 0; i < n; i++)
-				if (cb->cookie[k] == li[i].cookie) {
-					found++;
-					break;
-				}
+			found += listed(li, n, cb->cookie[k]);
 		if (found != cb->n) {
 			stand_down(sh, false, "%u of the %u sockets known on %s closed "
 				   "without evsteer: the kernel's socket order is "
@@ -219,9 +243,9 @@ static bool look(struct evst_shared *sh, int extra, bool order_held)
 		for (unsigned int k = 0; k < cb->n && !ours; k++)
 			ours = cb->cookie[k] == li[i].cookie;
 		if (!ours) {
-			/* during a claim the claimed socket's index is
-			 * after the other's: not known */
 			__atomic_store_n(&cb->beside, true, __ATOMIC_RELAXED);
+			/* our indexes are kept, except during a claim: the
+			 * claimed socket's comes after the other's, unknown */
 			stand_down(sh, extra < 0, "a listener that is not one of this "
 				   "process's workers is on %s (socket inode %llu, "
 				   "uid %u): a classic program indexes the kernel's "
@@ -400,15 +424,11 @@ static void program(struct evst_shared *sh, bool looked)
 	 * cannot know, or its own program replaced by ours: look first */
 	if (!looked && !look(sh, -1, false))
 		return;
-	struct sock_fprog fp = {.len = (unsigned short)at, .filter = cb->insns};
-	if (setsockopt(cb->fd[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp,
-		       sizeof(fp)) < 0) {
+	if (attach(cb, cb->fd[0], at, sum) < 0) {
 		stand_down(sh, false, "SO_ATTACH_REUSEPORT_CBPF: %s",
 			   strerror(errno));
 		return;
 	}
-	cb->sum = sum;
-	__atomic_fetch_add(&cb->attaches, 1, __ATOMIC_RELAXED);
 	unsigned int held = 0;
 	int first_held = -1;
 	for (unsigned int i = 0; i < EVST_MAX_WORKERS; i++)
@@ -434,15 +454,9 @@ static int count(struct evst_shared *sh)
 	struct evst_sock_info *li = cb->listing;
 	int n = evst_list_listeners((struct sockaddr *)&sh->addr, li,
 				    CB_MAX_SOCKS + 8);
-	for (unsigned int k = 0; n >= 0 && k < cb->n; k++) {
-		if (cb->fd[k] < 0)
-			continue;
-		bool found = false;
-		for (int j = 0; j < n && !found; j++)
-			found = li[j].cookie == cb->cookie[k];
-		if (!found || (int)k >= n)
+	for (unsigned int k = 0; n >= 0 && k < cb->n; k++)
+		if (cb->fd[k] >= 0 && ((int)k >= n || !listed(li, n, cb->cookie[k])))
 			n = -1;
-	}
 	if (n < 0) {
 		cb->keep_pos = false;
 		evst_debug("group %s: our kernel indexes are not known any more",
@@ -500,29 +514,22 @@ static int away(struct evst_shared *sh, bool spare_last)
 	if (by < 0)
 		return total;
 	if (!m) {
-		if (cb->sum) {
-			int one = 1;
-			setsockopt(by, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &one,
-				   sizeof(one));
-			cb->sum = 0;
-		}
+		if (cb->sum)
+			detach(by);
+		cb->sum = 0;
 		return total;
 	}
 	unsigned int at = emit_hash(cb->insns, cb->entries, m);
 	uint64_t sum = checksum(cb->insns, at);
 	if (sum == cb->sum)
 		return total;
-	struct sock_fprog fp = {.len = (unsigned short)at, .filter = cb->insns};
-	if (setsockopt(by, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp,
-		       sizeof(fp)) < 0) {
+	if (attach(cb, by, at, sum) < 0) {
 		evst_warn("group %s: retiring: SO_ATTACH_REUSEPORT_CBPF: %s; the "
 			  "kernel's hash keeps picking our sockets until they "
 			  "close", sh->key, strerror(errno));
 		cb->keep_pos = false;
 		return -1;
 	}
-	cb->sum = sum;
-	__atomic_fetch_add(&cb->attaches, 1, __ATOMIC_RELAXED);
 	evst_debug("group %s: retiring: every new connection goes to the "
 		   "other %u listener(s) of the address (%d listen)", sh->key, m,
 		   total);
@@ -725,19 +732,11 @@ static void alone_again(struct evst_shared *sh)
 	/* as many listeners as we have sockets (cheap), then the cookies */
 	if (n <= 0 || n != ours)
 		return;
-	for (unsigned int s = 0; s < EVST_MAX_WORKERS; s++) {
-		if (sh->local_fd[s] < 0)
-			continue;
-		uint64_t c = evst_sock_cookie(sh->local_fd[s]);
-		bool found = false;
-		for (int j = 0; j < n && !found; j++)
-			found = li[j].cookie == c;
-		if (!found)
+	for (unsigned int s = 0; s < EVST_MAX_WORKERS; s++)
+		if (sh->local_fd[s] >= 0 &&
+		    !listed(li, n, evst_sock_cookie(sh->local_fd[s])))
 			return;
-	}
-	int one = 1;
-	if (setsockopt(by, SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, &one,
-		       sizeof(one)) == 0)
+	if (detach(by) == 0)
 		evst_info("group %s: alone on the address again: the reuseport "
 			  "program another process left attached is taken off; "
 			  "the kernel's hash steers", sh->key);
