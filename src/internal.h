@@ -307,6 +307,10 @@ struct evst_member_ops {
 	/* Lock held, reference taken: a wake-up; look at stalled siblings
 	 * (evst_group_steal). */
 	void (*steal)(struct evsteer_listener *lev);
+	/* No lock: while lev's loop is busy, is what stays queued on its
+	 * socket seen as pending and taken by a sibling (stall detection
+	 * on)? (evst_queue_watched) */
+	bool (*watched)(const struct evsteer_listener *lev);
 	/* lev's lock held: give what lev's engine accepted and never
 	 * delivered to live siblings (evst_group_handoff); how many taken. */
 	unsigned int (*handoff)(struct evsteer_listener *lev,
@@ -372,6 +376,9 @@ EVST_HIDDEN void evst_loop_ran(struct evsteer_listener *lev, uint64_t now);
 EVST_HIDDEN void evst_queue_empty(struct evsteer_listener *lev, uint64_t now);
 /* A wake-up: a member looks at stalled siblings. */
 EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
+/* No lock: connections left queued on lev's socket while its loop is busy
+ * are taken by a sibling (a member with stall detection on). */
+EVST_HIDDEN bool evst_queue_watched(const struct evsteer_listener *lev);
 /*
  * lev is leaving with n connections its engine accepted and never
  * delivered: its member gives them to live siblings of this process that

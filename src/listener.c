@@ -545,6 +545,11 @@ void evst_group_steal(struct evsteer_listener *lev)
 		lev->member->steal(lev);
 }
 
+bool evst_queue_watched(const struct evsteer_listener *lev)
+{
+	return lev->member && lev->member->watched(lev);
+}
+
 unsigned int evst_group_handoff(struct evsteer_listener *lev,
 				const struct evst_conn *c, unsigned int n)
 {

@@ -34,14 +34,17 @@ struct fx {
 	socklen_t len;
 };
 
-/* n workers; each on its own base when separate, else all on w[0].base */
-static void fx_open(struct fx *f, int n, enum evsteer_policy policy,
-		    int stall_us, enum evsteer_bpf_mode mode, bool separate)
+/* n workers; each on its own base when separate, else all on w[0].base;
+ * accept: the engine (fx_open: the default) */
+static void fx_open_accept(struct fx *f, int n, enum evsteer_policy policy,
+			   int stall_us, enum evsteer_bpf_mode mode,
+			   bool separate, enum evsteer_accept_mode accept)
 {
 	memset(f, 0, sizeof(*f));
 	f->n = n;
 	f->len = tl_addr_loopback(AF_INET, &f->addr);
-	EVSTEER_GROUP_OPTS(o, .policy = policy, .stall_us = stall_us, .bpf = mode);
+	EVSTEER_GROUP_OPTS(o, .policy = policy, .stall_us = stall_us, .bpf = mode,
+			   .accept = accept);
 	f->g = evsteer_group_new((struct sockaddr *)&f->addr, f->len, (unsigned)n,
 				 EVSTEER_OPT_REUSEABLE, -1, &o);
 	assert_non_null(f->g);
@@ -54,6 +57,13 @@ static void fx_open(struct fx *f, int n, enum evsteer_policy policy,
 						     tl_srv_accept_cb, &f->w[i].s);
 		assert_non_null(f->w[i].s.lev);
 	}
+}
+
+static void fx_open(struct fx *f, int n, enum evsteer_policy policy,
+		    int stall_us, enum evsteer_bpf_mode mode, bool separate)
+{
+	fx_open_accept(f, n, policy, stall_us, mode, separate,
+		       EVSTEER_ACCEPT_AUTO);
 }
 
 static void fx_close(struct fx *f)
@@ -391,6 +401,116 @@ static void test_stall_steal(void **state)
 }
 
 static bool serve_both(struct fx *f, int want);
+
+/*
+ * A loop pass that finds a long callback ready along with the listening
+ * socket runs the callback before it accepts: the connection stays queued,
+ * pending to the program, and the sibling takes it after the threshold,
+ * instead of waiting in the worker's hands until the callback returns.
+ * Worker 0's pass: a timer due at once, and one connection on its socket;
+ * the timer blocks until worker 1 has served that connection (bounded).
+ * Before, the pass accepted first: the timer found the connection already
+ * delivered to worker 0 (and waited out its bound).
+ */
+static uint64_t now_ms(void);
+
+struct sibling {
+	struct fx *f;
+	int want;
+	atomic_int done; /* worker 1 served `want` */
+};
+
+static void *sibling_thread(void *arg)
+{
+	struct sibling *s = arg;
+	if (tl_loop_until(s->f->w[1].base, &s->f->w[1].s.n, s->want))
+		atomic_store(&s->done, 1);
+	else
+		atomic_store(&s->done, -1);
+	return NULL;
+}
+
+struct long_cb {
+	struct fx *f;
+	struct sibling *sib;
+	int delivered_before; /* worker 0's count when the callback began */
+	bool ran;
+};
+
+static void long_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct long_cb *l = arg;
+	l->ran = true;
+	l->delivered_before = l->f->w[0].s.n; /* this thread's own count */
+	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
+	while (atomic_load(&l->sib->done) == 0 && now_ms() < deadline) {
+		struct timespec ms = {0, 1000000};
+		nanosleep(&ms, NULL); /* blocked, as in a slow system call */
+	}
+}
+
+static void accept_after_busy_pass(enum evsteer_accept_mode engine)
+{
+	const char *name = engine == EVSTEER_ACCEPT_EVENT ? "event" : "uring";
+	struct fx f;
+	/* 200 ms: worker 0's pass below starts well before it, so the
+	 * connection is still worker 0's when the pass begins (on a machine
+	 * so slow that it is not, worker 1 takes it first and the test only
+	 * loses its power to fail) */
+	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 200000,
+		       EVSTEER_BPF_REQUIRE, true, engine);
+	/* a loop that has run before (io_uring: its accepts are armed, so
+	 * the connection is in its CQ when the pass begins) */
+	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
+	int c[4], n = 0;
+	while (wstats(&f, 0).steered == 0 && n < 3) {
+		c[n++] = client(&f);
+		if (wstats(&f, 1).steered > (uint64_t)f.w[1].s.n)
+			assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n,
+						  f.w[1].s.n + 1));
+	}
+	assert_int_equal(wstats(&f, 0).steered, 1);
+	struct sibling sib = {.f = &f, .want = f.w[1].s.n + 1};
+	struct long_cb l = {.f = &f, .sib = &sib};
+	struct event *t = evtimer_new(f.w[0].base, long_cb, &l);
+	assert_non_null(t);
+	struct timeval now = {0, 0};
+	evtimer_add(t, &now);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, sibling_thread, &sib), 0);
+	/* the pass: the socket and the timer ready together */
+	event_base_loop(f.w[0].base, EVLOOP_ONCE);
+	pthread_join(th, NULL);
+	print_message("%s: worker 0 had %d delivered when its long callback "
+		      "began; worker 1 served it: %d\n", name, l.delivered_before,
+		      atomic_load(&sib.done));
+	assert_true(l.ran);
+	assert_int_equal(l.delivered_before, 0);
+	assert_int_equal(atomic_load(&sib.done), 1);
+	struct evsteer_worker_stats s0 = wstats(&f, 0);
+	assert_int_equal(s0.stolen_from, 1);
+	assert_int_equal(s0.pending, 0);
+	event_free(t);
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
+static void test_accept_after_busy_pass_event(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	accept_after_busy_pass(EVSTEER_ACCEPT_EVENT);
+}
+
+static void test_accept_after_busy_pass_uring(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	tl_need_uring();
+	accept_after_busy_pass(EVSTEER_ACCEPT_URING);
+}
 
 /*
  * Queue wait: connections left queued for at least 30 ms show at least
@@ -1052,6 +1172,8 @@ int main(void)
 		cmocka_unit_test(test_queue_wait),
 		cmocka_unit_test(test_stall_recovers),
 		cmocka_unit_test(test_stall_back_at_once),
+		cmocka_unit_test(test_accept_after_busy_pass_event),
+		cmocka_unit_test(test_accept_after_busy_pass_uring),
 		cmocka_unit_test(test_drain_zero_resets),
 		cmocka_unit_test(test_drain_without_bpf_resets),
 		cmocka_unit_test(test_bpf_off_reports),

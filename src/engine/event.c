@@ -6,6 +6,17 @@
  * is level-triggered, so what is left is picked up on the next loop pass,
  * after the loop's other events), and a paused back-off instead of a spin
  * when accept() fails (EMFILE leaves the socket readable forever).
+ *
+ * A member of a group with stall detection accepts in a pass of its own,
+ * made active from the socket's read event, so it runs after the events
+ * that this pass of the loop found ready along with the socket. One of
+ * those may run long (a timer that spins, a handler that blocks in a
+ * system call); a connection accepted before it would wait for it in the
+ * application's hands, where no sibling can take it. Left queued, it is
+ * pending to the steering, and a sibling takes it after the stall
+ * threshold (group/steal.c). Measured (bench/README.md, "The event
+ * engine accepts last"): one connection per stall held for the whole
+ * stall before, none after.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -18,6 +29,7 @@
 struct event_engine {
 	struct event *ev;    /* the listening socket, EV_READ|EV_PERSIST */
 	struct event *timer; /* back-off after a failed accept */
+	struct event *pass;  /* a member's accept pass, made active by ev */
 };
 
 static inline struct event_engine *engine_of(struct evsteer_listener *lev)
@@ -79,7 +91,7 @@ static void accept_loop(struct evsteer_listener *lev)
 	evst_count(lev, capped_wakeups);
 }
 
-static void read_cb(evutil_socket_t fd, short what, void *arg)
+static void pass_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct evsteer_listener *lev = arg;
 	(void)fd;
@@ -92,6 +104,17 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 	if (lev->group)
 		evst_group_steal(lev);
 	evst_decref_and_unlock(lev);
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct evsteer_listener *lev = arg;
+
+	/* queued behind what this pass found ready (active already: no-op) */
+	if (evst_queue_watched(lev))
+		event_active(engine_of(lev)->pass, EV_READ, 1);
+	else
+		pass_cb(fd, what, arg);
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -118,11 +141,14 @@ static int event_init(struct evsteer_listener *lev)
 	e->ev = event_new(lev->base, lev->fd, EV_READ | EV_PERSIST, read_cb,
 			  lev);
 	e->timer = evtimer_new(lev->base, timer_cb, lev);
-	if (!e->ev || !e->timer) {
+	e->pass = event_new(lev->base, -1, 0, pass_cb, lev);
+	if (!e->ev || !e->timer || !e->pass) {
 		if (e->ev)
 			event_free(e->ev);
 		if (e->timer)
 			event_free(e->timer);
+		if (e->pass)
+			event_free(e->pass);
 		free(e);
 		return -ENOMEM;
 	}
@@ -147,6 +173,7 @@ static int event_disable(struct evsteer_listener *lev)
 	/* noblock: we hold the listener lock, and the accept callback may be
 	 * waiting for it on the loop thread (libevent #1224). */
 	event_del_noblock(e->timer);
+	event_del_noblock(e->pass);
 	return event_del_noblock(e->ev) < 0 ? -EINVAL : 0;
 }
 
@@ -158,6 +185,7 @@ static void event_quiesce(struct evsteer_listener *lev)
 	 * now (libevent waits for it); on the loop thread it returns at once. */
 	event_del_block(e->ev);
 	event_del_block(e->timer);
+	event_del_block(e->pass);
 }
 
 static void event_destroy(struct evsteer_listener *lev)
@@ -166,6 +194,7 @@ static void event_destroy(struct evsteer_listener *lev)
 
 	event_free(e->ev);
 	event_free(e->timer);
+	event_free(e->pass);
 	free(e);
 	lev->engine = NULL;
 }

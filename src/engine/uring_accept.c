@@ -278,6 +278,9 @@ struct evst_ua *evst_ua_new(struct evsteer_listener *lev,
 		free(e);
 		return NULL;
 	}
+	/* what the ring accepted stays stealable through a long callback */
+	if (evst_queue_watched(lev))
+		evst_ring_defer_wakeups(e->r);
 	e->timer = evtimer_new(lev->base, backoff_timer_cb, lev);
 	if (!e->timer) {
 		evst_ring_put(e->r);

@@ -164,6 +164,8 @@ evst_group_implicit(struct evsteer_listener *lev,
  * stopped), or at every one (_all: the stall watch poked this member). */
 EVST_HIDDEN void evst_steal_stuck(struct evsteer_listener *lev);
 EVST_HIDDEN void evst_steal_stuck_all(struct evsteer_listener *lev);
+/* member->watched: stall detection is on for lev's group. */
+EVST_HIDDEN bool evst_steal_watched(const struct evsteer_listener *lev);
 /* lev's lock held: give what lev's engine accepted and never delivered
  * to live siblings of this process; how many were taken. */
 EVST_HIDDEN unsigned int evst_steal_handoff(struct evsteer_listener *lev,

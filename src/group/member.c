@@ -324,6 +324,7 @@ const struct evst_member_ops evst_group_member = {
 	.alive = member_alive,
 	.empty = member_empty,
 	.steal = evst_steal_stuck,
+	.watched = evst_steal_watched,
 	.handoff = evst_steal_handoff,
 	.leave = member_leave,
 	.forget = member_forget,

@@ -236,6 +236,11 @@ void evst_steal_stuck_all(struct evsteer_listener *lev)
 	steal_scan(lev, true);
 }
 
+bool evst_steal_watched(const struct evsteer_listener *lev)
+{
+	return evst_shared_stall_ns(lev->group->sh) != 0;
+}
+
 /* g->lock held: slot i can take what the leaving lev's engine holds. */
 static bool adopter(struct evsteer_group *g, struct evsteer_listener *lev,
 		    unsigned int i)

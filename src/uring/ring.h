@@ -133,9 +133,9 @@ EVST_HIDDEN void evst_ring_done(struct evsteer_uring *r);
 /* Ring lock held: an engine starts (on) or stops delivering on r; while
  * any does, the ring's eventfd stays in the base (ring.c, efd_sync). */
 EVST_HIDDEN void evst_ring_want(struct evsteer_uring *r, bool on);
-/* Ring lock held: an engine starts (on) or stops delivering on r; while
- * any does, the ring's eventfd stays in the base (uring.c, efd_sync). */
-EVST_HIDDEN void evst_ring_want(struct evsteer_uring *r, bool on);
+/* From now on a wake-up drains after the other events ready in the same
+ * pass of the loop (rings.c, efd_cb); any thread. */
+EVST_HIDDEN void evst_ring_defer_wakeups(struct evsteer_uring *r);
 /* Ring lock held. Route every completion available; with wait_us > 0 wait
  * that long for one first. */
 EVST_HIDDEN void evst_ring_reap(struct evsteer_uring *r, unsigned int wait_us);

@@ -34,6 +34,9 @@ struct evsteer_uring {
 	unsigned int gen; /* made in this process generation (fork) */
 	int wanted;     /* engines delivering (enabled) on this ring */
 	bool efd_added; /* efd_ev is in the base */
+	/* a wake-up drains in kick_ev, after the other events the loop's pass
+	 * found ready (a member with stall detection uses the ring: rings.c) */
+	bool defer;
 	/* the loop thread is inside run_loop_work(): marking ready needs no
 	 * kick, and its SQEs wait for the end of the round */
 	bool in_work;

@@ -169,14 +169,32 @@ static void run_loop_work(struct evsteer_uring *r)
 	evst_ring_put(r);
 }
 
+/*
+ * Edge-triggered: every signal from the ring is an edge, so the counter
+ * need not be read (one system call per wake-up saved); it saturates
+ * rather than blocks the kernel.
+ *
+ * Deferred (a member with stall detection on this ring): the drain is made
+ * active behind the events this pass of the loop found ready with the
+ * eventfd. One of those may run long (a timer that spins, a handler that
+ * blocks); connections the ring accepted stay in its CQ meanwhile, where a
+ * sibling takes them, instead of in the application's hands, where none
+ * can (the event engine does the same: engine/event.c).
+ */
 static void efd_cb(evutil_socket_t fd, short what, void *arg)
 {
+	struct evsteer_uring *r = arg;
 	(void)fd;
 	(void)what;
-	/* Edge-triggered: every signal from the ring is an edge, so the
-	 * counter need not be read (one system call per wake-up saved); it
-	 * saturates rather than blocks the kernel. */
-	run_loop_work(arg);
+	if (__atomic_load_n(&r->defer, __ATOMIC_RELAXED))
+		event_active(r->kick_ev, EV_READ, 0);
+	else
+		run_loop_work(r);
+}
+
+void evst_ring_defer_wakeups(struct evsteer_uring *r)
+{
+	__atomic_store_n(&r->defer, true, __ATOMIC_RELAXED);
 }
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
