@@ -28,7 +28,8 @@ a figure is called a result; the report's header says which settings it had):
     evsteer-bench --work-us 50 --read-first
 
 Scenarios on the bench server (implementations: libevent, evsteer,
-evsteer-event, evsteer-direct, floor): rate, latency, stall, balance, drain,
+evsteer-event (no BPF), evsteer-direct, floor; named with --impl only:
+evsteer-cbpf, evsteer-runc, evsteer-bpf-event): rate, latency, stall, balance, drain,
 drain-running, emfile, restart. End to end (http, http-stall,
 http-stall-open):
 build/bench/evsteer-http-server, an evhttp server built against libevent
@@ -109,7 +110,9 @@ IMPLS = ["libevent", "evsteer", "evsteer-event", "evsteer-direct", "floor"]
 # evsteer in a real runc container with Docker's default seccomp profile
 # and capabilities (in_runc.py; root and runc needed; its CPU figures are
 # not the server's, only latency and counts are)
-OPT_IMPLS = ["evsteer-cbpf", "evsteer-runc"]
+OPT_IMPLS = ["evsteer-cbpf", "evsteer-runc", "evsteer-bpf-event"]
+# the sweep measures the server's own CPU: not in a container's wrapper
+SWEEP_IMPLS = IMPLS + ["evsteer-cbpf", "evsteer-bpf-event"]
 IN_RUNC = os.path.join(SRCDIR, "bench", "in_runc.py")
 # The end-to-end scenarios' implementations: evsteer-http-server (libevent
 # only) run plain, or under evsteer-run with these options, one per path.
@@ -1346,7 +1349,7 @@ def main():
             i: summarize(scen, r) for i, r in runs.items() if r}
     if sweep:
         report["sweep"] = run_sweep([i for i in (impls or IMPLS)
-                                     if i in IMPLS],
+                                     if i in SWEEP_IMPLS],
                                     concs, works_us, repeat, a.quick, work,
                                     failed_runs)
     if a.profile:
