@@ -309,7 +309,8 @@ struct evst_member_ops {
 	void (*steal)(struct evsteer_listener *lev);
 	/* No lock: while lev's loop is busy, is what stays queued on its
 	 * socket seen as pending and taken by a sibling (stall detection
-	 * on)? (evst_queue_watched) */
+	 * on)? Fixed once the member has joined; engines ask at creation.
+	 * (evst_queue_watched) */
 	bool (*watched)(const struct evsteer_listener *lev);
 	/* lev's lock held: give what lev's engine accepted and never
 	 * delivered to live siblings (evst_group_handoff); how many taken. */

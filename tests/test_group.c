@@ -110,6 +110,20 @@ static int client(struct fx *f)
 	return c;
 }
 
+/* Connect until one lands on worker 0 (round-robin: within 2), at most
+ * max clients into c; worker 1 serves its own as they come. How many. */
+static int until_worker0(struct fx *f, int *c, int max)
+{
+	int n = 0;
+	while (wstats(f, 0).steered == 0 && n < max) {
+		c[n++] = client(f);
+		if (wstats(f, 1).steered > (uint64_t)f->w[1].s.n)
+			assert_true(tl_loop_until(f->w[1].base, &f->w[1].s.n,
+						  f->w[1].s.n + 1));
+	}
+	return n;
+}
+
 static int total(struct fx *f)
 {
 	int t = 0;
@@ -369,14 +383,9 @@ static void test_stall_steal(void **state)
 	/* 20 ms, so that this test does not depend on the machine's speed */
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000, EVSTEER_BPF_REQUIRE,
 		true);
-	int c[12], n = 0;
-	/* until one lands on the stalled worker 0 (round-robin: within 2) */
-	while (wstats(&f, 0).steered == 0 && n < 4) {
-		c[n++] = client(&f);
-		if (wstats(&f, 1).steered > (uint64_t)f.w[1].s.n)
-			assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n,
-						  f.w[1].s.n + 1));
-	}
+	int c[12];
+	/* until one lands on the stalled worker 0 */
+	int n = until_worker0(&f, c, 4);
 	assert_int_equal(wstats(&f, 0).steered, 1);
 	int served1 = f.w[1].s.n;
 	/* let worker 0's silence pass the threshold */
@@ -464,13 +473,8 @@ static void accept_after_busy_pass(enum evsteer_accept_mode engine)
 	/* a loop that has run before (io_uring: its accepts are armed, so
 	 * the connection is in its CQ when the pass begins) */
 	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
-	int c[4], n = 0;
-	while (wstats(&f, 0).steered == 0 && n < 3) {
-		c[n++] = client(&f);
-		if (wstats(&f, 1).steered > (uint64_t)f.w[1].s.n)
-			assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n,
-						  f.w[1].s.n + 1));
-	}
+	int c[4];
+	int n = until_worker0(&f, c, 3);
 	assert_int_equal(wstats(&f, 0).steered, 1);
 	struct sibling sib = {.f = &f, .want = f.w[1].s.n + 1};
 	struct long_cb l = {.f = &f, .sib = &sib};

@@ -30,6 +30,8 @@ struct event_engine {
 	struct event *ev;    /* the listening socket, EV_READ|EV_PERSIST */
 	struct event *timer; /* back-off after a failed accept */
 	struct event *pass;  /* a member's accept pass, made active by ev */
+	bool defer;          /* accept in pass (evst_queue_watched, fixed
+				at creation like the ring's: uring_accept.c) */
 };
 
 static inline struct event_engine *engine_of(struct evsteer_listener *lev)
@@ -111,7 +113,7 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 	struct evsteer_listener *lev = arg;
 
 	/* queued behind what this pass found ready (active already: no-op) */
-	if (evst_queue_watched(lev))
+	if (engine_of(lev)->defer)
 		event_active(engine_of(lev)->pass, EV_READ, 1);
 	else
 		pass_cb(fd, what, arg);
@@ -152,6 +154,7 @@ static int event_init(struct evsteer_listener *lev)
 		free(e);
 		return -ENOMEM;
 	}
+	e->defer = evst_queue_watched(lev);
 	lev->engine = e;
 	return 0;
 }
