@@ -170,7 +170,7 @@ struct evsteer_listener {
 	int fd;
 	unsigned int flags;
 	int accept4_flags;
-	unsigned int max_accepts;
+	unsigned int max_accepts; /* the option; 0: evst_accept_cap */
 	unsigned int backoff_max_ms;
 	unsigned int gen; /* made in this process generation (fork) */
 
@@ -312,6 +312,10 @@ struct evst_member_ops {
 	 * on)? Fixed once the member has joined; engines ask at creation.
 	 * (evst_queue_watched) */
 	bool (*watched)(const struct evsteer_listener *lev);
+	/* No lock, on every pass: would a sibling of this process take what
+	 * lev leaves queued while its loop is busy (watched, and another
+	 * socket of the group here)? (evst_accept_cap) */
+	bool (*takers)(const struct evsteer_listener *lev);
 	/* lev's lock held: give what lev's engine accepted and never
 	 * delivered to live siblings (evst_group_handoff); how many taken. */
 	unsigned int (*handoff)(struct evsteer_listener *lev,
@@ -380,6 +384,8 @@ EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
 /* No lock: connections left queued on lev's socket while its loop is busy
  * are taken by a sibling (a member with stall detection on). */
 EVST_HIDDEN bool evst_queue_watched(const struct evsteer_listener *lev);
+/* Accepts this pass may take: the option, else 1 or 128 (listener.c). */
+EVST_HIDDEN unsigned int evst_accept_cap(const struct evsteer_listener *lev);
 /*
  * lev is leaving with n connections its engine accepted and never
  * delivered: its member gives them to live siblings of this process that

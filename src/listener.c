@@ -140,9 +140,9 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 	lev->accept4_flags =
 		(flags & EVSTEER_OPT_LEAVE_SOCKETS_BLOCKING ? 0 : SOCK_NONBLOCK) |
 		(flags & EVSTEER_OPT_CLOSE_ON_EXEC ? SOCK_CLOEXEC : 0);
+	/* 0: the default, decided on each pass (evst_accept_cap) */
 	lev->max_accepts = EVST_OPT(opts, struct evsteer_listener_opts,
-				    max_accepts_per_wakeup,
-				    EVSTEER_DEFAULT_MAX_ACCEPTS);
+				    max_accepts_per_wakeup, 0);
 	lev->backoff_max_ms = EVST_OPT(opts, struct evsteer_listener_opts,
 				       backoff_max_ms,
 				       EVSTEER_DEFAULT_BACKOFF_MAX_MS);
@@ -548,6 +548,24 @@ void evst_group_steal(struct evsteer_listener *lev)
 bool evst_queue_watched(const struct evsteer_listener *lev)
 {
 	return lev->member && lev->member->watched(lev);
+}
+
+/*
+ * The option's cap; by default, a member whose queue siblings of this
+ * process take while its loop is busy accepts one connection per pass of
+ * its loop (after the pass's other events: the engines). What it leaves
+ * queued stays theirs to take if the next pass runs long, where a batch
+ * taken at once would wait in the application's hands: an evhttp request
+ * accepted along with one whose handler blocks. Alone, a listener drains
+ * what is queued in one pass, as libevent's does.
+ */
+unsigned int evst_accept_cap(const struct evsteer_listener *lev)
+{
+	if (lev->max_accepts)
+		return lev->max_accepts;
+	return lev->member && lev->member->takers(lev) ?
+		       1 :
+		       EVSTEER_DEFAULT_MAX_ACCEPTS;
 }
 
 unsigned int evst_group_handoff(struct evsteer_listener *lev,

@@ -110,18 +110,24 @@ static int client(struct fx *f)
 	return c;
 }
 
-/* Connect until one lands on worker 0 (round-robin: within 2), at most
- * max clients into c; worker 1 serves its own as they come. How many. */
-static int until_worker0(struct fx *f, int *c, int max)
+/* Connect until k have landed on worker 0 (round-robin: within 2 each),
+ * at most max clients into c; worker 1 serves its own as they come. How
+ * many. */
+static int until_worker0_has(struct fx *f, int *c, int max, uint64_t k)
 {
 	int n = 0;
-	while (wstats(f, 0).steered == 0 && n < max) {
+	while (wstats(f, 0).steered < k && n < max) {
 		c[n++] = client(f);
 		if (wstats(f, 1).steered > (uint64_t)f->w[1].s.n)
 			assert_true(tl_loop_until(f->w[1].base, &f->w[1].s.n,
 						  f->w[1].s.n + 1));
 	}
 	return n;
+}
+
+static int until_worker0(struct fx *f, int *c, int max)
+{
+	return until_worker0_has(f, c, max, 1);
 }
 
 static int total(struct fx *f)
@@ -499,6 +505,73 @@ static void accept_after_busy_pass(enum evsteer_accept_mode engine)
 	event_free(t);
 	tl_close_n(c, n);
 	fx_close(&f);
+}
+
+/*
+ * One connection per pass: of two queued on worker 0, a pass of its loop
+ * delivers one and leaves the other queued, pending to the steering. When
+ * the next pass runs long (a timer that blocks until worker 1 has served a
+ * connection, bounded), worker 1 takes the one left. Before, the first
+ * pass took both, and the second waited in worker 0's hands for the
+ * whole stall: an evhttp request accepted along with one whose handler
+ * blocks in the next pass (issue 18's held requests).
+ */
+static void one_per_pass(enum evsteer_accept_mode engine)
+{
+	const char *name = engine == EVSTEER_ACCEPT_EVENT ? "event" : "uring";
+	struct fx f;
+	/* 200 ms, as in accept_after_busy_pass */
+	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 200000,
+		       EVSTEER_BPF_REQUIRE, true, engine);
+	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
+	int c[8];
+	int n = until_worker0_has(&f, c, 6, 2);
+	assert_int_equal(wstats(&f, 0).steered, 2);
+	/* the first pass: both ready (io_uring: both in the CQ), one taken */
+	int before = f.w[0].s.n;
+	assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, before + 1));
+	int first = f.w[0].s.n - before;
+	struct evsteer_worker_stats s0 = wstats(&f, 0);
+	print_message("%s: the first pass delivered %d of 2, %llu left "
+		      "pending\n", name, first,
+		      (unsigned long long)s0.pending);
+	assert_int_equal(first, 1);
+	assert_int_equal(s0.pending, 1);
+	/* the next pass runs long: the one left is worker 1's to take */
+	struct sibling sib = {.f = &f, .want = f.w[1].s.n + 1};
+	struct long_cb l = {.f = &f, .sib = &sib};
+	struct event *t = evtimer_new(f.w[0].base, long_cb, &l);
+	assert_non_null(t);
+	struct timeval now = {0, 0};
+	evtimer_add(t, &now);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, sibling_thread, &sib), 0);
+	event_base_loop(f.w[0].base, EVLOOP_ONCE);
+	pthread_join(th, NULL);
+	assert_true(l.ran);
+	assert_int_equal(l.delivered_before, 1);
+	assert_int_equal(atomic_load(&sib.done), 1);
+	s0 = wstats(&f, 0);
+	assert_int_equal(s0.stolen_from, 1);
+	assert_int_equal(s0.pending, 0);
+	event_free(t);
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
+static void test_one_per_pass_event(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	one_per_pass(EVSTEER_ACCEPT_EVENT);
+}
+
+static void test_one_per_pass_uring(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	tl_need_uring();
+	one_per_pass(EVSTEER_ACCEPT_URING);
 }
 
 static void test_accept_after_busy_pass_event(void **state)
@@ -1178,6 +1251,8 @@ int main(void)
 		cmocka_unit_test(test_stall_back_at_once),
 		cmocka_unit_test(test_accept_after_busy_pass_event),
 		cmocka_unit_test(test_accept_after_busy_pass_uring),
+		cmocka_unit_test(test_one_per_pass_event),
+		cmocka_unit_test(test_one_per_pass_uring),
 		cmocka_unit_test(test_drain_zero_resets),
 		cmocka_unit_test(test_drain_without_bpf_resets),
 		cmocka_unit_test(test_bpf_off_reports),

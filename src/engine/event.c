@@ -56,8 +56,9 @@ static void accept_loop(struct evsteer_listener *lev)
 		return;
 	evst_count(lev, wakeups);
 	uint64_t now = lev->member ? evst_now_ns() : 0;
+	unsigned int cap = evst_accept_cap(lev);
 
-	for (unsigned int n = 0; n < lev->max_accepts; n++) {
+	for (unsigned int n = 0; n < cap; n++) {
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
 		int fd = accept4(lev->fd, (struct sockaddr *)&ss, &len,

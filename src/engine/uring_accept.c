@@ -152,12 +152,12 @@ static void deliver_held(struct evst_ua *e)
 		evst_count(lev, wakeups);
 	}
 	uint64_t now = lev->member ? evst_now_ns() : 0;
-	unsigned int n, bi = 0, nb = 0;
+	unsigned int n, bi = 0, nb = 0, cap = evst_accept_cap(lev);
 	struct evst_conn batch[16];
-	for (n = e->done; n < lev->max_accepts; n++) {
+	for (n = e->done; n < cap; n++) {
 		if (bi == nb) {
 			/* a batch per lock, not a lock per connection */
-			unsigned int want = lev->max_accepts - n;
+			unsigned int want = cap - n;
 			evst_ring_lock(e->r);
 			nb = evst_ua_held_pop(e, batch, want < 16 ? want : 16);
 			evst_ring_unlock(e->r);
@@ -177,7 +177,7 @@ static void deliver_held(struct evst_ua *e)
 		evst_ring_unlock(e->r);
 	}
 	evst_ring_lock(e->r);
-	if (n == lev->max_accepts && e->count) {
+	if (n >= cap && e->count) {
 		evst_count(lev, capped_wakeups);
 		evst_ring_mark_later(e->r, &e->op); /* yield, then more */
 	}

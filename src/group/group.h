@@ -166,6 +166,9 @@ EVST_HIDDEN void evst_steal_stuck(struct evsteer_listener *lev);
 EVST_HIDDEN void evst_steal_stuck_all(struct evsteer_listener *lev);
 /* member->watched: stall detection is on for lev's group. */
 EVST_HIDDEN bool evst_steal_watched(const struct evsteer_listener *lev);
+/* member->takers: watched, and another socket of the group is in this
+ * process (slots are not reused, so one that left still counts). */
+EVST_HIDDEN bool evst_steal_takers(const struct evsteer_listener *lev);
 /* lev's lock held: give what lev's engine accepted and never delivered
  * to live siblings of this process; how many were taken. */
 EVST_HIDDEN unsigned int evst_steal_handoff(struct evsteer_listener *lev,

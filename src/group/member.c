@@ -325,6 +325,7 @@ const struct evst_member_ops evst_group_member = {
 	.empty = member_empty,
 	.steal = evst_steal_stuck,
 	.watched = evst_steal_watched,
+	.takers = evst_steal_takers,
 	.handoff = evst_steal_handoff,
 	.leave = member_leave,
 	.forget = member_forget,

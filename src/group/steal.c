@@ -241,6 +241,13 @@ bool evst_steal_watched(const struct evsteer_listener *lev)
 	return evst_shared_stall_ns(lev->group->sh) != 0;
 }
 
+bool evst_steal_takers(const struct evsteer_listener *lev)
+{
+	const struct evsteer_group *g = lev->group;
+	return __atomic_load_n(&g->nslots, __ATOMIC_RELAXED) > 1 &&
+	       evst_shared_stall_ns(g->sh) != 0;
+}
+
 /* g->lock held: slot i can take what the leaving lev's engine holds. */
 static bool adopter(struct evsteer_group *g, struct evsteer_listener *lev,
 		    unsigned int i)

@@ -170,18 +170,20 @@ static void run_loop_work(struct evsteer_uring *r)
 }
 
 /*
- * Edge-triggered: every signal from the ring is an edge, so the counter
- * need not be read (one system call per wake-up saved); it saturates
- * rather than blocks the kernel.
+ * The ring's eventfd, and the zero timer of a drain that yielded
+ * (evst_ring_mark_later). The eventfd is edge-triggered: every signal from
+ * the ring is an edge, so the counter need not be read (one system call
+ * per wake-up saved); it saturates rather than blocks the kernel.
  *
  * Deferred (a member with stall detection on this ring): the drain is made
- * active behind the events this pass of the loop found ready with the
- * eventfd. One of those may run long (a timer that spins, a handler that
- * blocks); connections the ring accepted stay in its CQ meanwhile, where a
- * sibling takes them, instead of in the application's hands, where none
- * can (the event engine does the same: engine/event.c).
+ * active behind the events this pass of the loop found ready with it. One
+ * of those may run long (a timer that spins, a handler that blocks);
+ * connections the ring accepted stay in its CQ meanwhile, where a sibling
+ * takes them, instead of in the application's hands, where none can (the
+ * event engine does the same: engine/event.c). The yield's timer too: a
+ * timer of the application due in the same pass may run after it.
  */
-static void efd_cb(evutil_socket_t fd, short what, void *arg)
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct evsteer_uring *r = arg;
 	(void)fd;
@@ -238,9 +240,9 @@ struct evsteer_uring *evst_ring_get(struct event_base *base, const char **why)
 		r->ready_tail = &r->ready_head;
 		r->later_tail = &r->later_head;
 		r->efd_ev = event_new(base, r->efd, EV_READ | EV_PERSIST | EV_ET,
-				      efd_cb, r);
+				      wake_cb, r);
 		r->kick_ev = event_new(base, -1, 0, kick_cb, r);
-		r->yield_ev = evtimer_new(base, kick_cb, r);
+		r->yield_ev = evtimer_new(base, wake_cb, r);
 		atomic_init(&r->users, 1);
 		r->next = rings;
 		rings = r;
