@@ -171,6 +171,7 @@ struct evsteer_listener {
 	unsigned int flags;
 	int accept4_flags;
 	unsigned int max_accepts; /* the option; 0: evst_accept_cap */
+	unsigned int batch; /* a member's cap: 1, doubled under a backlog */
 	unsigned int backoff_max_ms;
 	unsigned int gen; /* made in this process generation (fork) */
 
@@ -384,8 +385,13 @@ EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
 /* No lock: connections left queued on lev's socket while its loop is busy
  * are taken by a sibling (a member with stall detection on). */
 EVST_HIDDEN bool evst_queue_watched(const struct evsteer_listener *lev);
-/* Accepts this pass may take: the option, else 1 or 128 (listener.c). */
+/* Lock held: accepts this pass may take: the option, else a member's
+ * batch (1 unless a backlog stands) or 128 (listener.c). The engine then
+ * says how the pass ended: it stopped at the cap with more queued (more),
+ * or found nothing more (drained). */
 EVST_HIDDEN unsigned int evst_accept_cap(const struct evsteer_listener *lev);
+EVST_HIDDEN void evst_accept_more(struct evsteer_listener *lev);
+EVST_HIDDEN void evst_accept_drained(struct evsteer_listener *lev);
 /*
  * lev is leaving with n connections its engine accepted and never
  * delivered: its member gives them to live siblings of this process that

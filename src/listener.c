@@ -143,6 +143,7 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 	/* 0: the default, decided on each pass (evst_accept_cap) */
 	lev->max_accepts = EVST_OPT(opts, struct evsteer_listener_opts,
 				    max_accepts_per_wakeup, 0);
+	lev->batch = 1;
 	lev->backoff_max_ms = EVST_OPT(opts, struct evsteer_listener_opts,
 				       backoff_max_ms,
 				       EVSTEER_DEFAULT_BACKOFF_MAX_MS);
@@ -556,16 +557,31 @@ bool evst_queue_watched(const struct evsteer_listener *lev)
  * its loop (after the pass's other events: the engines). What it leaves
  * queued stays theirs to take if the next pass runs long, where a batch
  * taken at once would wait in the application's hands: an evhttp request
- * accepted along with one whose handler blocks. Alone, a listener drains
- * what is queued in one pass, as libevent's does.
+ * accepted along with one whose handler blocks. Under a standing backlog
+ * one per pass would cost a poll of the loop per connection, so the cap
+ * doubles with each pass that stops at it with more queued and falls back
+ * to 1 when a pass finds the queue empty (evst_accept_more/_drained).
+ * Alone, a listener drains what is queued in one pass, as libevent's
+ * does.
  */
 unsigned int evst_accept_cap(const struct evsteer_listener *lev)
 {
 	if (lev->max_accepts)
 		return lev->max_accepts;
 	return lev->member && lev->member->takers(lev) ?
-		       1 :
+		       lev->batch :
 		       EVSTEER_DEFAULT_MAX_ACCEPTS;
+}
+
+void evst_accept_more(struct evsteer_listener *lev)
+{
+	if (lev->batch < EVSTEER_DEFAULT_MAX_ACCEPTS)
+		lev->batch *= 2;
+}
+
+void evst_accept_drained(struct evsteer_listener *lev)
+{
+	lev->batch = 1;
 }
 
 unsigned int evst_group_handoff(struct evsteer_listener *lev,

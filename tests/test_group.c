@@ -574,6 +574,84 @@ static void test_one_per_pass_uring(void **state)
 	one_per_pass(EVSTEER_ACCEPT_URING);
 }
 
+/*
+ * A standing backlog: one per pass would cost a poll of the loop per
+ * connection, so each pass that stops at the cap with more queued doubles
+ * it, and a pass that finds the queue empty sets it back to one. 14 queued
+ * on worker 0 (its loop not running): the event engine's passes deliver
+ * 1, 2, 4 and the 7 left (finding the queue empty); of the next 2 queued
+ * a pass takes one. The ring's passes see what its accepts have completed
+ * so far: the first takes one, and all 14 come in far fewer than 14.
+ */
+static int passes_until(struct fx *f, int want, int *got, int max)
+{
+	int passes = 0;
+	for (int i = 0; i < 200 && f->w[0].s.n < want && passes < max; i++) {
+		int before = f->w[0].s.n;
+		event_base_loop(f->w[0].base, EVLOOP_ONCE);
+		if (f->w[0].s.n > before)
+			got[passes++] = f->w[0].s.n - before;
+	}
+	return passes;
+}
+
+static void backlog_doubles(enum evsteer_accept_mode engine)
+{
+	const char *name = engine == EVSTEER_ACCEPT_EVENT ? "event" : "uring";
+	struct fx f;
+	/* 5 s: worker 0 must not look stalled while its queue fills */
+	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 5000000,
+		       EVSTEER_BPF_REQUIRE, true, engine);
+	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
+	int lfd = evsteer_group_get_fd(f.g, 0);
+	int c[48];
+	int n = until_worker0_has(&f, c, 34, 14);
+	assert_int_equal(wstats(&f, 0).steered, 14);
+	/* (the ring's accepts take them off the socket as they come) */
+	if (engine == EVSTEER_ACCEPT_EVENT)
+		tl_wait_queued(lfd, 14);
+	int got[20];
+	int passes = passes_until(&f, 14, got, 20);
+	char line[128] = "";
+	for (int i = 0; i < passes; i++)
+		snprintf(line + strlen(line), sizeof(line) - strlen(line),
+			 " %d", got[i]);
+	print_message("%s: passes delivered%s\n", name, line);
+	assert_int_equal(f.w[0].s.n, 14);
+	assert_int_equal(got[0], 1);
+	if (engine != EVSTEER_ACCEPT_EVENT) {
+		assert_true(passes <= 8);
+	} else {
+		assert_int_equal(passes, 4);
+		assert_int_equal(got[1], 2);
+		assert_int_equal(got[2], 4);
+		assert_int_equal(got[3], 7);
+		n += until_worker0_has(&f, c + n, 8, 16);
+		assert_int_equal(wstats(&f, 0).steered, 16);
+		tl_wait_queued(lfd, 2);
+		assert_int_equal(passes_until(&f, 15, got, 1), 1);
+		assert_int_equal(got[0], 1);
+		assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, 16));
+	}
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
+static void test_backlog_doubles_event(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	backlog_doubles(EVSTEER_ACCEPT_EVENT);
+}
+
+static void test_backlog_doubles_uring(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	tl_need_uring();
+	backlog_doubles(EVSTEER_ACCEPT_URING);
+}
+
 static void test_accept_after_busy_pass_event(void **state)
 {
 	(void)state;
@@ -1253,6 +1331,8 @@ int main(void)
 		cmocka_unit_test(test_accept_after_busy_pass_uring),
 		cmocka_unit_test(test_one_per_pass_event),
 		cmocka_unit_test(test_one_per_pass_uring),
+		cmocka_unit_test(test_backlog_doubles_event),
+		cmocka_unit_test(test_backlog_doubles_uring),
 		cmocka_unit_test(test_drain_zero_resets),
 		cmocka_unit_test(test_drain_without_bpf_resets),
 		cmocka_unit_test(test_bpf_off_reports),

@@ -67,6 +67,7 @@ static void accept_loop(struct evsteer_listener *lev)
 			int err = errno;
 			switch (evst_classify_accept_errno(err)) {
 			case EVST_ERR_AGAIN:
+				evst_accept_drained(lev);
 				evst_end_episode(lev);
 				if (lev->member)
 					evst_queue_empty(lev, now);
@@ -92,6 +93,7 @@ static void accept_loop(struct evsteer_listener *lev)
 			return;
 	}
 	evst_count(lev, capped_wakeups);
+	evst_accept_more(lev);
 }
 
 static void pass_cb(evutil_socket_t fd, short what, void *arg)

@@ -149,10 +149,11 @@ static void deliver_held(struct evst_ua *e)
 	if (e->gen != gen) {
 		e->gen = gen;
 		e->done = 0;
+		e->wake_cap = evst_accept_cap(lev);
 		evst_count(lev, wakeups);
 	}
 	uint64_t now = lev->member ? evst_now_ns() : 0;
-	unsigned int n, bi = 0, nb = 0, cap = evst_accept_cap(lev);
+	unsigned int n, bi = 0, nb = 0, cap = e->wake_cap;
 	struct evst_conn batch[16];
 	for (n = e->done; n < cap; n++) {
 		if (bi == nb) {
@@ -179,7 +180,10 @@ static void deliver_held(struct evst_ua *e)
 	evst_ring_lock(e->r);
 	if (n >= cap && e->count) {
 		evst_count(lev, capped_wakeups);
+		evst_accept_more(lev);
 		evst_ring_mark_later(e->r, &e->op); /* yield, then more */
+	} else if (!e->count) {
+		evst_accept_drained(lev);
 	}
 	if (lev->member && !e->count) {
 		/* The loop runs, which a worker siblings stole from must
@@ -270,6 +274,7 @@ struct evst_ua *evst_ua_new(struct evsteer_listener *lev,
 		*err = -ENOMEM;
 		return NULL;
 	}
+	e->wake_cap = 1; /* a delivery before the ring's first wake-up */
 	const char *why = NULL;
 	e->r = evst_ring_get(lev->base, &why);
 	if (!e->r) {

@@ -58,6 +58,7 @@ struct evst_ua {
 	int err;          /* an accept error for ready() to report */
 	unsigned long gen; /* the ring's wake-up the count below belongs to */
 	unsigned int done; /* delivered in that wake-up (the accept cap) */
+	unsigned int wake_cap; /* that wake-up's cap (evst_accept_cap) */
 	/* accepted, not yet delivered: a ring buffer that grows, so a burst
 	 * larger than any fixed size (or a CQ overflow) loses nothing */
 	struct evst_conn *held;
