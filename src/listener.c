@@ -141,8 +141,8 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 		(flags & EVSTEER_OPT_LEAVE_SOCKETS_BLOCKING ? 0 : SOCK_NONBLOCK) |
 		(flags & EVSTEER_OPT_CLOSE_ON_EXEC ? SOCK_CLOEXEC : 0);
 	/* 0: the default, decided on each pass (evst_accept_cap) */
-	lev->max_accepts = EVST_OPT(opts, struct evsteer_listener_opts,
-				    max_accepts_per_wakeup, 0);
+	lev->max_accepts = evst_env_max_accepts(EVST_OPT(
+		opts, struct evsteer_listener_opts, max_accepts_per_wakeup, 0));
 	lev->batch = 1;
 	lev->backoff_max_ms = EVST_OPT(opts, struct evsteer_listener_opts,
 				       backoff_max_ms,

@@ -2,6 +2,7 @@
 /* Accepting: peer addresses, accepted-socket flags, draining, the cap. */
 #include "tlib.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -197,6 +198,35 @@ static void test_accept_cap(void **state)
 	tl_srv_done(&s, base, c, 10);
 }
 
+/* EVSTEER_MAX_ACCEPTS sets the cap of listeners whose options leave it
+ * at 0; a bad value is warned about and ignored. */
+static void env_cap(const char *value, int first_pass)
+{
+	setenv("EVSTEER_MAX_ACCEPTS", value, 1);
+	struct event_base *base = tl_base();
+	struct tl_srv s = {0};
+	int lfd = tl_srv_listen(&s, base,
+				EVSTEER_OPT_CLOSE_ON_FREE | EVSTEER_OPT_DISABLED);
+	unsetenv("EVSTEER_MAX_ACCEPTS");
+	int c[10];
+	tl_connect_n(lfd, c, 10);
+	tl_wait_queued(lfd, 10);
+	assert_int_equal(evsteer_listener_enable(s.lev), 0);
+	event_base_loop(base, EVLOOP_ONCE);
+	assert_int_equal(s.n, first_pass);
+	assert_true(tl_loop_until(base, &s.n, 10));
+	check_peers(&s, c, 10);
+	tl_srv_done(&s, base, c, 10);
+}
+
+static void test_accept_cap_env(void **state)
+{
+	(void)state;
+	env_cap("3", 3);
+	env_cap("x3", 10);
+	env_cap("0", 10);
+}
+
 /* The same after disable + enable of a listener that had been running:
  * one pass delivers what queued while it was disabled. */
 static void test_first_pass_after_reenable(void **state)
@@ -274,6 +304,7 @@ int main(void)
 		cmocka_unit_test(test_accepted_cloexec),
 		cmocka_unit_test(test_drain_until_eagain),
 		cmocka_unit_test(test_accept_cap),
+		cmocka_unit_test(test_accept_cap_env),
 		cmocka_unit_test(test_first_pass_after_reenable),
 		cmocka_unit_test(test_first_pass_existing_socket),
 		cmocka_unit_test(test_no_fd_leak),

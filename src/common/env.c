@@ -71,6 +71,21 @@ int evst_env_stall_us(int opt)
 	return (int)v;
 }
 
+unsigned int evst_env_max_accepts(unsigned int opt)
+{
+	const char *e = get("EVSTEER_MAX_ACCEPTS");
+	if (opt || !e)
+		return opt;
+	char *end;
+	long v = strtol(e, &end, 10);
+	if (*end || v < 0 || v > 1000000) {
+		evst_warn("EVSTEER_MAX_ACCEPTS=%s: expected a count (0: the "
+			  "default)", e);
+		return opt;
+	}
+	return (unsigned int)v;
+}
+
 int evst_env_log_level(void)
 {
 	return evst_log_level_parse(getenv("EVSTEER_LOG"));

@@ -26,6 +26,8 @@ evst_env_accept(enum evsteer_accept_mode opt);
 EVST_HIDDEN enum evsteer_policy evst_env_policy(enum evsteer_policy opt);
 /* EVSTEER_STALL_US=microseconds (up to 60 s) or -1 (off), when opt is 0. */
 EVST_HIDDEN int evst_env_stall_us(int opt);
+/* EVSTEER_MAX_ACCEPTS=count (0: the default), when opt is 0. */
+EVST_HIDDEN unsigned int evst_env_max_accepts(unsigned int opt);
 /* EVSTEER_LOG=error|warn|info|debug: the level, or -1 when unset or
  * unknown (then ignored silently: the log is what would say so). */
 EVST_HIDDEN int evst_env_log_level(void);
