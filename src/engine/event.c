@@ -7,6 +7,10 @@
  * after the loop's other events), and a paused back-off instead of a spin
  * when accept() fails (EMFILE leaves the socket readable forever).
  *
+ * How many a pass takes is evst_accept_cap()'s: the option, else 128, or
+ * for a member with a sibling socket in this process one connection per
+ * pass, doubled while a backlog stands (listener.c).
+ *
  * A member of a group with stall detection accepts in a pass of its own,
  * made active from the socket's read event, so it runs after the events
  * that this pass of the loop found ready along with the socket. One of
