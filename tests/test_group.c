@@ -466,6 +466,37 @@ static void long_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/*
+ * One pass of worker 0's loop with a timer due at once that blocks until
+ * worker 1 (on a thread of its own) has served one more connection,
+ * bounded. Worker 1 must have served it, stolen from worker 0, which has
+ * nothing pending after. Returns how many connections worker 0 had been
+ * handed when the timer began.
+ */
+static int long_pass(struct fx *f, const char *name)
+{
+	struct sibling sib = {.f = f, .want = f->w[1].s.n + 1};
+	struct long_cb l = {.f = f, .sib = &sib};
+	struct event *t = evtimer_new(f->w[0].base, long_cb, &l);
+	assert_non_null(t);
+	struct timeval now = {0, 0};
+	evtimer_add(t, &now);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, sibling_thread, &sib), 0);
+	event_base_loop(f->w[0].base, EVLOOP_ONCE);
+	pthread_join(th, NULL);
+	event_free(t);
+	print_message("%s: worker 0 had %d delivered when its long callback "
+		      "began; worker 1 served it: %d\n", name, l.delivered_before,
+		      atomic_load(&sib.done));
+	assert_true(l.ran);
+	assert_int_equal(atomic_load(&sib.done), 1);
+	struct evsteer_worker_stats s0 = wstats(f, 0);
+	assert_int_equal(s0.stolen_from, 1);
+	assert_int_equal(s0.pending, 0);
+	return l.delivered_before;
+}
+
 static void accept_after_busy_pass(enum evsteer_accept_mode engine)
 {
 	const char *name = engine == EVSTEER_ACCEPT_EVENT ? "event" : "uring";
@@ -482,27 +513,8 @@ static void accept_after_busy_pass(enum evsteer_accept_mode engine)
 	int c[4];
 	int n = until_worker0(&f, c, 3);
 	assert_int_equal(wstats(&f, 0).steered, 1);
-	struct sibling sib = {.f = &f, .want = f.w[1].s.n + 1};
-	struct long_cb l = {.f = &f, .sib = &sib};
-	struct event *t = evtimer_new(f.w[0].base, long_cb, &l);
-	assert_non_null(t);
-	struct timeval now = {0, 0};
-	evtimer_add(t, &now);
-	pthread_t th;
-	assert_int_equal(pthread_create(&th, NULL, sibling_thread, &sib), 0);
 	/* the pass: the socket and the timer ready together */
-	event_base_loop(f.w[0].base, EVLOOP_ONCE);
-	pthread_join(th, NULL);
-	print_message("%s: worker 0 had %d delivered when its long callback "
-		      "began; worker 1 served it: %d\n", name, l.delivered_before,
-		      atomic_load(&sib.done));
-	assert_true(l.ran);
-	assert_int_equal(l.delivered_before, 0);
-	assert_int_equal(atomic_load(&sib.done), 1);
-	struct evsteer_worker_stats s0 = wstats(&f, 0);
-	assert_int_equal(s0.stolen_from, 1);
-	assert_int_equal(s0.pending, 0);
-	event_free(t);
+	assert_int_equal(long_pass(&f, name), 0);
 	tl_close_n(c, n);
 	fx_close(&f);
 }
@@ -538,23 +550,7 @@ static void one_per_pass(enum evsteer_accept_mode engine)
 	assert_int_equal(first, 1);
 	assert_int_equal(s0.pending, 1);
 	/* the next pass runs long: the one left is worker 1's to take */
-	struct sibling sib = {.f = &f, .want = f.w[1].s.n + 1};
-	struct long_cb l = {.f = &f, .sib = &sib};
-	struct event *t = evtimer_new(f.w[0].base, long_cb, &l);
-	assert_non_null(t);
-	struct timeval now = {0, 0};
-	evtimer_add(t, &now);
-	pthread_t th;
-	assert_int_equal(pthread_create(&th, NULL, sibling_thread, &sib), 0);
-	event_base_loop(f.w[0].base, EVLOOP_ONCE);
-	pthread_join(th, NULL);
-	assert_true(l.ran);
-	assert_int_equal(l.delivered_before, 1);
-	assert_int_equal(atomic_load(&sib.done), 1);
-	s0 = wstats(&f, 0);
-	assert_int_equal(s0.stolen_from, 1);
-	assert_int_equal(s0.pending, 0);
-	event_free(t);
+	assert_int_equal(long_pass(&f, name), 1);
 	tl_close_n(c, n);
 	fx_close(&f);
 }
