@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The environment (env.h). */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +11,14 @@ static const char *get(const char *name)
 {
 	const char *e = getenv(name);
 	return e && *e ? e : NULL;
+}
+
+/* e is a decimal number in [lo, hi], the whole of it */
+static bool parse_long(const char *e, long lo, long hi, long *v)
+{
+	char *end;
+	*v = strtol(e, &end, 10);
+	return !*end && *v >= lo && *v <= hi;
 }
 
 enum evsteer_bpf_mode evst_env_bpf(enum evsteer_bpf_mode opt)
@@ -60,11 +69,10 @@ enum evsteer_policy evst_env_policy(enum evsteer_policy opt)
 int evst_env_stall_us(int opt)
 {
 	const char *e = get("EVSTEER_STALL_US");
+	long v;
 	if (opt || !e)
 		return opt;
-	char *end;
-	long v = strtol(e, &end, 10);
-	if (*end || v > 60000000 || v < -1) {
+	if (!parse_long(e, -1, 60000000, &v)) {
 		evst_warn("EVSTEER_STALL_US=%s: expected microseconds or -1", e);
 		return opt;
 	}
@@ -74,11 +82,10 @@ int evst_env_stall_us(int opt)
 unsigned int evst_env_max_accepts(unsigned int opt)
 {
 	const char *e = get("EVSTEER_MAX_ACCEPTS");
+	long v;
 	if (opt || !e)
 		return opt;
-	char *end;
-	long v = strtol(e, &end, 10);
-	if (*end || v < 0 || v > 1000000) {
+	if (!parse_long(e, 0, 1000000, &v)) {
 		evst_warn("EVSTEER_MAX_ACCEPTS=%s: expected a count (0: the "
 			  "default)", e);
 		return opt;
