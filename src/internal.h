@@ -294,6 +294,14 @@ struct evst_steering {
 	const char *reason; /* "" with BPF */
 	enum evsteer_policy policy;
 };
+/* member->takers: what a member leaves queued, who takes it */
+enum evst_takers {
+	EVST_TAKERS_NONE,    /* nobody (alone here, or no stall detection):
+				the pass drains, as libevent's does */
+	EVST_TAKERS,         /* a sibling: one per pass, doubled while a
+				backlog stands */
+	EVST_TAKERS_BLOCKED, /* and lev's loop blocked lately: one per pass */
+};
 struct evst_member_ops {
 	/* At creation, before the engine starts (ctx: the caller's). 0 with
 	 * lev->member set, or 0 with the listener left alone, or -errno. */
@@ -313,10 +321,12 @@ struct evst_member_ops {
 	 * on)? Fixed once the member has joined; engines ask at creation.
 	 * (evst_queue_watched) */
 	bool (*watched)(const struct evsteer_listener *lev);
-	/* No lock, on every pass: would a sibling of this process take what
-	 * lev leaves queued while its loop is busy (watched, and another
-	 * socket of the group here)? (evst_accept_cap) */
-	bool (*takers)(const struct evsteer_listener *lev);
+	/* No lock, on the loop thread, on every pass: would a sibling of
+	 * this process take what lev leaves queued while its loop is busy
+	 * (watched, and another socket of the group here), and has lev's
+	 * loop blocked lately? (evst_accept_cap) */
+	enum evst_takers (*takers)(const struct evsteer_listener *lev,
+				   uint64_t now);
 	/* lev's lock held: give what lev's engine accepted and never
 	 * delivered to live siblings (evst_group_handoff); how many taken. */
 	unsigned int (*handoff)(struct evsteer_listener *lev,
@@ -385,11 +395,13 @@ EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
 /* No lock: connections left queued on lev's socket while its loop is busy
  * are taken by a sibling (a member with stall detection on). */
 EVST_HIDDEN bool evst_queue_watched(const struct evsteer_listener *lev);
-/* Lock held: accepts this pass may take: the option, else a member's
- * batch (1 unless a backlog stands) or 128 (listener.c). The engine then
+/* Lock held: accepts this pass (at now) may take: the option, else a
+ * member's batch (1 unless a backlog stands; 1 for a while after its loop
+ * blocked) or 128 (listener.c). The engine then
  * says how the pass ended: it stopped at the cap with more queued (more),
  * or found nothing more (drained). */
-EVST_HIDDEN unsigned int evst_accept_cap(const struct evsteer_listener *lev);
+EVST_HIDDEN unsigned int evst_accept_cap(struct evsteer_listener *lev,
+					 uint64_t now);
 EVST_HIDDEN void evst_accept_more(struct evsteer_listener *lev);
 EVST_HIDDEN void evst_accept_drained(struct evsteer_listener *lev);
 /*

@@ -561,16 +561,25 @@ bool evst_queue_watched(const struct evsteer_listener *lev)
  * one per pass would cost a poll of the loop per connection, so the cap
  * doubles with each pass that stops at it with more queued and falls back
  * to 1 when a pass finds the queue empty (evst_accept_more/_drained).
- * Alone, a listener drains what is queued in one pass, as libevent's
- * does.
+ * Except after its loop blocked (a sibling took its queue after a pass
+ * of 10 ms or more: group/member.c): a program that blocked once likely
+ * blocks again, so for a second the cap stays at one whatever stands
+ * queued, and a poll per connection buys a shorter tail. Alone, a
+ * listener drains what is queued in one pass, as libevent's does.
  */
-unsigned int evst_accept_cap(const struct evsteer_listener *lev)
+unsigned int evst_accept_cap(struct evsteer_listener *lev, uint64_t now)
 {
 	if (lev->max_accepts)
 		return lev->max_accepts;
-	return lev->member && lev->member->takers(lev) ?
-		       lev->batch :
-		       EVSTEER_DEFAULT_MAX_ACCEPTS;
+	switch (lev->member ? lev->member->takers(lev, now) : EVST_TAKERS_NONE) {
+	case EVST_TAKERS_BLOCKED:
+		lev->batch = 1; /* and no doubling meanwhile */
+		return 1;
+	case EVST_TAKERS:
+		return lev->batch;
+	default:
+		return EVSTEER_DEFAULT_MAX_ACCEPTS;
+	}
 }
 
 void evst_accept_more(struct evsteer_listener *lev)

@@ -60,7 +60,7 @@ static void accept_loop(struct evsteer_listener *lev)
 		return;
 	evst_count(lev, wakeups);
 	uint64_t now = lev->member ? evst_now_ns() : 0;
-	unsigned int cap = evst_accept_cap(lev);
+	unsigned int cap = evst_accept_cap(lev, now);
 
 	for (unsigned int n = 0; n < cap; n++) {
 		struct sockaddr_storage ss;

@@ -145,14 +145,14 @@ static void deliver_held(struct evst_ua *e)
 	struct evsteer_listener *lev = e->lev;
 
 	/* The ring drains in rounds; the cap is per wake-up. */
+	uint64_t now = lev->member ? evst_now_ns() : 0;
 	unsigned long gen = evst_ring_wake_gen(e->r);
 	if (e->gen != gen) {
 		e->gen = gen;
 		e->done = 0;
-		e->wake_cap = evst_accept_cap(lev);
+		e->wake_cap = evst_accept_cap(lev, now);
 		evst_count(lev, wakeups);
 	}
-	uint64_t now = lev->member ? evst_now_ns() : 0;
 	unsigned int n, bi = 0, nb = 0, cap = e->wake_cap;
 	struct evst_conn batch[16];
 	for (n = e->done; n < cap; n++) {

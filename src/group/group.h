@@ -87,6 +87,9 @@ struct evst_member_state {
 	unsigned int ninbox, inbox_cap;
 	unsigned int steal_from; /* where the next look for stuck siblings
 				  * starts (steal.c; the listener lock) */
+	uint64_t blocked_until; /* one connection per pass until then, after
+				  * a pass that blocked (member.c; the loop
+				  * thread) */
 };
 
 static inline uint64_t evst_ld64(const __u64 *p)
@@ -167,8 +170,10 @@ EVST_HIDDEN void evst_steal_stuck_all(struct evsteer_listener *lev);
 /* member->watched: stall detection is on for lev's group. */
 EVST_HIDDEN bool evst_steal_watched(const struct evsteer_listener *lev);
 /* member->takers: watched, and another socket of the group is in this
- * process (slots are not reused, so one that left still counts). */
-EVST_HIDDEN bool evst_steal_takers(const struct evsteer_listener *lev);
+ * process (slots are not reused, so one that left still counts); and
+ * whether lev's loop blocked lately (member.c, blocked_until). */
+EVST_HIDDEN enum evst_takers evst_steal_takers(const struct evsteer_listener *lev,
+					       uint64_t now);
 /* lev's lock held: give what lev's engine accepted and never delivered
  * to live siblings of this process; how many were taken. */
 EVST_HIDDEN unsigned int evst_steal_handoff(struct evsteer_listener *lev,

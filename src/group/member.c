@@ -253,11 +253,32 @@ static void member_steering(const struct evsteer_listener *lev,
 	evst_group_steering(lev->group, out);
 }
 
+/* A pass that kept the loop away this long, and from which a sibling
+ * took the queue, was a block (a handler in a slow system call), not a
+ * thread waiting for a CPU: those stay under 5 ms here even with two
+ * saturated CPUs (bench/README.md, "One per pass after a block"). For
+ * BLOCKED_WINDOW_NS after it the member accepts one connection per pass
+ * (evst_accept_cap). */
+#define BLOCKED_PASS_NS 10000000ull
+#define BLOCKED_WINDOW_NS 1000000000ull
+
 /* The member's loop ran: its heartbeat. Held out of a classic program for
  * its health, it is let back in now (the one re-attach of the episode). */
 static void progress(struct evsteer_listener *lev, uint64_t now)
 {
-	evst_made_progress(lev->ws, now);
+	struct evst_worker *w = lev->ws;
+	uint64_t last = evst_ld64(&w->progress_ns);
+	/* (the program refreshes an idle worker's clock: last may be ahead) */
+	if (lev->ms && evst_ld64(&w->stolen_ns) > last &&
+	    (int64_t)(now - last) >= (int64_t)BLOCKED_PASS_NS) {
+		if (now >= lev->ms->blocked_until)
+			evst_debug("listener fd %d: its loop was away %llu ms and "
+				   "a sibling took its queue: one connection "
+				   "per pass for 1 s", lev->fd,
+				   (unsigned long long)(now - last) / 1000000);
+		lev->ms->blocked_until = now + BLOCKED_WINDOW_NS;
+	}
+	evst_made_progress(w, now);
 	if (evst_shared_cbpf_out(lev->group->sh, lev->ws))
 		evst_shared_health(lev->group->sh);
 }

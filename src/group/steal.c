@@ -241,11 +241,15 @@ bool evst_steal_watched(const struct evsteer_listener *lev)
 	return evst_shared_stall_ns(lev->group->sh) != 0;
 }
 
-bool evst_steal_takers(const struct evsteer_listener *lev)
+enum evst_takers evst_steal_takers(const struct evsteer_listener *lev,
+				   uint64_t now)
 {
 	const struct evsteer_group *g = lev->group;
-	return __atomic_load_n(&g->nslots, __ATOMIC_RELAXED) > 1 &&
-	       evst_shared_stall_ns(g->sh) != 0;
+	if (__atomic_load_n(&g->nslots, __ATOMIC_RELAXED) < 2 ||
+	    !evst_shared_stall_ns(g->sh))
+		return EVST_TAKERS_NONE;
+	return lev->ms && now < lev->ms->blocked_until ? EVST_TAKERS_BLOCKED :
+							 EVST_TAKERS;
 }
 
 /* g->lock held: slot i can take what the leaving lev's engine holds. */
