@@ -63,6 +63,16 @@ void evst_shared_waited(struct evst_shared *sh, const struct evst_worker *w,
 		__atomic_fetch_add(&h->untimed, untimed, __ATOMIC_RELAXED);
 }
 
+bool evst_shared_steered_since(const struct evst_shared *sh,
+			       const struct evst_worker *w, uint64_t since)
+{
+	uint64_t n = evst_ld64(&w->steered);
+	if (!sh->v.stamps || !n)
+		return false;
+	const __u64 *st = sh->v.stamps[w - sh->v.workers];
+	return evst_ld64(&st[(n - 1) & (EVST_WAIT_STAMPS - 1)]) >= since;
+}
+
 void evst_shared_stamp(struct evst_shared *sh, const struct evst_worker *w,
 		       uint64_t first, unsigned int n, uint64_t now)
 {

@@ -188,5 +188,10 @@ EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
 /* Nothing is where the program counted some (the queue found empty by
  * its worker or by a thief): pending back to 0. */
 EVST_HIDDEN void evst_ws_resync(struct evst_worker *w);
+/* Was a connection steered to worker w at or after `since`, by its stamp?
+ * (false without stamps: the program counts nothing to time) */
+EVST_HIDDEN bool evst_shared_steered_since(const struct evst_shared *sh,
+					   const struct evst_worker *w,
+					   uint64_t since);
 
 #endif
