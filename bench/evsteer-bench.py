@@ -266,11 +266,15 @@ class Server:
 
     def stop(self):
         self.p.send_signal(signal.SIGTERM)
+        # a sanitizer build leaves slower (tests/meson.build sets the scale)
+        wait = 20 * float(os.environ.get("EVSTEER_BENCH_TIME_SCALE", "1"))
         try:
-            out, _ = self.p.communicate(timeout=20)
+            out, _ = self.p.communicate(timeout=wait)
         except subprocess.TimeoutExpired:
             self.p.kill()
             out, _ = self.p.communicate()
+            raise RuntimeError(f"server did not exit within {wait:.0f} s "
+                               f"of SIGTERM (killed)")
         if self.p.returncode != 0:
             # a sanitizer build reports there; a crash is not a figure
             raise RuntimeError(f"server exited with {self.p.returncode}")
