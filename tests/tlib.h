@@ -186,5 +186,7 @@ void tl_unstage(const char *dir);
 /* A seccomp filter (with no_new_privs) under which syscall nr fails with
  * err; 0, or -1 with errno. */
 int tl_deny_syscall(long nr, int err);
-/* Wait for a child: its exit code, 128 + the signal that killed it, or -1. */
+/* Wait for a child: its exit code, 128 + the signal that killed it, or -1
+ * (ETIMEDOUT: not gone 60 s on; what its threads waited in is printed and
+ * it is killed). */
 int tl_wait_status(pid_t pid);

@@ -4,6 +4,11 @@
 #include "tlib.h"
 
 #include <errno.h>
+#include <unistd.h>
+#include <string.h>
+#include <stdio.h>
+#include <signal.h>
+#include <dirent.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
@@ -29,13 +34,61 @@ int tl_deny_syscall(long nr, int err)
 	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
 }
 
+/* A child that has not exited this long after its work is hung: what each
+ * of its threads waits in, then it is killed (a bounded wait, and the
+ * reason on record). */
+#define CHILD_WAIT_S 60
+
+static void say_where_hung(pid_t pid)
+{
+	char path[320];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char buf[256] = "", sys[128] = "";
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/wchan", (int)pid,
+			 e->d_name);
+		FILE *f = fopen(path, "r");
+		if (f) {
+			if (!fgets(buf, sizeof(buf), f))
+				buf[0] = 0;
+			fclose(f);
+		}
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/syscall",
+			 (int)pid, e->d_name);
+		f = fopen(path, "r");
+		if (f) {
+			if (!fgets(sys, sizeof(sys), f))
+				sys[0] = 0;
+			sys[strcspn(sys, "\n")] = 0;
+			fclose(f);
+		}
+		fprintf(stderr, "hung child %d, thread %s: wchan %s, syscall %s\n",
+			(int)pid, e->d_name, buf, sys);
+	}
+	if (d)
+		closedir(d);
+}
+
 int tl_wait_status(pid_t pid)
 {
 	int st;
 	pid_t r;
+	for (int i = 0; i < CHILD_WAIT_S * 100; i++) {
+		r = waitpid(pid, &st, WNOHANG);
+		if (r == pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		if (r < 0 && errno != EINTR)
+			return -1;
+		usleep(10000);
+	}
+	say_where_hung(pid);
+	kill(pid, SIGKILL);
 	while ((r = waitpid(pid, &st, 0)) < 0 && errno == EINTR)
 		;
-	if (r < 0)
-		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	errno = ETIMEDOUT;
+	return -1;
 }
