@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <signal.h>
 #include <dirent.h>
+#include <time.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
@@ -39,6 +40,19 @@ int tl_deny_syscall(long nr, int err)
  * reason on record). */
 #define CHILD_WAIT_S 60
 
+/* The first line of file path into buf (without its newline); "" if none. */
+static void read_line(const char *path, char *buf, size_t len)
+{
+	buf[0] = 0;
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return;
+	if (!fgets(buf, (int)len, f))
+		buf[0] = 0;
+	buf[strcspn(buf, "\n")] = 0;
+	fclose(f);
+}
+
 static void say_where_hung(pid_t pid)
 {
 	char path[320];
@@ -48,42 +62,40 @@ static void say_where_hung(pid_t pid)
 	while (d && (e = readdir(d))) {
 		if (e->d_name[0] == '.')
 			continue;
-		char buf[256] = "", sys[128] = "";
+		char wchan[256], sys[128];
 		snprintf(path, sizeof(path), "/proc/%d/task/%s/wchan", (int)pid,
 			 e->d_name);
-		FILE *f = fopen(path, "r");
-		if (f) {
-			if (!fgets(buf, sizeof(buf), f))
-				buf[0] = 0;
-			fclose(f);
-		}
+		read_line(path, wchan, sizeof(wchan));
 		snprintf(path, sizeof(path), "/proc/%d/task/%s/syscall",
 			 (int)pid, e->d_name);
-		f = fopen(path, "r");
-		if (f) {
-			if (!fgets(sys, sizeof(sys), f))
-				sys[0] = 0;
-			sys[strcspn(sys, "\n")] = 0;
-			fclose(f);
-		}
+		read_line(path, sys, sizeof(sys));
 		fprintf(stderr, "hung child %d, thread %s: wchan %s, syscall %s\n",
-			(int)pid, e->d_name, buf, sys);
+			(int)pid, e->d_name, wchan, sys);
 	}
 	if (d)
 		closedir(d);
+}
+
+static double mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 int tl_wait_status(pid_t pid)
 {
 	int st;
 	pid_t r;
-	for (int i = 0; i < CHILD_WAIT_S * 100; i++) {
+	/* polled, not blocked in waitpid(): a child that exits at once is
+	 * seen within a millisecond */
+	for (double until = mono_s() + CHILD_WAIT_S; mono_s() < until;) {
 		r = waitpid(pid, &st, WNOHANG);
 		if (r == pid)
 			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 		if (r < 0 && errno != EINTR)
 			return -1;
-		usleep(10000);
+		usleep(1000);
 	}
 	say_where_hung(pid);
 	kill(pid, SIGKILL);
