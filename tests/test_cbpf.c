@@ -658,7 +658,7 @@ static void test_second_process(void **state)
 	int pipefd[2];
 	assert_int_equal(pipe(pipefd), 0);
 	fflush(NULL);
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		close(pipefd[0]);
@@ -765,7 +765,7 @@ static void retire_once(void)
 		       evsteer_listener_get_fd(w[1].lev)};
 	fflush(NULL);
 	/* no thread of ours runs yet: the child may use the library */
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		/* a new version shares no socket with the old one (and dies
@@ -962,7 +962,7 @@ static void test_seccomp_denies_bpf(void **state)
 	tl_need_bpf(); /* a forced refusal means something only where it works */
 	tl_skip_unless(TL_SECCOMP_ARCH != 0, "bpf", "no seccomp arch constant here");
 	fflush(NULL);
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		if (tl_deny_syscall(__NR_bpf, EPERM) < 0)

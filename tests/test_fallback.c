@@ -138,7 +138,7 @@ static int run_forked(int seccomp_err, bool expect_bpf, const char *reason,
 		      const char *wrong, int require_errno)
 {
 	fflush(NULL);
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	if (pid < 0)
 		return -1;
 	if (pid == 0) {
@@ -199,7 +199,7 @@ static void test_env_off(void **state)
 {
 	(void)state;
 	fflush(NULL);
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		setenv("EVSTEER_BPF", "off", 1);
@@ -271,7 +271,7 @@ static void uring_child(int err, const char *reason)
 static int run_uring_child(int err, const char *reason)
 {
 	fflush(NULL);
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	if (pid < 0)
 		return -1;
 	if (pid == 0)

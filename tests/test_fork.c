@@ -73,7 +73,7 @@ static int child_serve_own(void)
 static int fork_child(struct event_base *base, void (*inherited)(void *),
 		      void *arg)
 {
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		int fds_before = tl_count_fds();
@@ -211,7 +211,7 @@ static void test_fork_child_exits(void **state)
 	struct pool p;
 	pool_open(&p, grouped() ? 2 : 1);
 	pool_serve(&p, 10);
-	pid_t pid = fork();
+	pid_t pid = fork(); /* a child that allocates nothing */
 	assert_true(pid >= 0);
 	if (pid == 0)
 		_exit(0);

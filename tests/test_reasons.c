@@ -154,7 +154,7 @@ static void test_uring_table(void **state)
 static int facts_child(int mode)
 {
 	fflush(NULL);
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	if (pid < 0)
 		return -1;
 	if (pid == 0) {

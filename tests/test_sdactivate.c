@@ -22,7 +22,7 @@
 static int child_run(int (*body)(void))
 {
 	fflush(NULL);
-	pid_t pid = fork();
+	pid_t pid = tl_fork();
 	if (pid < 0)
 		return -1;
 	if (pid == 0)

@@ -859,7 +859,7 @@ static void test_fork_child_is_a_member(void **state)
 	int up[2], down[2];
 	assert_int_equal(pipe(up), 0);
 	assert_int_equal(pipe(down), 0);
-	pid_t p = fork();
+	pid_t p = tl_fork();
 	assert_true(p >= 0);
 	if (p == 0) {
 		/* only the parent's end: its exit is an EOF here */

@@ -186,6 +186,13 @@ void tl_unstage(const char *dir);
 /* A seccomp filter (with no_new_privs) under which syscall nr fails with
  * err; 0, or -1 with errno. */
 int tl_deny_syscall(long nr, int err);
+/* fork(), for a child that goes on to allocate and make threads. Under
+ * ASan it first waits (up to 10 s) until every other thread of this
+ * process sleeps: ASan's allocator keeps its locks across fork (GCC 12's
+ * runtime registers no fork handlers), so a thread that was inside it at
+ * that moment, typically one still starting, leaves a lock held for ever
+ * in the child. Elsewhere it is fork(). */
+pid_t tl_fork(void);
 /* Wait for a child: its exit code, 128 + the signal that killed it, or -1
  * (ETIMEDOUT: not gone 60 s on; what its threads waited in is printed and
  * it is killed). */

@@ -83,6 +83,61 @@ static double mono_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+/* The state letter of thread tid of this process (R, S, D, ...); 0 if it
+ * is gone. */
+static char thread_state(const char *tid)
+{
+	char path[128], line[512];
+	snprintf(path, sizeof(path), "/proc/self/task/%s/stat", tid);
+	read_line(path, line, sizeof(line));
+	/* "tid (comm) S ...": comm may hold spaces and parentheses */
+	const char *p = strrchr(line, ')');
+	return p && p[1] == ' ' ? p[2] : 0;
+}
+
+/* Does every thread of this process but the caller sleep? An io_uring
+ * worker idles in S or I. */
+static bool others_asleep(void)
+{
+	char self[32];
+	snprintf(self, sizeof(self), "%ld", (long)gettid());
+	DIR *d = opendir("/proc/self/task");
+	if (!d)
+		return true; /* nothing to go by: fork as asked */
+	bool asleep = true;
+	struct dirent *e;
+	while (asleep && (e = readdir(d))) {
+		if (e->d_name[0] == '.' || !strcmp(e->d_name, self))
+			continue;
+		char st = thread_state(e->d_name);
+		asleep = !st || st == 'S' || st == 'I';
+	}
+	closedir(d);
+	return asleep;
+}
+
+#endif
+
+/*
+ * Seen in gdb (test_fork, ASan, a loaded machine): the parent forked while
+ * the stall watch thread it had just made was in AsanThread::Init, which
+ * allocates; the child's own watch thread then waited for ever in
+ * SizeClassAllocator64::GetFromAllocator on that size class's lock.
+ * glibc's malloc takes and resets its locks around fork; GCC 12's ASan
+ * does not (LLVM's runtime has done so since llvm/llvm-project#75290,
+ * December 2023). A sleeping thread is not inside the allocator: the
+ * library's threads allocate as they start, and sleep between rounds.
+ */
+pid_t tl_fork(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+	for (double until = mono_s() + 10; !others_asleep() && mono_s() < until;)
+		usleep(1000);
+#endif
+	return fork();
+}
+
 int tl_wait_status(pid_t pid)
 {
 	int st;
