@@ -37,6 +37,8 @@ packages=(
 	tmux
 	# bench-smoke's end-to-end scenarios drive the evhttp server with wrk
 	wrk
+	# real-http-defer looks at the server's handshakes with ss
+	iproute2
 )
 
 # the bench job also counts system calls, draws flame graphs and drives

@@ -39,10 +39,24 @@ static void group_ports(struct pl_env *env, const char *e)
 	}
 }
 
+/* EVSTEER_DEFER_ACCEPT=SECONDS: 1-3600, anything else is told about. */
+static void defer_accept(struct pl_env *env, const char *e)
+{
+	if (!e || !*e)
+		return;
+	char *end;
+	long s = strtol(e, &end, 10);
+	if (*end || s < 1 || s > 3600)
+		env->defer_accept_bad = e;
+	else
+		env->defer_accept_s = (int)s;
+}
+
 void pl_env_read(struct pl_env *env)
 {
 	env->log_level = log_level(getenv("EVSTEER_LOG"));
 	const char *st = getenv("EVSTEER_STATS");
 	env->stats_path = st && *st ? st : NULL;
 	group_ports(env, getenv("EVSTEER_GROUP_PORTS"));
+	defer_accept(env, getenv("EVSTEER_DEFER_ACCEPT"));
 }

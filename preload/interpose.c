@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include "preload.h"
@@ -85,6 +87,31 @@ static bool group_port(int fd)
 	return false;
 }
 
+/*
+ * EVSTEER_DEFER_ACCEPT (evsteer-run --defer-accept): a group port's TCP
+ * socket completes a connection only once its first bytes came, so the
+ * program reads a request in the pass after its accept, before a request
+ * that came later; without it, a connection accepted just before a handler
+ * blocks may be read behind the blocking request and wait out the block
+ * (bench/README.md, "TCP_DEFER_ACCEPT"). Only for protocols where the
+ * client speaks first: a connection that sends nothing is handed over only
+ * when the kernel gives up waiting (about that many seconds).
+ */
+static void defer_accept(int fd)
+{
+	int proto = 0, s = pl.env.defer_accept_s;
+	socklen_t len = sizeof(proto);
+	if (!s || getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 ||
+	    proto != IPPROTO_TCP)
+		return;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &s, sizeof(s)) < 0)
+		pl_say(EVSTEER_LOG_WARN, "port %d: TCP_DEFER_ACCEPT: %s",
+		       pl_local_port(fd), strerror(errno));
+	else
+		pl_say(EVSTEER_LOG_DEBUG, "port %d: TCP_DEFER_ACCEPT %d s",
+		       pl_local_port(fd), s);
+}
+
 EXPORT struct evconnlistener *
 evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 		   unsigned flags, int backlog, evutil_socket_t fd)
@@ -95,8 +122,10 @@ evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 	 * something that is not a socket: libevent's own answer. */
 	if (pl.mode == MODE_ACTIVE && base && pl_is_socket(fd)) {
 		unsigned int f = known_flags(flags);
-		if (group_port(fd))
+		if (group_port(fd)) {
 			f |= LEV_OPT_REUSEABLE_PORT;
+			defer_accept(fd);
+		}
 		/* libevent takes any socket here (a datagram one fails
 		 * every accept): so does evsteer in compat mode */
 		EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1);

@@ -19,6 +19,10 @@ is no stall avoidance to test (docs: groups).
            at once, not after the 50 x threshold bound.
   balance  steady load from parallel clients: each thread serves a fair
            share (at least a quarter of an even one) under least-pending.
+  defer    evsteer-run --defer-accept 5: a client that connects and sends
+           nothing stays in its handshake on the server (ss: SYN-RECV),
+           not handed to the program, while others are answered; its
+           request, once sent, is answered.
 
 Counts and times are bounded; nothing is asserted about speed (bench/ measures
 that). Exit 77 when BPF or io_uring is unavailable, unless EVSTEER_TEST_REQUIRE
@@ -28,6 +32,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -224,7 +229,48 @@ def case_balance(path, extra):
     print(f"{path}: balance: {shares} of {n}")
 
 
-CASES = {"stall": case_stall, "back": case_back, "balance": case_balance}
+def in_handshake(port):
+    """Connections to port the server side still holds in their handshake."""
+    r = subprocess.run(["ss", "-Htn", "state", "syn-recv", "sport", "=",
+                        f":{port}"], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    check(r.returncode == 0, f"ss: {r.stderr}")
+    return len([l for l in r.stdout.splitlines() if l.strip()])
+
+
+def case_defer(path, extra):
+    h = Http(path, ["--defer-accept", "5", *extra])
+    silent = None
+    try:
+        silent = socket.create_connection(("127.0.0.1", h.port),
+                                          timeout=REQ_TIMEOUT)
+        # the client's side is up; the server's waits for its first bytes
+        check(in_handshake(h.port) == 1,
+              f"{in_handshake(h.port)} connections in their handshake, not 1: "
+              "TCP_DEFER_ACCEPT not set on the group's sockets?")
+        for i in range(20):
+            thread_of(h.port, f"request {i} beside a silent client")
+        check(in_handshake(h.port) == 1, "the silent client was handed over")
+        silent.sendall(b"GET /thread HTTP/1.0\r\n\r\n")
+        got = b""
+        while True:
+            b = silent.recv(4096)
+            if not b:
+                break
+            got += b
+        check(got.startswith(b"HTTP/1.") and b" 200 " in got.split(b"\r\n")[0],
+              f"the once silent client got {got[:80]!r}")
+        check(in_handshake(h.port) == 0, "a handshake left after the request")
+    finally:
+        if silent:
+            silent.close()
+        served = h.stop()
+    print(f"{path}: defer: a silent client stayed in its handshake through "
+          f"20 requests, then its own was answered; served {served}")
+
+
+CASES = {"stall": case_stall, "back": case_back, "balance": case_balance,
+         "defer": case_defer}
 
 
 def main():

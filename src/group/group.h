@@ -90,6 +90,9 @@ struct evst_member_state {
 	uint64_t blocked_until; /* one connection per pass until then, after
 				  * a pass that blocked (member.c; the loop
 				  * thread) */
+	uint64_t excess_since; /* since then every empty pass found pending
+				 * left after the resync (member.c; the loop
+				 * thread); 0: the last found none */
 };
 
 static inline uint64_t evst_ld64(const __u64 *p)

@@ -304,17 +304,35 @@ static void member_alive(struct evsteer_listener *lev, uint64_t now)
 /*
  * The engine found the queue empty: whatever the program counted that
  * never arrived (handshakes that died, SYN floods) is dropped from pending
- * here, so drift cannot build up; a connection in its handshake right now
- * may be counted once less until it is accepted. dequeued never stays
- * past steered either (a connection the program did not count: a SYN
- * cookie completed on another socket), which would hide a real one.
+ * here, so drift cannot build up, once its SYN is older than a handshake
+ * takes; connections still in their handshake stay counted
+ * (evst_shared_resync).
+ *
+ * The count is first in, first out: a SYN that died is matched to the
+ * next connection accepted, and what stays counted is then a younger one
+ * that was in fact accepted. Under steady load something younger is always
+ * there, and the excess would stay and turn the steering away from this
+ * worker. A real handshake ends well within EVST_HANDSHAKE_GRACE_NS: an
+ * excess that every empty pass for that long found again is such a stale
+ * match, and is dropped whole (a handshake in flight at that moment is
+ * counted once less until the next empty pass: the count before).
  */
 static void member_empty(struct evsteer_listener *lev, uint64_t now)
 {
 	if (!lev->ws)
 		return;
 	progress(lev, now);
-	evst_ws_resync(lev->ws);
+	struct evst_worker *w = lev->ws;
+	evst_shared_resync(lev->group->sh, w, now);
+	struct evst_member_state *ms = lev->ms;
+	if (ms && !evst_worker_pending(w)) {
+		ms->excess_since = 0;
+	} else if (ms && !ms->excess_since) {
+		ms->excess_since = now;
+	} else if (ms && now - ms->excess_since >= EVST_HANDSHAKE_GRACE_NS) {
+		evst_ws_drop_pending(w);
+		ms->excess_since = 0;
+	}
 	evst_group_note_thread(lev->group, lev->slot);
 	/* classic BPF: a listener of another process, once a second */
 	evst_shared_cbpf_look(lev->group->sh, now);

@@ -49,25 +49,13 @@ static void poke_slot(const struct evst_slot *s)
 
 #define STEAL_BUDGET 64
 #define STEAL_WINDOW 64
-#define RESYNC_GRACE_NS 100000000ull
 
-/*
- * g->lock held: a thief found nothing on stuck worker w's socket where the
- * program counts some. What was steered long ago and is not there never
- * will be (a handshake that died): dropped from pending here. But a
- * connection steered in the last RESYNC_GRACE_NS may still be in its
- * handshake; dropped now, once accepted it would take the place of the
- * next one in the count (dequeued past steered), which then waits on the
- * worker unseen by the steering and by thieves: for a whole block when the
- * worker blocks (under http-stall, 50-200 connections a run waited out a
- * 50 ms block on the event engine: bench/README.md, "One per pass after a
- * block"). The worker's own empty pass drops those soon enough.
- */
+/* g->lock held: a thief found nothing on stuck worker w's socket where the
+ * program counts some: what died in its handshake is dropped, what may be
+ * in it still stays counted (evst_shared_resync). */
 static void found_empty(struct evsteer_group *g, struct evst_worker *w)
 {
-	if (!evst_shared_steered_since(g->sh, w,
-				       evst_now_ns() - RESYNC_GRACE_NS))
-		evst_ws_resync(w);
+	evst_shared_resync(g->sh, w, evst_now_ns());
 }
 
 /*

@@ -10,10 +10,6 @@ void evst_made_progress(struct evst_worker *w, uint64_t now)
 	__atomic_store_n(&w->progress_ns, now, __ATOMIC_RELAXED);
 }
 
-void evst_ws_resync(struct evst_worker *w)
-{
-	__atomic_store_n(&w->dequeued, evst_ld64(&w->steered), __ATOMIC_RELAXED);
-}
 
 uint64_t evst_worker_pending(const struct evst_worker *w)
 {
@@ -63,14 +59,59 @@ void evst_shared_waited(struct evst_shared *sh, const struct evst_worker *w,
 		__atomic_fetch_add(&h->untimed, untimed, __ATOMIC_RELAXED);
 }
 
-bool evst_shared_steered_since(const struct evst_shared *sh,
-			       const struct evst_worker *w, uint64_t since)
+/*
+ * The count of connections steered to w before `before`, by their stamps:
+ * of the last EVST_WAIT_STAMPS, the ones older than that; every one before
+ * them. Stamps grow with the count (one program, one clock); a stamp not
+ * yet written after its count reads old, which drops that one a little
+ * early, as the reset before this did.
+ */
+static uint64_t steered_before(const struct evst_shared *sh,
+			       const struct evst_worker *w, uint64_t from,
+			       uint64_t steered, uint64_t before)
 {
-	uint64_t n = evst_ld64(&w->steered);
-	if (!sh->v.stamps || !n)
-		return false;
+	if (!sh->v.stamps)
+		return steered; /* nothing to time: all of them */
 	const __u64 *st = sh->v.stamps[w - sh->v.workers];
-	return evst_ld64(&st[(n - 1) & (EVST_WAIT_STAMPS - 1)]) >= since;
+	uint64_t lo = steered - from > EVST_WAIT_STAMPS ?
+			      steered - EVST_WAIT_STAMPS : from;
+	uint64_t k = steered;
+	while (k > lo &&
+	       evst_ld64(&st[(k - 1) & (EVST_WAIT_STAMPS - 1)]) >= before)
+		k--;
+	return k;
+}
+
+void evst_shared_resync(const struct evst_shared *sh, struct evst_worker *w,
+			uint64_t now)
+{
+	uint64_t deq = evst_ld64(&w->dequeued);
+	for (;;) {
+		uint64_t steered = evst_ld64(&w->steered), want;
+		if (deq > steered)
+			want = steered;
+		else if (now > EVST_HANDSHAKE_GRACE_NS)
+			want = steered_before(sh, w, deq, steered,
+					      now - EVST_HANDSHAKE_GRACE_NS);
+		else
+			return;
+		if (want == deq) /* (never below it: from deq on) */
+			return;
+		/* takers count up meanwhile: never lose one of theirs */
+		if (__atomic_compare_exchange_n(&w->dequeued, &deq, want, false,
+						__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+			return;
+	}
+}
+
+void evst_ws_drop_pending(struct evst_worker *w)
+{
+	uint64_t deq = evst_ld64(&w->dequeued);
+	while (deq < evst_ld64(&w->steered) &&
+	       !__atomic_compare_exchange_n(&w->dequeued, &deq,
+					    evst_ld64(&w->steered), false,
+					    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
 }
 
 void evst_shared_stamp(struct evst_shared *sh, const struct evst_worker *w,

@@ -185,13 +185,29 @@ evst_shared_waits(const struct evst_shared *sh, unsigned int slot);
 EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);
 /* The worker's loop ran: its heartbeat. */
 EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
-/* Nothing is where the program counted some (the queue found empty by
- * its worker or by a thief): pending back to 0. */
-EVST_HIDDEN void evst_ws_resync(struct evst_worker *w);
-/* Was a connection steered to worker w at or after `since`, by its stamp?
- * (false without stamps: the program counts nothing to time) */
-EVST_HIDDEN bool evst_shared_steered_since(const struct evst_shared *sh,
-					   const struct evst_worker *w,
-					   uint64_t since);
+/*
+ * A connection is counted (steered) at its SYN and is in the accept queue
+ * only once its handshake is done: a round trip later on a network, and
+ * on a loaded machine's loopback up to milliseconds (the final ACK waits
+ * for softirq work). One not taken this long after its SYN died in its
+ * handshake (a client gone, a SYN flood); one still younger may yet come.
+ */
+#define EVST_HANDSHAKE_GRACE_NS 100000000ull
+/*
+ * Nothing is on w's socket where the program counts some (its queue found
+ * empty at `now` by its worker or by a thief): what was steered there more
+ * than EVST_HANDSHAKE_GRACE_NS ago is dropped from pending; younger ones
+ * stay counted. Dropped at once, a connection in its handshake would, once
+ * accepted, take the place of the next one in the count, which then waits
+ * on the worker unseen by the steering and by thieves: for a whole block
+ * when the worker blocks (issue 18). dequeued never stays past steered
+ * either (a connection the program did not count: a SYN cookie completed
+ * on another socket), which would hide a real one. Without stamps
+ * (classic BPF counts nothing), pending back to 0.
+ */
+EVST_HIDDEN void evst_shared_resync(const struct evst_shared *sh,
+				    struct evst_worker *w, uint64_t now);
+/* Everything counted on w as taken: pending 0 (member.c: a stale excess). */
+EVST_HIDDEN void evst_ws_drop_pending(struct evst_worker *w);
 
 #endif
