@@ -36,7 +36,7 @@ build/bench/evsteer-http-server, an evhttp server built against libevent
 only, with 2 threads, run plain (libevent) and under build/preload/evsteer-run
 --group PORT as evsteer (auto: bpf+uring), evsteer-event (--accept event),
 evsteer-uring-nobpf (--bpf off --accept uring), evsteer-nobpf (--bpf off),
-on a free port, driven by wrk (Debian package wrk; skipped, not failed,
+and, when --impl names it, evsteer-nodefer (--defer-accept 0), on a free port, driven by wrk (Debian package wrk; skipped, not failed,
 where it is missing):
   http        wrk -t2 -c32 -dSs -H "Connection: close" --latency
               -s bench/wrk_report.lua http://127.0.0.1:PORT/
@@ -123,6 +123,12 @@ HTTP_IMPLS = {
     "evsteer-uring-nobpf": ["--bpf", "off", "--accept", "uring"],
     "evsteer-nobpf": ["--bpf", "off"],
 }
+# named with --impl only: the default path without the TCP_DEFER_ACCEPT
+# evsteer-run sets on evhttp's group sockets (--defer-accept 0)
+HTTP_OPT_IMPLS = {
+    "evsteer-nodefer": ["--defer-accept", "0"],
+}
+HTTP_ALL = {**HTTP_IMPLS, **HTTP_OPT_IMPLS}
 
 # scenario -> settings; (quick, full) where they differ
 SCENARIOS = {
@@ -640,7 +646,7 @@ def http_missing(impls):
         return "evsteer-http-server not built (needs libevent_pthreads)"
     if not wrk_script():
         return "bench/wrk_report.lua not found"
-    if any(HTTP_IMPLS.get(i) is not None for i in impls) and \
+    if any(HTTP_ALL.get(i) is not None for i in impls) and \
             not os.access(EVSTEER_RUN, os.X_OK):
         return "evsteer-run not built"
     return None
@@ -657,9 +663,9 @@ class HttpServer:
             cmd = [HTTP_SERVER, "--threads", str(threads),
                    "--port", str(port)] + work.http_args()
             env = None
-            if HTTP_IMPLS[impl] is not None:
+            if HTTP_ALL[impl] is not None:
                 cmd = [EVSTEER_RUN, "--group", str(port), "--stats",
-                       self.stats] + HTTP_IMPLS[impl] + ["--"] + cmd
+                       self.stats] + HTTP_ALL[impl] + ["--"] + cmd
                 env = preload_env()
             self.err = open(os.path.join(tmp, "stderr"), "w+")
             # evsteer-run execs the server: this pid is the server's
@@ -1248,7 +1254,8 @@ def main():
     ap.add_argument("--impl", default=None,
                     help="comma-separated; each scenario runs those of its "
                          "own (default: all): " + ", ".join(IMPLS) +
-                         "; http scenarios: " + ", ".join(HTTP_IMPLS))
+                         "; http scenarios: " + ", ".join(HTTP_IMPLS) +
+                         " (named only: " + ", ".join(HTTP_OPT_IMPLS) + ")")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if any run failed (a crash, a server that "
                          "did not start): the test suite's smoke run")
@@ -1310,7 +1317,7 @@ def main():
             ap.error(f"unknown scenario {s}")
     impls = a.impl.split(",") if a.impl else None
     for i in impls or []:
-        if i not in IMPLS and i not in HTTP_IMPLS and i not in OPT_IMPLS:
+        if i not in IMPLS and i not in HTTP_ALL and i not in OPT_IMPLS:
             ap.error(f"unknown implementation {i}")
     repeat = a.repeat or (1 if a.quick else 3)
     out = a.out or os.environ.get("EVSTEER_BENCH_OUT") or os.path.join(
@@ -1327,7 +1334,8 @@ def main():
         http = SCENARIOS[scen].get("http", False)
         own = list(HTTP_IMPLS) if http else IMPLS
         simpls = [i for i in (impls or own)
-                  if i in own or (not http and i in OPT_IMPLS)]
+                  if i in own or (not http and i in OPT_IMPLS)
+                  or (http and i in HTTP_OPT_IMPLS)]
         # the floor has no listener to drop or leave: the drains and
         # restart do not apply to it
         simpls = [i for i in simpls

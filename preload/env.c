@@ -39,14 +39,16 @@ static void group_ports(struct pl_env *env, const char *e)
 	}
 }
 
-/* EVSTEER_DEFER_ACCEPT=SECONDS: 1-3600, anything else is told about. */
+/* EVSTEER_DEFER_ACCEPT=SECONDS: 0 (off) to 3600; unset (-1): evhttp's
+ * sockets only; anything else is told about and left unset. */
 static void defer_accept(struct pl_env *env, const char *e)
 {
+	env->defer_accept_s = -1;
 	if (!e || !*e)
 		return;
 	char *end;
 	long s = strtol(e, &end, 10);
-	if (*end || s < 1 || s > 3600)
+	if (*end || s < 0 || s > 3600)
 		env->defer_accept_bad = e;
 	else
 		env->defer_accept_s = (int)s;

@@ -20,7 +20,8 @@ static void init(void)
 		       "separated by commas, got \"%s\"", pl.env.group_ports_bad);
 	if (pl.env.defer_accept_bad)
 		pl_say(EVSTEER_LOG_WARN, "EVSTEER_DEFER_ACCEPT: expected seconds "
-		       "(1-3600), got \"%s\": not set", pl.env.defer_accept_bad);
+		       "(0-3600), got \"%s\": left to its default",
+		       pl.env.defer_accept_bad);
 
 	struct pl_libevent lib = {NULL, NULL};
 	pl.mode = pl_resolve(&pl.real, &lib);

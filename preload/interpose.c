@@ -5,7 +5,9 @@
  * (made by the core, kept in the registry), and a call on one of ours goes
  * to the core; everything else goes to libevent (resolve.c) unchanged.
  */
+#include <dlfcn.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -87,19 +89,38 @@ static bool group_port(int fd)
 	return false;
 }
 
+/* The default seconds for evhttp's sockets (EVSTEER_DEFER_ACCEPT unset). */
+#define HTTP_DEFER_S 5
+
+/* Was the listener asked for by libevent's evhttp (evhttp_bind_socket*,
+ * evhttp_accept_socket*: their evconnlistener_new call, return address
+ * ra, lies in an exported evhttp_ function)? Then the socket speaks HTTP,
+ * whose client speaks first. */
+static bool from_evhttp(const void *ra)
+{
+	Dl_info di;
+	return ra && dladdr(ra, &di) && di.dli_sname &&
+	       !strncmp(di.dli_sname, "evhttp_", 7);
+}
+
 /*
- * EVSTEER_DEFER_ACCEPT (evsteer-run --defer-accept): a group port's TCP
- * socket completes a connection only once its first bytes came, so the
- * program reads a request in the pass after its accept, before a request
- * that came later; without it, a connection accepted just before a handler
- * blocks may be read behind the blocking request and wait out the block
- * (bench/README.md, "TCP_DEFER_ACCEPT"). Only for protocols where the
- * client speaks first: a connection that sends nothing is handed over only
- * when the kernel gives up waiting (about that many seconds).
+ * TCP_DEFER_ACCEPT on a group port's TCP socket: the kernel completes a
+ * connection only once its first bytes came, so the program reads a
+ * request in the pass after its accept, before a request that came later;
+ * without it, a connection accepted just before a handler blocks may be
+ * read behind the blocking request and wait out the block, the program's
+ * by then, where no sibling can take it (bench/README.md, "Handshakes in
+ * the count"). Only for protocols where the client speaks first: a
+ * connection that sends nothing is handed over only when the kernel gives
+ * up waiting (about that many seconds). So by default only evhttp's
+ * sockets get it (HTTP_DEFER_S); EVSTEER_DEFER_ACCEPT (evsteer-run
+ * --defer-accept) sets it for every group port, or 0 for none.
  */
-static void defer_accept(int fd)
+static void defer_accept(int fd, bool http)
 {
 	int proto = 0, s = pl.env.defer_accept_s;
+	if (s < 0)
+		s = http ? HTTP_DEFER_S : 0;
 	socklen_t len = sizeof(proto);
 	if (!s || getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 ||
 	    proto != IPPROTO_TCP)
@@ -108,8 +129,11 @@ static void defer_accept(int fd)
 		pl_say(EVSTEER_LOG_WARN, "port %d: TCP_DEFER_ACCEPT: %s",
 		       pl_local_port(fd), strerror(errno));
 	else
-		pl_say(EVSTEER_LOG_DEBUG, "port %d: TCP_DEFER_ACCEPT %d s",
-		       pl_local_port(fd), s);
+		pl_say(EVSTEER_LOG_INFO, "port %d: TCP_DEFER_ACCEPT %d s (%s)",
+		       pl_local_port(fd), s,
+		       pl.env.defer_accept_s < 0 ? "evhttp's socket: HTTP's "
+						   "client speaks first" :
+						   "EVSTEER_DEFER_ACCEPT");
 }
 
 EXPORT struct evconnlistener *
@@ -124,7 +148,7 @@ evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 		unsigned int f = known_flags(flags);
 		if (group_port(fd)) {
 			f |= LEV_OPT_REUSEABLE_PORT;
-			defer_accept(fd);
+			defer_accept(fd, from_evhttp(ra));
 		}
 		/* libevent takes any socket here (a datagram one fails
 		 * every accept): so does evsteer in compat mode */

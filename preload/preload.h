@@ -55,8 +55,9 @@ struct pl_env {
 	unsigned int ngroup_ports;
 	uint16_t group_ports[64];         /* EVSTEER_GROUP_PORTS */
 	const char *group_ports_bad;      /* its rest from the first bad port */
-	int defer_accept_s;               /* EVSTEER_DEFER_ACCEPT; 0: unset */
-	const char *defer_accept_bad;     /* the value, when not 1-3600 */
+	int defer_accept_s;               /* EVSTEER_DEFER_ACCEPT; -1: unset
+					     (evhttp's sockets only), 0: off */
+	const char *defer_accept_bad;     /* the value, when not 0-3600 */
 };
 
 /* libevent's own functions: the definitions after ours (RTLD_NEXT). */

@@ -19,10 +19,12 @@ is no stall avoidance to test (docs: groups).
            at once, not after the 50 x threshold bound.
   balance  steady load from parallel clients: each thread serves a fair
            share (at least a quarter of an even one) under least-pending.
-  defer    evsteer-run --defer-accept 5: a client that connects and sends
-           nothing stays in its handshake on the server (ss: SYN-RECV),
-           not handed to the program, while others are answered; its
-           request, once sent, is answered.
+  defer    TCP_DEFER_ACCEPT on evhttp's group sockets: by default and with
+           --defer-accept 5, a client that connects and sends nothing stays
+           in its handshake on the server (ss: SYN-RECV), not handed to
+           the program, while others are answered, and its request, once
+           sent, is answered; with --defer-accept 0 it is handed over at
+           once.
 
 Counts and times are bounded; nothing is asserted about speed (bench/ measures
 that). Exit 77 when BPF or io_uring is unavailable, unless EVSTEER_TEST_REQUIRE
@@ -239,18 +241,31 @@ def in_handshake(port):
 
 
 def case_defer(path, extra):
-    h = Http(path, ["--defer-accept", "5", *extra])
+    for opt, deferred in (([], True), (["--defer-accept", "5"], True),
+                          (["--defer-accept", "0"], False)):
+        defer_one(path, [*opt, *extra], deferred)
+
+
+def defer_one(path, extra, deferred):
+    what = " ".join(extra[:2]) if extra[:1] == ["--defer-accept"] else "default"
+    h = Http(path, extra)
     silent = None
     try:
+        said = [l for l in h.s.err if "TCP_DEFER_ACCEPT" in l]
+        check(bool(said) == deferred,
+              f"{what}: the log says {said!r}")
         silent = socket.create_connection(("127.0.0.1", h.port),
                                           timeout=REQ_TIMEOUT)
-        # the client's side is up; the server's waits for its first bytes
-        check(in_handshake(h.port) == 1,
-              f"{in_handshake(h.port)} connections in their handshake, not 1: "
-              "TCP_DEFER_ACCEPT not set on the group's sockets?")
+        if deferred:
+            # the client's side is up; the server's waits for its bytes
+            check(in_handshake(h.port) == 1,
+                  f"{what}: {in_handshake(h.port)} connections in their "
+                  "handshake, not 1: TCP_DEFER_ACCEPT not set?")
         for i in range(20):
             thread_of(h.port, f"request {i} beside a silent client")
-        check(in_handshake(h.port) == 1, "the silent client was handed over")
+        check(in_handshake(h.port) == (1 if deferred else 0),
+              f"{what}: {in_handshake(h.port)} in their handshake after 20 "
+              f"requests (deferred: {deferred})")
         silent.sendall(b"GET /thread HTTP/1.0\r\n\r\n")
         got = b""
         while True:
@@ -259,14 +274,15 @@ def case_defer(path, extra):
                 break
             got += b
         check(got.startswith(b"HTTP/1.") and b" 200 " in got.split(b"\r\n")[0],
-              f"the once silent client got {got[:80]!r}")
-        check(in_handshake(h.port) == 0, "a handshake left after the request")
+              f"{what}: the once silent client got {got[:80]!r}")
+        check(in_handshake(h.port) == 0, f"{what}: a handshake left")
     finally:
         if silent:
             silent.close()
         served = h.stop()
-    print(f"{path}: defer: a silent client stayed in its handshake through "
-          f"20 requests, then its own was answered; served {served}")
+    print(f"{path}: defer ({what}): a silent client "
+          f"{'stayed in its handshake' if deferred else 'was handed over'} "
+          f"through 20 requests, then its own was answered; served {served}")
 
 
 CASES = {"stall": case_stall, "back": case_back, "balance": case_balance,
