@@ -109,8 +109,8 @@ static bool from_evhttp(const void *ra)
  * request in the pass after its accept, before a request that came later;
  * without it, a connection accepted just before a handler blocks may be
  * read behind the blocking request and wait out the block, the program's
- * by then, where no sibling can take it (bench/README.md, "Handshakes in
- * the count"). Only for protocols where the client speaks first: a
+ * by then, where no sibling can take it (bench/README.md, "TCP_DEFER_ACCEPT
+ * on evhttp's sockets"). Only for protocols where the client speaks first: a
  * connection that sends nothing is handed over only when the kernel gives
  * up waiting (about that many seconds). So by default only evhttp's
  * sockets get it (HTTP_DEFER_S); EVSTEER_DEFER_ACCEPT (evsteer-run
