@@ -36,8 +36,9 @@ build/bench/evsteer-http-server, an evhttp server built against libevent
 only, with 2 threads, run plain (libevent) and under build/preload/evsteer-run
 --group PORT as evsteer (auto: bpf+uring), evsteer-event (--accept event),
 evsteer-uring-nobpf (--bpf off --accept uring), evsteer-nobpf (--bpf off),
-and, when --impl names it, evsteer-nodefer (--defer-accept 0), on a free port, driven by wrk (Debian package wrk; skipped, not failed,
-where it is missing):
+and, when --impl names it, evsteer-nodefer (--defer-accept 0), on a free
+port, driven by wrk (Debian package wrk; skipped, not failed, where it is
+missing):
   http        wrk -t2 -c32 -dSs -H "Connection: close" --latency
               -s bench/wrk_report.lua http://127.0.0.1:PORT/
   http-stall  the same with -c8, while a Python http.client GETs /stall (its
