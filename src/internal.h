@@ -270,6 +270,10 @@ struct evst_sock_info {
 };
 EVST_HIDDEN int evst_list_listeners(const struct sockaddr *sa,
 				    struct evst_sock_info *out, int max);
+/* The cookies of the handshakes in flight (request sockets) to sa's port,
+ * any listener's: how many (maybe more than max) or -errno. */
+EVST_HIDDEN int evst_list_handshakes(const struct sockaddr *sa, uint64_t *out,
+				     int max);
 /*
  * The listen order: held around a listen() and the claim of that socket
  * by a steering group, and around the close of a group's socket. Classic

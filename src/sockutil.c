@@ -106,14 +106,28 @@ uint64_t evst_netns_cookie(int fd)
 	return c;
 }
 
-/*
- * The TCP listeners bound to exactly sa (address and port) in this network
- * namespace, from the kernel's socket diagnostics (what `ss -ltne` shows):
- * cookie, owner uid and inode of each. Returns how many (at most max) or
- * -errno.
- */
-int evst_list_listeners(const struct sockaddr *sa, struct evst_sock_info *out,
-			int max)
+/* The local port and address of sa (AF_INET or AF_INET6). */
+static void port_addr(const struct sockaddr *sa, __be16 *port,
+		      const void **addr, size_t *alen)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
+		*port = s->sin_port;
+		*addr = &s->sin_addr;
+		*alen = 4;
+	} else {
+		const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
+		*port = s->sin6_port;
+		*addr = &s->sin6_addr;
+		*alen = 16;
+	}
+}
+
+/* One sock_diag dump of the TCP sockets of family in the states (a mask
+ * of 1 << TCP_*), each message to fn. Returns 0 or -errno. */
+static int diag_dump(int family, unsigned int states,
+		     void (*fn)(const struct inet_diag_msg *m, void *arg),
+		     void *arg)
 {
 	int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
 	if (nl < 0)
@@ -125,9 +139,9 @@ int evst_list_listeners(const struct sockaddr *sa, struct evst_sock_info *out,
 		.nlh = {.nlmsg_len = sizeof(req),
 			.nlmsg_type = SOCK_DIAG_BY_FAMILY,
 			.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP},
-		.r = {.sdiag_family = (__u8)sa->sa_family,
+		.r = {.sdiag_family = (__u8)family,
 		      .sdiag_protocol = IPPROTO_TCP,
-		      .idiag_states = 1u << 10 /* TCP_LISTEN */},
+		      .idiag_states = states},
 	};
 	struct sockaddr_nl k = {.nl_family = AF_NETLINK};
 	if (sendto(nl, &req, sizeof(req), 0, (struct sockaddr *)&k, sizeof(k)) < 0) {
@@ -135,21 +149,7 @@ int evst_list_listeners(const struct sockaddr *sa, struct evst_sock_info *out,
 		close(nl);
 		return err;
 	}
-	__be16 port;
-	const void *addr;
-	size_t alen;
-	if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
-		port = s->sin_port;
-		addr = &s->sin_addr;
-		alen = 4;
-	} else {
-		const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
-		port = s->sin6_port;
-		addr = &s->sin6_addr;
-		alen = 16;
-	}
-	int n = 0, err = 0;
+	int err = 0;
 	long buf[8192 / sizeof(long)];
 	for (bool done = false; !done;) {
 		ssize_t len = recv(nl, buf, sizeof(buf), 0);
@@ -173,20 +173,88 @@ int evst_list_listeners(const struct sockaddr *sa, struct evst_sock_info *out,
 				done = true;
 				break;
 			}
-			struct inet_diag_msg *m = NLMSG_DATA(h);
-			if (m->id.idiag_sport != port ||
-			    memcmp(m->id.idiag_src, addr, alen) || n >= max)
-				continue;
-			out[n++] = (struct evst_sock_info){
-				.cookie = (uint64_t)m->id.idiag_cookie[0] |
-					  (uint64_t)m->id.idiag_cookie[1] << 32,
-				.uid = m->idiag_uid,
-				.inode = m->idiag_inode,
-			};
+			fn(NLMSG_DATA(h), arg);
 		}
 	}
 	close(nl);
-	return err ? err : n;
+	return err;
+}
+
+static uint64_t diag_cookie(const struct inet_diag_msg *m)
+{
+	return (uint64_t)m->id.idiag_cookie[0] |
+	       (uint64_t)m->id.idiag_cookie[1] << 32;
+}
+
+struct listing {
+	__be16 port;
+	const void *addr;
+	size_t alen;
+	struct evst_sock_info *out;
+	uint64_t *cookies;
+	int n, max;
+};
+
+static void listener_seen(const struct inet_diag_msg *m, void *arg)
+{
+	struct listing *l = arg;
+	if (m->id.idiag_sport != l->port ||
+	    memcmp(m->id.idiag_src, l->addr, l->alen) || l->n >= l->max)
+		return;
+	l->out[l->n++] = (struct evst_sock_info){
+		.cookie = diag_cookie(m),
+		.uid = m->idiag_uid,
+		.inode = m->idiag_inode,
+	};
+}
+
+/*
+ * The TCP listeners bound to exactly sa (address and port) in this network
+ * namespace, from the kernel's socket diagnostics (what `ss -ltne` shows):
+ * cookie, owner uid and inode of each. Returns how many (at most max) or
+ * -errno.
+ */
+int evst_list_listeners(const struct sockaddr *sa, struct evst_sock_info *out,
+			int max)
+{
+	struct listing l = {.out = out, .max = max};
+	port_addr(sa, &l.port, &l.addr, &l.alen);
+	int err = diag_dump(sa->sa_family, 1u << 10 /* TCP_LISTEN */,
+			    listener_seen, &l);
+	return err ? err : l.n;
+}
+
+static void handshake_seen(const struct inet_diag_msg *m, void *arg)
+{
+	struct listing *l = arg;
+	if (m->id.idiag_sport != l->port)
+		return;
+	if (l->n < l->max)
+		l->cookies[l->n] = diag_cookie(m);
+	l->n++;
+}
+
+/*
+ * The handshakes in flight to sa's port in this network namespace: the
+ * request sockets (SYN-RECV, what `ss -tn state syn-recv` shows) of every
+ * listener on the port, whatever its address (a wildcard listener's
+ * requests carry the address the SYN was sent to), IPv4 ones too for an
+ * IPv6 address (a dual-stack listener's). The kernel does not say whose
+ * listener each is. Their cookies into out (at most max); returns how
+ * many there are, which may be more than max, or -errno.
+ */
+int evst_list_handshakes(const struct sockaddr *sa, uint64_t *out, int max)
+{
+	struct listing l = {.cookies = out, .max = max};
+	const void *addr;
+	size_t alen;
+	port_addr(sa, &l.port, &addr, &alen);
+	/* TCP_SYN_RECV; the kernel adds TCP_NEW_SYN_RECV, a request's state */
+	unsigned int st = 1u << 3 | 1u << 12;
+	int err = diag_dump(AF_INET, st, handshake_seen, &l);
+	if (!err && sa->sa_family == AF_INET6)
+		err = diag_dump(AF_INET6, st, handshake_seen, &l);
+	return err ? err : l.n;
 }
 
 static pthread_mutex_t listen_order = PTHREAD_MUTEX_INITIALIZER;
