@@ -16,6 +16,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -495,7 +497,7 @@ struct hammer {
 	struct sockaddr_storage ss;
 	socklen_t len;
 	atomic_bool stop;
-	atomic_int ok, bad;
+	atomic_int ok, bad, resets;
 	atomic_int last_err;
 };
 
@@ -506,6 +508,8 @@ static void *hammer_client(void *arg)
 		int r = client(&h->ss, h->len, TL_TIMEOUT_MS);
 		if (r == 1) {
 			atomic_fetch_add(&h->ok, 1);
+		} else if (r == -ECONNRESET) {
+			atomic_fetch_add(&h->resets, 1);
 		} else {
 			atomic_fetch_add(&h->bad, 1);
 			atomic_store(&h->last_err, r);
@@ -586,11 +590,22 @@ static void test_reattach_race(void **state)
 	int cycles = ch[0].cycles + ch[1].cycles;
 	EVSTEER_PATH_OPTS(p);
 	evsteer_listener_get_path(stay[0].lev, &p);
+	int migrate = tl_sysctl_int("net/ipv4/tcp_migrate_req", 0);
 	print_message("%d join/leave cycles on two threads; %d connections "
-		      "answered, %d not (last: %d); path %s (%s)\n",
-		      cycles, atomic_load(&h.ok), atomic_load(&h.bad),
-		      atomic_load(&h.last_err), p.name, p.steering_reason);
+		      "answered, %d reset, %d otherwise not (last: %d); "
+		      "tcp_migrate_req %d; path %s (%s)\n",
+		      cycles, atomic_load(&h.ok), atomic_load(&h.resets),
+		      atomic_load(&h.bad), atomic_load(&h.last_err), migrate,
+		      p.name, p.steering_reason);
 	assert_int_equal(atomic_load(&h.bad), 0);
+	/* The kernel's own window (docs/groups.md, "Leaving"): a listener
+	 * that closes leaves its reuseport group a moment before the port's
+	 * lookup chain, and a SYN looked up in that moment is handed to it
+	 * and its handshake reset; only request migration saves it. Seen
+	 * once in 350,000-600,000 connections of this churn beside stress-ng
+	 * on a 2-CPU VM, with tcp_migrate_req=1 never. A wrong model of the
+	 * kernel's array loses connections by the hundred. */
+	assert_true(atomic_load(&h.resets) <= (migrate == 1 ? 0 : 2));
 	assert_true(atomic_load(&h.ok) > 100);
 	assert_true(ch[0].cycles > 10 && ch[1].cycles > 10);
 	assert_int_equal(p.steering, EVSTEER_STEER_CBPF);
@@ -598,6 +613,88 @@ static void test_reattach_race(void **state)
 		worker_fini(&stay[i]);
 		worker_fini(&ch[i].w);
 	}
+	mask(NULL);
+}
+
+/* ---- a handshake in flight on a leaving worker's socket */
+
+struct late_sender {
+	int fd;
+	atomic_bool leaving;
+};
+
+/* Once the leave has begun, the client's first bytes, 50 ms on: past the
+ * quiet while a leaving socket waits at least (20 ms). Sent earlier (this
+ * thread late to start), the handshake completes before the leave looks,
+ * and the test passes without testing: it cannot fail wrongly. */
+static void *send_late(void *arg)
+{
+	struct late_sender *ls = arg;
+	while (!atomic_load(&ls->leaving))
+		sched_yield();
+	struct timespec ts = {0, 50 * 1000000L};
+	nanosleep(&ts, NULL);
+	ssize_t r = send(ls->fd, "x", 1, MSG_NOSIGNAL);
+	(void)r;
+	return NULL;
+}
+
+/*
+ * A worker leaves while a handshake it started is not done: its socket
+ * has TCP_DEFER_ACCEPT, so the client's bare ACK leaves the request in
+ * SYN-RECV until the client's first bytes, sent 50 ms into the leave.
+ * Without eBPF nothing migrates a request when its listener closes: the
+ * leave must wait for the handshake to complete (it looks the handshakes
+ * up by socket diagnostics) and hand the connection to its sibling. With
+ * a fixed wait the client's bytes met a reset (as a client preempted
+ * between its SYN and its ACK did, 1 in ~2 million connections, in
+ * test_reattach_race).
+ */
+static void test_leave_waits_for_handshake(void **state)
+{
+	(void)state;
+	mask("bpf");
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	struct worker w[2];
+	workers_up(w, 2, &ss, &len, -1, true);
+	assert_int_equal(path_of(&w[0]).steering, EVSTEER_STEER_CBPF);
+	/* every connection to the worker that leaves */
+	struct evsteer_group *g = evsteer_listener_get_group(w[0].lev);
+	assert_int_equal(evsteer_group_set_policy(g, EVSTEER_POLICY_CPU), 0);
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+	for (long c = 0; c < ncpu && c < 256; c++)
+		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)c, 1), 0);
+	int secs = 10;
+	assert_int_equal(setsockopt(evsteer_listener_get_fd(w[1].lev),
+				    IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs,
+				    sizeof(secs)), 0);
+	struct late_sender ls = {.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+	assert_true(ls.fd >= 0);
+	struct timeval tv = {TL_TIMEOUT_MS / 1000, 0};
+	setsockopt(ls.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	assert_int_equal(connect(ls.fd, (struct sockaddr *)&ss, len), 0);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, send_late, &ls), 0);
+	atomic_store(&ls.leaving, true);
+	uint64_t t0 = now_ms();
+	evsteer_listener_free(w[1].lev);
+	w[1].lev = NULL;
+	uint64_t took = now_ms() - t0;
+	pthread_join(th, NULL);
+	char c = 0;
+	ssize_t n;
+	while ((n = recv(ls.fd, &c, 1, 0)) < 0 && errno == EINTR)
+		;
+	int err = n < 0 ? errno : 0;
+	print_message("leave took %llu ms; the client read %zd byte(s) (%s)\n",
+		      (unsigned long long)took, n, n < 0 ? strerror(err) : "");
+	assert_int_equal(n, 1);
+	assert_int_equal(c, 'k');
+	assert_int_equal(atomic_load(&w[0].n), 1);
+	close(ls.fd);
+	for (int i = 0; i < 2; i++)
+		worker_fini(&w[i]);
 	mask(NULL);
 }
 
@@ -1012,6 +1109,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_drain_no_reset),
 		cmocka_unit_test(test_cpu_policy),
 		cmocka_unit_test(test_reattach_race),
+		cmocka_unit_test(test_leave_waits_for_handshake),
 		cmocka_unit_test(test_foreign_listener),
 		cmocka_unit_test(test_second_process),
 		cmocka_unit_test(test_retire_to_other_process),

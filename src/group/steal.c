@@ -311,17 +311,65 @@ unsigned int evst_steal_handoff(struct evsteer_listener *lev,
 
 /* ---- classic BPF: a leaving worker's socket, drained into its siblings */
 
-/* A handshake that was in flight on the leaving socket when the program
- * stopped choosing it completes within a round trip: on loopback or a LAN,
- * well within this, unless the final ACK waits in softirq work on a
- * starved CPU (seen: 1 reset in 3,146 connections in test_reattach_race
- * under qemu TCG with 5 ms, 1 in 45,698 once under a parallel suite).
- * Longer ones are reset at the close (only eBPF's migration, or
- * net.ipv4.tcp_migrate_req=1, moves a request socket). A leave costs its
- * thread this long at least; leaves are rare. */
+/* A handshake the leaving socket had started when the program stopped
+ * choosing it must complete before the socket closes: without eBPF's
+ * migration (or net.ipv4.tcp_migrate_req=1) the kernel drops its request
+ * at the close and answers the client's ACK with a reset. On loopback
+ * that takes microseconds, unless the client is preempted between its
+ * SYN and its ACK (seen under a loaded 2-CPU test: one reset in ~2
+ * million connections, with a fixed 20 ms wait); across a WAN it takes a
+ * round trip. So the drain looks up the handshakes in flight to the port
+ * shortly after it starts (any listener's: the kernel does not say whose)
+ * and waits, besides a quiet while, until each of them is done, a second
+ * at most (the server re-sends its SYN-ACK at one: a handshake that slow
+ * has lost a packet). A leave costs its thread the quiet while at least;
+ * leaves are rare. */
+#define DRAIN_LOOK_NS 1000000ull
 #define DRAIN_SETTLE_NS 20000000ull
-#define DRAIN_MAX_NS 200000000ull
+#define DRAIN_MAX_NS 1000000000ull
 #define DRAIN_BATCH 64
+
+static int cookie_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The handshakes to sa's port in flight now, sorted, into *buf (grown as
+ * needed): how many, or -errno. */
+static int handshakes(const struct sockaddr *sa, uint64_t **buf, int *cap)
+{
+	for (;;) {
+		int n = evst_list_handshakes(sa, *buf, *cap);
+		if (n < 0 || n <= *cap) {
+			if (n > 0)
+				qsort(*buf, (size_t)n, sizeof(**buf), cookie_cmp);
+			return n;
+		}
+		uint64_t *p = realloc(*buf, ((size_t)n + 64) * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		*buf = p;
+		*cap = n + 64;
+	}
+}
+
+/* Which of the nseen handshakes in flight at the first look are still in
+ * flight: they stay in seen[], the rest go. Returns how many stay, or 0
+ * when the kernel cannot be asked (then the quiet while alone decides). */
+static int still_in_flight(const struct sockaddr *sa, uint64_t *seen, int nseen,
+			   uint64_t **buf, int *cap)
+{
+	int n = handshakes(sa, buf, cap);
+	if (n < 0)
+		return 0;
+	int k = 0;
+	for (int i = 0; i < nseen; i++)
+		if (n && bsearch(&seen[i], *buf, (size_t)n, sizeof(**buf),
+				 cookie_cmp))
+			seen[k++] = seen[i];
+	return k;
+}
 
 /* 1: the inbox was empty (its owner needs a poke), 0, or -ENOMEM */
 static int inbox_push(struct evst_member_state *ms, int fd)
@@ -419,7 +467,11 @@ void evst_group_close_sock(struct evsteer_group *g, int fd)
 	 * for a while, then close it (evst_shared_close takes the last
 	 * ones under the lock that also re-makes the program) */
 	int got[DRAIN_BATCH];
-	uint64_t start = evst_now_ns(), last = start;
+	uint64_t start = evst_now_ns(), last = start, looked = 0;
+	/* handshakes in flight at the first look (-1: not looked yet) */
+	uint64_t *seen = NULL, *buf = NULL;
+	int nseen = -1, scap = 0, bcap = 0;
+	const struct sockaddr *sa = (const struct sockaddr *)&g->addr;
 	for (;;) {
 		unsigned int n = 0;
 		while (n < DRAIN_BATCH) {
@@ -435,13 +487,37 @@ void evst_group_close_sock(struct evsteer_group *g, int fd)
 			if (n == DRAIN_BATCH)
 				continue;
 		}
-		if ((now - start >= DRAIN_SETTLE_NS &&
-		     now - last >= DRAIN_SETTLE_NS / 2) ||
-		    now - start >= DRAIN_MAX_NS)
+		/* a SYN the old program steered here as the new one went on
+		 * is a request by now: look once that much has passed */
+		if (nseen < 0 && now - start >= DRAIN_LOOK_NS) {
+			nseen = handshakes(sa, &seen, &scap);
+			if (nseen < 0) {
+				evst_debug("group: cannot list the handshakes in "
+					   "flight (sock_diag: %s); a leaving "
+					   "socket waits a quiet while only",
+					   strerror(-nseen));
+				nseen = 0;
+			}
+			looked = now;
+		}
+		bool quiet = now - start >= DRAIN_SETTLE_NS &&
+			     now - last >= DRAIN_SETTLE_NS / 2;
+		if (quiet && nseen > 0 && now - looked >= DRAIN_LOOK_NS) {
+			nseen = still_in_flight(sa, seen, nseen, &buf, &bcap);
+			looked = now;
+		}
+		if ((quiet && nseen == 0) || now - start >= DRAIN_MAX_NS)
 			break;
 		struct timespec ts = {0, 250000L};
 		nanosleep(&ts, NULL);
 	}
+	if (nseen > 0)
+		evst_debug("group: a leaving socket closes with %d handshake(s) "
+			   "to its port still in flight after %llu ms (any "
+			   "listener's; one of its own is reset)", nseen,
+			   (unsigned long long)((evst_now_ns() - start) / 1000000));
+	free(seen);
+	free(buf);
 	int late[DRAIN_BATCH];
 	int n = evst_shared_close(g->sh, fd, late, DRAIN_BATCH);
 	hand_on(g, late, (unsigned)n);
