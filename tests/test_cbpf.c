@@ -161,13 +161,6 @@ static int client(const struct sockaddr_storage *ss, socklen_t len,
 	return r == 'k' ? 1 : r > 0 ? -EPROTO : r;
 }
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void mask(const char *m)
 {
 	if (m)
@@ -340,14 +333,14 @@ static void test_stall_avoided(void **state)
 		usleep(2000);
 	}
 	assert_int_equal(atomic_load(&w[0].block_ms), 0);
-	uint64_t t0 = now_ms(), worst = 0;
+	uint64_t t0 = tl_now_ms(), worst = 0;
 	for (int i = 0; i < 40; i++) {
-		uint64_t a = now_ms();
+		uint64_t a = tl_now_ms();
 		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
-		uint64_t d = now_ms() - a;
+		uint64_t d = tl_now_ms() - a;
 		worst = d > worst ? d : worst;
 	}
-	uint64_t took = now_ms() - t0;
+	uint64_t took = tl_now_ms() - t0;
 	struct evsteer_group *g = evsteer_listener_get_group(w[0].lev);
 	EVSTEER_WORKER_STATS_OPTS(s0);
 	EVSTEER_WORKER_STATS_OPTS(s1);
@@ -377,12 +370,12 @@ static void test_stall_avoided(void **state)
 	assert_true(s0.stolen_from <= 6);
 	/* and back once it runs: it takes connections again (first its
 	 * blocked callback ends, which counts one) */
-	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
-	while (atomic_load(&w[0].n) == 0 && now_ms() < deadline)
+	uint64_t deadline = tl_now_ms() + TL_TIMEOUT_MS;
+	while (atomic_load(&w[0].n) == 0 && tl_now_ms() < deadline)
 		usleep(10000);
 	int n0 = atomic_load(&w[0].n);
 	assert_true(n0 > 0);
-	while (atomic_load(&w[0].n) == n0 && now_ms() < deadline)
+	while (atomic_load(&w[0].n) == n0 && tl_now_ms() < deadline)
 		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
 	assert_true(atomic_load(&w[0].n) > n0);
 	for (int i = 0; i < 2; i++)
@@ -530,7 +523,7 @@ struct churner {
 static void *churn_main(void *arg)
 {
 	struct churner *c = arg;
-	while (now_ms() < c->end) {
+	while (tl_now_ms() < c->end) {
 		struct sockaddr_storage a = c->h->ss;
 		socklen_t l = c->h->len;
 		EVSTEER_LISTENER_OPTS(o, .stall_us = -1,
@@ -568,7 +561,7 @@ static void test_reattach_race(void **state)
 	struct worker stay[2];
 	struct churner ch[2];
 	workers_up(stay, 2, &h.ss, &h.len, -1, true);
-	uint64_t end = now_ms() + 3000;
+	uint64_t end = tl_now_ms() + 3000;
 	for (int i = 0; i < 2; i++) {
 		memset(&ch[i], 0, sizeof(ch[i]));
 		ch[i].h = &h;
@@ -677,10 +670,10 @@ static void test_leave_waits_for_handshake(void **state)
 	pthread_t th;
 	assert_int_equal(pthread_create(&th, NULL, send_late, &ls), 0);
 	atomic_store(&ls.leaving, true);
-	uint64_t t0 = now_ms();
+	uint64_t t0 = tl_now_ms();
 	evsteer_listener_free(w[1].lev);
 	w[1].lev = NULL;
-	uint64_t took = now_ms() - t0;
+	uint64_t took = tl_now_ms() - t0;
 	pthread_join(th, NULL);
 	char c = 0;
 	ssize_t n;
@@ -915,8 +908,8 @@ static void retire_once(void)
 	struct retire_hammer h = {.ss = &ss, .len = len};
 	pthread_t th;
 	assert_int_equal(pthread_create(&th, NULL, retire_hammer_main, &h), 0);
-	uint64_t until = now_ms() + TL_TIMEOUT_MS;
-	while (evsteer_group_pending(g) > 0 && now_ms() < until)
+	uint64_t until = tl_now_ms() + TL_TIMEOUT_MS;
+	while (evsteer_group_pending(g) > 0 && tl_now_ms() < until)
 		usleep(1000);
 	assert_int_equal(evsteer_group_pending(g), 0);
 	for (int i = 0; i < 2; i++) {
@@ -927,9 +920,9 @@ static void retire_once(void)
 	/* and a little after the last close */
 	int seen = atomic_load(&h.child) + atomic_load(&h.here) +
 		   atomic_load(&h.reset) + atomic_load(&h.other);
-	until = now_ms() + TL_TIMEOUT_MS;
+	until = tl_now_ms() + TL_TIMEOUT_MS;
 	while ((atomic_load(&h.child) < seen + 50 || !all_seen(&h)) &&
-	       now_ms() < until)
+	       tl_now_ms() < until)
 		usleep(1000);
 	atomic_store(&h.stop, true);
 	pthread_join(th, NULL);
@@ -945,8 +938,8 @@ static void retire_once(void)
 	 * within about a second, and the kernel's hash uses both its
 	 * sockets (before: only one of them got connections from then on). */
 	int tally[2] = {0, 0};
-	until = now_ms() + TL_TIMEOUT_MS;
-	while ((!tally[0] || !tally[1]) && now_ms() < until) {
+	until = tl_now_ms() + TL_TIMEOUT_MS;
+	while ((!tally[0] || !tally[1]) && tl_now_ms() < until) {
 		int r = answer_of(&ss, len, TL_TIMEOUT_MS);
 		assert_true(r == 'c' || r == 'd');
 		tally[r == 'd']++;

@@ -427,8 +427,6 @@ static bool serve_both(struct fx *f, int want);
  * Before, the pass accepted first: the timer found the connection already
  * delivered to worker 0 (and waited out its bound).
  */
-static uint64_t now_ms(void);
-
 struct sibling {
 	struct fx *f;
 	int want;
@@ -459,8 +457,8 @@ static void long_cb(evutil_socket_t fd, short what, void *arg)
 	struct long_cb *l = arg;
 	l->ran = true;
 	l->delivered_before = l->f->w[0].s.n; /* this thread's own count */
-	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
-	while (atomic_load(&l->sib->done) == 0 && now_ms() < deadline) {
+	uint64_t deadline = tl_now_ms() + TL_TIMEOUT_MS;
+	while (atomic_load(&l->sib->done) == 0 && tl_now_ms() < deadline) {
 		struct timespec ms = {0, 1000000};
 		nanosleep(&ms, NULL); /* blocked, as in a slow system call */
 	}
@@ -669,18 +667,18 @@ static void blocked_one_per_pass(enum evsteer_accept_mode engine)
 	int c[40];
 	int n = until_worker0(&f, c, 3);
 	assert_int_equal(long_pass(&f, name), 0);
-	uint64_t t0 = now_ms();
+	uint64_t t0 = tl_now_ms();
 
 	/* 4 queued on worker 0 (the ring's accepts take them as they come) */
 	int base = f.w[0].s.n;
 	n += until_worker0_has(&f, c + n, 12, wstats(&f, 0).steered + 4);
 	if (engine == EVSTEER_ACCEPT_EVENT)
 		tl_wait_queued(lfd, 4);
-	int got[8];
+	int got[8] = {0};
 	int passes = passes_until(&f, base + 4, got, 8);
 	print_message("%s: after the block (%llu ms ago), passes delivered "
 		      "%d %d %d %d (%d passes)\n", name,
-		      (unsigned long long)(now_ms() - t0), got[0],
+		      (unsigned long long)(tl_now_ms() - t0), got[0],
 		      passes > 1 ? got[1] : 0, passes > 2 ? got[2] : 0,
 		      passes > 3 ? got[3] : 0, passes);
 	assert_int_equal(f.w[0].s.n, base + 4);
@@ -783,18 +781,11 @@ static void test_queue_wait(void **state)
 }
 
 /* read "ok" or see the reset */
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* both workers' loops, alternately, until `want` were delivered in all */
 static bool serve_both(struct fx *f, int want)
 {
-	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
-	while (total(f) < want && now_ms() < deadline)
+	uint64_t deadline = tl_now_ms() + TL_TIMEOUT_MS;
+	while (total(f) < want && tl_now_ms() < deadline)
 		for (int i = 0; i < f->n; i++)
 			event_base_loop(f->w[i].base, EVLOOP_NONBLOCK);
 	return total(f) >= want;
@@ -824,8 +815,8 @@ static void test_stall_recovers(void **state)
 	/* now both run: worker 0 must be back within the probe interval
 	 * (100 ms here), not left out while worker 1 takes everything */
 	int made = n;
-	uint64_t start = now_ms();
-	while (f.w[0].s.n < 10 && now_ms() - start < TL_TIMEOUT_MS) {
+	uint64_t start = tl_now_ms();
+	while (f.w[0].s.n < 10 && tl_now_ms() - start < TL_TIMEOUT_MS) {
 		int fd = client(&f);
 		assert_true(serve_both(&f, ++made));
 		close(fd);
@@ -837,7 +828,7 @@ static void test_stall_recovers(void **state)
 			 "from (steered %lu)", f.w[0].s.n, total(&f),
 			 (unsigned long)s0.steered);
 	print_message("worker 0 back after %d connections, %llu ms\n",
-		      made - n, (unsigned long long)(now_ms() - start));
+		      made - n, (unsigned long long)(tl_now_ms() - start));
 	tl_close_n(c, n);
 	fx_close(&f);
 }
@@ -862,12 +853,12 @@ static void *busy_thread(void *arg)
 	/* bounded: if the test fails half-way, nobody moves the phase on,
 	 * and a thread spinning for the rest of the run would load the CPU
 	 * the other tests time */
-	uint64_t deadline = now_ms() + 3 * TL_TIMEOUT_MS;
+	uint64_t deadline = tl_now_ms() + 3 * TL_TIMEOUT_MS;
 	event_base_loop(b->base, EVLOOP_NONBLOCK);
 	atomic_store(&b->phase, 1);
-	while (atomic_load(&b->phase) == 1 && now_ms() < deadline)
+	while (atomic_load(&b->phase) == 1 && tl_now_ms() < deadline)
 		; /* busy, no system call */
-	while (atomic_load(&b->phase) == 2 && now_ms() < deadline) {
+	while (atomic_load(&b->phase) == 2 && tl_now_ms() < deadline) {
 		event_base_loop(b->base, EVLOOP_NONBLOCK);
 		atomic_fetch_add(&b->passes, 1);
 		sched_yield();
@@ -899,8 +890,8 @@ static void test_stall_back_at_once(void **state)
 	struct busy_worker b = {.base = f.w[0].base};
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, busy_thread, &b), 0);
-	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
-	while (atomic_load(&b.phase) == 0 && now_ms() < deadline)
+	uint64_t deadline = tl_now_ms() + TL_TIMEOUT_MS;
+	while (atomic_load(&b.phase) == 0 && tl_now_ms() < deadline)
 		sched_yield();
 	assert_int_equal(atomic_load(&b.phase), 1);
 	int c[24], n = 0;
@@ -914,8 +905,8 @@ static void test_stall_back_at_once(void **state)
 	uint64_t steered = wstats(&f, 0).steered;
 	/* worker 0's thread runs its loop again */
 	atomic_store(&b.phase, 2);
-	deadline = now_ms() + TL_TIMEOUT_MS;
-	while (atomic_load(&b.passes) < 2 && now_ms() < deadline)
+	deadline = tl_now_ms() + TL_TIMEOUT_MS;
+	while (atomic_load(&b.passes) < 2 && tl_now_ms() < deadline)
 		sched_yield();
 	assert_true(atomic_load(&b.passes) >= 2);
 	/* round-robin: worker 0 gets one of the next two */
@@ -1174,7 +1165,7 @@ static void drift_resync(enum evsteer_accept_mode engine)
 	fx_open_accept(&f, 1, EVSTEER_POLICY_LEAST_PENDING, -1,
 		       EVSTEER_BPF_REQUIRE, false, engine);
 	struct sockaddr_in dst = *(struct sockaddr_in *)&f.addr;
-	uint64_t t0 = now_ms();
+	uint64_t t0 = tl_now_ms();
 	int sent = 0;
 	for (int i = 0; i < 10; i++)
 		sent += raw_syn(&dst, (uint16_t)(40000 + i)) == 0;
@@ -1187,7 +1178,7 @@ static void drift_resync(enum evsteer_accept_mode engine)
 	assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, 1));
 	/* delivered, and the queue found empty in the same pass */
 	tl_loop_for(f.w[0].base, 5);
-	uint64_t took = now_ms() - t0;
+	uint64_t took = tl_now_ms() - t0;
 	st = wstats(&f, 0);
 	print_message("after %llu ms: pending %llu\n", (unsigned long long)took,
 		      (unsigned long long)st.pending);
@@ -1196,7 +1187,7 @@ static void drift_resync(enum evsteer_accept_mode engine)
 	if (took < 90)
 		assert_int_equal(st.pending, 10);
 	/* once the SYNs are 100 ms old, the next empty pass drops them */
-	while (now_ms() - t0 < 110)
+	while (tl_now_ms() - t0 < 110)
 		tl_loop_for(f.w[0].base, 10);
 	int c2 = client(&f);
 	assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, 2));
@@ -1260,7 +1251,7 @@ static void test_thief_keeps_recent(void **state)
 	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 10000, EVSTEER_BPF_REQUIRE,
 		true);
 	struct sockaddr_in dst = *(struct sockaddr_in *)&f.addr;
-	uint64_t t0 = now_ms();
+	uint64_t t0 = tl_now_ms();
 	tl_skip_unless(raw_syn(&dst, 41000) == 0, "bpf",
 		       "no raw sockets (needs CAP_NET_RAW)");
 	struct victim vi = {&f, 0};
@@ -1270,7 +1261,7 @@ static void test_thief_keeps_recent(void **state)
 	/* the victim looks stuck after 10 ms: the watch pokes the other,
 	 * which looks at it every 5 ms or so and finds its socket empty */
 	tl_loop_for(thief, 50);
-	uint64_t took = now_ms() - t0;
+	uint64_t took = tl_now_ms() - t0;
 	struct evsteer_worker_stats sv = wstats(&f, vi.v);
 	print_message("after %llu ms: worker %d pending %llu\n",
 		      (unsigned long long)took, vi.v,
@@ -1282,7 +1273,7 @@ static void test_thief_keeps_recent(void **state)
 	/* once the SYN is 100 ms old, a look drops it */
 	assert_true(tl_loop_until_fn(thief, victim_dropped, &vi));
 	print_message("dropped after %llu ms\n",
-		      (unsigned long long)(now_ms() - t0));
+		      (unsigned long long)(tl_now_ms() - t0));
 	fx_close(&f);
 }
 
@@ -1366,9 +1357,9 @@ static void test_one_address_one_group(void **state)
 	int c[40];
 	for (int i = 0; i < 40; i++)
 		c[i] = client(&f);
-	uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
+	uint64_t deadline = tl_now_ms() + TL_TIMEOUT_MS;
 	while ((total(&f) < 20 || s2.n < 10 || s3.n < 10) &&
-	       now_ms() < deadline)
+	       tl_now_ms() < deadline)
 		tl_loop_for(f.w[0].base, 10);
 	tl_close_n(c, 40);
 	print_message("group 1: %d + %d, group 2: %d, implicit: %d\n",
@@ -1469,8 +1460,8 @@ static void test_churn_while_stealing(void **state)
 		/* whoever got them: the two attached workers, or a worker
 		 * that left (its queue migrates to these two) */
 		served += 10;
-		uint64_t deadline = now_ms() + TL_TIMEOUT_MS;
-		while (total(&f) < served && now_ms() < deadline) {
+		uint64_t deadline = tl_now_ms() + TL_TIMEOUT_MS;
+		while (total(&f) < served && tl_now_ms() < deadline) {
 			tl_loop_for(f.w[0].base, 2);
 			tl_loop_for(f.w[1].base, 2);
 		}

@@ -186,6 +186,8 @@ void tl_unstage(const char *dir);
 /* A seccomp filter (with no_new_privs) under which syscall nr fails with
  * err; 0, or -1 with errno. */
 int tl_deny_syscall(long nr, int err);
+/* CLOCK_MONOTONIC in milliseconds: deadlines that load cannot stretch. */
+uint64_t tl_now_ms(void);
 /* fork(), for a child that goes on to allocate and make threads. Under
  * ASan it first waits (up to 10 s) until every other thread of this
  * process sleeps: ASan's allocator keeps its locks across fork (GCC 12's

@@ -76,11 +76,11 @@ static void say_where_hung(pid_t pid)
 		closedir(d);
 }
 
-static double mono_s(void)
+uint64_t tl_now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -132,9 +132,9 @@ static bool others_asleep(void)
 pid_t tl_fork(void)
 {
 #if defined(__SANITIZE_ADDRESS__)
-	double until = mono_s() + 10;
+	uint64_t until = tl_now_ms() + 10000;
 	while (!others_asleep()) {
-		if (mono_s() >= until) {
+		if (tl_now_ms() >= until) {
 			/* said, so that a hung child has its context */
 			fprintf(stderr, "tl_fork: a thread still runs after "
 					"10 s; forking anyway\n");
@@ -152,7 +152,8 @@ int tl_wait_status(pid_t pid)
 	pid_t r;
 	/* polled, not blocked in waitpid(): a child that exits at once is
 	 * seen within a millisecond */
-	for (double until = mono_s() + CHILD_WAIT_S; mono_s() < until;) {
+	for (uint64_t until = tl_now_ms() + CHILD_WAIT_S * 1000;
+	     tl_now_ms() < until;) {
 		r = waitpid(pid, &st, WNOHANG);
 		if (r == pid)
 			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
