@@ -316,9 +316,11 @@ unsigned int evst_steal_handoff(struct evsteer_listener *lev,
  * migration (or net.ipv4.tcp_migrate_req=1) the kernel drops its request
  * at the close and answers the client's ACK with a reset. On loopback
  * that takes microseconds, unless the client is preempted between its
- * SYN and its ACK (seen under a loaded 2-CPU test: one reset in ~2
- * million connections, with a fixed 20 ms wait); across a WAN it takes a
- * round trip. So the drain looks up the handshakes in flight to the port
+ * SYN and its ACK; across a WAN it takes a round trip; with
+ * TCP_DEFER_ACCEPT (evsteer-run sets it on evhttp's sockets) it lasts
+ * until the client's first bytes (test_leave_waits_for_handshake: reset
+ * every time with the fixed 20 ms wait this replaces). So the drain looks
+ * up the handshakes in flight to the port
  * shortly after it starts (any listener's: the kernel does not say whose)
  * and waits, besides a quiet while, until each of them is done, a second
  * at most (the server re-sends its SYN-ACK at one: a handshake that slow
@@ -514,7 +516,7 @@ void evst_group_close_sock(struct evsteer_group *g, int fd)
 	if (nseen > 0)
 		evst_debug("group: a leaving socket closes with %d handshake(s) "
 			   "to its port still in flight after %llu ms (any "
-			   "listener's; one of its own is reset)", nseen,
+			   "listener's; one of its own would be reset)", nseen,
 			   (unsigned long long)((evst_now_ns() - start) / 1000000));
 	free(seen);
 	free(buf);
