@@ -643,12 +643,11 @@ static void *send_late(void *arg)
  * between its SYN and its ACK did, 1 in ~2 million connections, in
  * test_reattach_race).
  */
-static void test_leave_waits_for_handshake(void **state)
+static void leave_waits_for_handshake(int family)
 {
-	(void)state;
 	mask("bpf");
 	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET, &ss);
+	socklen_t len = tl_addr_loopback(family, &ss);
 	struct worker w[2];
 	workers_up(w, 2, &ss, &len, -1, true);
 	assert_int_equal(path_of(&w[0]).steering, EVSTEER_STEER_CBPF);
@@ -662,7 +661,7 @@ static void test_leave_waits_for_handshake(void **state)
 	assert_int_equal(setsockopt(evsteer_listener_get_fd(w[1].lev),
 				    IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs,
 				    sizeof(secs)), 0);
-	struct late_sender ls = {.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+	struct late_sender ls = {.fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)};
 	assert_true(ls.fd >= 0);
 	struct timeval tv = {TL_TIMEOUT_MS / 1000, 0};
 	setsockopt(ls.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -689,6 +688,27 @@ static void test_leave_waits_for_handshake(void **state)
 	for (int i = 0; i < 2; i++)
 		worker_fini(&w[i]);
 	mask(NULL);
+}
+
+static void test_leave_waits_for_handshake(void **state)
+{
+	(void)state;
+	leave_waits_for_handshake(AF_INET);
+}
+
+/* The same on ::1: the handshakes are listed for both families then (a
+ * dual-stack listener's requests from IPv4 clients are IPv4 ones). */
+static void test_leave_waits_for_handshake_ipv6(void **state)
+{
+	(void)state;
+	int fd = socket(AF_INET6, SOCK_STREAM, 0);
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET6, &ss);
+	bool have = fd >= 0 && bind(fd, (struct sockaddr *)&ss, len) == 0;
+	if (fd >= 0)
+		close(fd);
+	tl_skip_unless(have, "ipv6", "no IPv6 loopback on this machine");
+	leave_waits_for_handshake(AF_INET6);
 }
 
 /* ---- a listener that is not ours: stand down, say why */
@@ -1103,6 +1123,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_cpu_policy),
 		cmocka_unit_test(test_reattach_race),
 		cmocka_unit_test(test_leave_waits_for_handshake),
+		cmocka_unit_test(test_leave_waits_for_handshake_ipv6),
 		cmocka_unit_test(test_foreign_listener),
 		cmocka_unit_test(test_second_process),
 		cmocka_unit_test(test_retire_to_other_process),
