@@ -650,9 +650,10 @@ void evst_cbpf_claimed(struct evst_shared *sh, int fd)
  * program's index of the last socket is past the end: the kernel falls
  * back to its hash over every socket left, draining ones too (a leaving
  * worker's, being emptied into its siblings), and a handshake it starts
- * on one of those as that one closes is reset (seen in
- * test_reattach_race: 1 in ~50,000 connections, its ACK re-looked-up to
- * a sibling). So first a program that leaves the last index out (the
+ * on one of those as that one closes is reset (read from the kernel's
+ * run_bpf_filter(); the resets test_reattach_race showed had another
+ * cause, the kernel's own window at a close: docs/groups.md). So first a
+ * program that leaves the last index out (the
  * closing one is out already): its indexes hold before the close and
  * after, and nothing falls back. Nothing else healthy: left as it is.
  */
