@@ -591,7 +591,8 @@ static void test_reattach_race(void **state)
 		      atomic_load(&h.bad), atomic_load(&h.last_err), migrate,
 		      p.name, p.steering_reason);
 	assert_int_equal(atomic_load(&h.bad), 0);
-	/* The kernel's own window (docs/groups.md, "Leaving"): a listener
+	/* The kernel's own window (docs/groups.md, "The kernel's own window
+	 * at a close"): a listener
 	 * that closes leaves its reuseport group a moment before the port's
 	 * lookup chain, and a SYN looked up in that moment is handed to it
 	 * and its handshake reset; only request migration saves it. Seen
@@ -639,9 +640,9 @@ static void *send_late(void *arg)
  * Without eBPF nothing migrates a request when its listener closes: the
  * leave must wait for the handshake to complete (it looks the handshakes
  * up by socket diagnostics) and hand the connection to its sibling. With
- * a fixed wait the client's bytes met a reset (as a client preempted
- * between its SYN and its ACK did, 1 in ~2 million connections, in
- * test_reattach_race).
+ * the fixed 20 ms wait this replaced, the client's bytes met a reset, as
+ * would a client a round trip away or one preempted between its SYN and
+ * its ACK.
  */
 static void leave_waits_for_handshake(int family)
 {
