@@ -66,13 +66,7 @@ static void test_accept_ipv4(void **state)
 static void test_accept_ipv6(void **state)
 {
 	(void)state;
-	int fd = socket(AF_INET6, SOCK_STREAM, 0);
-	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET6, &ss);
-	bool have = fd >= 0 && bind(fd, (struct sockaddr *)&ss, len) == 0;
-	if (fd >= 0)
-		close(fd);
-	tl_skip_unless(have, "ipv6", "no IPv6 loopback on this machine");
+	tl_need_ipv6();
 	accept_family(AF_INET6);
 }
 

@@ -455,6 +455,16 @@ static void test_drain_no_reset(void **state)
 	accept_mode = EVSTEER_ACCEPT_EVENT;
 }
 
+/* Policy cpu, every CPU mapped to the worker at slot: it gets every
+ * connection. */
+static void all_cpus_to(struct evsteer_group *g, unsigned int slot)
+{
+	assert_int_equal(evsteer_group_set_policy(g, EVSTEER_POLICY_CPU), 0);
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+	for (long c = 0; c < ncpu && c < 256; c++)
+		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)c, slot), 0);
+}
+
 /* Policy cpu: the CPU map in the program. Every CPU mapped to the second
  * worker: it gets every connection; back to hash: both do. */
 static void test_cpu_policy(void **state)
@@ -466,10 +476,7 @@ static void test_cpu_policy(void **state)
 	struct worker w[2];
 	workers_up(w, 2, &ss, &len, -1, true);
 	struct evsteer_group *g = evsteer_listener_get_group(w[0].lev);
-	assert_int_equal(evsteer_group_set_policy(g, EVSTEER_POLICY_CPU), 0);
-	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-	for (long c = 0; c < ncpu && c < 256; c++)
-		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)c, 1), 0);
+	all_cpus_to(g, 1);
 	assert_int_equal(path_of(&w[0]).policy, EVSTEER_POLICY_CPU);
 	for (int i = 0; i < 50; i++)
 		assert_int_equal(client(&ss, len, TL_TIMEOUT_MS), 1);
@@ -654,10 +661,7 @@ static void leave_waits_for_handshake(int family)
 	assert_int_equal(path_of(&w[0]).steering, EVSTEER_STEER_CBPF);
 	/* every connection to the worker that leaves */
 	struct evsteer_group *g = evsteer_listener_get_group(w[0].lev);
-	assert_int_equal(evsteer_group_set_policy(g, EVSTEER_POLICY_CPU), 0);
-	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-	for (long c = 0; c < ncpu && c < 256; c++)
-		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)c, 1), 0);
+	all_cpus_to(g, 1);
 	int secs = 10;
 	assert_int_equal(setsockopt(evsteer_listener_get_fd(w[1].lev),
 				    IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs,
@@ -702,13 +706,7 @@ static void test_leave_waits_for_handshake(void **state)
 static void test_leave_waits_for_handshake_ipv6(void **state)
 {
 	(void)state;
-	int fd = socket(AF_INET6, SOCK_STREAM, 0);
-	struct sockaddr_storage ss;
-	socklen_t len = tl_addr_loopback(AF_INET6, &ss);
-	bool have = fd >= 0 && bind(fd, (struct sockaddr *)&ss, len) == 0;
-	if (fd >= 0)
-		close(fd);
-	tl_skip_unless(have, "ipv6", "no IPv6 loopback on this machine");
+	tl_need_ipv6();
 	leave_waits_for_handshake(AF_INET6);
 }
 

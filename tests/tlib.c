@@ -154,6 +154,17 @@ void tl_need_uring(void)
 	tl_skip_unless(why == NULL, "uring", why ? why : "");
 }
 
+void tl_need_ipv6(void)
+{
+	int fd = socket(AF_INET6, SOCK_STREAM, 0);
+	struct sockaddr_storage ss;
+	socklen_t len = tl_addr_loopback(AF_INET6, &ss);
+	bool have = fd >= 0 && bind(fd, (struct sockaddr *)&ss, len) == 0;
+	if (fd >= 0)
+		close(fd);
+	tl_skip_unless(have, "ipv6", "no IPv6 loopback on this machine");
+}
+
 static bool path_selected(const char *name)
 {
 	const char *sel = getenv("EVSTEER_TEST_PATHS");

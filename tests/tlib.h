@@ -62,9 +62,11 @@ int tl_run_once(const char *file, const struct CMUnitTest *tests, size_t n);
 bool tl_required(const char *feature);
 /* Skip (or fail under EVSTEER_TEST_REQUIRE) a test whose feature is absent. */
 void tl_skip_unless(bool have, const char *feature, const char *why);
-/* The same for BPF steering ("bpf") and the io_uring engine ("uring"). */
+/* The same for BPF steering ("bpf"), the io_uring engine ("uring") and an
+ * IPv6 loopback ("ipv6": ::1 can be bound). */
 void tl_need_bpf(void);
 void tl_need_uring(void);
+void tl_need_ipv6(void);
 
 /* Listener creation through the current path's options. */
 struct evsteer_listener *tl_new_bind(struct event_base *base,
