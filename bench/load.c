@@ -8,14 +8,16 @@
  *       "p99_ms", "p999_ms", "max_ms", "tail"}: the percentiles of every
  *       answered connection's time from socket() to the reply; a
  *       connection unanswered for 5 s is an error.
- *   open --port P --rate R --seconds S
+ *   open --port P --rate R --seconds S [--samples FILE]
  *       Connection i is due at start + i/R; its latency runs from that
  *       scheduled moment to the first byte, so a stalled server cannot hide
  *       the wait it causes (no coordinated omission). Exact percentiles
  *       from every sample, a CDF of 200 points, and "tail": percentiles
  *       spread evenly on a log scale of 1/(1-p) (HdrHistogram style). Connections that got
  *       no reply are counted by what they saw: reset, refused, closed
- *       (EOF), timed_out (no answer 5 s after the run), other.
+ *       (EOF), timed_out (no answer 5 s after the run), other. --samples
+ *       writes every answered connection's due time (CLOCK_MONOTONIC
+ *       seconds) and latency (ms) to FILE, a line each.
  *   hold --port P --count N [--rate R]
  *       Open N connections (handshake done, nothing read), print "held",
  *       wait for a line on stdin, then read each: {"served", "reset",
@@ -210,10 +212,13 @@ struct pending {
 	bool unsent; /* --send: the request waits for the handshake */
 };
 
-static int run_open(double rate, double seconds)
+static int run_open(double rate, double seconds, const char *samples)
 {
 	long total = (long)(rate * seconds);
 	double *lat = calloc((size_t)total + 1, sizeof(double));
+	/* --samples: each answered connection's due time (CLOCK_MONOTONIC s)
+	 * and latency, in the order answered */
+	double *due = samples ? calloc((size_t)total + 1, sizeof(double)) : NULL;
 	struct pending *pend = calloc(65536, sizeof(*pend));
 	int ep = epoll_create1(EPOLL_CLOEXEC);
 	long next = 0, done = 0, errors = 0, inflight = 0;
@@ -288,6 +293,8 @@ static int run_open(double rate, double seconds)
 			if (r < 0 && errno == EAGAIN)
 				continue;
 			if (r > 0) {
+				if (due)
+					due[done] = pend[fd].due;
 				lat[done++] = (t - pend[fd].due) * 1000.0;
 			} else {
 				errors++;
@@ -304,6 +311,15 @@ static int run_open(double rate, double seconds)
 			close(fd);
 			inflight--;
 		}
+	}
+	if (samples) {
+		FILE *f = fopen(samples, "w");
+		for (long i = 0; f && i < done; i++)
+			fprintf(f, "%.6f %.4f\n", due[i], lat[i]);
+		if (!f || fclose(f))
+			fprintf(stderr, "--samples %s: %s\n", samples,
+				strerror(errno));
+		free(due);
 	}
 	qsort(lat, (size_t)done, sizeof(double), cmp_double);
 #define PCT(q) (done ? lat[(long)((q) * (done - 1))] : 0.0)
@@ -469,6 +485,14 @@ static double arg_num(int argc, char **argv, const char *name, double def)
 	return def;
 }
 
+static const char *arg_str(int argc, char **argv, const char *name)
+{
+	for (int i = 2; i + 1 < argc; i++)
+		if (!strcmp(argv[i], name))
+			return argv[i + 1];
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -489,7 +513,8 @@ int main(int argc, char **argv)
 				  (long)arg_num(argc, argv, "--max", 0));
 	if (!strcmp(argv[1], "open"))
 		return run_open(arg_num(argc, argv, "--rate", 3000),
-				arg_num(argc, argv, "--seconds", 2));
+				arg_num(argc, argv, "--seconds", 2),
+				arg_str(argc, argv, "--samples"));
 	if (!strcmp(argv[1], "hold"))
 		return run_hold((long)arg_num(argc, argv, "--count", 500),
 				arg_num(argc, argv, "--rate", 0));

@@ -15,7 +15,8 @@
  *          evsteer-cbpf|floor
  *   --workers N --port P [--policy least-pending|hash|round-robin|cpu]
  *   [--work-us U] [--work-mode spin|sleep] [--read-first]
- *   [--stall-worker W --stall-ms M --stall-every-ms E] [--freeze-worker W]
+ *   [--stall-worker W --stall-ms M --stall-every-ms E [--stall-log FILE]]
+ *   [--freeze-worker W]
  *   [--slow-worker W --slow-us U] [--cpu-to W]
  *
  * evsteer-event is the event engine without BPF (the kernel's hash),
@@ -100,11 +101,25 @@ void bench_unfreeze(void)
 	pthread_mutex_unlock(&freeze_lock);
 }
 
+/* One stall: spin stall_ms, after noting its start (--stall-log) so that
+ * the client's samples can be placed against it (stall_phases.py). */
+static void bench_stall(const struct bench_cfg *cfg)
+{
+	if (cfg->stall_log) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		fprintf(cfg->stall_log, "%lld.%09ld\n", (long long)ts.tv_sec,
+			ts.tv_nsec);
+		fflush(cfg->stall_log);
+	}
+	bench_spin_ms(cfg->stall_ms);
+}
+
 static void stall_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	bench_spin_ms(((struct bench_cfg *)arg)->stall_ms);
+	bench_stall(arg);
 }
 
 void bench_add_stall(struct event_base *base, struct bench_cfg *cfg, int id)
@@ -540,7 +555,7 @@ static void *floor_run(void *arg)
 				(next_stall.tv_sec - now.tv_sec) * 1000000000LL +
 				(next_stall.tv_nsec - now.tv_nsec);
 			if (left <= 0) {
-				bench_spin_ms(w->cfg->stall_ms);
+				bench_stall(w->cfg);
 				next_stall.tv_nsec +=
 					(long)w->cfg->stall_every_ms * 1000000L;
 				next_stall.tv_sec += next_stall.tv_nsec / 1000000000L;
@@ -714,6 +729,11 @@ int main(int argc, char **argv)
 		.read_first = arg_flag(argc, argv, "--read-first"),
 	};
 	const char *work_mode = arg_str(argc, argv, "--work-mode", "spin");
+	const char *stall_log = arg_str(argc, argv, "--stall-log", NULL);
+	if (stall_log && !(cfg.stall_log = fopen(stall_log, "w"))) {
+		fprintf(stderr, "--stall-log %s: %s\n", stall_log, strerror(errno));
+		return 2;
+	}
 	const struct bench_impl *impl =
 		!strcmp(cfg.impl, "libevent") ? &bench_libevent :
 		!strcmp(cfg.impl, "floor")    ? &bench_floor :
@@ -726,7 +746,8 @@ int main(int argc, char **argv)
 				"evsteer-direct|floor --workers 1..%d [--port P] "
 				"[--policy P] [--work-us U] [--work-mode spin|sleep] "
 				"[--read-first] [--stall-worker W --stall-ms M "
-				"--stall-every-ms E] [--freeze-worker W]\n",
+				"--stall-every-ms E [--stall-log FILE]] "
+				"[--freeze-worker W]\n",
 			argv[0], MAX_WORKERS);
 		return 2;
 	}

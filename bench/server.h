@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* threads of one server; the group takes up to EVSTEER_MAX_WORKERS */
 #define MAX_WORKERS 256
@@ -20,6 +21,7 @@ struct bench_cfg {
 	const char *policy;   /* evsteer: least-pending|hash|round-robin|cpu */
 	int stall_worker;     /* -1: none */
 	int stall_ms, stall_every_ms;
+	FILE *stall_log;      /* --stall-log: each stall's start, CLOCK_MONOTONIC s */
 	int freeze_worker;    /* -1: none; that worker never runs its loop */
 	/* drain-running: this worker runs, spends slow_us on each
 	 * connection, and on SIGUSR1 frees its own listener from its next
