@@ -313,7 +313,7 @@ static int run_open(double rate, double seconds, const char *samples)
 		}
 	}
 	if (samples) {
-		FILE *f = fopen(samples, "w");
+		FILE *f = due ? fopen(samples, "w") : NULL;
 		for (long i = 0; f && i < done; i++)
 			fprintf(f, "%.6f %.4f\n", due[i], lat[i]);
 		if (!f || fclose(f))
