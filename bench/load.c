@@ -477,20 +477,19 @@ static int run_hold(long count, double rate)
 	return 0;
 }
 
-static double arg_num(int argc, char **argv, const char *name, double def)
-{
-	for (int i = 2; i + 1 < argc; i++)
-		if (!strcmp(argv[i], name))
-			return atof(argv[i + 1]);
-	return def;
-}
-
+/* the value after --name, or NULL */
 static const char *arg_str(int argc, char **argv, const char *name)
 {
 	for (int i = 2; i + 1 < argc; i++)
 		if (!strcmp(argv[i], name))
 			return argv[i + 1];
 	return NULL;
+}
+
+static double arg_num(int argc, char **argv, const char *name, double def)
+{
+	const char *v = arg_str(argc, argv, name);
+	return v ? atof(v) : def;
 }
 
 int main(int argc, char **argv)

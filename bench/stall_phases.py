@@ -47,7 +47,7 @@ def main():
             continue
         phase = (due - starts[i]) * 1000.0
         k = bisect.bisect_right(EDGES, phase) - 1
-        bins.setdefault(min(k, len(EDGES) - 1), []).append(ms)
+        bins.setdefault(k, []).append(ms)
     print(f"phase after a stall's start | due | over {over:g} ms | "
           f"median ms | max ms")
     rows = [("before the first", before)] + [
