@@ -39,6 +39,8 @@ packages=(
 	wrk
 	# real-http-defer looks at the server's handshakes with ss
 	iproute2
+	# bench-smoke-icount counts instructions per connection under callgrind
+	valgrind
 )
 
 # the bench job also counts system calls, draws flame graphs and drives
