@@ -464,6 +464,12 @@ static inline uint64_t evst_now_ns(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+/* Called from a callback of base's loop: true when no other callback is
+ * active in this pass (engine/event.c). A member that accepts last in a
+ * pass (evst_queue_watched) then has nothing to wait behind, and accepts
+ * at once instead of through an event made active for it. */
+EVST_HIDDEN bool evst_pass_alone(struct event_base *base);
+
 /* A group of existing listening sockets (socket activation); it owns them
  * once made. NULL with errno, the sockets left open, on failure. */
 EVST_HIDDEN struct evsteer_group *

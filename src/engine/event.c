@@ -115,12 +115,27 @@ static void pass_cb(evutil_socket_t fd, short what, void *arg)
 	evst_decref_and_unlock(lev);
 }
 
+/*
+ * libevent made every callback of this pass active before it ran the first
+ * (the backend's ready descriptors, then the expired timers), and takes a
+ * persistent event off the active queue before its callback: what the
+ * count holds now is what would run after us in this pass (or was made
+ * active for a later one, counted too: we wait behind it all the same).
+ */
+bool evst_pass_alone(struct event_base *base)
+{
+	return event_base_get_num_events(base, EVENT_BASE_COUNT_ACTIVE) == 0;
+}
+
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct evsteer_listener *lev = arg;
 
-	/* queued behind what this pass found ready (active already: no-op) */
-	if (engine_of(lev)->defer)
+	/* queued behind what this pass found ready (active already: no-op);
+	 * with nothing else ready, the pass is ours alone: at once, which
+	 * saves making an event active and running it (a wake-up that
+	 * brings one connection, at low load) */
+	if (engine_of(lev)->defer && !evst_pass_alone(lev->base))
 		event_active(engine_of(lev)->pass, EV_READ, 1);
 	else
 		pass_cb(fd, what, arg);

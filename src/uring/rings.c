@@ -181,14 +181,17 @@ static void run_loop_work(struct evsteer_uring *r)
  * connections the ring accepted stay in its CQ meanwhile, where a sibling
  * takes them, instead of in the application's hands, where none can (the
  * event engine does the same: engine/event.c). The yield's timer too: a
- * timer of the application due in the same pass may run after it.
+ * timer of the application due in the same pass may run after it. With
+ * nothing else active in the pass (evst_pass_alone), there is nothing to
+ * wait behind: the drain runs at once.
  */
 static void wake_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct evsteer_uring *r = arg;
 	(void)fd;
 	(void)what;
-	if (__atomic_load_n(&r->defer, __ATOMIC_RELAXED))
+	if (__atomic_load_n(&r->defer, __ATOMIC_RELAXED) &&
+	    !evst_pass_alone(r->base))
 		event_active(r->kick_ev, EV_READ, 0);
 	else
 		run_loop_work(r);
