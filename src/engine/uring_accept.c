@@ -138,8 +138,9 @@ void evst_ua_accepted(struct evst_ua *e, int res,
 	e->probing = true;
 }
 
-/* Loop thread, lock held: hand held connections to the callback, up to the
- * cap of this wake-up. */
+/* Loop thread, listener lock held: hand held connections to the callback,
+ * up to the cap of this wake-up. Returns with the ring lock held (the
+ * caller's next step needs it: one lock the fewer per wake-up). */
 static void deliver_held(struct evst_ua *e)
 {
 	struct evsteer_listener *lev = e->lev;
@@ -195,7 +196,6 @@ static void deliver_held(struct evst_ua *e)
 		else
 			evst_loop_ran(lev, now);
 	}
-	evst_ring_unlock(e->r);
 }
 
 /* Loop thread, no ring lock. */
@@ -208,9 +208,9 @@ static void accept_ready(struct evst_uop *op)
 	lev->refcnt++;
 
 	if (evst_active(lev))
-		deliver_held(e);
-
-	evst_ring_lock(e->r);
+		deliver_held(e); /* returns with the ring lock held */
+	else
+		evst_ring_lock(e->r);
 	int err = e->err;
 	e->err = 0;
 	bool active = evst_active(lev);

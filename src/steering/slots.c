@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/process.h"
 #include "steering/steering.h"
 #include "steering/steer.h"
 
@@ -185,9 +186,16 @@ struct evst_slot_info *evst_shared_info_of(struct evst_shared *sh,
 
 void evst_shared_note_thread(struct evst_shared *sh, unsigned int slot)
 {
-	static __thread uint32_t self;
-	if (!self)
+	/* initial-exec: see running_op (uring/rings.c); the generation, as
+	 * a fork child's thread has its parent's copy */
+	static __thread uint32_t self __attribute__((tls_model("initial-exec")));
+	static __thread unsigned int self_gen
+		__attribute__((tls_model("initial-exec")));
+	unsigned int gen = evst_process_gen();
+	if (!self || self_gen != gen) {
 		self = (uint32_t)gettid();
+		self_gen = gen;
+	}
 	uint32_t *t = &sh->ctl->slots[slot].tid;
 	if (__atomic_load_n(t, __ATOMIC_RELAXED) != self)
 		__atomic_store_n(t, self, __ATOMIC_RELAXED);

@@ -25,6 +25,7 @@ struct evsteer_uring {
 	struct io_uring ring;
 	pthread_mutex_t lock;
 	pthread_cond_t idle; /* an op's busy count dropped */
+	unsigned int idle_waiters; /* threads waiting on idle (lock held) */
 	struct event_base *base;
 	int efd;
 	struct event *efd_ev;  /* in the base while delivering: efd_sync() */

@@ -17,7 +17,11 @@
 #define READY_BATCH 64
 #define MAX_ROUNDS 32
 
-static __thread struct evst_uop *running_op;
+/* initial-exec: read on every wake-up, and a call to __tls_get_addr() each
+ * time otherwise; one pointer of the static TLS that glibc keeps spare for
+ * libraries loaded later */
+static __thread struct evst_uop *running_op
+	__attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct evsteer_uring *rings;
@@ -43,8 +47,11 @@ void evst_ring_wait_idle(struct evsteer_uring *r, struct evst_uop *op)
 {
 	/* the loop thread freeing from inside op's own ready() must not
 	 * wait for itself: its reference keeps the listener alive */
-	while (op->busy > 0 && running_op != op)
+	while (op->busy > 0 && running_op != op) {
+		r->idle_waiters++;
 		pthread_cond_wait(&r->idle, &r->lock);
+		r->idle_waiters--;
+	}
 	/* from here to its destroy, the loop thread must not pick it up */
 	op->detached = true;
 	evst_ring_unready(r, op);
@@ -86,7 +93,8 @@ static void yield_the_rest(struct evsteer_uring *r)
 }
 
 /* Ring lock held, loop thread: run the ready() of a batch of ops, with
- * the lock let go around them (it is held again on return). */
+ * the lock let go around each (it is held again on return, and between
+ * them: one lock per op). */
 static void run_ready_batch(struct evsteer_uring *r)
 {
 	struct evst_uop *batch[READY_BATCH];
@@ -100,20 +108,22 @@ static void run_ready_batch(struct evsteer_uring *r)
 		op->busy++;
 		batch[n++] = op;
 	}
-	evst_ring_unlock(r);
 	for (int i = 0; i < n; i++) {
 		struct evst_uop *op = batch[i];
+		evst_ring_unlock(r);
 		running_op = op;
 		op->ready(op);
 		running_op = NULL;
 		evst_ring_lock(r);
 		bool release = --op->busy == 0 && op->dead;
-		pthread_cond_broadcast(&r->idle);
-		evst_ring_unlock(r);
-		if (release)
+		if (r->idle_waiters)
+			pthread_cond_broadcast(&r->idle);
+		if (release) {
+			evst_ring_unlock(r);
 			op->release(op);
+			evst_ring_lock(r);
+		}
 	}
-	evst_ring_lock(r);
 }
 
 /* Loop thread: drain (see the rules at the top). */
