@@ -19,18 +19,32 @@ the calls per connection of the system call wrappers (an epoll_wait that
 returns EINTR counts as one; io_uring_enter() as the calls of liburing's
 functions that make it).
 
-  evsteer-icount [--impl libevent,evsteer,...] [--conns N] [--work-us U]
-                 [--read-first] [--top K] [--repeat R] [--out DIR]
+With --http the server is evsteer-http-server (an evhttp program built
+against libevent only, 2 threads), run plain (libevent) or under
+evsteer-run on one path (evsteer: the default; evsteer-event: --accept
+event; evsteer-nobpf: --bpf off), each connection one HTTP/1.0 request
+read to its end by a client of this script's own.
+
+  evsteer-icount [--http] [--impl libevent,evsteer,...] [--conns N]
+                 [--work-us U] [--read-first] [--top K] [--repeat R]
+                 [--out DIR]
 """
 import argparse
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+HTTP_SERVER = os.path.join(HERE, "evsteer-http-server")
+EVSTEER_RUN = os.path.join(HERE, "..", "preload", "evsteer-run")
+# --http: plain, or under evsteer-run with these options
+HTTP_IMPLS = {"libevent": None, "evsteer": [],
+              "evsteer-event": ["--accept", "event"],
+              "evsteer-nobpf": ["--bpf", "off"]}
 # libc's system call wrappers; liburing makes its io_uring_enter() inline,
 # so it is counted as the calls of liburing's functions that make one
 # (io_uring_submit() only when something is queued: an upper bound)
@@ -38,7 +52,8 @@ SYSCALLS = {"epoll_wait": ("epoll_wait",), "accept4": ("accept4",),
             "io_uring_enter": ("io_uring_submit", "io_uring_submit_and_wait",
                                "io_uring_submit_and_get_events",
                                "io_uring_get_events"),
-            "write": ("write",), "close": ("close",)}
+            "read": ("read",), "readv": ("readv",), "write": ("write",),
+            "writev": ("writev",), "close": ("close",)}
 
 
 def parse(out_file):
@@ -61,7 +76,9 @@ def parse(out_file):
         if m:
             name = m.group(2).split(":")[-1].split("@")[0]
             obj = os.path.basename(m.group(3) or "")
-            key = f"{name} ({obj})" if obj else name
+            # a named function is one whatever object valgrind says it
+            # ran from (its preload redirects some); an address is not
+            key = f"{name} ({obj})" if obj and name.startswith("0x") else name
             self_ir[key] = self_ir.get(key, 0) + int(m.group(1).replace(",", ""))
             n = 0
             for b in block:
@@ -76,20 +93,56 @@ def parse(out_file):
     return total, self_ir, calls
 
 
+def free_port():
+    with socket.socket() as t:
+        t.bind(("127.0.0.1", 0))
+        return t.getsockname()[1]
+
+
+def http_load(port, conns):
+    """conns HTTP/1.0 requests one after another, each read to its end."""
+    for _ in range(conns):
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as c:
+            c.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            reply = b""
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                reply += b
+        if not reply.startswith(b"HTTP/1.") or b" 200 " not in reply[:16]:
+            raise RuntimeError(f"a request was answered {reply[:40]!r}")
+
+
 def run(impl, conns, args, tmp):
     """One server under callgrind serving conns connections: its profile."""
     out = os.path.join(tmp, f"cg.{impl}.{conns}")
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-           os.path.join(HERE, "evsteer-bench-server"), "--impl", impl,
-           "--workers", "2", "--port", "0", "--work-us", str(args.work_us)]
-    if args.read_first:
-        cmd.append("--read-first")
+    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    if args.http:
+        port = free_port()
+        cmd = vg + [HTTP_SERVER, "--threads", "2", "--port", str(port),
+                    "--work-us", str(args.work_us)]
+        if HTTP_IMPLS[impl] is not None:
+            cmd = [EVSTEER_RUN, "--group", str(port)] + HTTP_IMPLS[impl] + \
+                ["--"] + cmd
+    else:
+        cmd = vg + [os.path.join(HERE, "evsteer-bench-server"), "--impl",
+                    impl, "--workers", "2", "--port", "0", "--work-us",
+                    str(args.work_us)]
+        if args.read_first:
+            cmd.append("--read-first")
     srv = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
     try:
         line = srv.stdout.readline().split()
         if len(line) != 2 or line[0] != "ready":
             raise RuntimeError(f"{impl}: the server did not start")
+        if args.http:
+            try:
+                http_load(int(line[1]), conns)
+            except OSError as e:
+                raise RuntimeError(f"{impl}: {e}") from e
+            return parse_after(srv, out)
         load = subprocess.run(
             [os.path.join(HERE, "evsteer-bench-load"), "closed", "--port",
              line[1], "--threads", "1", "--seconds", "600", "--max",
@@ -101,8 +154,16 @@ def run(impl, conns, args, tmp):
         if '"errors": 0,' not in load.stdout:
             raise RuntimeError(f"{impl}: connections failed: {load.stdout}")
     finally:
-        srv.terminate()
-        srv.wait(timeout=120)
+        if srv.poll() is None:
+            srv.terminate()
+            srv.wait(timeout=120)
+    return parse(out)
+
+
+def parse_after(srv, out):
+    """The server ends (SIGTERM), then its profile."""
+    srv.terminate()
+    srv.wait(timeout=120)
     return parse(out)
 
 
@@ -125,7 +186,10 @@ def median(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--impl", default="libevent,evsteer,evsteer-event,evsteer-direct")
+    ap.add_argument("--http", action="store_true",
+                    help="the evhttp server, plain and under evsteer-run")
+    ap.add_argument("--impl", help="default: libevent,evsteer,evsteer-event,"
+                    "evsteer-direct (--http: libevent,evsteer,evsteer-event)")
     ap.add_argument("--conns", type=int, default=2500)
     ap.add_argument("--work-us", type=int, default=0)
     ap.add_argument("--read-first", action="store_true")
@@ -140,7 +204,18 @@ def main():
         print("evsteer-icount: valgrind is not installed (apt-get install "
               "valgrind)", file=sys.stderr)
         return 77  # the test suite's skip
-    impls = args.impl.split(",")
+    impls = (args.impl or ("libevent,evsteer,evsteer-event" if args.http
+                           else "libevent,evsteer,evsteer-event,evsteer-direct")
+             ).split(",")
+    if args.http:
+        bad = [i for i in impls if i not in HTTP_IMPLS]
+        if bad:
+            ap.error(f"--http --impl: {','.join(bad)}: one of "
+                     f"{','.join(HTTP_IMPLS)}")
+        for f in (HTTP_SERVER, EVSTEER_RUN):
+            if not os.access(f, os.X_OK):
+                print(f"evsteer-icount: {f} is not built", file=sys.stderr)
+                return 77
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
@@ -150,22 +225,29 @@ def main():
                 except (RuntimeError, subprocess.SubprocessError) as e:
                     print(f"evsteer-icount: {e}", file=sys.stderr)
                     return 1
-    lines = [f"User-space instructions per connection (callgrind), "
-             f"{args.conns} connections, 1 in flight, --work-us {args.work_us}"
-             f"{' --read-first' if args.read_first else ''}, median of "
-             f"{args.repeat}:", "",
-             "| implementation | instructions | against " + impls[0] + " | "
-             + " | ".join(SYSCALLS) + " |",
-             "|---" * (3 + len(SYSCALLS)) + "|"]
+    what = "evsteer-http-server (2 threads), one HTTP/1.0 request per " \
+        "connection" if args.http else "evsteer-bench-server (2 workers)"
     pick = {}
     for impl in impls:
         runs = sorted(res[impl], key=lambda x: x[0])
         pick[impl] = runs[len(runs) // 2]
+    # the wrappers some implementation calls (a count of 0.00 everywhere
+    # says nothing)
+    cols = [k for k in SYSCALLS
+            if any(abs(pick[i][2][k]) >= 0.005 for i in impls)]
+    lines = [f"User-space instructions per connection (callgrind), {what}, "
+             f"{args.conns} connections, 1 in flight, --work-us {args.work_us}"
+             f"{' --read-first' if args.read_first else ''}, median of "
+             f"{args.repeat}:", "",
+             "| implementation | instructions | against " + impls[0] + " | "
+             + " | ".join(cols) + " |",
+             "|---" * (3 + len(cols)) + "|"]
     base = pick[impls[0]][0]
     for impl in impls:
         t, _, calls = pick[impl]
         lines.append(f"| {impl} | {t:,.0f} | {t / base:.2f}x | "
-                     + " | ".join(f"{calls[s]:.2f}" for s in SYSCALLS) + " |")
+                     + " | ".join(f"{max(calls[s], 0.0):.2f}" for s in cols)
+                     + " |")
     for impl in impls[1:]:
         _, fn, _ = pick[impl]
         _, bfn, _ = pick[impls[0]]
