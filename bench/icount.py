@@ -3,10 +3,11 @@
 
 The bench server runs under valgrind's callgrind, which counts the
 instructions each function executes in user space (not the kernel's, not
-time): the same binary and load give the same count within a few percent
-whatever else the machine does, where CPU time on a shared 2-vCPU VM moves
-by more than the differences looked for (bench/README.md, "Instructions
-per connection"). Each implementation serves --conns connections and a
+time): the same binary and load give the same count whatever else the
+machine does (within 1% for evsteer's paths; up to 15% where an accept
+loop's last accept4() finds EAGAIN or not, by timing: hence --repeat),
+where CPU time on a shared 2-vCPU VM moves by more than the differences
+looked for (bench/README.md, "Instructions per connection"). Each implementation serves --conns connections and a
 fifth of that, one in flight (closed loop, the load generator outside
 valgrind); the difference of the two totals over the difference of the
 counts is the cost per connection, start-up and exit cancelled out.
@@ -179,11 +180,6 @@ def per_conn(impl, args, tmp):
     return (t2 - t1) / d, fn, calls
 
 
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--http", action="store_true",
@@ -200,6 +196,10 @@ def main():
     args = ap.parse_args()
     if args.conns < 10:
         ap.error("--conns: at least 10")
+    if args.repeat < 1 or args.top < 0:
+        ap.error("--repeat: at least 1; --top: 0 or more")
+    if args.http and args.read_first:
+        ap.error("--read-first is the bench server's (evhttp always reads)")
     if not shutil.which("valgrind") or not shutil.which("callgrind_annotate"):
         print("evsteer-icount: valgrind is not installed (apt-get install "
               "valgrind)", file=sys.stderr)
