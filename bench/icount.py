@@ -143,29 +143,28 @@ def run(impl, conns, args, tmp):
                 http_load(int(line[1]), conns)
             except OSError as e:
                 raise RuntimeError(f"{impl}: {e}") from e
-            return parse_after(srv, out)
-        load = subprocess.run(
-            [os.path.join(HERE, "evsteer-bench-load"), "closed", "--port",
-             line[1], "--threads", "1", "--seconds", "600", "--max",
-             str(conns), "--send"],
-            capture_output=True, text=True, timeout=900)
-        if load.returncode != 0 or f'"connections": {conns},' not in load.stdout:
-            raise RuntimeError(f"{impl}: the load did not finish: "
-                               f"{load.stdout.strip()} {load.stderr.strip()}")
-        if '"errors": 0,' not in load.stdout:
-            raise RuntimeError(f"{impl}: connections failed: {load.stdout}")
+        else:
+            bench_load(impl, line[1], conns)
     finally:
+        # the profile is written when the server exits
         if srv.poll() is None:
             srv.terminate()
             srv.wait(timeout=120)
     return parse(out)
 
 
-def parse_after(srv, out):
-    """The server ends (SIGTERM), then its profile."""
-    srv.terminate()
-    srv.wait(timeout=120)
-    return parse(out)
+def bench_load(impl, port, conns):
+    """conns connections one after another from evsteer-bench-load."""
+    load = subprocess.run(
+        [os.path.join(HERE, "evsteer-bench-load"), "closed", "--port",
+         port, "--threads", "1", "--seconds", "600", "--max", str(conns),
+         "--send"],
+        capture_output=True, text=True, timeout=900)
+    if load.returncode != 0 or f'"connections": {conns},' not in load.stdout:
+        raise RuntimeError(f"{impl}: the load did not finish: "
+                           f"{load.stdout.strip()} {load.stderr.strip()}")
+    if '"errors": 0,' not in load.stdout:
+        raise RuntimeError(f"{impl}: connections failed: {load.stdout}")
 
 
 def per_conn(impl, args, tmp):
