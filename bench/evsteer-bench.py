@@ -110,10 +110,14 @@ IMPLS = ["libevent", "evsteer", "evsteer-event", "evsteer-direct", "floor"]
 # refuses bpf() (a container's default profile): classic BPF steering;
 # evsteer in a real runc container with Docker's default seccomp profile
 # and capabilities (in_runc.py; root and runc needed; its CPU figures are
-# not the server's, only latency and counts are)
-OPT_IMPLS = ["evsteer-cbpf", "evsteer-runc", "evsteer-bpf-event"]
+# not the server's, only latency and counts are); and two more floors, bare
+# io_uring loops (server_floor.c): asleep in epoll_wait() on the ring's
+# eventfd as inside an event loop, and accepting into direct descriptors
+OPT_IMPLS = ["evsteer-cbpf", "evsteer-runc", "evsteer-bpf-event",
+             "floor-epoll", "floor-direct"]
 # the sweep measures the server's own CPU: not in a container's wrapper
-SWEEP_IMPLS = IMPLS + ["evsteer-cbpf", "evsteer-bpf-event"]
+SWEEP_IMPLS = IMPLS + ["evsteer-cbpf", "evsteer-bpf-event", "floor-epoll",
+                       "floor-direct"]
 IN_RUNC = os.path.join(SRCDIR, "bench", "in_runc.py")
 # The end-to-end scenarios' implementations: evsteer-http-server (libevent
 # only) run plain, or under evsteer-run with these options, one per path.
@@ -1337,11 +1341,11 @@ def main():
         simpls = [i for i in (impls or own)
                   if i in own or (not http and i in OPT_IMPLS)
                   or (http and i in HTTP_OPT_IMPLS)]
-        # the floor has no listener to drop or leave: the drains and
-        # restart do not apply to it
+        # the floors have no listener to drop or leave: the drains and
+        # restart do not apply to them
         simpls = [i for i in simpls
                   if not ((scen.startswith("drain") or scen == "restart")
-                          and i == "floor")]
+                          and i.startswith("floor"))]
         why = http_missing(simpls) if http else None
         if why:
             # not a failed run: the machine lacks a tool

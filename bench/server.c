@@ -4,15 +4,15 @@
  * load generator and the harness. For every connection it writes "ok" and
  * closes; with --read-first it reads the client's request before (event
  * implementations: a read event in the worker's base; evsteer-direct:
- * evsteer_uring_recv() on the slot; floor: an io_uring recv), and with
+ * evsteer_uring_recv() on the slot; the floors: an io_uring recv), and with
  * --work-us it spends that long on each connection before replying
  * (spinning, or in nanosleep() with --work-mode sleep). A client that never
  * sends is closed after 10 s by the event implementations; the ring ones
- * (evsteer-direct, floor) have no time-out on their recv, like the rest of
+ * (evsteer-direct, the floors) have no time-out on their recv, like the rest of
  * their I/O here: the load generator always sends (--send).
  *
  *   --impl libevent|evsteer|evsteer-event|evsteer-bpf-event|evsteer-direct|
- *          evsteer-cbpf|floor
+ *          evsteer-cbpf|floor|floor-epoll|floor-direct
  *   --workers N --port P [--policy least-pending|hash|round-robin|cpu]
  *   [--work-us U] [--work-mode spin|sleep] [--read-first]
  *   [--stall-worker W --stall-ms M --stall-every-ms E [--stall-log FILE]]
@@ -23,7 +23,8 @@
  * evsteer-bpf-event the event engine with BPF steering.
  * evsteer-cbpf is evsteer in a process whose seccomp filter refuses bpf()
  * with EPERM (what a container's default profile does): classic BPF
- * steering, the event engine.
+ * steering, the event engine. The floors, bare io_uring loops with no
+ * library, are in server_floor.c.
  *
  * Prints "ready PORT" when listening. SIGUSR1 frees the frozen worker's
  * listener (drain), or has the slow worker free its own from its next
@@ -101,9 +102,12 @@ void bench_unfreeze(void)
 	pthread_mutex_unlock(&freeze_lock);
 }
 
-/* One stall: spin stall_ms, after noting its start (--stall-log) so that
- * the client's samples can be placed against it (stall_phases.py). */
-static void bench_stall(const struct bench_cfg *cfg)
+bool bench_stopping(void)
+{
+	return atomic_load(&stopping);
+}
+
+void bench_stall(const struct bench_cfg *cfg)
 {
 	if (cfg->stall_log) {
 		struct timespec ts;
@@ -437,190 +441,6 @@ static const struct bench_impl bench_evsteer = {
 	.describe = ev_describe,
 };
 
-/* ---- floor: a bare io_uring multishot accept loop per worker, no library */
-
-struct fw {
-	struct io_uring ring;
-	int fd;
-};
-
-/* user_data of the floor's requests: the accept, a completion nobody
- * needs, or a struct floor_req * (a recv) */
-#define FLOOR_ACCEPT 1
-#define FLOOR_IGNORE 0
-
-struct floor_req {
-	int fd;
-	char buf[BENCH_REQ_MAX];
-};
-
-/* An SQE; a full queue is submitted first (requests are prepared for a
- * whole batch of completions and submitted once). */
-static struct io_uring_sqe *floor_sqe(struct fw *x)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&x->ring);
-	if (!sqe) {
-		io_uring_submit(&x->ring);
-		sqe = io_uring_get_sqe(&x->ring);
-	}
-	return sqe;
-}
-
-static void floor_arm_accept(struct fw *x)
-{
-	struct io_uring_sqe *sqe = floor_sqe(x);
-	io_uring_prep_multishot_accept(sqe, x->fd, NULL, NULL, 0);
-	io_uring_sqe_set_data64(sqe, FLOOR_ACCEPT);
-}
-
-/* read_first: the request, the work, then "ok" and the close linked, all
- * through the ring */
-static void floor_recv(struct bench_worker *w, struct fw *x, int fd)
-{
-	struct floor_req *q = malloc(sizeof(*q));
-	if (!q) {
-		close(fd);
-		return;
-	}
-	q->fd = fd;
-	atomic_fetch_add_explicit(&w->reading, 1, memory_order_relaxed);
-	struct io_uring_sqe *sqe = floor_sqe(x);
-	io_uring_prep_recv(sqe, fd, q->buf, sizeof(q->buf), 0);
-	io_uring_sqe_set_data(sqe, q);
-}
-
-static void floor_request(struct bench_worker *w, struct fw *x,
-			  struct floor_req *q, int res)
-{
-	int fd = q->fd;
-	free(q);
-	atomic_fetch_sub_explicit(&w->reading, 1, memory_order_relaxed);
-	if (res > 0) {
-		bench_work(w);
-		/* HARDLINK: the close runs however the send ends */
-		struct io_uring_sqe *sqe = floor_sqe(x);
-		io_uring_prep_send(sqe, fd, "ok", 2, MSG_NOSIGNAL);
-		sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
-		io_uring_sqe_set_data64(sqe, FLOOR_IGNORE);
-		atomic_fetch_add_explicit(&w->accepted, 1, memory_order_relaxed);
-	}
-	/* (a client gone: no reply, not counted) */
-	struct io_uring_sqe *sqe = floor_sqe(x);
-	io_uring_prep_close(sqe, fd);
-	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-	io_uring_sqe_set_data64(sqe, FLOOR_IGNORE);
-}
-
-static int floor_setup(struct bench_worker *w, int *port)
-{
-	struct fw *x = calloc(1, sizeof(*x));
-	x->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	int one = 1;
-	setsockopt(x->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-	setsockopt(x->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	struct sockaddr_in sin = {.sin_family = AF_INET,
-				  .sin_port = htons((uint16_t)*port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	if (bind(x->fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ||
-	    listen(x->fd, SOMAXCONN) < 0)
-		return -1;
-	socklen_t sl = sizeof(sin);
-	getsockname(x->fd, (struct sockaddr *)&sin, &sl);
-	*port = ntohs(sin.sin_port);
-	w->impl = x;
-	return 0;
-}
-
-static void *floor_run(void *arg)
-{
-	struct bench_worker *w = arg;
-	struct fw *x = w->impl;
-	/* the ring belongs to this thread: set up and armed here */
-	if (io_uring_queue_init(256, &x->ring, 0) < 0)
-		return NULL;
-	floor_arm_accept(x);
-	io_uring_submit(&x->ring);
-	/* the stalled worker spins like the others' timer callbacks do */
-	bool stalls = w->cfg->stall_worker == w->id && w->cfg->stall_ms > 0 &&
-		      w->cfg->stall_every_ms > 0;
-	struct timespec next_stall;
-	clock_gettime(CLOCK_MONOTONIC, &next_stall);
-	while (!atomic_load(&stopping)) {
-		struct io_uring_cqe *cqe;
-		struct __kernel_timespec ts = {0, 100 * 1000 * 1000};
-		if (stalls) {
-			struct timespec now;
-			clock_gettime(CLOCK_MONOTONIC, &now);
-			long long left =
-				(next_stall.tv_sec - now.tv_sec) * 1000000000LL +
-				(next_stall.tv_nsec - now.tv_nsec);
-			if (left <= 0) {
-				bench_stall(w->cfg);
-				next_stall.tv_nsec +=
-					(long)w->cfg->stall_every_ms * 1000000L;
-				next_stall.tv_sec += next_stall.tv_nsec / 1000000000L;
-				next_stall.tv_nsec %= 1000000000L;
-				continue;
-			}
-			if (left < ts.tv_nsec)
-				ts.tv_nsec = left;
-		}
-		if (io_uring_wait_cqe_timeout(&x->ring, &cqe, &ts) < 0)
-			continue;
-		unsigned head, n = 0;
-		io_uring_for_each_cqe(&x->ring, head, cqe)
-		{
-			n++;
-			uint64_t ud = io_uring_cqe_get_data64(cqe);
-			if (ud == FLOOR_IGNORE)
-				continue;
-			if (ud != FLOOR_ACCEPT) {
-				floor_request(w, x, (struct floor_req *)(uintptr_t)ud,
-					      cqe->res);
-				continue;
-			}
-			if (cqe->res >= 0)
-				bench_take(w);
-			if (cqe->res >= 0 && w->cfg->read_first)
-				floor_recv(w, x, cqe->res);
-			else if (cqe->res >= 0)
-				bench_reply(w, cqe->res);
-			if (!(cqe->flags & IORING_CQE_F_MORE))
-				floor_arm_accept(x);
-		}
-		io_uring_cq_advance(&x->ring, n);
-		io_uring_submit(&x->ring);
-	}
-	io_uring_queue_exit(&x->ring);
-	return NULL;
-}
-
-static void floor_stop(struct bench_worker *w)
-{
-	(void)w; /* `stopping` is seen within 100 ms */
-}
-
-static void floor_drop(struct bench_worker *w)
-{
-	(void)w;
-}
-
-static void floor_describe(struct bench_worker *w, char *buf, size_t len)
-{
-	(void)w;
-	snprintf(buf, len, "{\"steering\": \"kernel-hash\", \"engine\": "
-			   "\"io_uring (bare loop)\", \"policy\": null}");
-}
-
-static const struct bench_impl bench_floor = {
-	.name = "floor",
-	.setup = floor_setup,
-	.run = floor_run,
-	.stop = floor_stop,
-	.drop = floor_drop,
-	.describe = floor_describe,
-};
-
 /* Wait, bounded, until no worker awaits a request (read_first). */
 static void settle(struct bench_worker *w, int n)
 {
@@ -737,13 +557,15 @@ int main(int argc, char **argv)
 	const struct bench_impl *impl =
 		!strcmp(cfg.impl, "libevent") ? &bench_libevent :
 		!strcmp(cfg.impl, "floor")    ? &bench_floor :
+		!strcmp(cfg.impl, "floor-epoll") ? &bench_floor_epoll :
+		!strcmp(cfg.impl, "floor-direct") ? &bench_floor_direct :
 		!strncmp(cfg.impl, "evsteer", 7) ? &bench_evsteer :
 						   NULL;
 	if (!impl || cfg.workers < 1 || cfg.workers > MAX_WORKERS ||
 	    cfg.work_us < 0 ||
 	    (strcmp(work_mode, "spin") && strcmp(work_mode, "sleep"))) {
 		fprintf(stderr, "usage: %s --impl libevent|evsteer|evsteer-event|"
-				"evsteer-direct|floor --workers 1..%d [--port P] "
+				"evsteer-direct|floor|floor-epoll|floor-direct --workers 1..%d [--port P] "
 				"[--policy P] [--work-us U] [--work-mode spin|sleep] "
 				"[--read-first] [--stall-worker W --stall-ms M "
 				"--stall-every-ms E [--stall-log FILE]] "

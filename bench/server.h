@@ -69,6 +69,15 @@ struct bench_impl {
 };
 
 extern const struct bench_impl bench_libevent;
+/* bare io_uring loops, no library (server_floor.c) */
+extern const struct bench_impl bench_floor, bench_floor_epoll,
+	bench_floor_direct;
+
+/* The server is stopping: loops without a libevent base poll this. */
+bool bench_stopping(void);
+/* One stall: spin stall_ms, after noting its start (--stall-log) so that
+ * the client's samples can be placed against it (stall_phases.py). */
+void bench_stall(const struct bench_cfg *cfg);
 
 /* Busy the calling thread for ms (a stalled worker does CPU work). */
 void bench_spin_ms(int ms);
