@@ -317,6 +317,9 @@ struct evst_member_ops {
 	void (*alive)(struct evsteer_listener *lev, uint64_t now);
 	/* The engine found nothing queued for lev (evst_queue_empty). */
 	void (*empty)(struct evsteer_listener *lev, uint64_t now);
+	/* Just after a take: the steering program's count says nothing is
+	 * left queued on lev's socket (evst_queue_counted_empty). */
+	bool (*counted_empty)(struct evsteer_listener *lev);
 	/* Lock held, reference taken: a wake-up; look at stalled siblings
 	 * (evst_group_steal). */
 	void (*steal)(struct evsteer_listener *lev);
@@ -394,6 +397,14 @@ EVST_HIDDEN void evst_loop_ran(struct evsteer_listener *lev, uint64_t now);
 /* A pass of the engine found nothing queued on lev's socket (accept4
  * said EAGAIN; every io_uring accept armed and nothing completed). */
 EVST_HIDDEN void evst_queue_empty(struct evsteer_listener *lev, uint64_t now);
+/*
+ * After a take: true when the steering program's count says nothing more
+ * is queued on lev's socket, so the accept4() that would find EAGAIN can
+ * be saved. Only for a level-triggered socket: the count can miss a
+ * connection (one the kernel migrated here from a closed sibling), which
+ * the socket's next readiness then brings. False whenever unsure.
+ */
+EVST_HIDDEN bool evst_queue_counted_empty(struct evsteer_listener *lev);
 /* A wake-up: a member looks at stalled siblings. */
 EVST_HIDDEN void evst_group_steal(struct evsteer_listener *lev);
 /* No lock: connections left queued on lev's socket while its loop is busy

@@ -540,6 +540,11 @@ void evst_queue_empty(struct evsteer_listener *lev, uint64_t now)
 		lev->member->empty(lev, now);
 }
 
+bool evst_queue_counted_empty(struct evsteer_listener *lev)
+{
+	return lev->member && lev->member->counted_empty(lev);
+}
+
 void evst_group_steal(struct evsteer_listener *lev)
 {
 	if (lev->member)

@@ -2,10 +2,13 @@
 /*
  * The event engine: the listening socket is a persistent read event in the
  * user's event_base and an accept4() loop drains it, exactly as libevent's
- * listener does, with two changes: a cap on accepts per wake-up (the socket
- * is level-triggered, so what is left is picked up on the next loop pass,
- * after the loop's other events), and a paused back-off instead of a spin
- * when accept() fails (EMFILE leaves the socket readable forever).
+ * listener does, with three changes: a cap on accepts per wake-up (the
+ * socket is level-triggered, so what is left is picked up on the next loop
+ * pass, after the loop's other events), a paused back-off instead of a spin
+ * when accept() fails (EMFILE leaves the socket readable forever), and,
+ * where our BPF program steers, no accept4() that the program's count
+ * already says will find EAGAIN (at one connection per wake-up, a third of
+ * the accept4() calls: evst_queue_counted_empty).
  *
  * How many a pass takes is evst_accept_cap()'s: the option, else 128, or
  * for a member with a sibling socket in this process one connection per
@@ -95,6 +98,13 @@ static void accept_loop(struct evsteer_listener *lev)
 		}
 		if (!evst_deliver(lev, fd, (struct sockaddr *)&ss, len))
 			return;
+		/* the last one queued, by the program's count: what the
+		 * accept after it would find EAGAIN says (no resync needed:
+		 * the count is exact) */
+		if (evst_queue_counted_empty(lev)) {
+			evst_accept_drained(lev);
+			return;
+		}
 	}
 	evst_count(lev, capped_wakeups);
 	evst_accept_more(lev);

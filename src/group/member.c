@@ -338,6 +338,28 @@ static void member_empty(struct evsteer_listener *lev, uint64_t now)
 	evst_shared_cbpf_look(lev->group->sh, now);
 }
 
+/*
+ * member->counted_empty. Only our eBPF program counts: each connection it
+ * steers here, at its SYN, against every take, this listener's and its
+ * thieves' (classic BPF counts nothing). A count of exactly zero then
+ * means nothing is queued: a connection still in its handshake is counted
+ * already, so the count runs ahead of the queue, not behind it. Behind it
+ * only when takes outran it (the kernel migrated a closed sibling's queue
+ * here), which shows as more takes than steered: unsure, so false, and the
+ * accept that finds EAGAIN resyncs it. Zero is what an empty pass would
+ * find after its resync: the excess clock restarts as there.
+ */
+static bool member_counted_empty(struct evsteer_listener *lev)
+{
+	struct evst_worker *w = lev->ws;
+	if (!w || !lev->ms ||
+	    evst_ld64(&w->steered) != evst_ld64(&w->dequeued) ||
+	    !evst_shared_bpf(lev->group->sh))
+		return false;
+	lev->ms->excess_since = 0;
+	return true;
+}
+
 /* lev's loop runs: a sibling stole from it, or the stall watch wants a
  * stuck sibling's queue taken. */
 static void poke_cb(evutil_socket_t fd, short what, void *arg)
@@ -362,6 +384,7 @@ const struct evst_member_ops evst_group_member = {
 	.took = member_took,
 	.alive = member_alive,
 	.empty = member_empty,
+	.counted_empty = member_counted_empty,
 	.steal = evst_steal_stuck,
 	.watched = evst_steal_watched,
 	.takers = evst_steal_takers,
