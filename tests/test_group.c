@@ -753,6 +753,144 @@ static void test_blocked_one_per_pass_uring(void **state)
 	blocked_one_per_pass(EVSTEER_ACCEPT_URING);
 }
 
+/*
+ * A wait for a CPU is no block. Worker 0's thread, runnable behind a
+ * SCHED_FIFO thread on its CPU for longer than a block's 10 ms while
+ * worker 1 takes what is queued on it, comes back to batching passes (4
+ * queued: 1, 2, 1), not to a second of one per pass as after a block
+ * (blocked_one_per_pass: 4 passes of 1). At 64 connections in flight on 2
+ * CPUs such waits kept the window open nearly all the time. Needs two
+ * CPUs and SCHED_FIFO (root).
+ */
+struct hog {
+	struct sibling *sib;
+	atomic_int spun_ms;
+	int thief_conn; /* the connection that wakes worker 1 */
+};
+
+/* Worker 1, on the other CPU: once worker 0 is past its 20 ms threshold,
+ * a connection of its own wakes it (the program steers away from a
+ * stalled worker), and its pass takes worker 0's queue, while worker 0's
+ * thread still waits: the thief's reading of that thread must come
+ * during the wait, as it does under load. (Left to the stall watch, whose
+ * thread may itself sit behind the FIFO thread, it can come late.) */
+static void *thief_thread(void *arg)
+{
+	struct hog *h = arg;
+	struct timespec ts = {0, 40 * 1000000L};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+	/* (no cmocka assertion off the test's thread: a failed connect
+	 * shows as worker 1 never serving two) */
+	struct fx *f = h->sib->f;
+	h->thief_conn = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (h->thief_conn >= 0)
+		connect(h->thief_conn, (struct sockaddr *)&f->addr, f->len);
+	return sibling_thread(h->sib);
+}
+
+static void *hog_thread(void *arg)
+{
+	struct hog *h = arg;
+	uint64_t t0 = tl_now_ms(), deadline = t0 + TL_TIMEOUT_MS, end = 0;
+	for (;;) { /* spin: nothing else runs on this CPU meanwhile */
+		uint64_t now = tl_now_ms();
+		if (!end && atomic_load(&h->sib->done) != 0)
+			end = now + 20;
+		if ((end && now >= end) || now >= deadline)
+			break;
+	}
+	atomic_store(&h->spun_ms, (int)(tl_now_ms() - t0));
+	return NULL;
+}
+
+static int thread_on(pthread_t *t, int cpu, bool fifo, void *(*fn)(void *),
+		     void *arg)
+{
+	pthread_attr_t a;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	pthread_attr_init(&a);
+	pthread_attr_setaffinity_np(&a, sizeof(set), &set);
+	if (fifo) {
+		struct sched_param sp = {.sched_priority = 1};
+		pthread_attr_setinheritsched(&a, PTHREAD_EXPLICIT_SCHED);
+		pthread_attr_setschedpolicy(&a, SCHED_FIFO);
+		pthread_attr_setschedparam(&a, &sp);
+	}
+	int err = pthread_create(t, &a, fn, arg);
+	pthread_attr_destroy(&a);
+	return err;
+}
+
+static void test_cpu_wait_no_block(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	cpu_set_t mine;
+	assert_int_equal(sched_getaffinity(0, sizeof(mine), &mine), 0);
+	int cpus[2], k = 0;
+	for (int i = 0; i < CPU_SETSIZE && k < 2; i++)
+		if (CPU_ISSET(i, &mine))
+			cpus[k++] = i;
+	tl_skip_unless(k == 2, "two-cpus", "fewer than two CPUs to run on");
+
+	struct fx f;
+	/* 20 ms: the gap below is longer than a block's 10 ms */
+	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000,
+		       EVSTEER_BPF_REQUIRE, true, EVSTEER_ACCEPT_EVENT);
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(cpus[0], &one);
+	assert_int_equal(sched_setaffinity(0, sizeof(one), &one), 0);
+	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
+	int lfd = evsteer_group_get_fd(f.g, 0);
+	int c[40];
+	/* worker 0 takes one first: its thread is the one thieves read */
+	int n = until_worker0(&f, c, 3);
+	assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, 1));
+	/* one more queued on it, and its thread waits for its CPU */
+	n += until_worker0_has(&f, c + n, 6, wstats(&f, 0).steered + 1);
+	/* worker 1 serves its own connection and the stolen one */
+	struct sibling sib = {.f = &f, .want = f.w[1].s.n + 2};
+	struct hog h = {.sib = &sib, .thief_conn = -1};
+	pthread_t st, ht;
+	assert_int_equal(thread_on(&st, cpus[1], false, thief_thread, &h), 0);
+	int err = thread_on(&ht, cpus[0], true, hog_thread, &h);
+	if (err) {
+		atomic_store(&sib.done, -1);
+		pthread_join(st, NULL);
+	}
+	tl_skip_unless(err == 0, "sched-fifo", "no SCHED_FIFO thread (not root)");
+	pthread_join(ht, NULL);
+	pthread_join(st, NULL);
+	print_message("the FIFO thread spun %d ms; worker 1 served %d\n",
+		      atomic_load(&h.spun_ms), atomic_load(&sib.done));
+	assert_int_equal(atomic_load(&sib.done), 1);
+	assert_int_equal(wstats(&f, 0).stolen_from, 1);
+	if (h.thief_conn >= 0)
+		c[n++] = h.thief_conn;
+
+	/* worker 0's loop runs (the theft poked it): the pass after the
+	 * wait, which lets it back into the steering */
+	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
+	/* 4 queued on worker 0 */
+	int base = f.w[0].s.n;
+	n += until_worker0_has(&f, c + n, 12, wstats(&f, 0).steered + 4);
+	tl_wait_queued(lfd, 4);
+	int got[8] = {0};
+	int passes = passes_until(&f, base + 4, got, 8);
+	print_message("after the wait, passes delivered %d %d %d %d (%d "
+		      "passes)\n", got[0], passes > 1 ? got[1] : 0,
+		      passes > 2 ? got[2] : 0, passes > 3 ? got[3] : 0, passes);
+	assert_int_equal(f.w[0].s.n, base + 4);
+	assert_true(passes < 4);
+	sched_setaffinity(0, sizeof(mine), &mine);
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
 static void test_accept_after_busy_pass_event(void **state)
 {
 	(void)state;
@@ -1535,6 +1673,7 @@ int main(void)
 		cmocka_unit_test(test_backlog_doubles_uring),
 		cmocka_unit_test(test_blocked_one_per_pass_event),
 		cmocka_unit_test(test_blocked_one_per_pass_uring),
+		cmocka_unit_test(test_cpu_wait_no_block),
 		cmocka_unit_test(test_drain_zero_resets),
 		cmocka_unit_test(test_drain_without_bpf_resets),
 		cmocka_unit_test(test_bpf_off_reports),

@@ -4,7 +4,11 @@
  * order in which the registries are locked before fork() is written here
  * once, not decided by which module happened to register first.
  */
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "common/process.h"
@@ -14,6 +18,30 @@ static unsigned int gen;
 unsigned int evst_process_gen(void)
 {
 	return __atomic_load_n(&gen, __ATOMIC_RELAXED);
+}
+
+int evst_thread_run_delay(unsigned int tid, uint64_t *waited, uint64_t *on_cpu)
+{
+	char path[64], buf[96];
+	if (tid)
+		snprintf(path, sizeof(path), "/proc/self/task/%u/schedstat", tid);
+	else
+		snprintf(path, sizeof(path), "/proc/thread-self/schedstat");
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	/* "<on-CPU ns> <waiting ns> <slices>" */
+	char *end;
+	*on_cpu = strtoull(buf, &end, 10);
+	if (end == buf || *end != ' ')
+		return -1;
+	*waited = strtoull(end + 1, NULL, 10);
+	return 0;
 }
 
 void evst_inherited_call(const char *fn)

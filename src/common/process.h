@@ -22,6 +22,7 @@
 #define EVSTEER_COMMON_PROCESS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "internal.h"
 
@@ -35,6 +36,16 @@ static inline bool evst_inherited(unsigned int gen)
 {
 	return gen != evst_process_gen();
 }
+
+/*
+ * How long thread tid of this process (0: the caller) has waited for a CPU
+ * while runnable, and run on one, in all (its schedstat). A wait is counted
+ * once it ends, when the thread gets its CPU: a thread that is waiting now
+ * shows what it had before this wait. 0 on success, -1 where /proc or the
+ * kernel's schedstats are missing.
+ */
+EVST_HIDDEN int evst_thread_run_delay(unsigned int tid, uint64_t *waited,
+				      uint64_t *on_cpu);
 
 /* Log (warn) that fn was called on an object inherited over fork, and set
  * errno to EINVAL: everything but freeing it belongs to the parent. */

@@ -93,6 +93,11 @@ struct evst_member_state {
 	uint64_t excess_since; /* since then every empty pass found pending
 				 * left after the resync (member.c; the loop
 				 * thread); 0: the last found none */
+	/* written by the first thief after the pass whose heartbeat was
+	 * theft_after (steal.c): how long the loop thread had waited for a
+	 * CPU and run by then (evst_thread_run_delay), so that its next pass
+	 * can tell a wait for a CPU from a block (member.c; atomics) */
+	uint64_t theft_after, theft_run_delay, theft_on_cpu;
 };
 
 static inline uint64_t evst_ld64(const __u64 *p)

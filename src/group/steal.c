@@ -15,6 +15,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
+#include "common/process.h"
 #include "group/group.h"
 
 /* n connections counted on slot `from` (its worker entry w) were taken by
@@ -49,6 +50,32 @@ static void poke_slot(const struct evst_slot *s)
 
 #define STEAL_BUDGET 64
 #define STEAL_WINDOW 64
+
+/*
+ * The first theft from slot i (entry w) since its pass at prog: how long its
+ * loop thread has waited for a CPU and run so far, for that loop's next
+ * pass to compare (member.c, waited_for_cpu). A wait under way is not in
+ * it yet (the kernel counts a wait when it ends), so what the next pass
+ * finds added is this gap's. A read of /proc per gap, not per connection.
+ */
+static void note_run_delay(struct evsteer_group *g, unsigned int i,
+			   struct evst_worker *w, uint64_t prog)
+{
+	uint64_t rd, oc;
+	pthread_mutex_lock(&g->lock);
+	struct evst_slot *s = &g->slots[i];
+	struct evsteer_listener *v = s->ws == w ? slot_lev(s) : NULL;
+	uint32_t tid = v ? evst_shared_slot_tid(g->sh, (unsigned)s->gslot) : 0;
+	/* (a listener of this process: its thread is in /proc/self/task) */
+	if (v && v->ms && tid &&
+	    __atomic_load_n(&v->ms->theft_after, __ATOMIC_RELAXED) != prog &&
+	    evst_thread_run_delay(tid, &rd, &oc) == 0) {
+		__atomic_store_n(&v->ms->theft_run_delay, rd, __ATOMIC_RELAXED);
+		__atomic_store_n(&v->ms->theft_on_cpu, oc, __ATOMIC_RELAXED);
+		__atomic_store_n(&v->ms->theft_after, prog, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&g->lock);
+}
 
 /* g->lock held: a thief found nothing on stuck worker w's socket where the
  * program counts some: what died in its handshake is dropped, what may be
@@ -225,6 +252,7 @@ static void steal_scan(struct evsteer_listener *lev, bool all)
 		if (evst_ld64(&w->stolen_ns) <= prog)
 			__atomic_fetch_add(&evst_shared_info_of(g->sh, w)->stalls,
 					   1, __ATOMIC_RELAXED);
+		note_run_delay(g, i, w, prog);
 		int n = evst_listener_is_direct(lev) ?
 				steal_direct(lev, g, i, w, budget) :
 				steal_fds(lev, g, i, w, budget);

@@ -165,6 +165,10 @@ EVST_HIDDEN unsigned int evst_shared_nslots(const struct evst_shared *sh);
 /* Who owns a slot: its process id, 0 when free. */
 EVST_HIDDEN uint32_t evst_shared_slot_pid(const struct evst_shared *sh,
 					  unsigned int slot);
+/* The thread that last accepted on a slot (evst_shared_note_thread); 0:
+ * none yet. */
+EVST_HIDDEN uint32_t evst_shared_slot_tid(const struct evst_shared *sh,
+					  unsigned int slot);
 
 /* n connections taken off worker w's socket, the first of them the
  * first-th steered to it (its dequeued count before): their queue waits

@@ -254,6 +254,11 @@ unsigned int evst_shared_nslots(const struct evst_shared *sh)
 	return hi;
 }
 
+uint32_t evst_shared_slot_tid(const struct evst_shared *sh, unsigned int slot)
+{
+	return __atomic_load_n(&sh->ctl->slots[slot].tid, __ATOMIC_RELAXED);
+}
+
 uint32_t evst_shared_slot_pid(const struct evst_shared *sh, unsigned int slot)
 {
 	return __atomic_load_n(&sh->ctl->slots[slot].owner, __ATOMIC_ACQUIRE) ?
