@@ -556,9 +556,9 @@ int main(int argc, char **argv)
 	}
 	const struct bench_impl *impl =
 		!strcmp(cfg.impl, "libevent") ? &bench_libevent :
-		!strcmp(cfg.impl, "floor")    ? &bench_floor :
-		!strcmp(cfg.impl, "floor-epoll") ? &bench_floor_epoll :
-		!strcmp(cfg.impl, "floor-direct") ? &bench_floor_direct :
+		!strcmp(cfg.impl, "floor") ||
+		!strcmp(cfg.impl, "floor-epoll") ||
+		!strcmp(cfg.impl, "floor-direct") ? &bench_floor :
 		!strncmp(cfg.impl, "evsteer", 7) ? &bench_evsteer :
 						   NULL;
 	if (!impl || cfg.workers < 1 || cfg.workers > MAX_WORKERS ||

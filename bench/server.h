@@ -69,9 +69,9 @@ struct bench_impl {
 };
 
 extern const struct bench_impl bench_libevent;
-/* bare io_uring loops, no library (server_floor.c) */
-extern const struct bench_impl bench_floor, bench_floor_epoll,
-	bench_floor_direct;
+/* bare io_uring loops, no library (server_floor.c): floor, floor-epoll
+ * and floor-direct, told apart by cfg->impl as evsteer's are */
+extern const struct bench_impl bench_floor;
 
 /* The server is stopping: loops without a libevent base poll this. */
 bool bench_stopping(void);

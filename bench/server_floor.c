@@ -154,12 +154,16 @@ static void floor_accepted(struct bench_worker *w, struct fw *x, int fd)
 		bench_reply(w, fd);
 }
 
-static int setup_kind(struct bench_worker *w, int *port, enum floor_kind kind)
+/* The floor --impl names (main() accepts these three only). */
+static int floor_setup(struct bench_worker *w, int *port)
 {
 	struct fw *x = calloc(1, sizeof(*x));
 	if (!x)
 		return -1;
-	x->kind = kind;
+	const char *impl = w->cfg->impl;
+	x->kind = !strcmp(impl, "floor-epoll")	? FLOOR_EPOLL :
+		  !strcmp(impl, "floor-direct") ? FLOOR_DIRECT :
+						  FLOOR_WAIT;
 	x->epfd = x->efd = -1;
 	x->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int one = 1;
@@ -180,21 +184,6 @@ static int setup_kind(struct bench_worker *w, int *port, enum floor_kind kind)
 	*port = ntohs(sin.sin_port);
 	w->impl = x;
 	return 0;
-}
-
-static int floor_setup(struct bench_worker *w, int *port)
-{
-	return setup_kind(w, port, FLOOR_WAIT);
-}
-
-static int floor_epoll_setup(struct bench_worker *w, int *port)
-{
-	return setup_kind(w, port, FLOOR_EPOLL);
-}
-
-static int floor_direct_setup(struct bench_worker *w, int *port)
-{
-	return setup_kind(w, port, FLOOR_DIRECT);
 }
 
 /* In the worker's thread: the ring belongs to it. */
@@ -329,24 +318,6 @@ static void floor_describe(struct bench_worker *w, char *buf, size_t len)
 const struct bench_impl bench_floor = {
 	.name = "floor",
 	.setup = floor_setup,
-	.run = floor_run,
-	.stop = floor_stop,
-	.drop = floor_drop,
-	.describe = floor_describe,
-};
-
-const struct bench_impl bench_floor_epoll = {
-	.name = "floor-epoll",
-	.setup = floor_epoll_setup,
-	.run = floor_run,
-	.stop = floor_stop,
-	.drop = floor_drop,
-	.describe = floor_describe,
-};
-
-const struct bench_impl bench_floor_direct = {
-	.name = "floor-direct",
-	.setup = floor_direct_setup,
 	.run = floor_run,
 	.stop = floor_stop,
 	.drop = floor_drop,
