@@ -29,14 +29,16 @@ a figure is called a result; the report's header says which settings it had):
 
 Scenarios on the bench server (implementations: libevent, evsteer,
 evsteer-event (no BPF), evsteer-direct, floor; named with --impl only:
-evsteer-cbpf, evsteer-runc, evsteer-bpf-event): rate, latency, stall, balance, drain,
+evsteer-cbpf, evsteer-runc, evsteer-bpf-event (the default path named),
+evsteer-bpf-uring (BPF and the io_uring engine)): rate, latency, stall, balance, drain,
 drain-running, emfile, restart. End to end (http, http-stall,
 http-stall-open):
 build/bench/evsteer-http-server, an evhttp server built against libevent
 only, with 2 threads, run plain (libevent) and under build/preload/evsteer-run
---group PORT as evsteer (auto: bpf+uring), evsteer-event (--accept event),
+--group PORT as evsteer (auto: bpf+event), evsteer-uring (--accept uring),
 evsteer-uring-nobpf (--bpf off --accept uring), evsteer-nobpf (--bpf off),
-and, when --impl names it, evsteer-nodefer (--defer-accept 0), on a free
+and, when --impl names them, evsteer-event (--accept event: the default
+path named) and evsteer-nodefer (--defer-accept 0), on a free
 port, driven by wrk (Debian package wrk; skipped, not failed, where it is
 missing):
   http        wrk -t2 -c32 -dSs -H "Connection: close" --latency
@@ -114,23 +116,27 @@ IMPLS = ["libevent", "evsteer", "evsteer-event", "evsteer-direct", "floor"]
 # io_uring loops (server_floor.c): asleep in epoll_wait() on the ring's
 # eventfd as inside an event loop, and accepting into direct descriptors
 OPT_IMPLS = ["evsteer-cbpf", "evsteer-runc", "evsteer-bpf-event",
+             "evsteer-bpf-uring",
              "floor-epoll", "floor-direct"]
 # the sweep measures the server's own CPU: not in a container's wrapper
-SWEEP_IMPLS = IMPLS + ["evsteer-cbpf", "evsteer-bpf-event", "floor-epoll",
+SWEEP_IMPLS = IMPLS + ["evsteer-cbpf", "evsteer-bpf-event",
+                       "evsteer-bpf-uring", "floor-epoll",
                        "floor-direct"]
 IN_RUNC = os.path.join(SRCDIR, "bench", "in_runc.py")
 # The end-to-end scenarios' implementations: evsteer-http-server (libevent
 # only) run plain, or under evsteer-run with these options, one per path.
 HTTP_IMPLS = {
     "libevent": None,
-    "evsteer": [],  # auto: bpf+uring
-    "evsteer-event": ["--accept", "event"],
+    "evsteer": [],  # auto: bpf+event
+    "evsteer-uring": ["--accept", "uring"],
     "evsteer-uring-nobpf": ["--bpf", "off", "--accept", "uring"],
     "evsteer-nobpf": ["--bpf", "off"],
 }
-# named with --impl only: the default path without the TCP_DEFER_ACCEPT
-# evsteer-run sets on evhttp's group sockets (--defer-accept 0)
+# named with --impl only: the default path's engine asked for by name,
+# and the default path without the TCP_DEFER_ACCEPT evsteer-run sets on
+# evhttp's group sockets (--defer-accept 0)
 HTTP_OPT_IMPLS = {
+    "evsteer-event": ["--accept", "event"],
     "evsteer-nodefer": ["--defer-accept", "0"],
 }
 HTTP_ALL = {**HTTP_IMPLS, **HTTP_OPT_IMPLS}

@@ -22,8 +22,8 @@ functions that make it).
 
 With --http the server is evsteer-http-server (an evhttp program built
 against libevent only, 2 threads), run plain (libevent) or under
-evsteer-run on one path (evsteer: the default; evsteer-event: --accept
-event; evsteer-nobpf: --bpf off), each connection one HTTP/1.0 request
+evsteer-run on one path (evsteer: the default, bpf+event; evsteer-uring:
+--accept uring; evsteer-event: --accept event; evsteer-nobpf: --bpf off), each connection one HTTP/1.0 request
 read to its end by a client of this script's own.
 
   evsteer-icount [--http] [--impl libevent,evsteer,...] [--conns N]
@@ -44,6 +44,7 @@ HTTP_SERVER = os.path.join(HERE, "evsteer-http-server")
 EVSTEER_RUN = os.path.join(HERE, "..", "preload", "evsteer-run")
 # --http: plain, or under evsteer-run with these options
 HTTP_IMPLS = {"libevent": None, "evsteer": [],
+              "evsteer-uring": ["--accept", "uring"],
               "evsteer-event": ["--accept", "event"],
               "evsteer-nobpf": ["--bpf", "off"]}
 # libc's system call wrappers; liburing makes its io_uring_enter() inline,
@@ -183,8 +184,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--http", action="store_true",
                     help="the evhttp server, plain and under evsteer-run")
-    ap.add_argument("--impl", help="default: libevent,evsteer,evsteer-event,"
-                    "evsteer-direct (--http: libevent,evsteer,evsteer-event)")
+    ap.add_argument("--impl", help="default: libevent,evsteer,evsteer-bpf-uring,"
+                    "evsteer-direct (--http: libevent,evsteer,evsteer-uring)")
     ap.add_argument("--conns", type=int, default=2500)
     ap.add_argument("--work-us", type=int, default=0)
     ap.add_argument("--read-first", action="store_true")
@@ -203,8 +204,8 @@ def main():
         print("evsteer-icount: valgrind is not installed (apt-get install "
               "valgrind)", file=sys.stderr)
         return 77  # the test suite's skip
-    impls = (args.impl or ("libevent,evsteer,evsteer-event" if args.http
-                           else "libevent,evsteer,evsteer-event,evsteer-direct")
+    impls = (args.impl or ("libevent,evsteer,evsteer-uring" if args.http
+                           else "libevent,evsteer,evsteer-bpf-uring,evsteer-direct")
              ).split(",")
     if args.http:
         bad = [i for i in impls if i not in HTTP_IMPLS]

@@ -11,16 +11,19 @@
  * (evsteer-direct, the floors) have no time-out on their recv, like the rest of
  * their I/O here: the load generator always sends (--send).
  *
- *   --impl libevent|evsteer|evsteer-event|evsteer-bpf-event|evsteer-direct|
- *          evsteer-cbpf|floor|floor-epoll|floor-direct
+ *   --impl libevent|evsteer|evsteer-event|evsteer-bpf-event|evsteer-bpf-uring|
+ *          evsteer-direct|evsteer-cbpf|floor|floor-epoll|floor-direct
  *   --workers N --port P [--policy least-pending|hash|round-robin|cpu]
  *   [--work-us U] [--work-mode spin|sleep] [--read-first]
  *   [--stall-worker W --stall-ms M --stall-every-ms E [--stall-log FILE]]
  *   [--freeze-worker W]
  *   [--slow-worker W --slow-us U] [--cpu-to W]
  *
- * evsteer-event is the event engine without BPF (the kernel's hash),
- * evsteer-bpf-event the event engine with BPF steering.
+ * evsteer is the default path (auto: BPF steering where it loads, the
+ * event engine), evsteer-event the event engine without BPF (the kernel's
+ * hash), evsteer-bpf-event the event engine with BPF steering asked for by
+ * name (the default path since auto stopped picking io_uring),
+ * evsteer-bpf-uring the io_uring engine with BPF steering.
  * evsteer-cbpf is evsteer in a process whose seccomp filter refuses bpf()
  * with EPERM (what a container's default profile does): classic BPF
  * steering, the event engine. The floors, bare io_uring loops with no
@@ -344,6 +347,8 @@ static int ev_setup(struct bench_worker *w, int *port)
 	}
 	if (!strcmp(cfg->impl, "evsteer-bpf-event"))
 		o.accept = EVSTEER_ACCEPT_EVENT; /* BPF as auto decides */
+	if (!strcmp(cfg->impl, "evsteer-bpf-uring"))
+		o.accept = EVSTEER_ACCEPT_URING; /* BPF as auto decides */
 	if (!strcmp(cfg->impl, "evsteer-direct"))
 		x->lev = evsteer_listener_new_bind_direct(
 			x->base, ev_direct, w, flags, -1, (struct sockaddr *)&sin,

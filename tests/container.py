@@ -64,8 +64,8 @@ def seccomp(profile, caps, deny=()):
     return runc_bundle.seccomp(profile, caps, deny)
 
 
-def config(stagedir, caps, uid, sec):
-    env = ["PATH=/usr/bin:/bin", "LD_LIBRARY_PATH=/opt/evsteer/src"]
+def config(stagedir, caps, uid, sec, extra):
+    env = ["PATH=/usr/bin:/bin", "LD_LIBRARY_PATH=/opt/evsteer/src"] + extra
     for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
         if k in os.environ:
             env.append(f"{k}={os.environ[k]}")
@@ -104,10 +104,10 @@ def parse(out):
     return path, steer_why, engine_why
 
 
-def run(top, n, name, caps, uid, sec):
+def run(top, n, name, caps, uid, sec, extra):
     b = os.path.join(top, f"bundle{n}")
     os.mkdir(b)
-    cfg = config(os.path.join(top, "stage"), caps, uid, sec)
+    cfg = config(os.path.join(top, "stage"), caps, uid, sec, extra)
     cfg["root"]["path"] = os.path.join(top, "rootfs")  # one for all
     with open(os.path.join(b, "config.json"), "w") as f:
         json.dump(cfg, f)
@@ -133,7 +133,8 @@ def main():
         skip("runc not installed (apt-get install runc)")
     # The real thing must work here first, or the expectations mean nothing.
     host = subprocess.run([DEMO, "--connections", "50"], capture_output=True,
-                          text=True, timeout=TIMEOUT)
+                          text=True, timeout=TIMEOUT,
+                          env={**os.environ, "EVSTEER_ACCEPT": "uring"})
     if parse(host.stdout)[0] != "bpf+uring":
         skip(f"the demo does not get bpf+uring on this host:\n{host.stdout}")
 
@@ -150,31 +151,40 @@ def main():
         rootfs(top)
         os.mkdir(os.path.join(top, "state"))
         bpf = ["CAP_BPF"]
+        # the io_uring engine is asked for where the case is about it
+        # (auto accepts with accept4(): listener.c, start_engine)
+        uring = ["EVSTEER_ACCEPT=uring"]
         cases = [
-            # (a) CAP_BPF only + our profile: the full fast path
-            ("a: CAP_BPF + evsteer.json", bpf, 0, seccomp(OURS, bpf)),
+            # (a) CAP_BPF only + our profile: BPF steering and, asked
+            # for, io_uring
+            ("a: CAP_BPF + evsteer.json", bpf, 0, seccomp(OURS, bpf), uring),
             # (a') the same as a non-root user: ambient capabilities
             ("a': uid 65534, ambient CAP_BPF + evsteer.json", bpf, 65534,
-             seccomp(OURS, bpf)),
+             seccomp(OURS, bpf), uring),
+            # (A) the same, auto: the default path
+            ("A: CAP_BPF + evsteer.json, auto", bpf, 0, seccomp(OURS, bpf),
+             []),
             # (b) Docker 25+'s default profile refuses io_uring
-            ("b: CAP_BPF + Docker's default", bpf, 0, seccomp(DOCKER, bpf)),
+            ("b: CAP_BPF + Docker's default", bpf, 0, seccomp(DOCKER, bpf),
+             uring),
             # (c) no capabilities at all
-            ("c: no capabilities + evsteer.json", [], 0, seccomp(OURS, [])),
-            ("c': no capabilities, no seccomp", [], 0, None),
+            ("c: no capabilities + evsteer.json", [], 0, seccomp(OURS, []),
+             []),
+            ("c': no capabilities, no seccomp", [], 0, None, []),
             # (d) CAP_BPF held, bpf refused by the profile (podman's
             # default allows bpf only with CAP_SYS_ADMIN)
             ("d: CAP_BPF + a profile without bpf", bpf, 0,
-             seccomp(OURS, bpf, deny=["bpf"])),
+             seccomp(OURS, bpf, deny=["bpf"]), []),
             # (e) what most containers get: Docker's default profile and
             # no CAP_BPF (issue 21): classic BPF steers
             ("e: no capabilities + Docker's default", [], 0,
-             seccomp(DOCKER, [])),
+             seccomp(DOCKER, []), []),
             ("e': uid 65534, no capabilities + Docker's default", [], 65534,
-             seccomp(DOCKER, [])),
+             seccomp(DOCKER, []), []),
         ]
         res, outs = {}, {}
-        for n, (name, caps, uid, sec) in enumerate(cases):
-            rc, r, out = run(top, n, name, caps, uid, sec)
+        for n, (name, caps, uid, sec, extra) in enumerate(cases):
+            rc, r, out = run(top, n, name, caps, uid, sec, extra)
             expect(rc == 0, f"{name}: the demo exited {rc}")
             res[name[:2].rstrip(":")] = r
             outs[name[:2].rstrip(":")] = workers(out)
@@ -183,6 +193,10 @@ def main():
         expect(path == "bpf+uring", f"a: path {path}, want bpf+uring")
         path, sw, ew = res["a'"]
         expect(path == "bpf+uring", f"a': path {path}, want bpf+uring")
+        path, sw, ew = res["A"]
+        expect(path == "bpf+event", f"A: path {path}, want bpf+event")
+        expect("auto mode accepts with accept4()" in ew,
+               f"A: engine reason does not say why: {ew!r}")
         path, sw, ew = res["b"]
         expect(path == "bpf+event", f"b: path {path}, want bpf+event")
         expect("seccomp" in ew and "io_uring" in ew,

@@ -509,11 +509,10 @@ def case_coturn():
     main = [l for l in lines if l.startswith(f"evsteer: info: listener 127.0.0.1:{s.port} ")]
     check(len(main) == 2, "expected two listener lines on the port:\n" + s.text())
     need("bpf", all(" path bpf+" in l for l in main), "\n".join(main))
-    why = uring_reason(main)
-    need("uring", why is None, why)
-    # one group: workers 0 and 1
-    check(sorted(re.search(r" path bpf\+uring \(bpf steering, policy least-pending, "
-                           r"worker (\d+)\)$", l).group(1) for l in main) == ["0", "1"],
+    # one group: workers 0 and 1, on the default path (auto: accept4())
+    check(sorted(re.search(r" path bpf\+event \(bpf steering, policy least-pending, "
+                           r"worker (\d+); accept: auto mode accepts with accept4\(\)",
+                           l).group(1) for l in main) == ["0", "1"],
           "\n".join(main))
     # one group: least-pending rotates ties, each relay thread gets half
     check(len(steered) == 2 and min(steered.values()) >= 95,

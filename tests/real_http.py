@@ -5,8 +5,8 @@ multi-threaded evhttp server built against libevent only (one thread,
 event_base, evhttp and SO_REUSEPORT socket per thread), run unmodified under
 evsteer-run --group PORT, driven by real HTTP clients over loopback (curl,
 Python's http.client), every request a new connection (Connection: close).
-Each CASE runs on every path that steers with BPF: bpf+uring (auto) and
-bpf+event (--accept event); without BPF the kernel's hash steers and there
+Each CASE runs on every path that steers with BPF: bpf+event (auto) and
+bpf+uring (--accept uring); without BPF the kernel's hash steers and there
 is no stall avoidance to test (docs: groups).
 
   stall    one thread blocks in a system call inside a handler (read() on a
@@ -46,7 +46,7 @@ TIMEOUT = evtest.TIMEOUT
 REQ_TIMEOUT = 10  # seconds: a request stuck behind a blocked thread fails
 A = None
 
-PATHS = [("bpf+uring", []), ("bpf+event", ["--accept", "event"])]
+PATHS = [("bpf+event", []), ("bpf+uring", ["--accept", "uring"])]
 
 
 def get(port, path, timeout=REQ_TIMEOUT):

@@ -154,7 +154,7 @@ def scenario(label, tool, service, prefix):
             expect(sorted(steered) == [(N - 1) // 2, N // 2],
                    f"round-robin over the passed sockets steered {steered}")
         if prefix:
-            expect(path == "bpf+uring",
+            expect(path == "bpf+event",
                    f"path {path}: CAP_BPF as ambient capability must do")
         print(f"{label}: path {path}, accepted {counts}, steered {steered}")
     finally:

@@ -28,8 +28,8 @@ static void accept_family(int family)
 	assert_non_null(s.lev);
 	/* paths steer TCP; AF_UNIX listeners are always plain event ones */
 	const char *want = tl_path->name;
-	if (family == AF_UNIX) /* no group: io_uring only if asked for */
-		want = strcmp(tl_path->name, "uring") ? "event" : "uring";
+	if (family == AF_UNIX) /* no group: the engine the path asks for */
+		want = strstr(tl_path->name, "uring") ? "uring" : "event";
 	assert_string_equal(evsteer_listener_path_name(s.lev), want);
 	assert_ptr_equal(evsteer_listener_get_base(s.lev), base);
 

@@ -79,6 +79,7 @@ static void fx_open_accept(struct fx *f, int n, enum evsteer_policy policy,
 	}
 }
 
+/* The default path (auto: the event engine, BPF where it loads). */
 static void fx_open(struct fx *f, int n, enum evsteer_policy policy,
 		    int stall_us, enum evsteer_bpf_mode mode, bool separate)
 {
@@ -186,9 +187,9 @@ static void test_round_robin_exact(void **state)
 	EVSTEER_PATH_OPTS(p);
 	assert_int_equal(evsteer_group_get_path(f.g, &p), 0);
 	assert_int_equal(p.steering, EVSTEER_STEER_BPF);
-	/* auto: io_uring with BPF, where io_uring works */
+	/* auto: the event engine, with BPF (listener.c, start_engine) */
 	assert_string_equal(evsteer_listener_path_name(f.w[0].s.lev),
-			    tl_uring_unavailable() ? "bpf+event" : "bpf+uring");
+			    "bpf+event");
 
 	for (int batch = 0; batch < 100; batch++) {
 		int c[40];
@@ -401,14 +402,14 @@ static void test_join_leave(void **state)
  * past the threshold it gets nothing new, and its queued connection is
  * stolen by the healthy worker when that one next wakes.
  */
-static void test_stall_steal(void **state)
+/* On the default path (auto: the event engine) and on the ring's. */
+static void stall_steal(enum evsteer_accept_mode engine)
 {
-	(void)state;
 	tl_need_bpf();
 	struct fx f;
 	/* 20 ms, so that this test does not depend on the machine's speed */
-	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000, EVSTEER_BPF_REQUIRE,
-		true);
+	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000,
+		       EVSTEER_BPF_REQUIRE, true, engine);
 	int c[12];
 	/* until one lands on the stalled worker 0 */
 	int n = until_worker0(&f, c, 4);
@@ -433,6 +434,19 @@ static void test_stall_steal(void **state)
 	assert_int_equal(waits_from(&s1, 0) + s1.wait_untimed, s1.steered);
 	tl_close_n(c, n);
 	fx_close(&f);
+}
+
+static void test_stall_steal(void **state)
+{
+	(void)state;
+	stall_steal(EVSTEER_ACCEPT_AUTO);
+}
+
+static void test_stall_steal_uring(void **state)
+{
+	(void)state;
+	tl_need_uring();
+	stall_steal(EVSTEER_ACCEPT_URING);
 }
 
 static bool serve_both(struct fx *f, int want);
@@ -1048,14 +1062,12 @@ static bool two_served(void *arg)
 	return (int)wstats(t->f, 0).accepted + t->f->w[1].s.n >= t->want;
 }
 
-static void test_stall_back_at_once(void **state)
+static void stall_back_at_once(enum evsteer_accept_mode engine)
 {
-	(void)state;
 	tl_need_bpf();
-	tl_need_uring();
 	struct fx f;
-	fx_open(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000, EVSTEER_BPF_REQUIRE,
-		true);
+	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 20000,
+		       EVSTEER_BPF_REQUIRE, true, engine);
 	struct busy_worker b = {.base = f.w[0].base};
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, busy_thread, &b), 0);
@@ -1094,6 +1106,19 @@ static void test_stall_back_at_once(void **state)
 	assert_true(f.w[0].s.n >= 1);
 	tl_close_n(c, n);
 	fx_close(&f);
+}
+
+static void test_stall_back_at_once(void **state)
+{
+	(void)state;
+	stall_back_at_once(EVSTEER_ACCEPT_AUTO);
+}
+
+static void test_stall_back_at_once_uring(void **state)
+{
+	(void)state;
+	tl_need_uring();
+	stall_back_at_once(EVSTEER_ACCEPT_URING);
 }
 
 static int read_reply(int c)
@@ -1480,8 +1505,7 @@ static void test_implicit_group(void **state)
 	struct evsteer_group *g = evsteer_listener_get_group(s[0].lev);
 	assert_non_null(g);
 	assert_ptr_equal(evsteer_listener_get_group(s[2].lev), g);
-	assert_string_equal(evsteer_listener_path_name(s[1].lev),
-			    tl_uring_unavailable() ? "bpf+event" : "bpf+uring");
+	assert_string_equal(evsteer_listener_path_name(s[1].lev), "bpf+event");
 	int c[30];
 	for (int i = 0; i < 30; i++) {
 		c[i] = tl_connect_to(evsteer_listener_get_fd(s[0].lev));
@@ -1662,9 +1686,11 @@ int main(void)
 		cmocka_unit_test(test_weights),
 		cmocka_unit_test(test_join_leave),
 		cmocka_unit_test(test_stall_steal),
+		cmocka_unit_test(test_stall_steal_uring),
 		cmocka_unit_test(test_queue_wait),
 		cmocka_unit_test(test_stall_recovers),
 		cmocka_unit_test(test_stall_back_at_once),
+		cmocka_unit_test(test_stall_back_at_once_uring),
 		cmocka_unit_test(test_accept_after_busy_pass_event),
 		cmocka_unit_test(test_accept_after_busy_pass_uring),
 		cmocka_unit_test(test_one_per_pass_event),

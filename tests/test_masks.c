@@ -201,27 +201,26 @@ static void run_masked(const char *mask)
 	}
 	evsteer_listener_free(ld);
 
-	/* io_uring into fds, auto mode: only with eBPF steering */
+	/* io_uring into fds, asked for (auto accepts with accept4()) */
 	struct served sf = {0};
 	len = tl_addr_loopback(AF_INET, &ss);
+	EVSTEER_LISTENER_OPTS(fo, .accept = EVSTEER_ACCEPT_URING);
 	struct evsteer_listener *lf = evsteer_listener_new_bind(
-		base, fd_reply, &sf, fl, -1, (struct sockaddr *)&ss, len, NULL);
+		base, fd_reply, &sf, fl, -1, (struct sockaddr *)&ss, len, &fo);
 	assert_non_null(lf);
 	EVSTEER_PATH_OPTS(pf);
 	assert_int_equal(evsteer_listener_get_path(lf, &pf), 0);
 	print_message("mask %s: fd listener %s, \"%s\" / \"%s\"\n", mask, pf.name,
 		      pf.steering_reason, pf.engine_reason);
+	/* none of the accept features matter to the fd engine */
+	assert_string_equal(pf.engine_reason, "");
 	if (no_bpf) {
-		/* the design rule: no eBPF, the plain event_base engine
-		 * (steered by classic BPF) */
-		assert_string_equal(pf.name, "cbpf+event");
+		/* eBPF masked: classic BPF steers the same engine */
+		assert_string_equal(pf.name, "cbpf+uring");
 		assert_non_null(strstr(pf.steering_reason,
 				       "masked by EVSTEER_TEST_MASK=bpf"));
-		assert_non_null(strstr(pf.engine_reason, "only with eBPF"));
 	} else {
-		/* none of the accept features matter to the fd engine */
 		assert_string_equal(pf.name, "bpf+uring");
-		assert_string_equal(pf.engine_reason, "");
 	}
 	serve(base, lf, &sf);
 	evsteer_listener_free(lf);

@@ -26,8 +26,9 @@ static void opts_event(struct evsteer_listener_opts *o)
 
 static void opts_bpf(struct evsteer_listener_opts *o)
 {
+	/* the default path: auto's engine where BPF steers */
 	o->bpf = EVSTEER_BPF_REQUIRE;
-	o->accept = EVSTEER_ACCEPT_EVENT;
+	o->accept = EVSTEER_ACCEPT_AUTO;
 }
 
 static void opts_uring(struct evsteer_listener_opts *o)
@@ -38,9 +39,9 @@ static void opts_uring(struct evsteer_listener_opts *o)
 
 static void opts_bpf_uring(struct evsteer_listener_opts *o)
 {
-	/* auto: io_uring because BPF steers (the design rule) */
+	/* asked for: auto accepts with accept4() (listener.c) */
 	o->bpf = EVSTEER_BPF_REQUIRE;
-	o->accept = EVSTEER_ACCEPT_AUTO;
+	o->accept = EVSTEER_ACCEPT_URING;
 }
 
 static char uring_why[256];
