@@ -33,12 +33,13 @@ static const char *path_name(const struct evst_engine_ops *ops,
 
 /*
  * Pick and start the engine. io_uring when asked for; in auto mode the
- * event engine, with or without BPF steering: accept4() costs less CPU per
- * connection than the ring's accept at every load measured, 1 to 64
- * connections in flight with and without work per connection, in three
- * side-by-side sets on kernel 6.18 (bench/README.md, "The engine auto
- * picks"; the design card's rule was io_uring whenever BPF steers). The
- * event engine too when the ring cannot be had, with the reason recorded.
+ * event engine, with or without BPF steering: accept4() cost at most what
+ * the ring's accept cost in CPU per connection at 27 of 30 points (1 to 64
+ * connections in flight, with and without work) of three side-by-side
+ * sets on kernel 6.18, the other three within their spread
+ * (bench/README.md, "The engine auto picks"; the design card's rule was
+ * io_uring whenever BPF steers). The event engine too when the ring
+ * cannot be had, with the reason recorded.
  */
 static int start_engine(struct evsteer_listener *lev,
 			const struct evsteer_listener_opts *opts)

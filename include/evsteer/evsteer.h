@@ -102,8 +102,8 @@ enum evsteer_bpf_mode {
  * (auto|event|uring) applies when the option is AUTO. */
 enum evsteer_accept_mode {
 	/* the event engine, with or without BPF steering: accept4() costs
-	 * less CPU per connection than io_uring's accept at every load
-	 * measured (docs/uring.md); io_uring only when asked for */
+	 * less CPU per connection than io_uring's accept at nearly every
+	 * load measured (docs/uring.md); io_uring only when asked for */
 	EVSTEER_ACCEPT_AUTO = 0,
 	EVSTEER_ACCEPT_EVENT,  /* event_base + accept4() */
 	EVSTEER_ACCEPT_URING,  /* io_uring, also without BPF */
