@@ -122,6 +122,12 @@ static inline struct evsteer_listener *slot_lev(const struct evst_slot *s)
  * kernel migrates nothing for a classic program). Without classic BPF:
  * close(). No group lock held. */
 EVST_HIDDEN void evst_group_close_sock(struct evsteer_group *g, int fd);
+/* steal.c, eBPF: a worker the program no longer picks (not live), its
+ * socket open and its slot held (ws: its counters): return once no
+ * handshake it may own is in flight, so that none completes during the
+ * close (see there). No group lock held. */
+EVST_HIDDEN void evst_group_leave_settle(struct evsteer_group *g,
+					 const struct evst_worker *ws);
 /* steal.c: deliver what lev's inbox holds (lev's loop, its lock held and a
  * reference taken, as in the poke). */
 EVST_HIDDEN void evst_inbox_deliver(struct evsteer_listener *lev);

@@ -158,11 +158,21 @@ static void member_leave(struct evsteer_listener *lev, bool close_fd)
 	member_state_free(lev, true);
 	pthread_mutex_lock(&g->lock);
 	bool owned = g->slots[lev->slot].owned;
+	pthread_mutex_unlock(&g->lock);
+	bool closing = close_fd &&
+		       (owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE));
+	/* with eBPF no handshake of its own may complete during the close:
+	 * out of the program since its stop (not live), still holding its
+	 * slot (nobody may take the slot while its socket stays in the
+	 * sockarray), it lets them finish first (steal.c) */
+	if (closing)
+		evst_group_leave_settle(g, lev->ws);
+	pthread_mutex_lock(&g->lock);
 	int fd = evst_slot_remove(g, lev->slot);
 	pthread_mutex_unlock(&g->lock);
 	/* with classic BPF the socket is out of the program now: its queue
 	 * goes to the siblings before it closes (no migration without eBPF) */
-	if (close_fd && (owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE)))
+	if (closing)
 		evst_group_close_sock(g, fd);
 	else
 		evst_shared_keep(g->sh, fd);
