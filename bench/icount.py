@@ -23,8 +23,9 @@ functions that make it).
 With --http the server is evsteer-http-server (an evhttp program built
 against libevent only, 2 threads), run plain (libevent) or under
 evsteer-run on one path (evsteer: the default, bpf+event; evsteer-uring:
---accept uring; evsteer-event: --accept event; evsteer-nobpf: --bpf off), each connection one HTTP/1.0 request
-read to its end by a client of this script's own.
+--accept uring; evsteer-event: --accept event; evsteer-nobpf: --bpf off),
+each connection one HTTP/1.0 request read to its end by a client of this
+script's own.
 
   evsteer-icount [--http] [--impl libevent,evsteer,...] [--conns N]
                  [--work-us U] [--read-first] [--top K] [--repeat R]

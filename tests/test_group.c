@@ -400,9 +400,9 @@ static void test_join_leave(void **state)
 /*
  * A worker that stalls (its loop does not run) with a connection pending:
  * past the threshold it gets nothing new, and its queued connection is
- * stolen by the healthy worker when that one next wakes.
+ * stolen by the healthy worker when that one next wakes. On the default
+ * path (auto: the event engine) and on the ring's.
  */
-/* On the default path (auto: the event engine) and on the ring's. */
 static void stall_steal(enum evsteer_accept_mode engine)
 {
 	tl_need_bpf();

@@ -357,6 +357,7 @@ unsigned int evst_steal_handoff(struct evsteer_listener *lev,
 #define DRAIN_LOOK_NS 1000000ull
 #define DRAIN_SETTLE_NS 20000000ull
 #define DRAIN_MAX_NS 1000000000ull
+#define DRAIN_POLL_NS 250000L /* between two looks while waiting */
 #define DRAIN_BATCH 64
 
 static int cookie_cmp(const void *a, const void *b)
@@ -436,7 +437,7 @@ void evst_group_leave_settle(struct evsteer_group *g,
 	int n = handshakes(sa, &seen, &scap);
 	uint64_t start = evst_now_ns();
 	while (n > 0 && evst_now_ns() - start < DRAIN_MAX_NS) {
-		struct timespec ts = {0, 250000L};
+		struct timespec ts = {0, DRAIN_POLL_NS};
 		nanosleep(&ts, NULL);
 		n = still_in_flight(sa, seen, n, &buf, &bcap);
 	}
@@ -585,7 +586,7 @@ void evst_group_close_sock(struct evsteer_group *g, int fd)
 		}
 		if ((quiet && nseen == 0) || now - start >= DRAIN_MAX_NS)
 			break;
-		struct timespec ts = {0, 250000L};
+		struct timespec ts = {0, DRAIN_POLL_NS};
 		nanosleep(&ts, NULL);
 	}
 	if (nseen > 0)
