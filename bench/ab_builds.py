@@ -8,7 +8,8 @@ Each round runs every NAME once, in order: BUILD's evsteer-bench-server
 BUILD's closed loop with IN_FLIGHT connections for SECONDS. The server's
 CPU comes from /proc/PID/task/*/schedstat. Prints each round, then per NAME
 the median CPU per connection and the median of its ratios to the first
-NAME's run of the same round (with every round's ratio, sorted).
+NAME's run of the same round (with every round's ratio, sorted), and the
+median of the client's p99 latency.
 
 evsteer-bench compares implementations of one build; this compares builds
 (before and after a change) and environment settings. Example:
@@ -56,7 +57,7 @@ def one(spec, secs, inflight, work):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     if not res["connections"]:
         sys.exit(f"ab_builds: {spec}: no connection served")
-    return (c1 - c0) * 1e6 / res["connections"]
+    return (c1 - c0) * 1e6 / res["connections"], res["p99_ms"]
 
 
 def main():
@@ -65,9 +66,12 @@ def main():
     rounds, secs, inflight, work = int(sys.argv[1]), *sys.argv[2:5]
     cfgs = [a.split("=", 1) for a in sys.argv[5:]]
     res = {n: [] for n, _ in cfgs}
+    p99 = {n: [] for n, _ in cfgs}
     for r in range(rounds):
         for n, spec in cfgs:
-            res[n].append(one(spec, secs, inflight, work))
+            cpu, p = one(spec, secs, inflight, work)
+            res[n].append(cpu)
+            p99[n].append(p)
         print(r, " ".join(f"{n} {res[n][-1]:.2f}" for n, _ in cfgs),
               flush=True)
     base = cfgs[0][0]
@@ -75,7 +79,8 @@ def main():
         rat = sorted(res[n][k] / res[base][k] for k in range(rounds))
         print(f"{n:14} median {statistics.median(res[n]):.2f} us/conn, "
               f"against {base} {statistics.median(rat):.3f}x "
-              f"({' '.join(f'{x:.2f}' for x in rat)})")
+              f"({' '.join(f'{x:.2f}' for x in rat)}), "
+              f"p99 {statistics.median(p99[n]):.2f} ms")
 
 
 if __name__ == "__main__":
