@@ -241,6 +241,7 @@ static void member_sync_live(struct evsteer_listener *lev)
 		ms->watch.group = g;
 		ms->watch.ws = lev->ws;
 		ms->watch.stall_ns = evst_shared_stall_ptr(g->sh);
+		ms->watch.sh = g->sh;
 		evst_watch_add(&ms->watch, lev->fd, evst_listener_signal_fd(lev));
 	}
 }

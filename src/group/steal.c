@@ -240,6 +240,12 @@ static void steal_scan(struct evsteer_listener *lev, bool all)
 		age = now - prog;
 		if ((int64_t)age < 0 || age <= stall)
 			continue;
+		/* a thief whose own queue has waited about as long gains no
+		 * connection a shorter wait: it only trades its own for the
+		 * stuck one's, at the price of a theft */
+		if (lev->ws &&
+		    !evst_shared_worth_taking(g->sh, lev->ws, w, now, stall))
+			continue;
 		/* classic BPF: out of the program first, then take its queue;
 		 * this loop runs, so its own heartbeat is fresh (a stale one
 		 * would make the program think every worker is stuck) */

@@ -23,7 +23,9 @@
  *
  * The longest a connection waits on a stuck worker is therefore about
  * stall_ns + stall_ns (one tick) + the time the healthy sibling needs to
- * run, whoever else is awake.
+ * run, whoever else is awake; and, where that sibling's own queue has
+ * waited too, stall_ns longer than it (evst_shared_worth_taking: only a
+ * theft that shortens a wait).
  *
  * Lock: W.lock guards the list and is held for a whole tick. The tick
  * reads shared counters and writes eventfds only, so evst_watch_remove()
@@ -95,15 +97,17 @@ static void kick(void)
 
 /*
  * W.lock held. Wake a healthy sibling of victim v (the one with the least
- * pending; ties: the most recent progress). False if there is none in this
- * process.
+ * pending; ties: the most recent progress) whose own queue has not waited
+ * nearly as long (evst_shared_worth_taking: steal.c). False if there is
+ * none in this process.
  */
 static bool poke_thief(const struct evst_watched *v, uint64_t now, uint64_t st)
 {
 	const struct evst_watched *best = NULL;
 	uint64_t best_pending = 0, best_progress = 0;
 	for (const struct evst_watched *t = W.list; t; t = t->next) {
-		if (t == v || t->group != v->group || !healthy(t->ws, now, st))
+		if (t == v || t->group != v->group || !healthy(t->ws, now, st) ||
+		    !evst_shared_worth_taking(t->sh, t->ws, v->ws, now, st))
 			continue;
 		uint64_t p = pending_of(t->ws), pr = ld(&t->ws->progress_ns);
 		if (!best || p < best_pending ||

@@ -17,10 +17,13 @@
 #include "bpf/steer_shared.h"
 #include "internal.h"
 
+struct evst_shared;
+
 struct evst_watched {
 	const void *group;      /* entries of one group steal for each other */
 	struct evst_worker *ws; /* the member's shared counters */
 	const __u64 *stall_ns;  /* the group's threshold (shared) */
+	const struct evst_shared *sh; /* its queues' stamps: whose wait is longer */
 	int poke_fd;            /* eventfd: the member's loop steals when written */
 	bool classic;           /* classic BPF: pending read from the socket */
 	/* private to watch.c */

@@ -17,6 +17,35 @@ uint64_t evst_worker_pending(const struct evst_worker *w)
 	return p > 0 ? (uint64_t)p : 0;
 }
 
+uint64_t evst_shared_oldest_wait(const struct evst_shared *sh,
+				 const struct evst_worker *w, uint64_t now)
+{
+	uint64_t deq = evst_ld64(&w->dequeued), steered = evst_ld64(&w->steered);
+	if ((int64_t)(steered - deq) <= 0)
+		return 0;
+	if (!sh->v.stamps || steered - deq > EVST_WAIT_STAMPS)
+		return UINT64_MAX;
+	uint64_t t = evst_ld64(&sh->v.stamps[w - sh->v.workers]
+					    [deq & (EVST_WAIT_STAMPS - 1)]);
+	/* not written yet (the count runs ahead of its stamp), or a slot
+	 * reused: unknown */
+	if (!t || t > now)
+		return UINT64_MAX;
+	return now - t;
+}
+
+bool evst_shared_worth_taking(const struct evst_shared *sh,
+			      const struct evst_worker *thief,
+			      const struct evst_worker *victim, uint64_t now,
+			      uint64_t stall_ns)
+{
+	uint64_t own = evst_shared_oldest_wait(sh, thief, now);
+	if (!own || own == UINT64_MAX)
+		return true;
+	uint64_t theirs = evst_shared_oldest_wait(sh, victim, now);
+	return theirs == UINT64_MAX || theirs > own + stall_ns;
+}
+
 /* ---- queue wait (shared.h, struct evst_wait_hist) */
 
 static unsigned int wait_bucket(uint64_t ns)

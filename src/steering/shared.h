@@ -187,6 +187,18 @@ evst_shared_waits(const struct evst_shared *sh, unsigned int slot);
 
 /* shared state helpers used by the accounting (group/) */
 EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);
+/* How long w's oldest pending connection has waited, by its stamp: 0 when
+ * nothing is pending, UINT64_MAX when its time is not known (no stamps,
+ * or more than a ring's worth steered after it). */
+EVST_HIDDEN uint64_t evst_shared_oldest_wait(const struct evst_shared *sh,
+					     const struct evst_worker *w,
+					     uint64_t now);
+/* Would a healthy sibling (entry thief) taking stuck worker victim's queue
+ * shorten a wait? evst_shared_oldest_wait() of each (steal.c says why). */
+EVST_HIDDEN bool evst_shared_worth_taking(const struct evst_shared *sh,
+					  const struct evst_worker *thief,
+					  const struct evst_worker *victim,
+					  uint64_t now, uint64_t stall_ns);
 /* The worker's loop ran: its heartbeat. */
 EVST_HIDDEN void evst_made_progress(struct evst_worker *w, uint64_t now);
 /*
