@@ -449,6 +449,14 @@ static void test_stall_steal_uring(void **state)
 	stall_steal(EVSTEER_ACCEPT_URING);
 }
 
+static int local_port(int fd)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+	return ntohs(sin.sin_port);
+}
+
 /*
  * A sibling whose own queue has waited about as long as a stuck worker's
  * serves its own first: taking the stuck one's would only trade one wait
@@ -460,14 +468,6 @@ static void test_stall_steal_uring(void **state)
  * worker 1's does. Before, its first pass took worker 0's four after one
  * of its own.
  */
-static int local_port(int fd)
-{
-	struct sockaddr_in sin;
-	socklen_t len = sizeof(sin);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-	return ntohs(sin.sin_port);
-}
-
 static void own_queue_first(enum evsteer_accept_mode engine)
 {
 	tl_need_bpf();
