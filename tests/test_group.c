@@ -449,14 +449,6 @@ static void test_stall_steal_uring(void **state)
 	stall_steal(EVSTEER_ACCEPT_URING);
 }
 
-static int local_port(int fd)
-{
-	struct sockaddr_in sin;
-	socklen_t len = sizeof(sin);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-	return ntohs(sin.sin_port);
-}
-
 /*
  * A sibling whose own queue has waited about as long as a stuck worker's
  * serves its own first: taking the stuck one's would only trade one wait
@@ -493,7 +485,7 @@ static void own_queue_first(enum evsteer_accept_mode engine)
 	for (int k = 0; k < 8; k++) {
 		int port = ntohs(((struct sockaddr_in *)&f.w[1].s.peer[k])->sin_port);
 		int i = 0;
-		while (i < 8 && local_port(c[i]) != port)
+		while (i < 8 && tl_port_of(c[i]) != port)
 			i++;
 		assert_true(i < 8);
 		if (on0[i] != (k >= 4))

@@ -167,13 +167,6 @@ static int tcp_listener(int port, bool reuseport, bool listening)
 	return fd;
 }
 
-static int port_of(int fd)
-{
-	struct sockaddr_storage ss;
-	tl_sockname(fd, &ss);
-	return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-}
-
 static bool is_open(int fd)
 {
 	return fcntl(fd, F_GETFD) >= 0;
@@ -193,7 +186,7 @@ static void test_from_fds_refuses(void **state)
 	(void)state;
 	int before = tl_count_fds();
 	int a = tcp_listener(0, true, true);
-	int port = port_of(a);
+	int port = tl_port_of(a);
 	int good[2] = {a, tcp_listener(port, true, true)};
 
 	expect_refused(NULL, 1, EINVAL);
@@ -255,8 +248,8 @@ static void serve_group(enum evsteer_bpf_mode mode)
 {
 	int before = tl_count_fds();
 	int a = tcp_listener(0, true, true);
-	int fds[3] = {a, tcp_listener(port_of(a), true, true),
-		      tcp_listener(port_of(a), true, true)};
+	int fds[3] = {a, tcp_listener(tl_port_of(a), true, true),
+		      tcp_listener(tl_port_of(a), true, true)};
 	EVSTEER_GROUP_OPTS(o, .policy = EVSTEER_POLICY_ROUND_ROBIN,
 			   .stall_us = -1, .bpf = mode,
 			   .accept = EVSTEER_ACCEPT_EVENT);
@@ -319,13 +312,13 @@ static void test_from_fds_free_unattached(void **state)
 	(void)state;
 	int before = tl_count_fds();
 	int a = tcp_listener(0, true, true);
-	int fds[2] = {a, tcp_listener(port_of(a), true, true)};
+	int fds[2] = {a, tcp_listener(tl_port_of(a), true, true)};
 	struct evsteer_group *g = evsteer_group_from_fds(fds, 2, 0, NULL);
 	assert_non_null(g);
 	/* a worker added later binds the same address itself */
 	int slot = evsteer_group_add_worker(g);
 	assert_int_equal(slot, 2);
-	assert_int_equal(port_of(evsteer_group_get_fd(g, 2)), port_of(a));
+	assert_int_equal(tl_port_of(evsteer_group_get_fd(g, 2)), tl_port_of(a));
 	evsteer_group_free(g);
 	assert_false(is_open(fds[0]));
 	assert_false(is_open(fds[1]));

@@ -300,6 +300,14 @@ socklen_t tl_sockname(int fd, struct sockaddr_storage *ss)
 	return len;
 }
 
+int tl_port_of(int fd)
+{
+	struct sockaddr_storage ss;
+	tl_sockname(fd, &ss);
+	/* sin_port and sin6_port share their offset */
+	return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
 int tl_connect_to(int listen_fd)
 {
 	struct sockaddr_storage ss;

@@ -88,6 +88,8 @@ socklen_t tl_addr_loopback(int family, struct sockaddr_storage *ss);
 socklen_t tl_addr_unix(struct sockaddr_storage *ss); /* fresh path in /tmp */
 /* The address a listener (or any socket) is bound to. */
 socklen_t tl_sockname(int fd, struct sockaddr_storage *ss);
+/* The port fd is bound to (IPv4 or IPv6), asserted. */
+int tl_port_of(int fd);
 
 /* Blocking connect to the address `fd` listens on; returns the client fd. */
 int tl_connect_to(int listen_fd);
