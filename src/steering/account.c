@@ -17,18 +17,30 @@ uint64_t evst_worker_pending(const struct evst_worker *w)
 	return p > 0 ? (uint64_t)p : 0;
 }
 
+/*
+ * sh has stamps: the time the k-th connection steered to w (of `steered`
+ * so far) was steered, if its stamp is still there (fewer than a ring's
+ * worth were steered after it), else 0. A stamp later than the caller's
+ * clock, or none at all (not written yet: the count runs ahead of its
+ * stamp; drift dropped; a slot reused), is not its time either.
+ */
+static uint64_t stamp_of(const struct evst_shared *sh,
+			 const struct evst_worker *w, uint64_t k,
+			 uint64_t steered)
+{
+	if (steered - k > EVST_WAIT_STAMPS)
+		return 0;
+	return evst_ld64(&sh->v.stamps[w - sh->v.workers]
+				      [k & (EVST_WAIT_STAMPS - 1)]);
+}
+
 uint64_t evst_shared_oldest_wait(const struct evst_shared *sh,
 				 const struct evst_worker *w, uint64_t now)
 {
 	uint64_t deq = evst_ld64(&w->dequeued), steered = evst_ld64(&w->steered);
 	if ((int64_t)(steered - deq) <= 0)
 		return 0;
-	if (!sh->v.stamps || steered - deq > EVST_WAIT_STAMPS)
-		return UINT64_MAX;
-	uint64_t t = evst_ld64(&sh->v.stamps[w - sh->v.workers]
-					    [deq & (EVST_WAIT_STAMPS - 1)]);
-	/* not written yet (the count runs ahead of its stamp), or a slot
-	 * reused: unknown */
+	uint64_t t = sh->v.stamps ? stamp_of(sh, w, deq, steered) : 0;
 	if (!t || t > now)
 		return UINT64_MAX;
 	return now - t;
@@ -60,21 +72,15 @@ void evst_shared_waited(struct evst_shared *sh, const struct evst_worker *w,
 {
 	if (!sh->v.stamps || !n)
 		return;
-	unsigned int slot = (unsigned int)(w - sh->v.workers);
-	const __u64 *st = sh->v.stamps[slot];
-	struct evst_wait_hist *h = &sh->ctl->waits[slot];
+	struct evst_wait_hist *h = &sh->ctl->waits[w - sh->v.workers];
 	uint64_t steered = evst_ld64(&w->steered), untimed = 0, sum = 0;
 	for (unsigned int i = 0; i < n; i++) {
-		uint64_t k = first + i;
-		/* its stamp is still there if fewer than a ring's worth were
-		 * steered after it; a stamp from the future or none at all
-		 * (drift dropped, a slot reused) is not its time either */
-		uint64_t t = evst_ld64(&st[k & (EVST_WAIT_STAMPS - 1)]);
+		uint64_t t = stamp_of(sh, w, first + i, steered);
 		/* now is the caller's, read once per batch: a connection
 		 * steered during the batch is later than that */
 		if (t > now)
 			now = evst_now_ns();
-		if (steered - k > EVST_WAIT_STAMPS || !t || t > now) {
+		if (!t || t > now) {
 			untimed++;
 			continue;
 		}
