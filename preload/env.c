@@ -61,4 +61,6 @@ void pl_env_read(struct pl_env *env)
 	env->stats_path = st && *st ? st : NULL;
 	group_ports(env, getenv("EVSTEER_GROUP_PORTS"));
 	defer_accept(env, getenv("EVSTEER_DEFER_ACCEPT"));
+	const char *pol = getenv("EVSTEER_POLICY");
+	env->policy_set = pol && *pol;
 }

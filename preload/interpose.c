@@ -116,7 +116,7 @@ static bool from_evhttp(const void *ra)
  * sockets get it (HTTP_DEFER_S); EVSTEER_DEFER_ACCEPT (evsteer-run
  * --defer-accept) sets it for every group port, or 0 for none.
  */
-static void defer_accept(int fd, bool http)
+static bool defer_accept(int fd, bool http)
 {
 	int proto = 0, s = pl.env.defer_accept_s;
 	if (s < 0)
@@ -124,16 +124,38 @@ static void defer_accept(int fd, bool http)
 	socklen_t len = sizeof(proto);
 	if (!s || getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 ||
 	    proto != IPPROTO_TCP)
-		return;
-	if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &s, sizeof(s)) < 0)
+		return false;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &s, sizeof(s)) < 0) {
 		pl_say(EVSTEER_LOG_WARN, "port %d: TCP_DEFER_ACCEPT: %s",
 		       pl_local_port(fd), strerror(errno));
-	else
-		pl_say(EVSTEER_LOG_INFO, "port %d: TCP_DEFER_ACCEPT %d s (%s)",
-		       pl_local_port(fd), s,
-		       pl.env.defer_accept_s < 0 ? "evhttp's socket: HTTP's "
-						   "client speaks first" :
-						   "EVSTEER_DEFER_ACCEPT");
+		return false;
+	}
+	pl_say(EVSTEER_LOG_INFO, "port %d: TCP_DEFER_ACCEPT %d s (%s)",
+	       pl_local_port(fd), s,
+	       pl.env.defer_accept_s < 0 ? "evhttp's socket: HTTP's "
+					   "client speaks first" :
+					   "EVSTEER_DEFER_ACCEPT");
+	return true;
+}
+
+/*
+ * The policy of a group port's socket with TCP_DEFER_ACCEPT, unless
+ * EVSTEER_POLICY (evsteer-run --policy) names one: the program's hash.
+ * Least-pending counts a connection from its SYN, and such a socket holds
+ * it back until its client has spoken; a worker whose clients are slow to
+ * (a loaded machine, a network) looks loaded while it waits with nothing
+ * to do, gets nothing new, and its sibling gets it all: wrk's p99 on the
+ * evhttp server 1.12-1.30x plain libevent's against the hash's 0.87-0.99x,
+ * stall handling alike (bench/README.md, "Steady evhttp by policy").
+ */
+static void deferred_policy(struct evsteer_listener_opts *o, int port)
+{
+	if (pl.env.policy_set)
+		return;
+	o->policy = EVSTEER_POLICY_HASH;
+	pl_say(EVSTEER_LOG_INFO, "port %d: policy hash (least-pending would "
+	       "count connections TCP_DEFER_ACCEPT holds until their client "
+	       "speaks; EVSTEER_POLICY or --policy to choose)", port);
 }
 
 EXPORT struct evconnlistener *
@@ -146,13 +168,16 @@ evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 	 * something that is not a socket: libevent's own answer. */
 	if (pl.mode == MODE_ACTIVE && base && pl_is_socket(fd)) {
 		unsigned int f = known_flags(flags);
+		bool deferred = false;
 		if (group_port(fd)) {
 			f |= LEV_OPT_REUSEABLE_PORT;
-			defer_accept(fd, from_evhttp(ra));
+			deferred = defer_accept(fd, from_evhttp(ra));
 		}
 		/* libevent takes any socket here (a datagram one fails
 		 * every accept): so does evsteer in compat mode */
 		EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1);
+		if (deferred)
+			deferred_policy(&o, pl_local_port(fd));
 		pl_creating(true);
 		struct evsteer_listener *lev = pl.core->listener_new(
 			base, (evsteer_accept_cb)cb, ptr, f | LEV_OPT_DISABLED,

@@ -58,6 +58,9 @@ struct pl_env {
 	int defer_accept_s;               /* EVSTEER_DEFER_ACCEPT; -1: unset
 					     (evhttp's sockets only), 0: off */
 	const char *defer_accept_bad;     /* the value, when not 0-3600 */
+	bool policy_set;                  /* EVSTEER_POLICY named one (the core
+					     reads it; deferred_policy() must
+					     not choose over it) */
 };
 
 /* libevent's own functions: the definitions after ours (RTLD_NEXT). */

@@ -18,13 +18,16 @@ is no stall avoidance to test (docs: groups).
            the stuck thread; once released, it must get connections again
            at once, not after the 50 x threshold bound.
   balance  steady load from parallel clients: each thread serves a fair
-           share (at least a quarter of an even one) under least-pending.
+           share (at least a quarter of an even one) under least-pending
+           (named: the hash is the default on evhttp's sockets).
   defer    TCP_DEFER_ACCEPT on evhttp's group sockets: by default and with
            --defer-accept 5, a client that connects and sends nothing stays
            in its handshake on the server (ss: SYN-RECV), not handed to
            the program, while others are answered, and its request, once
            sent, is answered; with --defer-accept 0 it is handed over at
-           once.
+           once. Where the socket holds connections back, the group steers
+           by the program's hash (least-pending would count them as load),
+           unless --policy names a policy; without it, least-pending.
 
 Counts and times are bounded; nothing is asserted about speed (bench/ measures
 that). Exit 77 when BPF or io_uring is unavailable, unless EVSTEER_TEST_REQUIRE
@@ -34,6 +37,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,7 +223,9 @@ def case_back(path, extra):
 
 
 def case_balance(path, extra):
-    h = Http(path, extra)
+    # least-pending named: on evhttp's sockets the shim's default is the
+    # hash (TCP_DEFER_ACCEPT), and it is least-pending's balance this checks
+    h = Http(path, ["--policy", "least-pending", *extra])
     try:
         got = parallel(h.port, 8, 100, "steady load")
     finally:
@@ -241,19 +247,28 @@ def in_handshake(port):
 
 
 def case_defer(path, extra):
-    for opt, deferred in (([], True), (["--defer-accept", "5"], True),
-                          (["--defer-accept", "0"], False)):
-        defer_one(path, [*opt, *extra], deferred)
+    # (the options, deferred, the policy the path line must name: the hash
+    # where the socket holds connections back, unless --policy names one)
+    for opt, deferred, policy in (
+            ([], True, "hash"), (["--defer-accept", "5"], True, "hash"),
+            (["--defer-accept", "0"], False, "least-pending"),
+            (["--policy", "least-pending"], True, "least-pending")):
+        defer_one(path, [*opt, *extra], deferred, policy)
 
 
-def defer_one(path, extra, deferred):
-    what = " ".join(extra[:2]) if extra[:1] == ["--defer-accept"] else "default"
+def defer_one(path, extra, deferred, policy):
+    what = " ".join(extra[:2]) if extra[:1] in (["--defer-accept"],
+                                               ["--policy"]) else "default"
     h = Http(path, extra)
     silent = None
     try:
         said = [l for l in h.s.err if "TCP_DEFER_ACCEPT" in l]
         check(bool(said) == deferred,
               f"{what}: the log says {said!r}")
+        named = {m for l in h.s.err
+                 for m in re.findall(r"path \S+ \(bpf steering, policy (\S+),", l)}
+        check(named == {policy},
+              f"{what}: the path lines name policy {named}, not {policy}")
         silent = socket.create_connection(("127.0.0.1", h.port),
                                           timeout=REQ_TIMEOUT)
         if deferred:
