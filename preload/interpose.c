@@ -145,7 +145,7 @@ static bool defer_accept(int fd, bool http)
  * it back until its client has spoken; a worker whose clients are slow to
  * (a loaded machine, a network) looks loaded while it waits with nothing
  * to do, gets nothing new, and its sibling gets it all: wrk's p99 on the
- * evhttp server 1.12-1.30x plain libevent's against the hash's 0.87-0.99x,
+ * evhttp server 1.12-1.34x plain libevent's against the hash's 0.87-1.01x,
  * stall handling alike (bench/README.md, "Steady evhttp by policy").
  */
 static void deferred_policy(struct evsteer_listener_opts *o, int port)
