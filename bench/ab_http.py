@@ -25,16 +25,9 @@ by policy"). Example:
 """
 import os, re, socket, statistics, subprocess, sys
 
-
-def cpu_s(pid):
-    t = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                t += int(f.read().split()[0])
-        except OSError:  # a thread gone meanwhile
-            pass
-    return t / 1e9
+# the server's CPU as the bench-server A/B reads it (this script's directory
+# is first on sys.path when it is run)
+from ab_builds import cpu_s
 
 
 def free_port():
