@@ -17,7 +17,7 @@ medians of requests/s, server CPU per request and wrk's p99, and the
 medians of their ratios to the first NAME's run of the same round.
 
 This is the steady `http` scenario of evsteer-bench for comparing builds
-and settings rather than implementations (bench/README.md, "Steady evhttp
+and settings rather than implementations (bench/JOURNAL.md, "Steady evhttp
 by policy"). Example:
 
     bench/ab_http.py 8 5 plain=plain:build run=run:build \\

@@ -173,7 +173,7 @@ SCENARIOS = {
     # the same stalls under an open loop instead of wrk: a connection due
     # every 1/rate s, its latency from that moment to the first byte of the
     # reply, every sample kept and none added (wrk "corrects" its histogram
-    # with samples no client made; see bench/README.md)
+    # with samples no client made; see bench/JOURNAL.md)
     "http-stall-open": dict(http=True, threads=2, rate=3000,
                             seconds=(2, 10), stall_every_s=0.2, stall_ms=50),
 }

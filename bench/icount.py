@@ -7,7 +7,7 @@ time): the same binary and load give the same count whatever else the
 machine does (within 1% for evsteer's paths; up to 15% where an accept
 loop's last accept4() finds EAGAIN or not, by timing: hence --repeat),
 where CPU time on a shared 2-vCPU VM moves by more than the differences
-looked for (bench/README.md, "Instructions per connection"). Each implementation serves --conns connections and a
+looked for (bench/JOURNAL.md, "Instructions per connection"). Each implementation serves --conns connections and a
 fifth of that, one in flight (closed loop, the load generator outside
 valgrind); the difference of the two totals over the difference of the
 counts is the cost per connection, start-up and exit cancelled out.

@@ -16,7 +16,7 @@ and their median and largest latency:
       --samples samples.txt
   bench/stall_phases.py stalls.txt samples.txt
 
-bench/README.md ("The stall scenario's floor") reads one.
+bench/JOURNAL.md ("The stall scenario's floor") reads one.
 """
 import bisect
 import sys

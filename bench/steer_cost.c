@@ -26,7 +26,7 @@
  *   the run with BPF_ENABLE_STATS (needs CAP_SYS_ADMIN), else they must
  *   be on already (sysctl kernel.bpf_stats_enabled=1); else null.
  *
- * At the end, a markdown table of the medians (the one in bench/README.md).
+ * At the end, a markdown table of the medians (the one in bench/JOURNAL.md).
  *
  * Only the public API: the same source builds against older versions of
  * the library (capped at their EVSTEER_MAX_WORKERS) for a before/after.

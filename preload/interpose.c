@@ -109,7 +109,7 @@ static bool from_evhttp(const void *ra)
  * request in the pass after its accept, before a request that came later;
  * without it, a connection accepted just before a handler blocks may be
  * read behind the blocking request and wait out the block, the program's
- * by then, where no sibling can take it (bench/README.md, "TCP_DEFER_ACCEPT
+ * by then, where no sibling can take it (bench/JOURNAL.md, "TCP_DEFER_ACCEPT
  * on evhttp's sockets"). Only for protocols where the client speaks first: a
  * connection that sends nothing is handed over only when the kernel gives
  * up waiting (about that many seconds). So by default only evhttp's
@@ -146,7 +146,7 @@ static bool defer_accept(int fd, bool http)
  * (a loaded machine, a network) looks loaded while it waits with nothing
  * to do, gets nothing new, and its sibling gets it all: wrk's p99 on the
  * evhttp server 1.12-1.34x plain libevent's against the hash's 0.87-1.01x,
- * stall handling alike (bench/README.md, "Steady evhttp by policy").
+ * stall handling alike (bench/JOURNAL.md, "Steady evhttp by policy").
  */
 static void deferred_policy(struct evsteer_listener_opts *o, int port)
 {

@@ -37,7 +37,7 @@ static const char *path_name(const struct evst_engine_ops *ops,
  * the ring's accept cost in CPU per connection at 27 of 30 points (1 to 64
  * connections in flight, with and without work) of three side-by-side
  * sets on kernel 6.18, the other three within their spread
- * (bench/README.md, "The engine auto picks"; the design card's rule was
+ * (bench/JOURNAL.md, "The engine auto picks"; the design card's rule was
  * io_uring whenever BPF steers). The event engine too when the ring
  * cannot be had, with the reason recorded.
  */

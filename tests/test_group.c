@@ -454,7 +454,7 @@ static void test_stall_steal_uring(void **state)
  * serves its own first: taking the stuck one's would only trade one wait
  * for another, at the price of a theft (at saturation, where every thread
  * waits for a CPU in turn, that was a connection in five stolen and 2-4%
- * more CPU: bench/README.md, "What stall detection costs at saturation").
+ * more CPU: bench/JOURNAL.md, "What stall detection costs at saturation").
  * Once its own are served, it takes the stuck one's. Neither loop runs
  * while four connections queue on each and age past the threshold; then
  * worker 1's does. Before, its first pass took worker 0's four after one

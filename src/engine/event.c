@@ -21,7 +21,7 @@
  * system call); a connection accepted before it would wait for it in the
  * application's hands, where no sibling can take it. Left queued, it is
  * pending to the steering, and a sibling takes it after the stall
- * threshold (group/steal.c). Measured (bench/README.md, "The event
+ * threshold (group/steal.c). Measured (bench/JOURNAL.md, "The event
  * engine accepts last"): one connection per stall held for the whole
  * stall before, none after.
  */

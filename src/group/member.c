@@ -268,7 +268,7 @@ static void member_steering(const struct evsteer_listener *lev,
 /* A pass that kept the loop away this long, and from which a sibling
  * took the queue, was a block (a handler in a slow system call), not a
  * thread waiting for a CPU: those stay under 5 ms here even with two
- * saturated CPUs (bench/README.md, "One per pass after a block"). For
+ * saturated CPUs (bench/JOURNAL.md, "One per pass after a block"). For
  * BLOCKED_WINDOW_NS after it the member accepts one connection per pass
  * (evst_accept_cap). */
 #define BLOCKED_PASS_NS 10000000ull
@@ -280,7 +280,7 @@ static void member_steering(const struct evsteer_listener *lev,
  * Then the thread was not in a slow call but on a busy machine (more
  * runnable threads than CPUs), and one per pass would only cost passes: at
  * 64 connections in flight on 2 CPUs the window was open nearly all the
- * time (bench/README.md, "The engines side by side, and saturation"). The
+ * time (bench/JOURNAL.md, "The engines side by side, and saturation"). The
  * first thief of the gap read the thread's waiting and running totals
  * (steal.c); since then it waited more than it ran, and for a quarter of
  * the gap at least. A block sleeps through the gap (it waits only once
