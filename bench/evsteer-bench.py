@@ -218,12 +218,16 @@ class Work:
     the client's request first with --read-first (the load then sends
     one)."""
 
-    def __init__(self, us=0, mode="spin", read_first=False):
+    def __init__(self, us=0, mode="spin", read_first=False, pin=False):
         self.us, self.mode, self.read_first = us, mode, read_first
+        # --pin: the bench server's worker i on CPU i (not the evhttp
+        # server's threads, which the http scenarios leave to the scheduler)
+        self.pin = pin
 
     def server_args(self):
         return (["--work-us", str(self.us), "--work-mode", self.mode] +
-                (["--read-first"] if self.read_first else []))
+                (["--read-first"] if self.read_first else []) +
+                (["--pin"] if self.pin else []))
 
     def load_args(self):
         return ["--send"] if self.read_first else []
@@ -234,11 +238,12 @@ class Work:
 
     def as_dict(self):
         return {"work_us": self.us, "work_mode": self.mode,
-                "read_first": self.read_first}
+                "read_first": self.read_first, "pin": self.pin}
 
     def flags(self):
         return " ".join(["--work-us", str(self.us), "--work-mode", self.mode] +
-                        (["--read-first"] if self.read_first else []))
+                        (["--read-first"] if self.read_first else []) +
+                        (["--pin"] if self.pin else []))
 
 
 def log(msg):
@@ -485,7 +490,7 @@ def run_sweep(impls, concs, works_us, repeat, quick, base, failed_runs):
     secs = pick(SWEEP["seconds"], quick)
     points = []
     for us in works_us:
-        work = Work(us, base.mode, base.read_first)
+        work = Work(us, base.mode, base.read_first, base.pin)
         for conc in concs:
             runs = {i: [] for i in impls}
             for rep in range(repeat):
@@ -947,13 +952,19 @@ def work_line(w):
         return (f"Work per connection: **none** ({flags}): the bench server "
                 "replies at once, so its figures measure the accept path "
                 "alone; not a result. (The http scenarios' server reads and "
-                "parses each request, with no work added.)")
+                "parses each request, with no work added.)" + pin_line(w))
     what = (f"{us} us of {'CPU' if w.get('work_mode') != 'sleep' else 'nanosleep'}"
             if us else "no work")
     return (f"Work per connection: {what}"
             + (", after reading the request" if rf else ", no request read")
             + f" ({flags}). The http scenarios' server always reads its "
-            "request, and spends the same work on /.")
+            "request, and spends the same work on /." + pin_line(w))
+
+
+def pin_line(w):
+    return (" The bench server's workers were pinned, worker i to CPU i "
+            "(`--pin`); the evhttp server's threads were not."
+            if w.get("pin") else "")
 
 
 def path_name(p):
@@ -1280,6 +1291,10 @@ def main():
     ap.add_argument("--read-first", action="store_true",
                     help="the bench server reads a request before it "
                          "replies; the load sends one (--send)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the bench server's worker i runs on CPU i only "
+                         "(every implementation; not the http scenarios' "
+                         "evhttp server)")
     ap.add_argument("--profile", action="store_true",
                     help="perf record -g of the server in the rate scenario, "
                          "per implementation: folded stacks and flame graphs")
@@ -1316,7 +1331,7 @@ def main():
         for s in SCENARIOS.values():
             if s.get("http") and "conns" in s:
                 s["conns"] = a.conns
-    work = Work(a.work_us, a.work_mode, a.read_first)
+    work = Work(a.work_us, a.work_mode, a.read_first, a.pin)
 
     if a.scenario is None:
         a.scenario = "sweep" if a.sweep else "all"

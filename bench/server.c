@@ -40,6 +40,8 @@
  * time, leave time) and exits.
  */
 #include <arpa/inet.h>
+#include <pthread.h>
+#include <sched.h>
 #include <errno.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -574,7 +576,7 @@ int main(int argc, char **argv)
 				"[--policy P] [--work-us U] [--work-mode spin|sleep] "
 				"[--read-first] [--stall-worker W --stall-ms M "
 				"--stall-every-ms E [--stall-log FILE]] "
-				"[--freeze-worker W]\n",
+				"[--freeze-worker W] [--pin]\n",
 			argv[0], MAX_WORKERS);
 		return 2;
 	}
@@ -612,8 +614,40 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	for (int i = 0; i < cfg.workers; i++)
-		pthread_create(&w[i].thread, NULL, impl->run, &w[i]);
+	/* --pin: worker i runs only on the i-th CPU this process may use
+	 * (modulo their count), as a latency-sensitive deployment places one
+	 * worker per core; unpinned, the scheduler may queue a woken worker
+	 * behind a busy sibling on that sibling's CPU (bench/JOURNAL.md) */
+	cpu_set_t allowed;
+	int ncpu = 0;
+	bool pin = arg_flag(argc, argv, "--pin");
+	if (pin && sched_getaffinity(0, sizeof(allowed), &allowed) == 0)
+		ncpu = CPU_COUNT(&allowed);
+	if (pin && ncpu < 1) {
+		fprintf(stderr, "--pin: sched_getaffinity: %s\n", strerror(errno));
+		return 1;
+	}
+	for (int i = 0; i < cfg.workers; i++) {
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		if (pin) {
+			cpu_set_t one;
+			CPU_ZERO(&one);
+			for (int c = 0, k = 0; c < CPU_SETSIZE; c++)
+				if (CPU_ISSET(c, &allowed) && k++ == i % ncpu) {
+					CPU_SET(c, &one);
+					break;
+				}
+			pthread_attr_setaffinity_np(&attr, sizeof(one), &one);
+		}
+		int err = pthread_create(&w[i].thread, &attr, impl->run, &w[i]);
+		pthread_attr_destroy(&attr);
+		if (err) {
+			fprintf(stderr, "worker %d: pthread_create: %s\n", i,
+				strerror(err));
+			return 1;
+		}
+	}
 	printf("ready %d\n", port);
 	fflush(stdout);
 
