@@ -517,6 +517,7 @@ def run_sweep(impls, concs, works_us, repeat, quick, base, failed_runs):
     return {"workers": SWEEP["workers"], "seconds": secs, "repeats": repeat,
             "conc": concs, "work_us": works_us,
             "work_mode": base.mode, "read_first": base.read_first,
+            "pin": base.pin,
             "points": points}
 
 
@@ -991,7 +992,8 @@ def markdown(report):
                   f"({sw.get('work_mode', 'spin')}), "
                   + ("after reading the request" if sw.get("read_first")
                      else "no request read")
-                  + " (--sweep-work); 0 measures the accept path alone.",
+                  + " (--sweep-work); 0 measures the accept path alone."
+                  + pin_line(sw),
                   ""]
     for scen, impls in report["scenarios"].items():
         lines += [f"## {scen}", ""]
