@@ -77,16 +77,18 @@ static unsigned int known_flags(unsigned int flags)
  * for nothing). Which port is a worker group is the user's call:
  * EVSTEER_GROUP_PORTS (evsteer-run --group). A listener the program made
  * with LEV_OPT_REUSEABLE_PORT is a group member anyway, as with compat.h.
+ * fd's port when it is one of those (read once, for the log lines after
+ * it too), else -1.
  */
-static bool group_port(int fd)
+static int group_port(int fd)
 {
 	if (!pl.env.ngroup_ports || !pl_has_reuseport(fd))
-		return false;
+		return -1;
 	int port = pl_local_port(fd);
 	for (unsigned int i = 0; i < pl.env.ngroup_ports; i++)
 		if (pl.env.group_ports[i] == port)
-			return true;
-	return false;
+			return port;
+	return -1;
 }
 
 /* The default seconds for evhttp's sockets (EVSTEER_DEFER_ACCEPT unset). */
@@ -116,7 +118,7 @@ static bool from_evhttp(const void *ra)
  * sockets get it (HTTP_DEFER_S); EVSTEER_DEFER_ACCEPT (evsteer-run
  * --defer-accept) sets it for every group port, or 0 for none.
  */
-static bool defer_accept(int fd, bool http)
+static bool defer_accept(int fd, int port, bool http)
 {
 	int proto = 0, s = pl.env.defer_accept_s;
 	if (s < 0)
@@ -126,12 +128,11 @@ static bool defer_accept(int fd, bool http)
 	    proto != IPPROTO_TCP)
 		return false;
 	if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &s, sizeof(s)) < 0) {
-		pl_say(EVSTEER_LOG_WARN, "port %d: TCP_DEFER_ACCEPT: %s",
-		       pl_local_port(fd), strerror(errno));
+		pl_say(EVSTEER_LOG_WARN, "port %d: TCP_DEFER_ACCEPT: %s", port,
+		       strerror(errno));
 		return false;
 	}
-	pl_say(EVSTEER_LOG_INFO, "port %d: TCP_DEFER_ACCEPT %d s (%s)",
-	       pl_local_port(fd), s,
+	pl_say(EVSTEER_LOG_INFO, "port %d: TCP_DEFER_ACCEPT %d s (%s)", port, s,
 	       pl.env.defer_accept_s < 0 ? "evhttp's socket: HTTP's "
 					   "client speaks first" :
 					   "EVSTEER_DEFER_ACCEPT");
@@ -169,15 +170,16 @@ evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 	if (pl.mode == MODE_ACTIVE && base && pl_is_socket(fd)) {
 		unsigned int f = known_flags(flags);
 		bool deferred = false;
-		if (group_port(fd)) {
+		int port = group_port(fd);
+		if (port >= 0) {
 			f |= LEV_OPT_REUSEABLE_PORT;
-			deferred = defer_accept(fd, from_evhttp(ra));
+			deferred = defer_accept(fd, port, from_evhttp(ra));
 		}
 		/* libevent takes any socket here (a datagram one fails
 		 * every accept): so does evsteer in compat mode */
 		EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1);
 		if (deferred)
-			deferred_policy(&o, pl_local_port(fd));
+			deferred_policy(&o, port);
 		pl_creating(true);
 		struct evsteer_listener *lev = pl.core->listener_new(
 			base, (evsteer_accept_cb)cb, ptr, f | LEV_OPT_DISABLED,
