@@ -141,15 +141,17 @@ static int take_one(struct evsteer_listener *lev, struct evst_slot *s,
 	return evst_listener_accept_on(lev, s->fd, ss, len);
 }
 
-/* lev takes stuck slot i's connections one by one and delivers them.
- * Taken, or -1 when lev stopped delivering. */
+/* lev takes stuck slot i's connections one by one and delivers them, at
+ * least one and then until `until` (steal_scan). Taken, or -1 when lev
+ * stopped delivering. */
 static int steal_fds(struct evsteer_listener *lev, struct evsteer_group *g,
-		     unsigned int i, struct evst_worker *w, int max)
+		     unsigned int i, struct evst_worker *w, int max,
+		     uint64_t until)
 {
 	struct evst_slot *s = &g->slots[i];
 	int taken = 0;
 	bool more = true;
-	while (more && taken < max) {
+	while (more && taken < max && (!taken || evst_now_ns() < until)) {
 		struct sockaddr_storage ss;
 		socklen_t len;
 		pthread_mutex_lock(&g->lock);
@@ -206,6 +208,22 @@ static void steal_scan(struct evsteer_listener *lev, bool all)
 
 	uint64_t now = evst_now_ns();
 	int budget = STEAL_BUDGET;
+	/* What a thief delivers it runs in its pass, and a pass of stall_ns
+	 * would make the thief stale in turn: its siblings (the victim, back
+	 * on a CPU) would take its own queue, and so on. At 64 connections in
+	 * flight on 2 CPUs with 50 us of work a connection, a third of them
+	 * went back and forth so (bench/JOURNAL.md, "Thefts in half a
+	 * threshold"). So a look stops taking (after one) once the thief's
+	 * own heartbeat (its last accept, the poke that woke it, the ring's
+	 * completions run) is half a threshold old; what it leaves, its next
+	 * look or the victim's own next pass takes. */
+	uint64_t until = now + stall / 2;
+	if (lev->ws) {
+		uint64_t beat = evst_ld64(&lev->ws->progress_ns);
+		if ((int64_t)(now - beat) > 0)
+			until = beat + stall / 2;
+	}
+
 	bool classic = evst_shared_cbpf(g->sh);
 	unsigned int nslots = __atomic_load_n(&g->nslots, __ATOMIC_RELAXED);
 	/* A wake-up looks at STEAL_WINDOW siblings, from where this
@@ -261,10 +279,12 @@ static void steal_scan(struct evsteer_listener *lev, bool all)
 		note_run_delay(g, i, w, prog);
 		int n = evst_listener_is_direct(lev) ?
 				steal_direct(lev, g, i, w, budget) :
-				steal_fds(lev, g, i, w, budget);
+				steal_fds(lev, g, i, w, budget, until);
 		if (n < 0)
 			return;
 		budget -= n;
+		if (evst_now_ns() >= until)
+			return;
 	}
 }
 
