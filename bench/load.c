@@ -17,7 +17,9 @@
  *       no reply are counted by what they saw: reset, refused, closed
  *       (EOF), timed_out (no answer 5 s after the run), other. --samples
  *       writes every answered connection's due time (CLOCK_MONOTONIC
- *       seconds) and latency (ms) to FILE, a line each.
+ *       seconds) and latency (ms) to FILE, a line each. Between
+ *       connections it sleeps until the next is due (to the nanosecond),
+ *       so that it takes no more of the server's CPUs than it must.
  *   hold --port P --count N [--rate R]
  *       Open N connections (handshake done, nothing read), print "held",
  *       wait for a line on stdin, then read each: {"served", "reset",
