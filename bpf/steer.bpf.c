@@ -5,7 +5,8 @@
  * queued on a worker socket that is closing). UAPI headers only.
  *
  * A worker is "stale" when connections are pending on it and it has made no
- * progress for stall_ns: it gets nothing new unless every worker is stale.
+ * progress for stall_ns: it gets nothing new unless every worker is stale,
+ * or the worker picked instead has waited as long (no_shorter_elsewhere()).
  * One a sibling stole from stays out with nothing pending until its own
  * loop runs again (progress_ns passes stolen_ns; the thief pokes it), and
  * at most PROBE_STALLS x stall_ns after the theft (see stale()).
@@ -122,6 +123,50 @@ static __always_inline int usable(__u32 wi, __u64 now)
 	return w->live && !stale(w, now);
 }
 
+#define WAIT_UNKNOWN (~0ULL)
+
+/* How long worker wi's oldest pending connection has waited, by its stamp:
+ * 0 with nothing pending, WAIT_UNKNOWN when its stamp is gone (more than a
+ * ring's worth steered after it) or not there (src/steering/account.c,
+ * evst_shared_oldest_wait(), reads them the same way). */
+static __always_inline __u64 oldest_wait(__u32 wi, __u64 now)
+{
+	struct evst_worker *w = &workers[BOUND(wi, EVST_MAX_WORKERS)];
+	__u64 deq = w->dequeued, steered = w->steered;
+	if ((__s64)(steered - deq) <= 0)
+		return 0;
+	if (steered - deq > EVST_WAIT_STAMPS)
+		return WAIT_UNKNOWN;
+	__u64 t = stamps[BOUND(wi, EVST_MAX_WORKERS)][deq & (EVST_WAIT_STAMPS - 1)];
+	return t && t <= now ? now - t : WAIT_UNKNOWN;
+}
+
+/*
+ * Stale worker s, which the pick would pass over for usable worker h, keeps
+ * its turn after all: its loop is late with connections pending, but h's
+ * own oldest has waited about as long (less than stall_ns shorter), so a
+ * connection sent to h instead would wait no less. That is saturation on a
+ * machine with more runnable threads than CPUs, where every loop is a
+ * scheduler slice late in turn: passing over the late one there sent every
+ * new connection to a sibling just as far behind (p99 8.45 ms against 5.55
+ * without, bench/JOURNAL.md "Stall detection at saturation, by
+ * mechanism"). Thieves follow the same rule (evst_shared_worth_taking()).
+ * A worker out after a theft (nothing pending) stays out: the theft found
+ * it stuck. Where h keeps up (nothing pending) or a stamp is unknown, s is
+ * passed over as before.
+ */
+static __always_inline int no_shorter_elsewhere(__u32 s, __u32 h, __u64 now)
+{
+	struct evst_worker *ws = &workers[BOUND(s, EVST_MAX_WORKERS)];
+	if (!ws->live || !pending(ws))
+		return 0;
+	__u64 theirs = oldest_wait(h, now);
+	if (!theirs || theirs == WAIT_UNKNOWN)
+		return 0;
+	__u64 mine = oldest_wait(s, now);
+	return mine != WAIT_UNKNOWN && mine <= theirs + stall_ns;
+}
+
 /*
  * The bpf_loop contexts below hold scalars only, every field a __u64, so
  * every load and store the callbacks make through their ctx pointer is 8
@@ -162,9 +207,15 @@ static __always_inline __u32 pick_from_table(__u32 start, __u32 n, __u64 now)
 	struct probe pr = {.now = now, .start = start, .n = n,
 			   .found = EVST_MAX_WORKERS};
 	bpf_loop(PROBES, probe_one, &pr, 0);
-	if (pr.found < EVST_MAX_WORKERS)
-		return (__u32)pr.found;
-	return table[BOUND(start % n, EVST_TABLE_SIZE)];
+	__u32 first = table[BOUND(start % n, EVST_TABLE_SIZE)];
+	if (pr.found >= EVST_MAX_WORKERS)
+		return first;
+	/* the entry at start, passed over, keeps its turn where the one
+	 * found has waited as long */
+	if (first != pr.found && first < EVST_MAX_WORKERS &&
+	    no_shorter_elsewhere(first, (__u32)pr.found, now))
+		return first;
+	return (__u32)pr.found;
 }
 
 /* Worker b is less loaded than worker a as least-pending weighs them
@@ -233,6 +284,13 @@ static long p2c_one(__u32 k, void *arg)
 	__u32 b = live[BOUND((__u32)ib, EVST_MAX_WORKERS)];
 	int ua = a < EVST_MAX_WORKERS && usable(a, pc->now);
 	int ub = b < EVST_MAX_WORKERS && usable(b, pc->now);
+	/* a stale one of the pair is weighed after all where the other
+	 * has waited as long (no_shorter_elsewhere) */
+	if (ua != ub && a < EVST_MAX_WORKERS && b < EVST_MAX_WORKERS) {
+		if (ua ? no_shorter_elsewhere(b, a, pc->now) :
+			 no_shorter_elsewhere(a, b, pc->now))
+			ua = ub = 1;
+	}
 	if (ua && ub)
 		pc->found = less_loaded(b, a) ? b : a;
 	else if (ua || ub)
@@ -303,13 +361,22 @@ int evsteer_select(struct sk_reuseport_md *md)
 	case EVST_POLICY_CPU: {
 		__u32 cpu = bpf_get_smp_processor_id();
 		__u32 w1 = cpu < EVST_MAX_CPUS ? cpu_map[BOUND(cpu, EVST_MAX_CPUS)] : 0;
-		if (w1 && w1 <= EVST_MAX_WORKERS && usable(w1 - 1, now))
+		if (w1 && w1 <= EVST_MAX_WORKERS && usable(w1 - 1, now)) {
 			wi = w1 - 1;
+			break;
+		}
+		/* the CPU's worker is unset or stale: least-pending, unless
+		 * the one that picks has waited as long */
+		wi = pick_least_pending(now);
+		if (wi >= EVST_MAX_WORKERS) /* all stale */
+			wi = pick_from_table(md->hash % n, n, now);
+		else if (w1 && w1 <= EVST_MAX_WORKERS && w1 - 1 != wi &&
+			 no_shorter_elsewhere(w1 - 1, wi, now))
+			wi = w1 - 1;
+		break;
 	}
-		/* fall through: the CPU's worker is unset or stalled */
 	default:
-		if (wi >= EVST_MAX_WORKERS)
-			wi = pick_least_pending(now);
+		wi = pick_least_pending(now);
 		if (wi >= EVST_MAX_WORKERS) /* all stale */
 			wi = pick_from_table(md->hash % n, n, now);
 		break;
