@@ -154,9 +154,16 @@ static __always_inline __u64 oldest_wait(__u32 wi, __u64 now)
  * A worker out after a theft (nothing pending) stays out: the theft found
  * it stuck. Where h keeps up (nothing pending) or a stamp is unknown, s is
  * passed over as before.
+ *
+ * A global function: the verifier checks it once, on its own, rather than
+ * in every path of every caller (inlined, its branches multiplied the
+ * states Linux 6.1's verifier walks without CAP_PERFMON past its limit of
+ * a million instructions).
  */
-static __always_inline int no_shorter_elsewhere(__u32 s, __u32 h, __u64 now)
+__attribute__((noinline)) int no_shorter_elsewhere(__u32 s, __u32 h, __u64 now)
 {
+	if (s >= EVST_MAX_WORKERS || h >= EVST_MAX_WORKERS)
+		return 0;
 	struct evst_worker *ws = &workers[BOUND(s, EVST_MAX_WORKERS)];
 	if (!ws->live || !pending(ws))
 		return 0;
@@ -348,7 +355,7 @@ int evsteer_select(struct sk_reuseport_md *md)
 		return SK_PASS;
 
 	__u64 now = bpf_ktime_get_ns();
-	__u32 wi = EVST_MAX_WORKERS;
+	__u32 wi = EVST_MAX_WORKERS, late = EVST_MAX_WORKERS;
 
 	switch (policy) {
 	case EVST_POLICY_HASH:
@@ -361,24 +368,22 @@ int evsteer_select(struct sk_reuseport_md *md)
 	case EVST_POLICY_CPU: {
 		__u32 cpu = bpf_get_smp_processor_id();
 		__u32 w1 = cpu < EVST_MAX_CPUS ? cpu_map[BOUND(cpu, EVST_MAX_CPUS)] : 0;
-		if (w1 && w1 <= EVST_MAX_WORKERS && usable(w1 - 1, now)) {
-			wi = w1 - 1;
-			break;
+		if (w1 && w1 <= EVST_MAX_WORKERS) {
+			if (usable(w1 - 1, now))
+				wi = w1 - 1;
+			else
+				late = w1 - 1;
 		}
-		/* the CPU's worker is unset or stale: least-pending, unless
-		 * the one that picks has waited as long */
-		wi = pick_least_pending(now);
-		if (wi >= EVST_MAX_WORKERS) /* all stale */
-			wi = pick_from_table(md->hash % n, n, now);
-		else if (w1 && w1 <= EVST_MAX_WORKERS && w1 - 1 != wi &&
-			 no_shorter_elsewhere(w1 - 1, wi, now))
-			wi = w1 - 1;
-		break;
 	}
+		/* fall through: the CPU's worker is unset or stale */
 	default:
-		wi = pick_least_pending(now);
+		if (wi >= EVST_MAX_WORKERS)
+			wi = pick_least_pending(now);
 		if (wi >= EVST_MAX_WORKERS) /* all stale */
 			wi = pick_from_table(md->hash % n, n, now);
+		else if (late < EVST_MAX_WORKERS && late != wi &&
+			 no_shorter_elsewhere(late, wi, now))
+			wi = late; /* the CPU's own, as far behind as that one */
 		break;
 	}
 	/* No selection (a slot going away under us): the kernel's hash. */
