@@ -1677,26 +1677,30 @@ static void test_thief_keeps_recent(void **state)
  * leaves worker 0's: not worth a theft) and makes it fresh. Worker 0 is
  * stale, but its queue is no older than worker 1's by the threshold: under
  * round-robin the next two connections go one to each, under least-pending
- * the next one goes to worker 0 (1 pending against 2). Before, worker 1
- * got all of them.
+ * the next one goes to worker 0 (1 pending against 2). Under the cpu
+ * policy worker 0 gets four, and every CPU is routed to it: stale, it
+ * would be passed over for least-pending's pick (worker 1, 2 pending
+ * against 4), and keeps the next connection. Before, worker 1 got all of
+ * them.
  */
 static void avoid_only_where_shorter(enum evsteer_policy policy)
 {
+	int first = policy == EVSTEER_POLICY_CPU ? 4 : 1;
 	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_CPU, 100000, EVSTEER_BPF_REQUIRE, true);
 	cpu_set_t mine;
 	assert_int_equal(sched_getaffinity(0, sizeof(mine), &mine), 0);
-	int c[8], n = 0;
+	int c[10], n = 0;
 	for (int to = 0; to < 2; to++) {
 		for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
 			if (CPU_ISSET(cpu, &mine))
 				assert_int_equal(evsteer_group_set_cpu(
 						f.g, (unsigned)cpu, (unsigned)to), 0);
-		for (int k = 0; k < (to ? 3 : 1); k++)
+		for (int k = 0; k < (to ? 3 : first); k++)
 			c[n++] = client(&f);
 	}
-	assert_int_equal(wstats(&f, 0).steered, 1);
+	assert_int_equal(wstats(&f, 0).steered, (uint64_t)first);
 	assert_int_equal(wstats(&f, 1).steered, 3);
 	tl_wait_queued(evsteer_group_get_fd(f.g, 1), 3);
 	usleep(150000);
@@ -1705,12 +1709,18 @@ static void avoid_only_where_shorter(enum evsteer_policy policy)
 	assert_int_equal(wstats(&f, 0).stolen_from, 0);
 	uint64_t p1 = wstats(&f, 1).pending;
 	assert_true(p1 >= 1);
+	if (policy == EVSTEER_POLICY_CPU) {
+		for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+			if (CPU_ISSET(cpu, &mine))
+				assert_int_equal(evsteer_group_set_cpu(
+						f.g, (unsigned)cpu, 0), 0);
+	}
 	assert_int_equal(evsteer_group_set_policy(f.g, policy), 0);
 	int more = policy == EVSTEER_POLICY_ROUND_ROBIN ? 2 : 1;
 	for (int k = 0; k < more; k++)
 		c[n++] = client(&f);
 	uint64_t took = tl_now_ms() - fresh;
-	uint64_t to0 = wstats(&f, 0).steered - 1;
+	uint64_t to0 = wstats(&f, 0).steered - (uint64_t)first;
 	print_message("%s: %llu of %d to the stale worker 0 (worker 1: %llu "
 		      "pending, %llu ms after its pass)\n",
 		      evsteer_policy_name(policy), (unsigned long long)to0, more,
@@ -1738,6 +1748,12 @@ static void test_avoid_only_where_shorter_lp(void **state)
 {
 	(void)state;
 	avoid_only_where_shorter(EVSTEER_POLICY_LEAST_PENDING);
+}
+
+static void test_avoid_only_where_shorter_cpu(void **state)
+{
+	(void)state;
+	avoid_only_where_shorter(EVSTEER_POLICY_CPU);
 }
 
 /* Plain evconnlistener code: REUSEABLE_PORT listeners on one address join
@@ -1977,6 +1993,7 @@ int main(void)
 		cmocka_unit_test(test_thief_keeps_recent),
 		cmocka_unit_test(test_avoid_only_where_shorter_rr),
 		cmocka_unit_test(test_avoid_only_where_shorter_lp),
+		cmocka_unit_test(test_avoid_only_where_shorter_cpu),
 		cmocka_unit_test(test_one_address_one_group),
 		cmocka_unit_test(test_require_on_hashed_address),
 		cmocka_unit_test(test_churn_while_stealing),
