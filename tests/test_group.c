@@ -1671,8 +1671,8 @@ static void test_thief_keeps_recent(void **state)
  * without the avoidance and libevent's 7.35 (bench/JOURNAL.md, "Stall
  * detection at saturation, by mechanism").
  *
- * Worker 0 gets one connection and worker 1 three (the cpu policy routes
- * them); neither loop runs until both queues are 150 ms old, past the
+ * Worker 1 gets three connections, then worker 0 one (the cpu policy
+ * routes them); neither loop runs until both queues are 150 ms old, past the
  * 100 ms threshold; then one pass of worker 1's takes one of its own (it
  * leaves worker 0's: not worth a theft) and makes it fresh. Worker 0 is
  * stale, but its queue is no older than worker 1's by the threshold: under
@@ -1692,7 +1692,9 @@ static void avoid_only_where_shorter(enum evsteer_policy policy)
 	cpu_set_t mine;
 	assert_int_equal(sched_getaffinity(0, sizeof(mine), &mine), 0);
 	int c[10], n = 0;
-	for (int to = 0; to < 2; to++) {
+	/* worker 1's first: worker 0's queue is the younger, however slow
+	 * the connects, so never worth a theft */
+	for (int to = 1; to >= 0; to--) {
 		for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
 			if (CPU_ISSET(cpu, &mine))
 				assert_int_equal(evsteer_group_set_cpu(
