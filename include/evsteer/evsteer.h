@@ -339,7 +339,8 @@ evsteer_listener_get_stats(const struct evsteer_listener *lev,
  * for each new connection by policy. Workers that stall (connections
  * pending, no progress of their loop for stall_us: a callback blocked in a
  * system call, a thread the scheduler left waiting, a pass busy with many
- * ready events) get no new connections, and their queued ones are accepted
+ * ready events) get no new connections while a sibling keeps up (its
+ * queue younger by stall_us), and their queued ones are accepted
  * by healthy siblings of the same process ("stolen") and handed to the
  * sibling's callback; a worker stolen from gets connections again as soon
  * as its loop runs. A thread per process (the stall watch) wakes a healthy
