@@ -220,8 +220,8 @@ class Work:
 
     def __init__(self, us=0, mode="spin", read_first=False, pin=False):
         self.us, self.mode, self.read_first = us, mode, read_first
-        # --pin: the bench server's worker i on CPU i (not the evhttp
-        # server's threads, which the http scenarios leave to the scheduler)
+        # --pin: the bench server's worker i on CPU i, and the evhttp
+        # server's thread i (bench/pin.h), in every implementation
         self.pin = pin
 
     def server_args(self):
@@ -234,7 +234,8 @@ class Work:
 
     def http_args(self):
         # an HTTP server always reads its request first
-        return ["--work-us", str(self.us), "--work-mode", self.mode]
+        return (["--work-us", str(self.us), "--work-mode", self.mode] +
+                (["--pin"] if self.pin else []))
 
     def as_dict(self):
         return {"work_us": self.us, "work_mode": self.mode,
@@ -963,8 +964,8 @@ def work_line(w):
 
 
 def pin_line(w):
-    return (" The bench server's workers were pinned, worker i to CPU i "
-            "(`--pin`); the evhttp server's threads were not."
+    return (" The servers' workers were pinned, worker (or evhttp thread) "
+            "i to CPU i (`--pin`); the load generator was not."
             if w.get("pin") else "")
 
 
@@ -1294,9 +1295,9 @@ def main():
                     help="the bench server reads a request before it "
                          "replies; the load sends one (--send)")
     ap.add_argument("--pin", action="store_true",
-                    help="the bench server's worker i runs on CPU i only "
-                         "(every implementation; not the http scenarios' "
-                         "evhttp server)")
+                    help="the bench server's worker i (and the evhttp "
+                         "server's thread i) runs on CPU i only, in every "
+                         "implementation")
     ap.add_argument("--profile", action="store_true",
                     help="perf record -g of the server in the rate scenario, "
                          "per implementation: folded stacks and flame graphs")

@@ -10,7 +10,7 @@
  *
  *   evsteer-http-server [--threads N] [--port P] [--work-us U]
  *                       [--work-mode spin|sleep] [--stall-ms M]
- *                       [--block-fd FD]
+ *                       [--block-fd FD] [--pin]
  *
  * Paths:
  *   /          replies "ok\n" after --work-us of work (default 0): burnt
@@ -23,6 +23,9 @@
  *              read() on --block-fd until one byte arrives there (a test
  *              decides when a stall ends), then replies
  *   /thread    replies with the index of the thread that served it
+ *
+ * --pin: thread i runs only on the i-th CPU the process may use (pin.h),
+ * as the bench server's --pin does.
  *
  * Prints "ready PORT" on stdout once every thread listens. On SIGTERM or
  * SIGINT the loops stop and one JSON line goes to stdout: requests served
@@ -58,6 +61,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/thread.h>
+
+#include "pin.h"
 
 #define MAX_THREADS 64
 /* accept stamps in flight per thread, direct-mapped by bufferevent address;
@@ -224,6 +229,7 @@ static int arg_int(char **argv, int *i, int argc)
 
 int main(int argc, char **argv)
 {
+	bool pin = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--threads"))
 			S.threads = arg_int(argv, &i, argc);
@@ -238,11 +244,13 @@ int main(int argc, char **argv)
 			S.stall_ms = arg_int(argv, &i, argc);
 		else if (!strcmp(argv[i], "--block-fd"))
 			S.block_fd = arg_int(argv, &i, argc);
+		else if (!strcmp(argv[i], "--pin"))
+			pin = true;
 		else {
 			fprintf(stderr,
 				"usage: %s [--threads N] [--port P] [--work-us U] "
 				"[--work-mode spin|sleep] [--stall-ms M] "
-				"[--block-fd FD]\n",
+				"[--block-fd FD] [--pin]\n",
 				argv[0]);
 			return 2;
 		}
@@ -284,8 +292,24 @@ int main(int argc, char **argv)
 		evhttp_set_gencb(w->http, on_request, w);
 		evhttp_set_bevcb(w->http, accepted, w);
 	}
-	for (int i = 0; i < S.threads; i++)
-		pthread_create(&S.w[i].thread, NULL, run, &S.w[i]);
+	cpu_set_t allowed;
+	int ncpu = pin ? bench_pin_cpus(&allowed) : 0;
+	if (pin && ncpu < 1) {
+		perror("--pin: sched_getaffinity");
+		return 1;
+	}
+	for (int i = 0; i < S.threads; i++) {
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		if (pin)
+			bench_pin_attr(&attr, &allowed, ncpu, i);
+		int err = pthread_create(&S.w[i].thread, &attr, run, &S.w[i]);
+		pthread_attr_destroy(&attr);
+		if (err) {
+			fprintf(stderr, "pthread_create: %s\n", strerror(err));
+			return 1;
+		}
+	}
 	printf("ready %d\n", port);
 	fflush(stdout);
 

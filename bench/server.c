@@ -65,6 +65,7 @@
 #include <evsteer/evsteer.h>
 #include <liburing.h>
 
+#include "pin.h"
 #include "server.h"
 
 /* ---- shared helpers */
@@ -614,15 +615,12 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	/* --pin: worker i runs only on the i-th CPU this process may use
-	 * (modulo their count), as a latency-sensitive deployment places one
-	 * worker per core; unpinned, the scheduler may queue a woken worker
-	 * behind a busy sibling on that sibling's CPU (bench/JOURNAL.md) */
+	/* --pin: worker i on the i-th CPU this process may use (pin.h) */
 	cpu_set_t allowed;
 	int ncpu = 0;
 	bool pin = arg_flag(argc, argv, "--pin");
-	if (pin && sched_getaffinity(0, sizeof(allowed), &allowed) == 0)
-		ncpu = CPU_COUNT(&allowed);
+	if (pin)
+		ncpu = bench_pin_cpus(&allowed);
 	if (pin && ncpu < 1) {
 		fprintf(stderr, "--pin: sched_getaffinity: %s\n", strerror(errno));
 		return 1;
@@ -630,16 +628,8 @@ int main(int argc, char **argv)
 	for (int i = 0; i < cfg.workers; i++) {
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);
-		if (pin) {
-			cpu_set_t one;
-			CPU_ZERO(&one);
-			for (int c = 0, k = 0; c < CPU_SETSIZE; c++)
-				if (CPU_ISSET(c, &allowed) && k++ == i % ncpu) {
-					CPU_SET(c, &one);
-					break;
-				}
-			pthread_attr_setaffinity_np(&attr, sizeof(one), &one);
-		}
+		if (pin)
+			bench_pin_attr(&attr, &allowed, ncpu, i);
 		int err = pthread_create(&w[i].thread, &attr, impl->run, &w[i]);
 		pthread_attr_destroy(&attr);
 		if (err) {
