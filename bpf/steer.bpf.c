@@ -158,20 +158,23 @@ static __always_inline __u64 oldest_wait(__u32 wi, __u64 now)
  * A global function: the verifier checks it once, on its own, rather than
  * in every path of every caller (inlined, its branches multiplied the
  * states Linux 6.1's verifier walks without CAP_PERFMON past its limit of
- * a million instructions).
+ * a million instructions). So neither static nor __hidden: libbpf makes a
+ * hidden function static, and a static one is verified inline again.
  */
 __attribute__((noinline)) int no_shorter_elsewhere(__u32 s, __u32 h, __u64 now)
 {
 	if (s >= EVST_MAX_WORKERS || h >= EVST_MAX_WORKERS)
 		return 0;
 	struct evst_worker *ws = &workers[BOUND(s, EVST_MAX_WORKERS)];
-	if (!ws->live || !pending(ws))
+	if (!ws->live)
 		return 0;
 	__u64 theirs = oldest_wait(h, now);
 	if (!theirs || theirs == WAIT_UNKNOWN)
 		return 0;
+	/* nothing pending (0: emptied by a theft since it was judged stale)
+	 * is out after a theft, not a queue as old */
 	__u64 mine = oldest_wait(s, now);
-	return mine != WAIT_UNKNOWN && mine <= theirs + stall_ns;
+	return mine && mine != WAIT_UNKNOWN && mine <= theirs + stall_ns;
 }
 
 /*
