@@ -159,7 +159,8 @@ static __always_inline __u64 oldest_wait(__u32 wi, __u64 now)
  * in every path of every caller (inlined, its branches multiplied the
  * states Linux 6.1's verifier walks without CAP_PERFMON past its limit of
  * a million instructions). So neither static nor __hidden: libbpf makes a
- * hidden function static, and a static one is verified inline again.
+ * hidden function static, and a static one is verified again at every
+ * call, in its caller's state.
  */
 __attribute__((noinline)) int no_shorter_elsewhere(__u32 s, __u32 h, __u64 now)
 {
