@@ -123,12 +123,10 @@ static __always_inline int usable(__u32 wi, __u64 now)
 	return w->live && !stale(w, now);
 }
 
-#define WAIT_UNKNOWN (~0ULL)
-
 /* How long worker wi's oldest pending connection has waited, by its stamp:
- * 0 with nothing pending, WAIT_UNKNOWN when its stamp is gone (more than a
- * ring's worth steered after it) or not there (src/steering/account.c,
- * evst_shared_oldest_wait(), reads them the same way). */
+ * 0 with nothing pending, EVST_WAIT_UNKNOWN when its stamp is gone (more
+ * than a ring's worth steered after it) or not there (src/steering/
+ * account.c, evst_shared_oldest_wait(), reads them the same way). */
 static __always_inline __u64 oldest_wait(__u32 wi, __u64 now)
 {
 	struct evst_worker *w = &workers[BOUND(wi, EVST_MAX_WORKERS)];
@@ -136,9 +134,10 @@ static __always_inline __u64 oldest_wait(__u32 wi, __u64 now)
 	if ((__s64)(steered - deq) <= 0)
 		return 0;
 	if (steered - deq > EVST_WAIT_STAMPS)
-		return WAIT_UNKNOWN;
-	__u64 t = stamps[BOUND(wi, EVST_MAX_WORKERS)][deq & (EVST_WAIT_STAMPS - 1)];
-	return t && t <= now ? now - t : WAIT_UNKNOWN;
+		return EVST_WAIT_UNKNOWN;
+	return evst_wait_since(
+		stamps[BOUND(wi, EVST_MAX_WORKERS)][deq & (EVST_WAIT_STAMPS - 1)],
+		now);
 }
 
 /*
@@ -150,7 +149,8 @@ static __always_inline __u64 oldest_wait(__u32 wi, __u64 now)
  * scheduler slice late in turn: passing over the late one there sent every
  * new connection to a sibling just as far behind (p99 8.45 ms against 5.55
  * without, bench/JOURNAL.md "Stall detection at saturation, by
- * mechanism"). Thieves follow the same rule (evst_shared_worth_taking()).
+ * mechanism"). Thieves follow the same rule (evst_shorter_elsewhere(),
+ * steer_shared.h).
  * A worker out after a theft (nothing pending) stays out: the theft found
  * it stuck. Where h keeps up (nothing pending) or a stamp is unknown, s is
  * passed over as before.
@@ -169,13 +169,11 @@ __attribute__((noinline)) int no_shorter_elsewhere(__u32 s, __u32 h, __u64 now)
 	struct evst_worker *ws = &workers[BOUND(s, EVST_MAX_WORKERS)];
 	if (!ws->live)
 		return 0;
-	__u64 theirs = oldest_wait(h, now);
-	if (!theirs || theirs == WAIT_UNKNOWN)
-		return 0;
 	/* nothing pending (0: emptied by a theft since it was judged stale)
 	 * is out after a theft, not a queue as old */
 	__u64 mine = oldest_wait(s, now);
-	return mine && mine != WAIT_UNKNOWN && mine <= theirs + stall_ns;
+	return mine &&
+	       !evst_shorter_elsewhere(mine, oldest_wait(h, now), stall_ns);
 }
 
 /*

@@ -33,6 +33,37 @@ enum evst_policy_id {
 	EVST_POLICY_CPU = 3,
 };
 
+/*
+ * The wait of a worker's oldest pending connection, from its stamp t (0:
+ * none written) at time now: EVST_WAIT_UNKNOWN where the stamp says
+ * nothing (not written yet, later than now, or overwritten: the caller's
+ * case). Callers return 0 themselves when nothing is pending.
+ */
+#define EVST_WAIT_UNKNOWN (~0ULL)
+
+static inline __attribute__((always_inline)) __u64
+evst_wait_since(__u64 t, __u64 now)
+{
+	return t && t <= now ? now - t : EVST_WAIT_UNKNOWN;
+}
+
+/*
+ * Would a connection wait less elsewhere than on a stale worker whose
+ * oldest has waited `stuck`, where the other worker's oldest has waited
+ * `other` (both as above, 0: nothing pending)? Yes when the other keeps up
+ * (nothing pending, or its wait unknown) or the stale one's wait is
+ * unknown or over stall_ns longer. The rule of both the program's
+ * avoidance of a stale worker (no_shorter_elsewhere(), steer.bpf.c) and
+ * the thieves' (evst_shared_worth_taking(), src/steering/account.c).
+ */
+static inline __attribute__((always_inline)) int
+evst_shorter_elsewhere(__u64 stuck, __u64 other, __u64 stall_ns)
+{
+	if (!other || other == EVST_WAIT_UNKNOWN)
+		return 1;
+	return stuck == EVST_WAIT_UNKNOWN || stuck > other + stall_ns;
+}
+
 /* One cache line per worker: the program and the worker's thread write it. */
 struct evst_worker {
 	__u64 steered;     /* program: connections selected for this socket */

@@ -40,10 +40,8 @@ uint64_t evst_shared_oldest_wait(const struct evst_shared *sh,
 	uint64_t deq = evst_ld64(&w->dequeued), steered = evst_ld64(&w->steered);
 	if ((int64_t)(steered - deq) <= 0)
 		return 0;
-	uint64_t t = sh->v.stamps ? stamp_of(sh, w, deq, steered) : 0;
-	if (!t || t > now)
-		return UINT64_MAX;
-	return now - t;
+	return evst_wait_since(sh->v.stamps ? stamp_of(sh, w, deq, steered) : 0,
+			       now);
 }
 
 bool evst_shared_worth_taking(const struct evst_shared *sh,
@@ -52,10 +50,10 @@ bool evst_shared_worth_taking(const struct evst_shared *sh,
 			      uint64_t stall_ns)
 {
 	uint64_t own = evst_shared_oldest_wait(sh, thief, now);
-	if (!own || own == UINT64_MAX)
-		return true;
-	uint64_t theirs = evst_shared_oldest_wait(sh, victim, now);
-	return theirs == UINT64_MAX || theirs > own + stall_ns;
+	if (!own || own == EVST_WAIT_UNKNOWN)
+		return true; /* (without reading the victim's stamp) */
+	return evst_shorter_elsewhere(evst_shared_oldest_wait(sh, victim, now),
+				      own, stall_ns);
 }
 
 /* ---- queue wait (shared.h, struct evst_wait_hist) */

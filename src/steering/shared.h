@@ -188,8 +188,8 @@ evst_shared_waits(const struct evst_shared *sh, unsigned int slot);
 /* shared state helpers used by the accounting (group/) */
 EVST_HIDDEN uint64_t evst_worker_pending(const struct evst_worker *w);
 /* How long w's oldest pending connection has waited, by its stamp: 0 when
- * nothing is pending, UINT64_MAX when its time is not known (no stamps,
- * or more than a ring's worth steered after it). */
+ * nothing is pending, EVST_WAIT_UNKNOWN (UINT64_MAX) when its time is not
+ * known (no stamps, or more than a ring's worth steered after it). */
 EVST_HIDDEN uint64_t evst_shared_oldest_wait(const struct evst_shared *sh,
 					     const struct evst_worker *w,
 					     uint64_t now);
