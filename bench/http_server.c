@@ -299,12 +299,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (int i = 0; i < S.threads; i++) {
-		pthread_attr_t attr;
-		pthread_attr_init(&attr);
-		if (pin)
-			bench_pin_attr(&attr, &allowed, ncpu, i);
-		int err = pthread_create(&S.w[i].thread, &attr, run, &S.w[i]);
-		pthread_attr_destroy(&attr);
+		int err = bench_start_worker(&S.w[i].thread, run, &S.w[i],
+					     &allowed, ncpu, i);
 		if (err) {
 			fprintf(stderr, "pthread_create: %s\n", strerror(err));
 			return 1;

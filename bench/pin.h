@@ -20,18 +20,27 @@ static inline int bench_pin_cpus(cpu_set_t *allowed)
 	return CPU_COUNT(allowed);
 }
 
-/* attr's threads to the i-th of the ncpu CPUs in *allowed (ncpu >= 1). */
-static inline void bench_pin_attr(pthread_attr_t *attr,
-				  const cpu_set_t *allowed, int ncpu, int i)
+/* pthread_create() of worker i, on the i-th of the ncpu CPUs in *allowed
+ * when ncpu >= 1, unpinned when 0. pthread_create()'s result. */
+static inline int bench_start_worker(pthread_t *t, void *(*run)(void *),
+				     void *arg, const cpu_set_t *allowed,
+				     int ncpu, int i)
 {
-	cpu_set_t one;
-	CPU_ZERO(&one);
-	for (int c = 0, k = 0; c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, allowed) && k++ == i % ncpu) {
-			CPU_SET(c, &one);
-			break;
-		}
-	pthread_attr_setaffinity_np(attr, sizeof(one), &one);
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	if (ncpu >= 1) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		for (int c = 0, k = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, allowed) && k++ == i % ncpu) {
+				CPU_SET(c, &one);
+				break;
+			}
+		pthread_attr_setaffinity_np(&attr, sizeof(one), &one);
+	}
+	int err = pthread_create(t, &attr, run, arg);
+	pthread_attr_destroy(&attr);
+	return err;
 }
 
 #endif

@@ -626,12 +626,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (int i = 0; i < cfg.workers; i++) {
-		pthread_attr_t attr;
-		pthread_attr_init(&attr);
-		if (pin)
-			bench_pin_attr(&attr, &allowed, ncpu, i);
-		int err = pthread_create(&w[i].thread, &attr, impl->run, &w[i]);
-		pthread_attr_destroy(&attr);
+		int err = bench_start_worker(&w[i].thread, impl->run, &w[i],
+					     &allowed, ncpu, i);
 		if (err) {
 			fprintf(stderr, "worker %d: pthread_create: %s\n", i,
 				strerror(err));
