@@ -460,9 +460,7 @@ static void test_drain_no_reset(void **state)
 static void all_cpus_to(struct evsteer_group *g, unsigned int slot)
 {
 	assert_int_equal(evsteer_group_set_policy(g, EVSTEER_POLICY_CPU), 0);
-	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-	for (long c = 0; c < ncpu && c < 256; c++)
-		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)c, slot), 0);
+	tl_steer_all_to(g, slot);
 }
 
 /* Policy cpu: the CPU map in the program. Every CPU mapped to the second

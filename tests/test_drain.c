@@ -100,14 +100,6 @@ static int check_replies(int *c, int n, const char *what)
 	return bad;
 }
 
-/* Every CPU steers to the group's slot (policy cpu). */
-static void steer_all_to(struct evsteer_group *g, unsigned int slot)
-{
-	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-	for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
-		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)cpu, slot), 0);
-}
-
 /* A 2-worker BPF group; every CPU steers to worker 1 (policy cpu). */
 static struct evsteer_group *two_workers(enum evsteer_accept_mode engine,
 					 enum evsteer_policy policy,
@@ -123,7 +115,7 @@ static struct evsteer_group *two_workers(enum evsteer_accept_mode engine,
 	assert_non_null(g);
 	*len = tl_sockname(evsteer_group_get_fd(g, 0), ss);
 	if (policy == EVSTEER_POLICY_CPU)
-		steer_all_to(g, 1);
+		tl_steer_all_to(g, 1);
 	return g;
 }
 
@@ -295,7 +287,7 @@ static void test_leave_direct(void **state)
 	struct evsteer_group *g = evsteer_listener_get_group(w0.lev);
 	assert_non_null(g);
 	assert_ptr_equal(evsteer_listener_get_group(w1.lev), g);
-	steer_all_to(g, 1);
+	tl_steer_all_to(g, 1);
 	event_base_loop(a, EVLOOP_NONBLOCK);
 	event_base_loop(b, EVLOOP_NONBLOCK);
 

@@ -311,9 +311,7 @@ static void test_policy_switch(void **state)
 	assert_int_equal(f.w[0].s.n, 20);
 	assert_int_equal(f.w[1].s.n, 20);
 
-	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-	for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
-		assert_int_equal(evsteer_group_set_cpu(f.g, (unsigned)cpu, 1), 0);
+	tl_steer_all_to(f.g, 1);
 	assert_int_equal(evsteer_group_set_policy(f.g, EVSTEER_POLICY_CPU), 0);
 	for (int i = 0; i < 20; i++)
 		c[i] = client(&f);
@@ -1585,11 +1583,7 @@ static void theft_in_half_threshold(enum evsteer_accept_mode engine,
 	fx_open_accept(&f, 2, EVSTEER_POLICY_CPU, 100000, EVSTEER_BPF_REQUIRE,
 		       true, engine);
 	evsteer_listener_set_cb(f.w[1].s.lev, slow_cb, &f.w[1].s);
-	cpu_set_t mine;
-	assert_int_equal(sched_getaffinity(0, sizeof(mine), &mine), 0);
-	for (int c = 0; c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, &mine))
-			assert_int_equal(evsteer_group_set_cpu(f.g, (unsigned)c, 0), 0);
+	tl_steer_all_to(f.g, 0);
 	int c[30];
 	for (int i = 0; i < 30; i++)
 		c[i] = client(&f);
@@ -1689,16 +1683,11 @@ static void avoid_only_where_shorter(enum evsteer_policy policy)
 	tl_need_bpf();
 	struct fx f;
 	fx_open(&f, 2, EVSTEER_POLICY_CPU, 100000, EVSTEER_BPF_REQUIRE, true);
-	cpu_set_t mine;
-	assert_int_equal(sched_getaffinity(0, sizeof(mine), &mine), 0);
 	int c[10], n = 0;
 	/* worker 1's first: worker 0's queue is the younger, however slow
 	 * the connects, so never worth a theft */
 	for (int to = 1; to >= 0; to--) {
-		for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
-			if (CPU_ISSET(cpu, &mine))
-				assert_int_equal(evsteer_group_set_cpu(
-						f.g, (unsigned)cpu, (unsigned)to), 0);
+		tl_steer_all_to(f.g, (unsigned)to);
 		for (int k = 0; k < (to ? 3 : first); k++)
 			c[n++] = client(&f);
 	}
@@ -1712,12 +1701,8 @@ static void avoid_only_where_shorter(enum evsteer_policy policy)
 	assert_int_equal(wstats(&f, 0).stolen_from, 0);
 	uint64_t p1 = wstats(&f, 1).pending;
 	assert_true(p1 >= 1);
-	if (policy == EVSTEER_POLICY_CPU) {
-		for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
-			if (CPU_ISSET(cpu, &mine))
-				assert_int_equal(evsteer_group_set_cpu(
-						f.g, (unsigned)cpu, 0), 0);
-	}
+	if (policy == EVSTEER_POLICY_CPU)
+		tl_steer_all_to(f.g, 0);
 	assert_int_equal(evsteer_group_set_policy(f.g, policy), 0);
 	int more = policy == EVSTEER_POLICY_ROUND_ROBIN ? 2 : 1;
 	for (int k = 0; k < more; k++)

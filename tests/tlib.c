@@ -589,6 +589,13 @@ int tl_queued(int listen_fd)
 	return (int)ti.tcpi_unacked;
 }
 
+void tl_steer_all_to(struct evsteer_group *g, unsigned int slot)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+	for (long cpu = 0; cpu < ncpu && cpu < 256; cpu++)
+		assert_int_equal(evsteer_group_set_cpu(g, (unsigned)cpu, slot), 0);
+}
+
 void tl_wait_queued(int listen_fd, int n)
 {
 	struct sockaddr_storage ss;

@@ -160,6 +160,10 @@ int tl_srv_listen(struct tl_srv *s, struct event_base *base, unsigned int flags)
  * listener and the base. */
 void tl_srv_done(struct tl_srv *s, struct event_base *base, int *c, int n);
 
+/* Every CPU (of the first 256, the program's map) steers to the group's
+ * slot under policy cpu; each mapping asserted. */
+void tl_steer_all_to(struct evsteer_group *g, unsigned int slot);
+
 /* Wait (bounded) until a TCP listener has n connections queued; no-op for
  * other families, whose connect() queues synchronously. */
 void tl_wait_queued(int listen_fd, int n);
