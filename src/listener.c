@@ -563,7 +563,7 @@ bool evst_queue_watched(const struct evsteer_listener *lev)
  * to 1 when a pass finds the queue empty (evst_accept_more/_drained).
  * Except after its loop blocked (a sibling took its queue after a pass
  * of 10 ms or more: group/member.c): a program that blocked once likely
- * blocks again, so for a second the cap stays at one whatever stands
+ * blocks again, so for five seconds the cap stays at one whatever stands
  * queued, and a poll per connection buys a shorter tail. Alone, a
  * listener drains what is queued in one pass, as libevent's does.
  */

@@ -763,12 +763,12 @@ static void test_backlog_doubles_uring(void **state)
 
 /*
  * After its loop blocked (a pass of 10 ms or more, from which a sibling
- * took the queue), a member accepts one connection per pass for a second
- * whatever stands queued: a program that blocked once likely blocks
+ * took the queue), a member accepts one connection per pass for five
+ * seconds whatever stands queued: a program that blocked once likely blocks
  * again, and a batch would wait out the next block in its hands. Worker
  * 0's long pass (worker 1 takes the connection queued on it, after the
  * 200 ms threshold), then 4 queued on worker 0: four passes of one, where
- * without the block they come in 1, 2, 1 (backlog_doubles). A second
+ * without the block they come in 1, 2, 1 (backlog_doubles). Five seconds
  * later the doubling is back: fewer passes than connections.
  */
 static void blocked_one_per_pass(enum evsteer_accept_mode engine)
@@ -801,8 +801,8 @@ static void blocked_one_per_pass(enum evsteer_accept_mode engine)
 	for (int i = 0; i < passes; i++)
 		assert_int_equal(got[i], 1);
 
-	/* a second on, a backlog batches again */
-	struct timespec ts = {1, 100 * 1000000L};
+	/* five seconds on, a backlog batches again */
+	struct timespec ts = {5, 100 * 1000000L};
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
 	base = f.w[0].s.n;
@@ -810,7 +810,8 @@ static void blocked_one_per_pass(enum evsteer_accept_mode engine)
 	if (engine == EVSTEER_ACCEPT_EVENT) {
 		tl_wait_queued(lfd, 4);
 		passes = passes_until(&f, base + 4, got, 8);
-		print_message("%s: a second later, %d passes\n", name, passes);
+		print_message("%s: five seconds later, %d passes\n", name,
+			      passes);
 		/* (the last pass of one did not see the queue empty: the cap
 		 * is 2 now, or 1 if it did) */
 		assert_true(passes >= 2 && passes < 4);

@@ -270,9 +270,13 @@ static void member_steering(const struct evsteer_listener *lev,
  * thread waiting for a CPU: those stay under 5 ms here even with two
  * saturated CPUs (bench/JOURNAL.md, "One per pass after a block"). For
  * BLOCKED_WINDOW_NS after it the member accepts one connection per pass
- * (evst_accept_cap). */
+ * (evst_accept_cap). Five seconds: with one second, an evhttp thread that
+ * blocked every 400 ms on average (http-stall) met one block in sixteen
+ * with the window closed and its cap doubled, and the batch it had just
+ * taken waited out the block: those were the requests wrk's p99.9 shows
+ * (bench/JOURNAL.md, "Where http-stall's p99.9 goes"). */
 #define BLOCKED_PASS_NS 10000000ull
-#define BLOCKED_WINDOW_NS 1000000000ull
+#define BLOCKED_WINDOW_NS 5000000000ull
 
 /*
  * The loop was away from last to now and a sibling took its queue: was
@@ -319,7 +323,7 @@ static void progress(struct evsteer_listener *lev, uint64_t now)
 		if (now >= lev->ms->blocked_until)
 			evst_debug("listener fd %d: its loop was away %llu ms and "
 				   "a sibling took its queue: one connection "
-				   "per pass for 1 s", lev->fd,
+				   "per pass for 5 s", lev->fd,
 				   (unsigned long long)(now - last) / 1000000);
 		lev->ms->blocked_until = now + BLOCKED_WINDOW_NS;
 	}
