@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a request held by a blocked thread comes from, and what wrk makes of it.
 
-    bench/held_trace.py wire PCAP PORT [WRK_JSON]
+    bench/held_trace.py wire PCAP PORT [WRK_JSON [CONNECTIONS]]
     bench/held_trace.py perf PERF_SCRIPT_TXT
 
 Made for the http-stall scenario (bench/JOURNAL.md, "Where http-stall's
@@ -17,23 +17,27 @@ p99.9 goes"): the evhttp server under evsteer-run, wrk -t2 -c8 with
       syscalls:sys_enter_readv,syscalls:sys_enter_writev,syscalls:sys_enter_close &
     perf script -i run.perf -F tid,time,event,trace --ns > run.txt
 
-wire: each connection's packets on loopback (client port, split at each
-SYN): the '/' requests' latency from the request's packet to the client's
+wire: each connection's packets on loopback over IPv4 (client port, split
+at each SYN): the '/' requests' latency from the request's packet to the client's
 FIN (wrk's own measure: it timestamps the write and the parsed response,
 then closes), and the same samples after wrk 4.1's correction for
 coordinated omission (stats_correct(): for a sample over twice the mean
 interval of one connection's requests, the samples a client on schedule
-would have seen, one per interval below it). With wrk's JSON line
+would have seen, one per interval below it; the interval from wrk's -c,
+CONNECTIONS, 8 by default as in http-stall). With wrk's JSON line
 (bench/wrk_report.lua) given, its own p99/p99.9 beside them.
 
-perf: for each /stall handler's sleep (clock_nanosleep) on a server thread,
-the connections that thread had accepted and not yet answered when it
-began (the /stall one among them): held, each by where it came from (the
-thread's own listening socket, or a sibling's: stolen) and how many the
-same pass took from there (its batch).
+perf: for each /stall handler's sleep (a clock_nanosleep of 10 ms or more)
+on a server thread, the connections that thread had accepted and not yet
+answered when it began (the /stall one among them): held, each by where it
+came from (the thread's own listening socket, or a sibling's: stolen) and
+how many the same pass took from there (its batch). The event engine only
+(`evsteer-run --accept event`, the default path): the io_uring engine's
+own accepts make no accept4() call to see.
 """
 import collections
 import json
+import math
 import re
 import struct
 import sys
@@ -84,7 +88,7 @@ def connections(pcap, port):
 
 def pct(hist, p):
     total = sum(hist.values())
-    rank = round(p / 100 * total + 0.5)
+    rank = math.floor(p / 100 * total + 0.5 + 0.5)  # wrk: C's round()
     run = 0
     for v in sorted(hist):
         run += hist[v]
@@ -103,10 +107,14 @@ def wrk_correct(hist, interval):
     return out
 
 
-def wire(pcap, port, wrk_json=None):
+def wire(pcap, port, wrk_json=None, nconns="8"):
     conns = connections(pcap, int(port))
     slash = [c for c in conns if c.get("path", b"").startswith(b"GET / ")
              and "fin_c" in c]
+    if not slash:
+        sys.exit("held_trace: no '/' request to port %s over IPv4 in %s" %
+                 (port, pcap))
+    nconns = int(nconns)
     hist = collections.Counter(int((c["fin_c"] - c["req"]) * 1e6) for c in slash)
     slow = [c for c in slash if "resp" in c and c["resp"] - c["req"] > 0.010]
     print("'/' requests %d; answered over 10 ms after the request: %d" %
@@ -116,10 +124,10 @@ def wire(pcap, port, wrk_json=None):
     if wrk_json:
         wrk = json.loads(open(wrk_json).read().strip().splitlines()[-1])
         # wrk's interval: its run time over the requests of one connection
-        interval = int(wrk["duration_us"] / (wrk["requests"] // 8))
+        interval = int(wrk["duration_us"] / (wrk["requests"] // nconns))
     else:
         span = max(c["fin_c"] for c in slash) - min(c["req"] for c in slash)
-        interval = int(span * 1e6 / (len(slash) // 8))
+        interval = int(span * 1e6 / (len(slash) // nconns))
     fixed = wrk_correct(hist, interval)
     print("with wrk's correction (interval %d us, %d samples -> %d): p99 %d us, "
           "p99.9 %d us" % (interval, sum(hist.values()), sum(fixed.values()),
@@ -148,7 +156,8 @@ def perf(path):
             continue  # not a loop thread
         own = int(froms.most_common(1)[0][0], 16)
         unanswered, batch, npass, last_from = {}, collections.Counter(), 0, None
-        for _, n, a in evs:
+        began, snapshot = 0.0, None
+        for t, n, a in evs:
             if n == "sys_exit_epoll_wait":
                 npass += 1
             elif n == "sys_enter_accept4":
@@ -160,9 +169,15 @@ def perf(path):
             elif n in ("sys_enter_writev", "sys_enter_close"):
                 unanswered.pop(int(fdarg.search(a).group(1), 16), None)
             elif n == "sys_enter_clock_nanosleep":
-                sleeps += 1
-                for src, p in unanswered.values():
-                    tally[(src, batch[(p, src)])] += 1
+                began, snapshot = t, [(src, batch[(p, src)])
+                                      for src, p in unanswered.values()]
+            elif n == "sys_exit_clock_nanosleep" and snapshot is not None:
+                # a /stall handler's sleep, not --work-mode sleep's 50 us
+                if t - began >= 0.010:
+                    sleeps += 1
+                    for k in snapshot:
+                        tally[k] += 1
+                snapshot = None
     held = sum(tally.values()) - sleeps
     print("sleeps %d; connections unanswered when one began %d (the /stall "
           "ones among them), so held %d" % (sleeps, sum(tally.values()), held))
@@ -171,8 +186,8 @@ def perf(path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 4 and sys.argv[1] == "wire":
-        wire(*sys.argv[2:5])
+    if 4 <= len(sys.argv) <= 6 and sys.argv[1] == "wire":
+        wire(*sys.argv[2:6])
     elif len(sys.argv) == 3 and sys.argv[1] == "perf":
         perf(sys.argv[2])
     else:

@@ -117,9 +117,11 @@ struct evsteer_listener_opts {
 	size_t sz;
 	/* Accepts per wake-up before yielding to the loop. 0: 128; for a
 	 * member of a group with stall detection and another socket in this
-	 * process, 1, doubled while a backlog stands, and held at 1 for a
-	 * second after its loop blocked (docs/groups.md, "One connection per
-	 * pass"). */
+	 * process, 1, doubled while a backlog stands, and held at 1 for five
+	 * seconds after its loop blocked (docs/groups.md, "One connection per
+	 * pass"). A look at stuck siblings takes no more than this cap
+	 * either (docs/groups.md, "A thief takes what its own accepts may
+	 * take in a pass"). */
 	unsigned int max_accepts_per_wakeup;
 	/* Back-off cap (ms) while descriptors are exhausted. 0: 250 ms. */
 	unsigned int backoff_max_ms;

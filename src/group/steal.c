@@ -239,13 +239,14 @@ static void steal_scan(struct evsteer_listener *lev, bool all)
 	/* A wake-up looks at STEAL_WINDOW siblings, from where this
 	 * member's last look stopped: with 1,024 workers in a process a look
 	 * at all of them on every wake-up would cost more than the accept.
-	 * A poke (the stall watch found a stuck sibling) looks at all. */
+	 * A poke (the stall watch found a stuck sibling, or a look of ours
+	 * stopped at the cap) looks at all, from the sibling it last took
+	 * from: a queue taken one pass at a time is not a scan per
+	 * connection. */
 	unsigned int look = all || nslots <= STEAL_WINDOW ? nslots : STEAL_WINDOW;
-	unsigned int from = 0;
-	if (look < nslots && lev->ms) {
-		from = lev->ms->steal_from % nslots;
+	unsigned int from = lev->ms && nslots ? lev->ms->steal_from % nslots : 0;
+	if (look < nslots && lev->ms)
 		lev->ms->steal_from = from + look;
-	}
 	for (unsigned int k = 0; k < look && budget > 0; k++) {
 		unsigned int i = from + k < nslots ? from + k : from + k - nslots;
 		if (i == lev->slot)
@@ -287,6 +288,8 @@ static void steal_scan(struct evsteer_listener *lev, bool all)
 			__atomic_fetch_add(&evst_shared_info_of(g->sh, w)->stalls,
 					   1, __ATOMIC_RELAXED);
 		note_run_delay(g, i, w, prog);
+		if (lev->ms)
+			lev->ms->steal_from = i; /* the next look starts here */
 		int n = evst_listener_is_direct(lev) ?
 				steal_direct(lev, g, i, w, budget) :
 				steal_fds(lev, g, i, w, budget, until);

@@ -23,9 +23,10 @@
  *
  * The longest a connection waits on a stuck worker is therefore about
  * stall_ns + stall_ns (one tick) + the time the healthy sibling needs to
- * run, whoever else is awake; and, where that sibling's own queue has
- * waited too, stall_ns longer than it (evst_shared_worth_taking: only a
- * theft that shortens a wait).
+ * run, whoever else is awake, and one pass of it for each connection
+ * ahead in the stuck worker's queue (a thief takes a pass's cap: steal.c);
+ * and, where that sibling's own queue has waited too, stall_ns longer than
+ * it (evst_shared_worth_taking: only a theft that shortens a wait).
  *
  * Lock: W.lock guards the list and is held for a whole tick. The tick
  * reads shared counters and writes eventfds only, so evst_watch_remove()
