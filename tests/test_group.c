@@ -1579,6 +1579,31 @@ static void slow_cb(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
 	tl_srv_accept_cb(lev, fd, sa, len, arg);
 }
 
+/* n clients, each steered to worker 0 (the cpu policy sends every CPU's
+ * there) and queued on its socket while its loop does not run; then past
+ * the fixture's 100 ms threshold. */
+static void queue_on_stuck_worker0(struct fx *f, int *c, int n)
+{
+	tl_steer_all_to(f->g, 0);
+	for (int i = 0; i < n; i++)
+		c[i] = client(f);
+	/* (a connect slower than the threshold would have gone to worker 1) */
+	assert_int_equal(wstats(f, 0).steered, (uint64_t)n);
+	tl_wait_queued(evsteer_group_get_fd(f->g, 0), n);
+	usleep(150000);
+}
+
+/* Worker 1 has taken all n of worker 0's, every one a theft; closes. */
+static void all_stolen_from_worker0(struct fx *f, int *c, int n)
+{
+	struct evsteer_worker_stats s0 = wstats(f, 0);
+	assert_int_equal(s0.stolen_from, (uint64_t)n);
+	assert_int_equal(s0.pending, 0);
+	assert_int_equal(f->w[0].s.n, 0);
+	tl_close_n(c, n);
+	fx_close(f);
+}
+
 static void theft_in_half_threshold(enum evsteer_accept_mode engine,
 				    int most)
 {
@@ -1595,14 +1620,8 @@ static void theft_in_half_threshold(enum evsteer_accept_mode engine,
 		unsetenv("EVSTEER_MAX_ACCEPTS");
 	free(saved);
 	evsteer_listener_set_cb(f.w[1].s.lev, slow_cb, &f.w[1].s);
-	tl_steer_all_to(f.g, 0);
 	int c[30];
-	for (int i = 0; i < 30; i++)
-		c[i] = client(&f);
-	/* (a connect slower than the threshold would have gone to worker 1) */
-	assert_int_equal(wstats(&f, 0).steered, 30);
-	tl_wait_queued(evsteer_group_get_fd(f.g, 0), 30);
-	usleep(150000);
+	queue_on_stuck_worker0(&f, c, 30);
 	/* the stall watch has poked worker 1: its next pass is the theft
 	 * (passes before it, if any, deliver nothing) */
 	assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n, 1));
@@ -1611,12 +1630,7 @@ static void theft_in_half_threshold(enum evsteer_accept_mode engine,
 	assert_true(first >= 1);
 	assert_true(first <= most);
 	assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n, 30));
-	struct evsteer_worker_stats s0 = wstats(&f, 0);
-	assert_int_equal(s0.stolen_from, 30);
-	assert_int_equal(s0.pending, 0);
-	assert_int_equal(f.w[0].s.n, 0);
-	tl_close_n(c, 30);
-	fx_close(&f);
+	all_stolen_from_worker0(&f, c, 30);
 }
 
 static void test_theft_in_half_threshold(void **state)
@@ -1651,14 +1665,8 @@ static void theft_one_per_pass(enum evsteer_accept_mode engine, int most)
 	struct fx f;
 	fx_open_accept(&f, 2, EVSTEER_POLICY_CPU, 100000, EVSTEER_BPF_REQUIRE,
 		       true, engine);
-	tl_steer_all_to(f.g, 0);
 	int c[6];
-	for (int i = 0; i < 6; i++)
-		c[i] = client(&f);
-	assert_int_equal(wstats(&f, 0).steered, 6);
-	if (engine == EVSTEER_ACCEPT_EVENT)
-		tl_wait_queued(evsteer_group_get_fd(f.g, 0), 6);
-	usleep(150000);
+	queue_on_stuck_worker0(&f, c, 6);
 	/* the first theft: the stall watch's poke wakes worker 1 */
 	assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n, 1));
 	int got[12] = {f.w[1].s.n};
@@ -1680,12 +1688,7 @@ static void theft_one_per_pass(enum evsteer_accept_mode engine, int most)
 	assert_int_equal(f.w[1].s.n, 6);
 	for (int i = 0; i < passes; i++)
 		assert_true(got[i] >= 1 && got[i] <= most);
-	struct evsteer_worker_stats s0 = wstats(&f, 0);
-	assert_int_equal(s0.stolen_from, 6);
-	assert_int_equal(s0.pending, 0);
-	assert_int_equal(f.w[0].s.n, 0);
-	tl_close_n(c, 6);
-	fx_close(&f);
+	all_stolen_from_worker0(&f, c, 6);
 }
 
 static void test_theft_one_per_pass_event(void **state)
