@@ -334,6 +334,9 @@ struct evst_member_ops {
 	 * loop blocked lately? (evst_accept_cap) */
 	enum evst_takers (*takers)(const struct evsteer_listener *lev,
 				   uint64_t now);
+	/* Loop thread, lev live: how many events of lev's loop are the
+	 * member's own (evst_accept_alone). */
+	unsigned int (*base_events)(const struct evsteer_listener *lev);
 	/* lev's lock held: give what lev's engine accepted and never
 	 * delivered to live siblings (evst_group_handoff); how many taken. */
 	unsigned int (*handoff)(struct evsteer_listener *lev,
@@ -417,6 +420,11 @@ EVST_HIDDEN bool evst_queue_watched(const struct evsteer_listener *lev);
  * or found nothing more (drained). */
 EVST_HIDDEN unsigned int evst_accept_cap(struct evsteer_listener *lev,
 					 uint64_t now);
+/* Lock held, loop thread, a member's pass at its cap after a delivery:
+ * does lev's loop hold no event but own of its engine's and the member's?
+ * Then the pass may take one more (listener.c). */
+EVST_HIDDEN bool evst_accept_alone(struct evsteer_listener *lev,
+				   unsigned int own);
 EVST_HIDDEN void evst_accept_more(struct evsteer_listener *lev);
 EVST_HIDDEN void evst_accept_drained(struct evsteer_listener *lev);
 /*

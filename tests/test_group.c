@@ -52,6 +52,8 @@ struct fx {
 	int n;
 	struct sockaddr_storage addr;
 	socklen_t len;
+	struct event *app_ev; /* fx_app_event */
+	int app_sp[2];
 };
 
 /* n workers; each on its own base when separate, else all on w[0].base;
@@ -87,8 +89,38 @@ static void fx_open(struct fx *f, int n, enum evsteer_policy policy,
 		       EVSTEER_ACCEPT_AUTO);
 }
 
+static void never_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	fail_msg("the application's idle connection was never written to");
+}
+
+/*
+ * An event of the application's in worker 0's loop: an idle connection of
+ * its own, never ready. One connection per pass is for such events (they
+ * would run between two accepts); a loop that holds none but the
+ * listener's takes more in a pass (alone_in_the_loop).
+ */
+static void fx_app_event(struct fx *f)
+{
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				    f->app_sp),
+			 0);
+	f->app_ev = event_new(f->w[0].base, f->app_sp[0], EV_READ | EV_PERSIST,
+			      never_cb, NULL);
+	assert_non_null(f->app_ev);
+	assert_int_equal(event_add(f->app_ev, NULL), 0);
+}
+
 static void fx_close(struct fx *f)
 {
+	if (f->app_ev) {
+		event_free(f->app_ev);
+		close(f->app_sp[0]);
+		close(f->app_sp[1]);
+	}
 	for (int i = 0; i < f->n; i++)
 		evsteer_listener_free(f->w[i].s.lev);
 	evsteer_group_free(f->g);
@@ -615,8 +647,9 @@ static void accept_after_busy_pass(enum evsteer_accept_mode engine)
 }
 
 /*
- * One connection per pass: of two queued on worker 0, a pass of its loop
- * delivers one and leaves the other queued, pending to the steering. When
+ * One connection per pass: of two queued on worker 0 (whose loop holds an
+ * event of the application's), a pass of its loop delivers one and leaves
+ * the other queued, pending to the steering. When
  * the next pass runs long (a timer that blocks until worker 1 has served a
  * connection, bounded), worker 1 takes the one left. Before, the first
  * pass took both, and the second waited in worker 0's hands for the
@@ -630,6 +663,7 @@ static void one_per_pass(enum evsteer_accept_mode engine)
 	/* 200 ms, as in accept_after_busy_pass */
 	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 200000,
 		       EVSTEER_BPF_REQUIRE, true, engine);
+	fx_app_event(&f);
 	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
 	int c[8];
 	int n = until_worker0_has(&f, c, 6, 2);
@@ -669,7 +703,8 @@ static void test_one_per_pass_uring(void **state)
  * A standing backlog: one per pass would cost a poll of the loop per
  * connection, so each pass that stops at the cap with more queued doubles
  * it, and a pass that finds the queue empty sets it back to one. 14 queued
- * on worker 0 (its loop not running): the event engine's passes deliver
+ * on worker 0 (its loop not running; an event of the application's in
+ * it: fx_app_event): the event engine's passes deliver
  * 1, 2, 4 and the 7 left (finding the queue empty); of the next 2 queued
  * a pass takes one. The ring's passes see what its accepts have completed
  * so far: the first takes one, and all 14 come in far fewer than 14.
@@ -695,6 +730,7 @@ static void backlog_doubles(enum evsteer_accept_mode engine)
 	/* 5 s: worker 0 must not look stalled while its queue fills */
 	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 5000000,
 		       EVSTEER_BPF_REQUIRE, true, engine);
+	fx_app_event(&f);
 	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
 	int lfd = evsteer_group_get_fd(f.g, 0);
 	int c[48];
@@ -755,6 +791,97 @@ static void test_backlog_doubles_uring(void **state)
 }
 
 /*
+ * One per pass is for the loop's other events. A loop that holds none but
+ * the listener's (a callback that serves each connection itself, or hands
+ * it to another thread) has nothing to run between two accepts: the event
+ * engine's pass takes what is queued, one accept4() a connection (14 in
+ * one pass, where backlog_doubles, with an event of the application's,
+ * takes 4 passes). A callback that adds an event of its own for the
+ * connection (a bufferevent) ends such a pass: of 4 queued then, the
+ * first pass delivers one. (The ring's passes stay one per pass: what it
+ * runs for the application, its I/O in direct mode, libevent does not
+ * count.)
+ */
+struct keeper {
+	struct event *ev[8];
+	int fd[8];
+	int n;
+};
+
+static void keep_cb(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
+		    int len, void *arg)
+{
+	struct keeper *k = arg;
+	(void)lev;
+	(void)sa;
+	(void)len;
+	assert_true(k->n < 8);
+	k->fd[k->n] = fd;
+	k->ev[k->n] = event_new(evsteer_listener_get_base(lev), fd,
+				EV_READ | EV_PERSIST, never_cb, NULL);
+	assert_non_null(k->ev[k->n]);
+	assert_int_equal(event_add(k->ev[k->n], NULL), 0);
+	k->n++;
+}
+
+static int passes_of_keeper(struct fx *f, struct keeper *k, int want,
+			    int *got, int max)
+{
+	int passes = 0;
+	for (int i = 0; i < 200 && k->n < want && passes < max; i++) {
+		int before = k->n;
+		event_base_loop(f->w[0].base, EVLOOP_ONCE);
+		if (k->n > before)
+			got[passes++] = k->n - before;
+	}
+	return passes;
+}
+
+static void test_alone_in_the_loop(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	struct fx f;
+	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 5000000,
+		       EVSTEER_BPF_REQUIRE, true, EVSTEER_ACCEPT_EVENT);
+	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
+	int lfd = evsteer_group_get_fd(f.g, 0);
+	int c[48];
+	int n = until_worker0_has(&f, c, 34, 14);
+	assert_int_equal(wstats(&f, 0).steered, 14);
+	tl_wait_queued(lfd, 14);
+	atomic_store(&accept4_calls, 0);
+	atomic_store(&accept4_fd, lfd);
+	int got[20];
+	int passes = passes_until(&f, 14, got, 20);
+	int calls = atomic_load(&accept4_calls);
+	print_message("alone: %d passes, the first delivered %d of 14, "
+		      "accept4() called %d times\n", passes, got[0], calls);
+	assert_int_equal(passes, 1);
+	assert_int_equal(got[0], 14);
+	assert_int_equal(calls, 14);
+	atomic_store(&accept4_fd, -1);
+
+	/* the callback keeps each connection with an event of its own */
+	struct keeper k = {.n = 0};
+	evsteer_listener_set_cb(f.w[0].s.lev, keep_cb, &k);
+	n += until_worker0_has(&f, c + n, 12, 18);
+	tl_wait_queued(lfd, 4);
+	passes = passes_of_keeper(&f, &k, 4, got, 8);
+	print_message("with an event a connection: %d passes, the first "
+		      "delivered %d of 4\n", passes, got[0]);
+	assert_int_equal(k.n, 4);
+	assert_int_equal(got[0], 1);
+	assert_true(passes >= 2);
+	for (int i = 0; i < k.n; i++) {
+		event_free(k.ev[i]);
+		close(k.fd[i]);
+	}
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
+/*
  * After its loop blocked (a pass of 10 ms or more, from which a sibling
  * took the queue), a member accepts one connection per pass for five
  * seconds whatever stands queued: a program that blocked once likely blocks
@@ -770,6 +897,7 @@ static void blocked_one_per_pass(enum evsteer_accept_mode engine)
 	struct fx f;
 	fx_open_accept(&f, 2, EVSTEER_POLICY_ROUND_ROBIN, 200000,
 		       EVSTEER_BPF_REQUIRE, true, engine);
+	fx_app_event(&f);
 	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
 	int lfd = evsteer_group_get_fd(f.g, 0);
 	int c[40];
@@ -2052,6 +2180,7 @@ int main(void)
 		cmocka_unit_test(test_one_per_pass_uring),
 		cmocka_unit_test(test_backlog_doubles_event),
 		cmocka_unit_test(test_backlog_doubles_uring),
+		cmocka_unit_test(test_alone_in_the_loop),
 		cmocka_unit_test(test_blocked_one_per_pass_event),
 		cmocka_unit_test(test_blocked_one_per_pass_uring),
 		cmocka_unit_test(test_theft_one_per_pass_event),

@@ -119,8 +119,9 @@ struct evsteer_listener_opts {
 	 * member of a group with stall detection and another socket in this
 	 * process, 1, doubled while a backlog stands, and held at 1 for five
 	 * seconds after its loop blocked (docs/groups.md, "One connection per
-	 * pass"). A look at stuck siblings takes no more than this cap
-	 * either (docs/groups.md, "A thief takes what its own accepts may
+	 * pass"); on the event engine, past that one at a time up to 128
+	 * while its loop holds no event but the listener's. A look at stuck
+	 * siblings takes no more than this cap either (docs/groups.md, "A thief takes what its own accepts may
 	 * take in a pass"). */
 	unsigned int max_accepts_per_wakeup;
 	/* Back-off cap (ms) while descriptors are exhausted. 0: 250 ms. */

@@ -12,7 +12,10 @@
  *
  * How many a pass takes is evst_accept_cap()'s: the option, else 128, or
  * for a member with a sibling socket in this process one connection per
- * pass, doubled while a backlog stands (listener.c).
+ * pass, doubled while a backlog stands (listener.c). A member's pass goes
+ * on past that cap, one at a time up to 128, while the loop holds no event
+ * but the listener's own (evst_accept_alone): then nothing of the
+ * application's can run between two accepts, and a poll would only cost.
  *
  * A member of a group with stall detection accepts in a pass of its own,
  * made active from the socket's read event, so it runs after the events
@@ -104,6 +107,13 @@ static void accept_loop(struct evsteer_listener *lev)
 		if (evst_queue_counted_empty(lev)) {
 			evst_accept_drained(lev);
 			return;
+		}
+		/* at the cap with nothing else in the loop: one more, and the
+		 * heartbeat moves on with each (evst_accept_alone) */
+		if (n + 1 == cap && cap < EVSTEER_DEFAULT_MAX_ACCEPTS &&
+		    evst_accept_alone(lev, 1)) {
+			cap++;
+			now = evst_now_ns();
 		}
 	}
 	evst_count(lev, capped_wakeups);

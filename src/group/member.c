@@ -232,10 +232,11 @@ static void member_sync_live(struct evsteer_listener *lev)
 	 * the loop running, as libevent's does not (noblock: see stop) */
 	if (!live) {
 		event_del_noblock(ms->poke_ev);
+		ms->poke_added = false;
 		evst_watch_remove(&ms->watch);
 		return;
 	}
-	event_add(ms->poke_ev, NULL);
+	ms->poke_added = event_add(ms->poke_ev, NULL) == 0;
 	if (!ms->watch.on && lev->ws && evst_shared_stall_ns(g->sh)) {
 		ms->watch.classic = evst_shared_cbpf(g->sh);
 		ms->watch.group = g;
@@ -255,8 +256,16 @@ static void member_stop(struct evsteer_listener *lev)
 static void member_quiesce(struct evsteer_listener *lev)
 {
 	/* a poke callback on another thread finishes first */
-	if (lev->ms)
+	if (lev->ms) {
 		event_del_block(lev->ms->poke_ev);
+		lev->ms->poke_added = false;
+	}
+}
+
+/* the poke event, in the loop while the member is live (member_sync_live) */
+static unsigned int member_base_events(const struct evsteer_listener *lev)
+{
+	return lev->ms && lev->ms->poke_added ? 1 : 0;
 }
 
 static void member_steering(const struct evsteer_listener *lev,
@@ -437,6 +446,7 @@ const struct evst_member_ops evst_group_member = {
 	.steal = evst_steal_stuck,
 	.watched = evst_steal_watched,
 	.takers = evst_steal_takers,
+	.base_events = member_base_events,
 	.handoff = evst_steal_handoff,
 	.leave = member_leave,
 	.forget = member_forget,
