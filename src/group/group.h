@@ -79,7 +79,6 @@ struct evsteer_group {
 struct evst_member_state {
 	int poke_fd;
 	struct event *poke_ev;
-	bool poke_added; /* poke_ev is in the loop (member_base_events) */
 	struct evst_watched watch;
 	/* classic BPF: connections a leaving sibling's socket had queued,
 	 * handed here (steal.c) and delivered by the poke, in order */

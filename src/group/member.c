@@ -232,11 +232,10 @@ static void member_sync_live(struct evsteer_listener *lev)
 	 * the loop running, as libevent's does not (noblock: see stop) */
 	if (!live) {
 		event_del_noblock(ms->poke_ev);
-		ms->poke_added = false;
 		evst_watch_remove(&ms->watch);
 		return;
 	}
-	ms->poke_added = event_add(ms->poke_ev, NULL) == 0;
+	event_add(ms->poke_ev, NULL);
 	if (!ms->watch.on && lev->ws && evst_shared_stall_ns(g->sh)) {
 		ms->watch.classic = evst_shared_cbpf(g->sh);
 		ms->watch.group = g;
@@ -256,16 +255,15 @@ static void member_stop(struct evsteer_listener *lev)
 static void member_quiesce(struct evsteer_listener *lev)
 {
 	/* a poke callback on another thread finishes first */
-	if (lev->ms) {
+	if (lev->ms)
 		event_del_block(lev->ms->poke_ev);
-		lev->ms->poke_added = false;
-	}
 }
 
-/* the poke event, in the loop while the member is live (member_sync_live) */
+/* the poke event, in the loop while the member is live (member_sync_live;
+ * asked of libevent: an event_add() can fail) */
 static unsigned int member_base_events(const struct evsteer_listener *lev)
 {
-	return lev->ms && lev->ms->poke_added ? 1 : 0;
+	return lev->ms && event_pending(lev->ms->poke_ev, EV_READ, NULL) ? 1 : 0;
 }
 
 static void member_steering(const struct evsteer_listener *lev,
