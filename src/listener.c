@@ -595,8 +595,8 @@ unsigned int evst_accept_cap(struct evsteer_listener *lev, uint64_t now)
  * accept comes after that either way, and what is still queued meanwhile
  * stays the siblings' to take. A pass of the loop in between would only
  * cost a poll per connection: at 64 connections in flight on the bench
- * server with 50 us of work, 0.43 epoll_wait() a connection and ~4% of
- * its CPU (bench/JOURNAL.md, "Alone in the loop"). libevent 2.1 counts an
+ * server, 0.43 epoll_wait() a connection without work and ~4% of its CPU
+ * with 50 us (bench/JOURNAL.md, "Alone in the loop"). libevent 2.1 counts an
  * event that is added (and once more while it is active: asked for too,
  * so that this holds where it did not) and the virtual ones that keep a
  * loop alive; one active in this pass is another's. The count is read
