@@ -711,16 +711,26 @@ static void test_one_per_pass_uring(void **state)
  * The event engine knows the queue is empty from the program's count: one
  * accept4() per connection, none that finds EAGAIN (before: 18 for 16).
  */
-static int passes_until(struct fx *f, int want, int *got, int max)
+/* Passes of base's loop (flags: EVLOOP_ONCE, and NONBLOCK for passes that
+ * do not wait) until *count, what the callback counts, reaches want, or
+ * max passes delivered: got[] what each delivered. */
+static int passes_counting(struct event_base *base, const int *count,
+			   int want, int *got, int max, int flags)
 {
 	int passes = 0;
-	for (int i = 0; i < 200 && f->w[0].s.n < want && passes < max; i++) {
-		int before = f->w[0].s.n;
-		event_base_loop(f->w[0].base, EVLOOP_ONCE);
-		if (f->w[0].s.n > before)
-			got[passes++] = f->w[0].s.n - before;
+	for (int i = 0; i < 200 && *count < want && passes < max; i++) {
+		int before = *count;
+		event_base_loop(base, flags);
+		if (*count > before)
+			got[passes++] = *count - before;
 	}
 	return passes;
+}
+
+static int passes_until(struct fx *f, int want, int *got, int max)
+{
+	return passes_counting(f->w[0].base, &f->w[0].s.n, want, got, max,
+			       EVLOOP_ONCE);
 }
 
 static void backlog_doubles(enum evsteer_accept_mode engine)
@@ -824,19 +834,6 @@ static void keep_cb(struct evsteer_listener *lev, int fd, struct sockaddr *sa,
 	k->n++;
 }
 
-static int passes_of_keeper(struct fx *f, struct keeper *k, int want,
-			    int *got, int max)
-{
-	int passes = 0;
-	for (int i = 0; i < 200 && k->n < want && passes < max; i++) {
-		int before = k->n;
-		event_base_loop(f->w[0].base, EVLOOP_ONCE);
-		if (k->n > before)
-			got[passes++] = k->n - before;
-	}
-	return passes;
-}
-
 static void test_alone_in_the_loop(void **state)
 {
 	(void)state;
@@ -867,7 +864,7 @@ static void test_alone_in_the_loop(void **state)
 	evsteer_listener_set_cb(f.w[0].s.lev, keep_cb, &k);
 	n += until_worker0_has(&f, c + n, 12, 18);
 	tl_wait_queued(lfd, 4);
-	passes = passes_of_keeper(&f, &k, 4, got, 8);
+	passes = passes_counting(f.w[0].base, &k.n, 4, got, 8, EVLOOP_ONCE);
 	print_message("with an event a connection: %d passes, the first "
 		      "delivered %d of 4\n", passes, got[0]);
 	assert_int_equal(k.n, 4);
@@ -1801,16 +1798,11 @@ static void theft_one_per_pass(enum evsteer_accept_mode engine, int most)
 	/* the first theft: the stall watch's poke wakes worker 1 */
 	assert_true(tl_loop_until(f.w[1].base, &f.w[1].s.n, 1));
 	int got[12] = {f.w[1].s.n};
-	int passes = 1;
 	/* the rest: a look that stopped at the cap poked its own loop, so
 	 * passes that do not wait take one each (the watch's next poke is
 	 * 50 ms away: without the thief's own, these would take nothing) */
-	for (int i = 0; i < 50 && f.w[1].s.n < 6 && passes < 12; i++) {
-		int before = f.w[1].s.n;
-		event_base_loop(f.w[1].base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-		if (f.w[1].s.n > before)
-			got[passes++] = f.w[1].s.n - before;
-	}
+	int passes = 1 + passes_counting(f.w[1].base, &f.w[1].s.n, 6, got + 1,
+					 11, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 	char line[64] = "";
 	for (int i = 0; i < passes; i++)
 		snprintf(line + strlen(line), sizeof(line) - strlen(line),
