@@ -11,6 +11,8 @@
 #include <evsteer/evsteer.h>
 #include <event2/util.h>
 
+struct event; /* event2/event.h: the engines and listener.c include it */
+
 struct evst_worker;
 struct evsteer_uring;
 
@@ -421,10 +423,10 @@ EVST_HIDDEN bool evst_queue_watched(const struct evsteer_listener *lev);
 EVST_HIDDEN unsigned int evst_accept_cap(struct evsteer_listener *lev,
 					 uint64_t now);
 /* Lock held, loop thread, a member's pass at its cap after a delivery:
- * does lev's loop hold no event but own of its engine's and the member's?
- * Then the pass may take one more (listener.c). */
+ * does lev's loop hold no event but the engine's ev (its socket's) and the
+ * member's? Then the pass may take one more (listener.c). */
 EVST_HIDDEN bool evst_accept_alone(struct evsteer_listener *lev,
-				   unsigned int own);
+				   const struct event *ev);
 EVST_HIDDEN void evst_accept_more(struct evsteer_listener *lev);
 EVST_HIDDEN void evst_accept_drained(struct evsteer_listener *lev);
 /*

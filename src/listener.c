@@ -589,7 +589,8 @@ unsigned int evst_accept_cap(struct evsteer_listener *lev, uint64_t now)
  * accepted now would otherwise wait behind them in the application's
  * hands (an evhttp request behind a handler that blocks), where left
  * queued a sibling can take it. A loop with no event but ours (the
- * engine's own, the member's poke: own counts them) has nothing to run
+ * engine's socket, the member's poke: asked of libevent, since an
+ * event_add() can fail) has nothing to run
  * between two accepts: what the callback does with a connection it does
  * before it returns (serve it, hand it to another thread), the next
  * accept comes after that either way, and what is still queued meanwhile
@@ -604,16 +605,21 @@ unsigned int evst_accept_cap(struct evsteer_listener *lev, uint64_t now)
  * the connection) ends the pass. The window after a block is no
  * exception: its cap of one is for the loop's other events too.
  */
-bool evst_accept_alone(struct evsteer_listener *lev, unsigned int own)
+bool evst_accept_alone(struct evsteer_listener *lev, const struct event *ev)
 {
 	if (lev->max_accepts || !lev->member)
 		return false;
-	own += lev->member->base_events(lev);
-	return event_base_get_num_events(lev->base,
-					 EVENT_BASE_COUNT_ADDED |
-						 EVENT_BASE_COUNT_ACTIVE |
-						 EVENT_BASE_COUNT_VIRTUAL) <=
-	       (int)own;
+	int n = event_base_get_num_events(lev->base, EVENT_BASE_COUNT_ADDED |
+							     EVENT_BASE_COUNT_ACTIVE |
+							     EVENT_BASE_COUNT_VIRTUAL);
+	/* more than ours could be (2: the socket's and the poke's), as in a
+	 * loop with its connections' events at each capped pass: no need to
+	 * ask which are ours */
+	if (n > 2)
+		return false;
+	unsigned int own = lev->member->base_events(lev) +
+			   (event_pending(ev, EV_READ, NULL) ? 1 : 0);
+	return n <= (int)own;
 }
 
 void evst_accept_more(struct evsteer_listener *lev)

@@ -59,14 +59,6 @@ static void start_backoff(struct evsteer_listener *lev)
 	evtimer_add(e->timer, &tv);
 }
 
-/* The engine's events in the loop: the socket's (asked of libevent: out of
- * back-off it is re-added, and an event_add() can fail); the timer has
- * fired and the pass event run by the time a pass asks. */
-static unsigned int own_events(struct evsteer_listener *lev)
-{
-	return event_pending(engine_of(lev)->ev, EV_READ, NULL) ? 1 : 0;
-}
-
 /* Lock held, reference taken. */
 static void accept_loop(struct evsteer_listener *lev)
 {
@@ -117,9 +109,11 @@ static void accept_loop(struct evsteer_listener *lev)
 			return;
 		}
 		/* at the cap with nothing else in the loop: one more, and the
-		 * heartbeat moves on with each (evst_accept_alone) */
+		 * heartbeat moves on with each (evst_accept_alone; of the
+		 * engine's events only the socket's can be in the loop now:
+		 * the timer has fired, the pass event runs) */
 		if (n + 1 == cap && cap < EVSTEER_DEFAULT_MAX_ACCEPTS &&
-		    evst_accept_alone(lev, own_events(lev))) {
+		    evst_accept_alone(lev, engine_of(lev)->ev)) {
 			cap++;
 			now = evst_now_ns();
 		}
