@@ -11,10 +11,11 @@
 Each round runs every NAME once, in order: the evhttp server (T threads, 2
 by default; built against libevent only) on a free port, driven by
 `wrk -t2 -cN -dSECONDS -H 'Connection: close' --latency` (N = 32 by
-default), so that every request is a new connection. The server's CPU
-comes from /proc/PID/task/*/schedstat. Prints each round, then per NAME the
-medians of requests/s, server CPU per request and wrk's p99, and the
-medians of their ratios to the first NAME's run of the same round.
+default; -t1 at N = 1), so that every request is a new connection. The
+server's CPU comes from /proc/PID/task/*/schedstat. Prints each round,
+then per NAME the medians of requests/s, server CPU per request and wrk's
+p99, and the medians of their ratios to the first NAME's run of the same
+round.
 
 This is the steady `http` scenario of evsteer-bench for comparing builds
 and settings rather than implementations (bench/JOURNAL.md, "Steady evhttp
@@ -60,7 +61,8 @@ def one(spec, secs, conns, threads):
         if line != ["ready", str(port)]:
             sys.exit(f"ab_http: {spec}: the server did not start")
         c0 = cpu_s(srv.pid)  # evsteer-run execs the server: same pid
-        out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{secs}s", "-H",
+        # wrk wants no more threads than connections
+        out = subprocess.run(["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{secs}s", "-H",
                               "Connection: close", "--latency",
                               f"http://127.0.0.1:{port}/"],
                              capture_output=True, text=True,
