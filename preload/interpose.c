@@ -115,27 +115,39 @@ static bool from_evhttp(const void *ra)
  * on evhttp's sockets"). Only for protocols where the client speaks first: a
  * connection that sends nothing is handed over only when the kernel gives
  * up waiting (about that many seconds). So by default only evhttp's
- * sockets get it (HTTP_DEFER_S); EVSTEER_DEFER_ACCEPT (evsteer-run
- * --defer-accept) sets it for every group port, or 0 for none.
+ * sockets get it (HTTP_DEFER_S), and only while a thread's loop has
+ * blocked lately (the listener's defer_accept_after_block: deferring
+ * costs a loopback client a server wake-up per connection: a median of
+ * 56 us a request at 1 in flight against 37-38, bench/JOURNAL.md
+ * "Deferred accept only after a block"); EVSTEER_DEFER_ACCEPT (evsteer-run
+ * --defer-accept) sets it for good on every group port, or 0 for none.
+ * *after_block: the seconds to give the listener, 0 where the socket got
+ * it now. True if either.
  */
-static bool defer_accept(int fd, int port, bool http)
+static bool defer_accept(int fd, int port, bool http, int *after_block)
 {
 	int proto = 0, s = pl.env.defer_accept_s;
+	*after_block = 0;
 	if (s < 0)
 		s = http ? HTTP_DEFER_S : 0;
 	socklen_t len = sizeof(proto);
 	if (!s || getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 ||
 	    proto != IPPROTO_TCP)
 		return false;
+	if (pl.env.defer_accept_s < 0) {
+		*after_block = s;
+		pl_say(EVSTEER_LOG_INFO, "port %d: TCP_DEFER_ACCEPT %d s on a "
+		       "thread's socket after its loop blocks (evhttp's "
+		       "socket: HTTP's client speaks first)", port, s);
+		return true;
+	}
 	if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &s, sizeof(s)) < 0) {
 		pl_say(EVSTEER_LOG_WARN, "port %d: TCP_DEFER_ACCEPT: %s", port,
 		       strerror(errno));
 		return false;
 	}
-	pl_say(EVSTEER_LOG_INFO, "port %d: TCP_DEFER_ACCEPT %d s (%s)", port, s,
-	       pl.env.defer_accept_s < 0 ? "evhttp's socket: HTTP's "
-					   "client speaks first" :
-					   "EVSTEER_DEFER_ACCEPT");
+	pl_say(EVSTEER_LOG_INFO, "port %d: TCP_DEFER_ACCEPT %d s "
+	       "(EVSTEER_DEFER_ACCEPT)", port, s);
 	return true;
 }
 
@@ -170,14 +182,17 @@ evconnlistener_new(struct event_base *base, evconnlistener_cb cb, void *ptr,
 	if (pl.mode == MODE_ACTIVE && base && pl_is_socket(fd)) {
 		unsigned int f = known_flags(flags);
 		bool deferred = false;
+		int after_block = 0;
 		int port = group_port(fd);
 		if (port >= 0) {
 			f |= LEV_OPT_REUSEABLE_PORT;
-			deferred = defer_accept(fd, port, from_evhttp(ra));
+			deferred = defer_accept(fd, port, from_evhttp(ra),
+						&after_block);
 		}
 		/* libevent takes any socket here (a datagram one fails
 		 * every accept): so does evsteer in compat mode */
-		EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1);
+		EVSTEER_LISTENER_OPTS(o, .libevent_compat = 1,
+				      .defer_accept_after_block = after_block);
 		if (deferred)
 			deferred_policy(&o, port);
 		pl_creating(true);

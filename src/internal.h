@@ -175,6 +175,7 @@ struct evsteer_listener {
 	unsigned int max_accepts; /* the option; 0: evst_accept_cap */
 	unsigned int batch; /* a member's cap: 1, doubled under a backlog */
 	unsigned int backoff_max_ms;
+	int defer_after_block; /* TCP_DEFER_ACCEPT seconds after a block; 0 */
 	unsigned int gen; /* made in this process generation (fork) */
 
 	/* Everything below is guarded by lock (with EVSTEER_OPT_THREADSAFE). */
@@ -521,9 +522,11 @@ EVST_HIDDEN bool evst_opts_valid(const void *opts, size_t known_end,
  * evsteer.h's *_OPTS() macro names, when a field is added (the abi test
  * flags the struct change). */
 #define EVST_LISTENER_OPTS_VALID(opts)                                         \
-	EVST_OPTS_VALID(opts, struct evsteer_listener_opts, libevent_compat)
+	EVST_OPTS_VALID(opts, struct evsteer_listener_opts,                    \
+			defer_accept_after_block)
 #define EVST_GROUP_OPTS_VALID(opts)                                            \
-	EVST_OPTS_VALID(opts, struct evsteer_group_opts, accept)
+	EVST_OPTS_VALID(opts, struct evsteer_group_opts,                       \
+			defer_accept_after_block)
 /* A field, or def when it is zero or beyond the caller's sz. */
 #define EVST_OPT(opts, type, field, def)                                      \
 	(((opts) && (opts)->sz >= evst_offsetofend(type, field) &&             \

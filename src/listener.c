@@ -114,6 +114,18 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 	if ((cb.kind == EVST_CB_DIRECT) != (direct_table != 0))
 		return evst_fail_null(EINVAL);
 
+	/* TCP_DEFER_ACCEPT after a block is a TCP socket's option */
+	int defer = EVST_OPT(opts, struct evsteer_listener_opts,
+			     defer_accept_after_block, 0);
+	int proto = 0;
+	socklen_t plen = sizeof(proto);
+	if (defer && (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) < 0 ||
+		      proto != IPPROTO_TCP)) {
+		evst_warn("listener fd %d: defer_accept_after_block: not a TCP "
+			  "socket", fd);
+		return evst_fail_null(EINVAL);
+	}
+
 	/* The accept loop drains until EAGAIN: a blocking socket would hang
 	 * the whole event loop on the last accept. */
 	int fl = fcntl(fd, F_GETFL);
@@ -142,6 +154,7 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 	lev->backoff_max_ms = EVST_OPT(opts, struct evsteer_listener_opts,
 				       backoff_max_ms,
 				       EVSTEER_DEFAULT_BACKOFF_MAX_MS);
+	lev->defer_after_block = defer;
 	lev->ops = &evst_event_engine;
 	lev->direct_table = direct_table;
 	if (direct_table) /* the kernel rejects CLOEXEC for direct accept */

@@ -20,14 +20,20 @@ is no stall avoidance to test (docs: groups).
   balance  steady load from parallel clients: each thread serves a fair
            share (at least a quarter of an even one) under least-pending
            (named: the hash is the default on evhttp's sockets).
-  defer    TCP_DEFER_ACCEPT on evhttp's group sockets: by default and with
-           --defer-accept 5, a client that connects and sends nothing stays
-           in its handshake on the server (ss: SYN-RECV), not handed to
-           the program, while others are answered, and its request, once
-           sent, is answered; with --defer-accept 0 it is handed over at
-           once. Where the socket holds connections back, the group steers
-           by the program's hash (least-pending would count them as load),
-           unless --policy names a policy; without it, least-pending.
+  defer    TCP_DEFER_ACCEPT on evhttp's group sockets: with --defer-accept
+           5, a client that connects and sends nothing stays in its
+           handshake on the server (ss: SYN-RECV), not handed to the
+           program, while others are answered, and its request, once sent,
+           is answered. By default a thread's socket does so only after its
+           loop blocked: a silent client is handed over at once; then a
+           thread blocks while requests are queued on it, its sibling takes
+           them, and of 20 silent clients after that some (those steered
+           to the blocked thread's socket) stay in their handshake, and all
+           are answered once they speak. With --defer-accept 0 nothing is
+           held back, after a block either. Where a socket may hold
+           connections back, the group steers by the program's hash
+           (least-pending would count them as load), unless --policy names
+           a policy; without it, least-pending.
 
 Counts and times are bounded; nothing is asserted about speed (bench/ measures
 that). Exit 77 when BPF or io_uring is unavailable, unless EVSTEER_TEST_REQUIRE
@@ -42,6 +48,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import evtest
 from evtest import Server, check, with_port
@@ -247,57 +254,114 @@ def in_handshake(port):
 
 
 def case_defer(path, extra):
-    # (the options, deferred, the policy the path line must name: the hash
-    # where the socket holds connections back, unless --policy names one)
-    for opt, deferred, policy in (
-            ([], True, "hash"), (["--defer-accept", "5"], True, "hash"),
-            (["--defer-accept", "0"], False, "least-pending"),
-            (["--policy", "least-pending"], True, "least-pending")):
-        defer_one(path, [*opt, *extra], deferred, policy)
+    # (the options; when the sockets defer: "after-block", "always" or
+    # "never"; the policy the path line must name: the hash where a socket
+    # may hold connections back, unless --policy names one)
+    for opt, mode, policy in (
+            ([], "after-block", "hash"),
+            (["--defer-accept", "5"], "always", "hash"),
+            (["--defer-accept", "0"], "never", "least-pending"),
+            (["--policy", "least-pending"], "after-block", "least-pending")):
+        defer_one(path, [*opt, *extra], mode, policy)
 
 
-def defer_one(path, extra, deferred, policy):
+def answered(c, what):
+    """Send a request on connected socket c; check that it is answered."""
+    c.sendall(b"GET /thread HTTP/1.0\r\n\r\n")
+    got = b""
+    while True:
+        b = c.recv(4096)
+        if not b:
+            break
+        got += b
+    check(got.startswith(b"HTTP/1.") and b" 200 " in got.split(b"\r\n")[0],
+          f"{what}: got {got[:80]!r}")
+
+
+SAID = {"after-block": "on a thread's socket after its loop blocks",
+        "always": "(EVSTEER_DEFER_ACCEPT)"}
+
+
+def defer_one(path, extra, mode, policy):
     what = " ".join(extra[:2]) if extra[:1] in (["--defer-accept"],
                                                ["--policy"]) else "default"
-    h = Http(path, extra)
-    silent = None
+    r, w = os.pipe()
+    h = Http(path, extra, block_fd=r)
+    os.close(r)
+    silent = []
+    held = 0
     try:
-        said = [l for l in h.s.err if "TCP_DEFER_ACCEPT" in l]
-        check(bool(said) == deferred,
+        said = [l for l in h.s.err if re.search(r"port \d+: TCP_DEFER_ACCEPT", l)]
+        check(len(said) == (0 if mode == "never" else 2) and
+              all(SAID[mode] in l for l in said),
               f"{what}: the log says {said!r}")
         named = {m for l in h.s.err
                  for m in re.findall(r"path \S+ \(bpf steering, policy (\S+),", l)}
         check(named == {policy},
               f"{what}: the path lines name policy {named}, not {policy}")
-        silent = socket.create_connection(("127.0.0.1", h.port),
-                                          timeout=REQ_TIMEOUT)
-        if deferred:
+        # before any block only --defer-accept N defers
+        always = 1 if mode == "always" else 0
+        silent.append(socket.create_connection(("127.0.0.1", h.port),
+                                               timeout=REQ_TIMEOUT))
+        if always:
             # the client's side is up; the server's waits for its bytes
             check(in_handshake(h.port) == 1,
                   f"{what}: {in_handshake(h.port)} connections in their "
                   "handshake, not 1: TCP_DEFER_ACCEPT not set?")
         for i in range(20):
             thread_of(h.port, f"request {i} beside a silent client")
-        check(in_handshake(h.port) == (1 if deferred else 0),
+        check(in_handshake(h.port) == always,
               f"{what}: {in_handshake(h.port)} in their handshake after 20 "
-              f"requests (deferred: {deferred})")
-        silent.sendall(b"GET /thread HTTP/1.0\r\n\r\n")
-        got = b""
-        while True:
-            b = silent.recv(4096)
-            if not b:
-                break
-            got += b
-        check(got.startswith(b"HTTP/1.") and b" 200 " in got.split(b"\r\n")[0],
-              f"{what}: the once silent client got {got[:80]!r}")
+              f"requests ({mode})")
+        answered(silent.pop(), f"{what}: the once silent client")
         check(in_handshake(h.port) == 0, f"{what}: a handshake left")
+        if mode != "always":
+            # a thread blocks while connections are queued on it; a
+            # sibling takes them, and its next pass finds it blocked
+            blocker, stuck = block_a_thread(h)
+            for i in range(20):
+                t = thread_of(h.port, f"request {i} while thread {stuck} "
+                              "is blocked")
+                check(t != stuck, f"request {i} answered by the blocked "
+                      f"thread {t}")
+            # A block is a pass away 10 ms or more since the loop's last
+            # sign of life, and a connection steered to an idle worker
+            # restarts that clock (the program's probe of one stolen
+            # from): 50 ms with no connection at all before the release
+            # make the gap a block's, wherever the last one went.
+            time.sleep(0.05)
+            release(blocker, w)
+            thread_of(h.port, "after the release")
+            if mode == "after-block":
+                h.s.wait_for(r"its loop blocked: TCP_DEFER_ACCEPT", "err")
+            # 20 silent clients, steered over both sockets
+            for i in range(20):
+                silent.append(socket.create_connection(
+                    ("127.0.0.1", h.port), timeout=REQ_TIMEOUT))
+            for i in range(20):
+                thread_of(h.port, f"request {i} beside silent clients")
+            held = in_handshake(h.port)
+            if mode == "after-block":
+                # the blocked thread's socket holds them back, the
+                # other's does not (2^-20: none hashed to the first)
+                check(0 < held < 20, f"{what}: {held} of 20 silent clients "
+                      "in their handshake after a block")
+            else:
+                check(held == 0, f"{what}: {held} silent clients in their "
+                      "handshake after a block")
+            while silent:
+                answered(silent.pop(), f"{what}: a silent client")
+            check(in_handshake(h.port) == 0, f"{what}: a handshake left")
     finally:
-        if silent:
-            silent.close()
+        os.close(w)
+        for c in silent:
+            c.close()
         served = h.stop()
     print(f"{path}: defer ({what}): a silent client "
-          f"{'stayed in its handshake' if deferred else 'was handed over'} "
-          f"through 20 requests, then its own was answered; served {served}")
+          f"{'stayed in its handshake' if always else 'was handed over'} "
+          f"through 20 requests, then its own was answered" +
+          (f"; after a block {held} of 20 silent clients stayed in their "
+           "handshake" if mode != "always" else "") + f"; served {served}")
 
 
 CASES = {"stall": case_stall, "back": case_back, "balance": case_balance,

@@ -13,7 +13,9 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <netinet/ip.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,17 +60,14 @@ struct fx {
 
 /* n workers; each on its own base when separate, else all on w[0].base;
  * accept: the engine (fx_open: the default) */
-static void fx_open_accept(struct fx *f, int n, enum evsteer_policy policy,
-			   int stall_us, enum evsteer_bpf_mode mode,
-			   bool separate, enum evsteer_accept_mode accept)
+static void fx_open_opts(struct fx *f, int n, const struct evsteer_group_opts *o,
+			 bool separate)
 {
 	memset(f, 0, sizeof(*f));
 	f->n = n;
 	f->len = tl_addr_loopback(AF_INET, &f->addr);
-	EVSTEER_GROUP_OPTS(o, .policy = policy, .stall_us = stall_us, .bpf = mode,
-			   .accept = accept);
 	f->g = evsteer_group_new((struct sockaddr *)&f->addr, f->len, (unsigned)n,
-				 EVSTEER_OPT_REUSEABLE, -1, &o);
+				 EVSTEER_OPT_REUSEABLE, -1, o);
 	assert_non_null(f->g);
 	f->len = tl_sockname(evsteer_group_get_fd(f->g, 0), &f->addr);
 	for (int i = 0; i < n; i++) {
@@ -79,6 +78,15 @@ static void fx_open_accept(struct fx *f, int n, enum evsteer_policy policy,
 						     tl_srv_accept_cb, &f->w[i].s);
 		assert_non_null(f->w[i].s.lev);
 	}
+}
+
+static void fx_open_accept(struct fx *f, int n, enum evsteer_policy policy,
+			   int stall_us, enum evsteer_bpf_mode mode,
+			   bool separate, enum evsteer_accept_mode accept)
+{
+	EVSTEER_GROUP_OPTS(o, .policy = policy, .stall_us = stall_us, .bpf = mode,
+			   .accept = accept);
+	fx_open_opts(f, n, &o, separate);
 }
 
 /* The default path (auto: the event engine, BPF where it loads). */
@@ -954,6 +962,91 @@ static void test_blocked_one_per_pass_uring(void **state)
 	tl_need_bpf();
 	tl_need_uring();
 	blocked_one_per_pass(EVSTEER_ACCEPT_URING);
+}
+
+/* The seconds of TCP_DEFER_ACCEPT on worker i's socket (0: none). */
+static int deferring(struct fx *f, int i)
+{
+	int v = -1;
+	socklen_t len = sizeof(v);
+	assert_int_equal(getsockopt(evsteer_group_get_fd(f->g, (unsigned)i),
+				    IPPROTO_TCP, TCP_DEFER_ACCEPT, &v, &len),
+			 0);
+	return v;
+}
+
+static bool worker0_defers(void *arg)
+{
+	return deferring(arg, 0) > 0;
+}
+
+/*
+ * defer_accept_after_block: a member's socket defers accept (handing a
+ * connection over with its first bytes) from its loop's block on, for as
+ * long as it takes one connection per pass after it, and not before: no
+ * socket defers at first; worker 0's long pass (worker 1 takes what was
+ * queued on it), and its next pass sets TCP_DEFER_ACCEPT on worker 0's
+ * socket only; five seconds later its pass clears it.
+ */
+static void defer_after_block(enum evsteer_accept_mode engine)
+{
+	const char *name = engine == EVSTEER_ACCEPT_EVENT ? "event" : "uring";
+	struct fx f;
+	EVSTEER_GROUP_OPTS(o, .policy = EVSTEER_POLICY_ROUND_ROBIN,
+			   .stall_us = 200000, .bpf = EVSTEER_BPF_REQUIRE,
+			   .accept = engine, .defer_accept_after_block = 5);
+	fx_open_opts(&f, 2, &o, true);
+	event_base_loop(f.w[0].base, EVLOOP_NONBLOCK);
+	assert_int_equal(deferring(&f, 0), 0);
+	assert_int_equal(deferring(&f, 1), 0);
+
+	tl_log_capture_start();
+	int c[16];
+	int n = until_worker0(&f, c, 3);
+	long_pass(&f, name);
+	/* the thief's poke runs worker 0's loop: its pass after the block */
+	assert_true(tl_loop_until_fn(f.w[0].base, worker0_defers, &f));
+	uint64_t t0 = tl_now_ms();
+	print_message("%s: after the block, TCP_DEFER_ACCEPT %d on worker 0's "
+		      "socket, %d on worker 1's\n", name, deferring(&f, 0),
+		      deferring(&f, 1));
+	assert_int_equal(deferring(&f, 1), 0);
+	assert_int_equal(tl_log_capture_count("its loop blocked: "
+					      "TCP_DEFER_ACCEPT"), 1);
+
+	/* five seconds on, a connection (it speaks first) and its pass */
+	struct timespec ts = {5, 100 * 1000000L};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+	int before = f.w[0].s.n;
+	int m = until_worker0_has(&f, c + n, 8, wstats(&f, 0).steered + 1);
+	for (int i = n; i < n + m; i++)
+		assert_int_equal(write(c[i], "x", 1), 1);
+	n += m;
+	assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, before + 1));
+	print_message("%s: %llu ms later, TCP_DEFER_ACCEPT %d\n", name,
+		      (unsigned long long)(tl_now_ms() - t0), deferring(&f, 0));
+	assert_int_equal(deferring(&f, 0), 0);
+	assert_int_equal(tl_log_capture_count("five seconds without a block: "
+					      "no TCP_DEFER_ACCEPT"), 1);
+	tl_log_capture_stop();
+	tl_close_n(c, n);
+	fx_close(&f);
+}
+
+static void test_defer_after_block_event(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	defer_after_block(EVSTEER_ACCEPT_EVENT);
+}
+
+static void test_defer_after_block_uring(void **state)
+{
+	(void)state;
+	tl_need_bpf();
+	tl_need_uring();
+	defer_after_block(EVSTEER_ACCEPT_URING);
 }
 
 /*
@@ -2178,6 +2271,8 @@ int main(void)
 		cmocka_unit_test(test_alone_in_the_loop),
 		cmocka_unit_test(test_blocked_one_per_pass_event),
 		cmocka_unit_test(test_blocked_one_per_pass_uring),
+		cmocka_unit_test(test_defer_after_block_event),
+		cmocka_unit_test(test_defer_after_block_uring),
 		cmocka_unit_test(test_theft_one_per_pass_event),
 		cmocka_unit_test(test_theft_one_per_pass_uring),
 		cmocka_unit_test(test_cpu_wait_no_block),

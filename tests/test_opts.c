@@ -14,14 +14,19 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/un.h>
+
 #define offsetofend(type, field)                                               \
 	(offsetof(type, field) + sizeof(((type *)0)->field))
 
 /*
  * Every public struct with a leading sz, and its last field (the library's
  * own list is in src/internal.h). On x86_64 (LP64):
- *   evsteer_listener_opts   last field ends at 36, sizeof 40: 4 bytes of tail padding
- *   evsteer_group_opts      32 / 32
+ *   evsteer_listener_opts   last field ends at 40, sizeof 40 (36 / 40, 4 bytes of
+ *                           tail padding, before defer_accept_after_block)
+ *   evsteer_group_opts      36 / 40: 4 bytes of tail padding (32 / 32 before)
  *   evsteer_path            44 / 48: 4 bytes of tail padding
  *   evsteer_listener_stats  96 / 96
  *   evsteer_worker_stats    288 / 288 (80 / 80 before 0.3's queue wait)
@@ -31,14 +36,16 @@
 #define LAST(type, last)                                                       \
 	static_assert(sizeof(type) - offsetofend(type, last) < _Alignof(type), \
 		      #type ": is " #last " its last field?")
-LAST(struct evsteer_listener_opts, libevent_compat);
-LAST(struct evsteer_group_opts, accept);
+LAST(struct evsteer_listener_opts, defer_accept_after_block);
+LAST(struct evsteer_group_opts, defer_accept_after_block);
 LAST(struct evsteer_path, policy);
 LAST(struct evsteer_listener_stats, handed_off);
 LAST(struct evsteer_worker_stats, wait_untimed);
 
-#define END_LOPTS offsetofend(struct evsteer_listener_opts, libevent_compat)
-#define END_GOPTS offsetofend(struct evsteer_group_opts, accept)
+#define END_LOPTS                                                              \
+	offsetofend(struct evsteer_listener_opts, defer_accept_after_block)
+#define END_GOPTS                                                              \
+	offsetofend(struct evsteer_group_opts, defer_accept_after_block)
 #define END_PATH offsetofend(struct evsteer_path, policy)
 #define END_LSTATS offsetofend(struct evsteer_listener_stats, handed_off)
 #define END_WSTATS offsetofend(struct evsteer_worker_stats, wait_untimed)
@@ -99,17 +106,16 @@ static void test_layout(void **state)
 	}
 }
 
-/* sz = sizeof, a non-zero byte in the tail padding: what a newer caller's
- * field there looks like to this library. Refused, byte by byte. */
+/* A non-zero byte past the last field, in the tail padding (sz = sizeof)
+ * or in a newer caller's larger struct (sz = its size): what a field we
+ * do not know looks like to this library. Refused, byte by byte. */
 static void test_tail_padding_refused(void **state)
 {
 	(void)state;
-	size_t size = sizeof(struct evsteer_listener_opts);
-	if (END_LOPTS == size) {
-		print_message("skip: evsteer_listener_opts has no tail padding "
-			      "on this ABI\n");
-		skip();
-	}
+	struct {
+		struct evsteer_listener_opts o;
+		unsigned char future[8];
+	} w;
 	struct event_base *base = tl_base();
 	struct addr a;
 	loopback(&a);
@@ -118,15 +124,17 @@ static void test_tail_padding_refused(void **state)
 	assert_true(fd >= 0);
 
 	tl_log_capture_start();
-	for (size_t i = END_LOPTS; i < size; i++) {
-		EVSTEER_LISTENER_OPTS(o);
-		((unsigned char *)&o)[i] = 0x01;
+	for (size_t i = END_LOPTS; i < sizeof(w); i++) {
+		memset(&w, 0, sizeof(w));
+		/* the padding of our own struct, or past it */
+		w.o.sz = i < sizeof(w.o) ? sizeof(w.o) : sizeof(w);
+		((unsigned char *)&w)[i] = 0x01;
 		EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL,
 							    0, -1, a.sa, a.len,
-							    &o),
+							    &w.o),
 				  EINVAL);
 		EXPECT_NULL_ERRNO(evsteer_listener_new(base, dummy_cb, NULL, 0,
-						       -1, fd, &o),
+						       -1, fd, &w.o),
 				  EINVAL);
 		char want[128];
 		snprintf(want, sizeof(want),
@@ -134,12 +142,12 @@ static void test_tail_padding_refused(void **state)
 			 i);
 		assert_int_equal(tl_log_capture_count(want), 2);
 	}
-	/* the same struct with the padding zero is fine */
-	EVSTEER_LISTENER_OPTS(ok);
-	memset((unsigned char *)&ok + END_LOPTS, 0, size - END_LOPTS);
+	/* the same struct with those bytes zero is fine */
+	memset(&w, 0, sizeof(w));
+	w.o.sz = sizeof(w);
 	struct evsteer_listener *lev = evsteer_listener_new_bind(
 		base, dummy_cb, NULL, EVSTEER_OPT_CLOSE_ON_FREE, -1, a.sa, a.len,
-		&ok);
+		&w.o);
 	assert_non_null(lev);
 	evsteer_listener_free(lev);
 	tl_log_capture_stop();
@@ -149,8 +157,8 @@ static void test_tail_padding_refused(void **state)
 }
 
 /* A newer caller's struct, larger than ours, with an option we do not have
- * set: refused, the warning naming the struct. Group options too (no tail
- * padding on x86_64, but the byte past sizeof is the same rule). */
+ * set: refused, the warning naming the struct. Group options too (their
+ * tail padding on x86_64 and the bytes past sizeof: the same rule). */
 static void test_unknown_option_refused(void **state)
 {
 	(void)state;
@@ -297,7 +305,8 @@ new_bind_every_field(struct event_base *base, const struct addr *a,
 			      .backoff_max_ms = n, .bpf = EVSTEER_BPF_OFF,
 			      .policy = EVSTEER_POLICY_HASH, .stall_us = (int)n,
 			      .accept = EVSTEER_ACCEPT_EVENT,
-			      .libevent_compat = 1);
+			      .libevent_compat = 1,
+			      .defer_accept_after_block = (int)n);
 	for (size_t i = END_LOPTS; i < sizeof(o); i++)
 		if (((unsigned char *)&o)[i])
 			print_message("EVSTEER_LISTENER_OPTS() left 0x%02x at "
@@ -404,6 +413,61 @@ static void test_output_stops_at_last_field(void **state)
 	event_base_free(base);
 }
 
+/* defer_accept_after_block: 0-3600 seconds, on a TCP socket; nothing is
+ * deferred before a block (test_group.c, defer_after_block, has one). */
+static void test_defer_after_block_checked(void **state)
+{
+	(void)state;
+	struct event_base *base = tl_base();
+	struct addr a;
+	loopback(&a);
+	int before = tl_count_fds();
+	tl_log_capture_start();
+	int bad[] = {-1, 3601};
+	for (int i = 0; i < 2; i++) {
+		EVSTEER_LISTENER_OPTS(o, .defer_accept_after_block = bad[i]);
+		EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL,
+							    0, -1, a.sa, a.len,
+							    &o),
+				  EINVAL);
+		EVSTEER_GROUP_OPTS(g, .defer_accept_after_block = bad[i]);
+		EXPECT_NULL_ERRNO(evsteer_group_new(a.sa, a.len, 1, 0, -1, &g),
+				  EINVAL);
+	}
+	assert_int_equal(tl_log_capture_count("defer_accept_after_block -1: "
+					      "expected 0 (never) or 1-3600"),
+			 2);
+	assert_int_equal(tl_log_capture_count("defer_accept_after_block 3601"), 2);
+
+	/* a stream socket that is not TCP */
+	struct sockaddr_storage un;
+	socklen_t unlen = tl_addr_unix(&un);
+	EVSTEER_LISTENER_OPTS(o, .defer_accept_after_block = 5);
+	EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL,
+						    EVSTEER_OPT_CLOSE_ON_FREE,
+						    -1, (struct sockaddr *)&un,
+						    unlen, &o),
+			  EINVAL);
+	assert_int_equal(tl_log_capture_count("defer_accept_after_block: not a "
+					      "TCP socket"), 1);
+	unlink(((struct sockaddr_un *)&un)->sun_path);
+	tl_log_capture_stop();
+	assert_int_equal(tl_count_fds(), before);
+
+	/* TCP: made, and not deferring yet */
+	struct evsteer_listener *lev = evsteer_listener_new_bind(
+		base, dummy_cb, NULL, EVSTEER_OPT_CLOSE_ON_FREE, -1, a.sa, a.len,
+		&o);
+	assert_non_null(lev);
+	int v = -1;
+	socklen_t vl = sizeof(v);
+	assert_int_equal(getsockopt(evsteer_listener_get_fd(lev), IPPROTO_TCP,
+				    TCP_DEFER_ACCEPT, &v, &vl), 0);
+	assert_int_equal(v, 0);
+	evsteer_listener_free(lev);
+	event_base_free(base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -414,6 +478,7 @@ int main(void)
 		cmocka_unit_test(test_older_caller_defaults),
 		cmocka_unit_test(test_macro_zeroes_padding),
 		cmocka_unit_test(test_output_stops_at_last_field),
+		cmocka_unit_test(test_defer_after_block_checked),
 	};
 	return tl_run_once("opts", tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -148,6 +148,20 @@ struct evsteer_listener_opts {
 	 * EINVAL.
 	 */
 	int libevent_compat;
+	/*
+	 * For a protocol whose client speaks first (HTTP), a group member only:
+	 * seconds (1-3600) of TCP_DEFER_ACCEPT that the member's socket takes
+	 * on when its loop blocks (a pass away 10 ms or more, from which a
+	 * sibling took its queue), for as long as it accepts one connection
+	 * per pass after that (five seconds from the last block). Connections
+	 * are then handed over with their first bytes, so one accepted just
+	 * before a handler blocks is not read behind it (docs/groups.md,
+	 * "Deferred accept after a block"). Never before a block: deferring
+	 * costs a loopback client about a wake-up's time per connection, the
+	 * server no longer waking while the client writes. 0: never; socket
+	 * not TCP: EINVAL.
+	 */
+	int defer_accept_after_block;
 };
 /*
  * The *_OPTS() macros for input structs declare NAME zeroed, its padding
@@ -171,8 +185,8 @@ struct evsteer_listener_opts {
 				sizeof(evsteer_opts_init_.LAST));              \
 	})
 #define EVSTEER_LISTENER_OPTS(NAME, ...)                                       \
-	EVSTEER_OPTS_DECLARE_(evsteer_listener_opts, libevent_compat, NAME,    \
-			      __VA_ARGS__)
+	EVSTEER_OPTS_DECLARE_(evsteer_listener_opts, defer_accept_after_block, \
+			      NAME, __VA_ARGS__)
 
 /*
  * An options struct larger than this is refused (EINVAL) unread: a newer
@@ -376,10 +390,13 @@ struct evsteer_group_opts {
 	unsigned int max_accepts_per_wakeup;
 	unsigned int backoff_max_ms;
 	enum evsteer_accept_mode accept;
+	/* TCP_DEFER_ACCEPT after a block: evsteer_listener_opts. */
+	int defer_accept_after_block;
 };
 /* Declares NAME zeroed, padding included (see EVSTEER_LISTENER_OPTS()). */
 #define EVSTEER_GROUP_OPTS(NAME, ...)                                          \
-	EVSTEER_OPTS_DECLARE_(evsteer_group_opts, accept, NAME, __VA_ARGS__)
+	EVSTEER_OPTS_DECLARE_(evsteer_group_opts, defer_accept_after_block,    \
+			      NAME, __VA_ARGS__)
 
 /*
  * Workers of one address, in every process together (threads and member

@@ -24,6 +24,17 @@ static bool enums_ok(const char *fn, unsigned int bpf, unsigned int policy,
 	return !bad;
 }
 
+/* TCP_DEFER_ACCEPT's seconds after a block: 0 (never) or 1-3600, what
+ * evsteer-run's --defer-accept takes too. */
+static bool defer_ok(const char *fn, int s)
+{
+	if (s >= 0 && s <= 3600)
+		return true;
+	evst_warn("%s: defer_accept_after_block %d: expected 0 (never) or "
+		  "1-3600 seconds", fn, s);
+	return false;
+}
+
 bool evst_listener_opts_ok(const char *fn, const struct evsteer_listener_opts *o)
 {
 	if (!EVST_LISTENER_OPTS_VALID(o)) {
@@ -33,7 +44,9 @@ bool evst_listener_opts_ok(const char *fn, const struct evsteer_listener_opts *o
 	}
 	return enums_ok(fn, EVST_OPT(o, struct evsteer_listener_opts, bpf, 0),
 			EVST_OPT(o, struct evsteer_listener_opts, policy, 0),
-			EVST_OPT(o, struct evsteer_listener_opts, accept, 0));
+			EVST_OPT(o, struct evsteer_listener_opts, accept, 0)) &&
+	       defer_ok(fn, EVST_OPT(o, struct evsteer_listener_opts,
+				     defer_accept_after_block, 0));
 }
 
 bool evst_group_opts_ok(const char *fn, const struct evsteer_group_opts *o)
@@ -45,5 +58,7 @@ bool evst_group_opts_ok(const char *fn, const struct evsteer_group_opts *o)
 	}
 	return enums_ok(fn, EVST_OPT(o, struct evsteer_group_opts, bpf, 0),
 			EVST_OPT(o, struct evsteer_group_opts, policy, 0),
-			EVST_OPT(o, struct evsteer_group_opts, accept, 0));
+			EVST_OPT(o, struct evsteer_group_opts, accept, 0)) &&
+	       defer_ok(fn, EVST_OPT(o, struct evsteer_group_opts,
+				     defer_accept_after_block, 0));
 }

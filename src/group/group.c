@@ -129,6 +129,9 @@ group_alloc_opts(unsigned int flags, const struct evsteer_group_opts *opts,
 					   backoff_max_ms, 0),
 		.accept = EVST_OPT(opts, struct evsteer_group_opts, accept,
 				   EVSTEER_ACCEPT_AUTO),
+		.defer_accept_after_block = EVST_OPT(
+			opts, struct evsteer_group_opts,
+			defer_accept_after_block, 0),
 	};
 	*so = evst_group_shared_opts(
 		EVST_OPT(opts, struct evsteer_group_opts, bpf, EVSTEER_BPF_AUTO),

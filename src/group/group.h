@@ -90,6 +90,8 @@ struct evst_member_state {
 	uint64_t blocked_until; /* one connection per pass until then, after
 				  * a pass that blocked (member.c; the loop
 				  * thread) */
+	bool deferring; /* TCP_DEFER_ACCEPT set meanwhile (member.c, the
+			 * loop thread; defer_accept_after_block) */
 	uint64_t excess_since; /* since then every empty pass found pending
 				 * left after the resync (member.c; the loop
 				 * thread); 0: the last found none */

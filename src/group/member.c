@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
@@ -16,6 +18,7 @@
 #include "group/group.h"
 
 static void member_leave(struct evsteer_listener *lev, bool close_fd);
+static bool set_defer(struct evsteer_listener *lev, int s);
 static void poke_cb(evutil_socket_t fd, short what, void *arg);
 
 /* The member's own state and its poke event; -errno. */
@@ -154,6 +157,7 @@ static int member_join(struct evsteer_listener *lev, void *ctx,
 static void member_leave(struct evsteer_listener *lev, bool close_fd)
 {
 	struct evsteer_group *g = lev->group;
+	bool deferring = lev->ms && lev->ms->deferring;
 	/* out of the watch first: it must never look at a freed entry */
 	member_state_free(lev, true);
 	pthread_mutex_lock(&g->lock);
@@ -161,6 +165,9 @@ static void member_leave(struct evsteer_listener *lev, bool close_fd)
 	pthread_mutex_unlock(&g->lock);
 	bool closing = close_fd &&
 		       (owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE));
+	/* the caller's socket goes back as it came */
+	if (deferring && !closing)
+		set_defer(lev, 0);
 	/* with eBPF no handshake of its own may complete during the close:
 	 * out of the program since its stop (not live), still holding its
 	 * slot (nobody may take the slot while its socket stays in the
@@ -317,6 +324,45 @@ static bool waited_for_cpu(struct evsteer_listener *lev, uint64_t last,
 	return true;
 }
 
+/* TCP_DEFER_ACCEPT on the member's socket: s seconds, 0 off. False on
+ * failure (logged). */
+static bool set_defer(struct evsteer_listener *lev, int s)
+{
+	if (setsockopt(lev->fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &s, sizeof(s)) < 0) {
+		evst_warn("listener fd %d: TCP_DEFER_ACCEPT %d: %s", lev->fd, s,
+			  strerror(errno));
+		return false;
+	}
+	return true;
+}
+
+/*
+ * The window after a block opens (on) or has closed (off): with
+ * defer_accept_after_block the socket defers accept meanwhile. One
+ * accepted just before a handler blocks is read in the pass after its
+ * accept, before a request that came later, so it cannot wait out the
+ * block in the program's hands. Not before a block: deferring makes a
+ * loopback client's connection wait for a wake-up of the server that
+ * would otherwise overlap the client's write (evhttp at 1 in flight: a
+ * median of 56 us a request against 37-38, bench/JOURNAL.md "Deferred
+ * accept only after a block").
+ */
+static void defer_window(struct evsteer_listener *lev, bool on)
+{
+	struct evst_member_state *ms = lev->ms;
+	if (on == ms->deferring)
+		return;
+	/* (off: not deferring whatever happens, so as not to try at every
+	 * pass; on: tried again at the next block) */
+	ms->deferring = set_defer(lev, on ? lev->defer_after_block : 0) && on;
+	if (ms->deferring == on)
+		evst_info("listener fd %d: %s", lev->fd,
+			  on ? "its loop blocked: TCP_DEFER_ACCEPT while it "
+			       "takes one connection per pass" :
+			       "five seconds without a block: no "
+			       "TCP_DEFER_ACCEPT");
+}
+
 /* The member's loop ran: its heartbeat. Held out of a classic program for
  * its health, it is let back in now (the one re-attach of the episode). */
 static void progress(struct evsteer_listener *lev, uint64_t now)
@@ -333,6 +379,11 @@ static void progress(struct evsteer_listener *lev, uint64_t now)
 				   "per pass for 5 s", lev->fd,
 				   (unsigned long long)(now - last) / 1000000);
 		lev->ms->blocked_until = now + BLOCKED_WINDOW_NS;
+		if (lev->defer_after_block)
+			defer_window(lev, true);
+	} else if (lev->ms && lev->ms->deferring &&
+		   now >= lev->ms->blocked_until) {
+		defer_window(lev, false);
 	}
 	evst_made_progress(w, now);
 	if (evst_shared_cbpf_out(lev->group->sh, lev->ws))
