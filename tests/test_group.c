@@ -986,7 +986,8 @@ static bool worker0_defers(void *arg)
  * long as it takes one connection per pass after it, and not before: no
  * socket defers at first; worker 0's long pass (worker 1 takes what was
  * queued on it), and its next pass sets TCP_DEFER_ACCEPT on worker 0's
- * socket only; five seconds later its pass clears it.
+ * socket only; a pass within five seconds keeps it; five seconds later
+ * its pass clears it.
  */
 static void defer_after_block(enum evsteer_accept_mode engine)
 {
@@ -1001,7 +1002,7 @@ static void defer_after_block(enum evsteer_accept_mode engine)
 	assert_int_equal(deferring(&f, 1), 0);
 
 	tl_log_capture_start();
-	int c[16];
+	int c[24];
 	int n = until_worker0(&f, c, 3);
 	long_pass(&f, name);
 	/* the thief's poke runs worker 0's loop: its pass after the block */
@@ -1014,12 +1015,21 @@ static void defer_after_block(enum evsteer_accept_mode engine)
 	assert_int_equal(tl_log_capture_count("its loop blocked: "
 					      "TCP_DEFER_ACCEPT"), 1);
 
+	/* a pass within the five seconds keeps it */
+	int before = f.w[0].s.n;
+	int m = until_worker0_has(&f, c + n, 8, wstats(&f, 0).steered + 1);
+	for (int i = n; i < n + m; i++)
+		assert_int_equal(write(c[i], "x", 1), 1);
+	n += m;
+	assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, before + 1));
+	assert_true(deferring(&f, 0) > 0);
+
 	/* five seconds on, a connection (it speaks first) and its pass */
 	struct timespec ts = {5, 100 * 1000000L};
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
-	int before = f.w[0].s.n;
-	int m = until_worker0_has(&f, c + n, 8, wstats(&f, 0).steered + 1);
+	before = f.w[0].s.n;
+	m = until_worker0_has(&f, c + n, 8, wstats(&f, 0).steered + 1);
 	for (int i = n; i < n + m; i++)
 		assert_int_equal(write(c[i], "x", 1), 1);
 	n += m;

@@ -413,8 +413,9 @@ static void test_output_stops_at_last_field(void **state)
 	event_base_free(base);
 }
 
-/* defer_accept_after_block: 0-3600 seconds, on a TCP socket; nothing is
- * deferred before a block (test_group.c, defer_after_block, has one). */
+/* defer_accept_after_block: 0-30 seconds, on a TCP socket; nothing is
+ * deferred before a block (test_group.c, defer_after_block, has one); a
+ * socket that defers already keeps its own value. */
 static void test_defer_after_block_checked(void **state)
 {
 	(void)state;
@@ -423,7 +424,7 @@ static void test_defer_after_block_checked(void **state)
 	loopback(&a);
 	int before = tl_count_fds();
 	tl_log_capture_start();
-	int bad[] = {-1, 3601};
+	int bad[] = {-1, 31};
 	for (int i = 0; i < 2; i++) {
 		EVSTEER_LISTENER_OPTS(o, .defer_accept_after_block = bad[i]);
 		EXPECT_NULL_ERRNO(evsteer_listener_new_bind(base, dummy_cb, NULL,
@@ -435,9 +436,9 @@ static void test_defer_after_block_checked(void **state)
 				  EINVAL);
 	}
 	assert_int_equal(tl_log_capture_count("defer_accept_after_block -1: "
-					      "expected 0 (never) or 1-3600"),
+					      "expected 0 (never) or 1-30"),
 			 2);
-	assert_int_equal(tl_log_capture_count("defer_accept_after_block 3601"), 2);
+	assert_int_equal(tl_log_capture_count("defer_accept_after_block 31"), 2);
 
 	/* a stream socket that is not TCP */
 	struct sockaddr_storage un;
@@ -465,6 +466,31 @@ static void test_defer_after_block_checked(void **state)
 				    TCP_DEFER_ACCEPT, &v, &vl), 0);
 	assert_int_equal(v, 0);
 	evsteer_listener_free(lev);
+
+	/* a caller's socket that defers already, in a group: left alone,
+	 * and given back as it came */
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int one = 1, ten = 10;
+	assert_true(fd >= 0);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
+				    sizeof(one)), 0);
+	assert_int_equal(bind(fd, a.sa, a.len), 0);
+	assert_int_equal(listen(fd, 16), 0);
+	assert_int_equal(setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &ten,
+				    sizeof(ten)), 0);
+	tl_log_capture_start();
+	lev = evsteer_listener_new(base, dummy_cb, NULL,
+				   EVSTEER_OPT_REUSEABLE_PORT, -1, fd, &o);
+	assert_non_null(lev);
+	assert_int_equal(tl_log_capture_count("TCP_DEFER_ACCEPT is set already"),
+			 1);
+	tl_log_capture_stop();
+	evsteer_listener_free(lev);
+	v = 0;
+	assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &v, &vl),
+			 0);
+	assert_true(v > 0);
+	close(fd);
 	event_base_free(base);
 }
 

@@ -150,16 +150,17 @@ struct evsteer_listener_opts {
 	int libevent_compat;
 	/*
 	 * For a protocol whose client speaks first (HTTP), a group member only:
-	 * seconds (1-3600) of TCP_DEFER_ACCEPT that the member's socket takes
-	 * on when its loop blocks (a pass away 10 ms or more, from which a
-	 * sibling took its queue), for as long as it accepts one connection
-	 * per pass after that (five seconds from the last block). Connections
-	 * are then handed over with their first bytes, so one accepted just
-	 * before a handler blocks is not read behind it (docs/groups.md,
-	 * "Deferred accept after a block"). Never before a block: deferring
-	 * costs a loopback client about a wake-up's time per connection, the
-	 * server no longer waking while the client writes. 0: never; socket
-	 * not TCP: EINVAL.
+	 * seconds (1-30) of TCP_DEFER_ACCEPT that the member's socket takes on
+	 * when its loop blocks (a pass away 10 ms or more, from which a
+	 * sibling took its queue), until its first pass five seconds or more
+	 * after its last block (the window of one connection per pass).
+	 * Connections are then handed over with their first bytes, so one
+	 * accepted just before a handler blocks is not read behind it
+	 * (docs/groups.md, "Deferred accept after a block"). Never before a
+	 * block: deferring costs a loopback client about a wake-up's time per
+	 * connection, the server no longer waking while the client writes. A
+	 * socket that defers already is left as it is. 0: never; socket not
+	 * TCP: EINVAL.
 	 */
 	int defer_accept_after_block;
 };

@@ -24,14 +24,22 @@ static bool enums_ok(const char *fn, unsigned int bpf, unsigned int policy,
 	return !bad;
 }
 
-/* TCP_DEFER_ACCEPT's seconds after a block: 0 (never) or 1-3600, what
- * evsteer-run's --defer-accept takes too. */
+/*
+ * TCP_DEFER_ACCEPT's seconds after a block: 0 (never) or 1-30. Turning the
+ * option off again lets a deferred handshake complete at its next SYN-ACK
+ * retransmit (the client's ACK then hands it over), unless it has been
+ * retransmitted tcp_synack_retries times already (5: 31 s): then the
+ * kernel drops it, and its silent client gets a reset when it speaks. A
+ * deferral of at most 30 s never gets there.
+ */
+#define DEFER_AFTER_BLOCK_MAX_S 30
+
 static bool defer_ok(const char *fn, int s)
 {
-	if (s >= 0 && s <= 3600)
+	if (s >= 0 && s <= DEFER_AFTER_BLOCK_MAX_S)
 		return true;
 	evst_warn("%s: defer_accept_after_block %d: expected 0 (never) or "
-		  "1-3600 seconds", fn, s);
+		  "1-%d seconds", fn, s, DEFER_AFTER_BLOCK_MAX_S);
 	return false;
 }
 

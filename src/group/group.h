@@ -92,6 +92,7 @@ struct evst_member_state {
 				  * thread) */
 	bool deferring; /* TCP_DEFER_ACCEPT set meanwhile (member.c, the
 			 * loop thread; defer_accept_after_block) */
+	bool defer_preset; /* the socket deferred before: left alone */
 	uint64_t excess_since; /* since then every empty pass found pending
 				 * left after the resync (member.c; the loop
 				 * thread); 0: the last found none */

@@ -41,6 +41,17 @@ static int member_state_new(struct evsteer_listener *lev)
 		return -ENOMEM;
 	}
 	ms->watch.poke_fd = ms->poke_fd;
+	/* a socket that defers accept already (its owner's setting, or one
+	 * a member that died in its window left on a socket that outlived
+	 * it) is left as it is: defer_accept_after_block has nothing to add */
+	int d = 0;
+	socklen_t dl = sizeof(d);
+	ms->defer_preset = lev->defer_after_block &&
+			   getsockopt(lev->fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &d,
+				      &dl) == 0 && d > 0;
+	if (ms->defer_preset)
+		evst_info("listener fd %d: TCP_DEFER_ACCEPT is set already: "
+			  "defer_accept_after_block leaves it", lev->fd);
 	pthread_mutex_init(&ms->inbox_lock, NULL);
 	/* siblings read lev->ms under g->lock (a poke, a hand-off) */
 	pthread_mutex_lock(&lev->group->lock);
@@ -165,8 +176,9 @@ static void member_leave(struct evsteer_listener *lev, bool close_fd)
 	pthread_mutex_unlock(&g->lock);
 	bool closing = close_fd &&
 		       (owned || (lev->flags & EVSTEER_OPT_CLOSE_ON_FREE));
-	/* the caller's socket goes back as it came */
-	if (deferring && !closing)
+	/* the socket goes back as it came: the caller's, or one that
+	 * outlives the group's close (systemd's copy of an activated one) */
+	if (deferring)
 		set_defer(lev, 0);
 	/* with eBPF no handshake of its own may complete during the close:
 	 * out of the program since its stop (not live), still holding its
@@ -350,7 +362,7 @@ static bool set_defer(struct evsteer_listener *lev, int s)
 static void defer_window(struct evsteer_listener *lev, bool on)
 {
 	struct evst_member_state *ms = lev->ms;
-	if (on == ms->deferring)
+	if (on == ms->deferring || ms->defer_preset)
 		return;
 	/* (off: not deferring whatever happens, so as not to try at every
 	 * pass; on: tried again at the next block) */
