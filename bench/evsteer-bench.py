@@ -11,7 +11,7 @@ against libevent measured in the same run.
                 [--json FILE] [--out DIR] [--impl a,b,...] [--profile]
                 [--work-us N] [--work-mode spin|sleep] [--read-first]
                 [--conns N] [--sweep] [--sweep-conc N,N,...]
-                [--sweep-work US,US,...]
+                [--sweep-work US,US,...] [--sweep-http]
 
 Work per connection (issue 18: every scenario must run with work > 0 before
 a figure is called a result; the report's header says which settings it had):
@@ -68,6 +68,15 @@ context switches per connection, conn/s, and the client's p50/p99/p99.9
 (socket() to the reply). Tables per work setting and figure, and plots of
 CPU per connection and p99 against concurrency (sweep_cpu_wUS.png,
 sweep_p99_wUS.png), one line per implementation.
+
+The real program's sweep (--sweep-http; with --sweep or alone, not part
+of "all"): the http scenario's evhttp server, plain and under evsteer-run
+(--impl: its http implementations, default libevent,evsteer), driven by
+wrk with a new connection per request at each --sweep-conc (wrk -t1 at
+one connection, -t2 above), --work-us applying, every implementation
+interleaved at each point, medians of --repeat runs: requests/s, server
+CPU per request, p50 and p99; tables, and plots of CPU per request and p99
+against the connections (http_sweep_cpu.png, http_sweep_p99.png).
 
 Writes latest.json, latest.md and PNG plots (gnuplot) into --out
 (default: bench/results/ in the source tree): the latency scenarios' CDFs
@@ -522,6 +531,47 @@ def run_sweep(impls, concs, works_us, repeat, quick, base, failed_runs):
             "points": points}
 
 
+# --sweep-http: the http scenario at each --sweep-conc; whole seconds (wrk)
+HTTP_SWEEP = dict(seconds=(1, 3), impls=["libevent", "evsteer"])
+HTTP_SWEEP_KEYS = ["req_per_s", "server_cpu_us_per_req", "p50_ms", "p99_ms",
+                   "errors"]
+HTTP_SWEEP_TABLES = [("server_cpu_us_per_req", "server CPU us per request"),
+                     ("req_per_s", "requests/s"),
+                     ("p50_ms", "p50 ms (wrk)"), ("p99_ms", "p99 ms (wrk)")]
+
+
+def run_http_sweep(impls, concs, repeat, quick, work, failed_runs):
+    """The real program's sweep: for each concurrency, every http
+    implementation interleaved `repeat` times; medians."""
+    secs = pick(HTTP_SWEEP["seconds"], quick)
+    points = []
+    for conc in concs:
+        runs = {i: [] for i in impls}
+        for rep in range(repeat):
+            for impl in impls:
+                log(f"http sweep: {conc} connections: {impl} "
+                    f"(repeat {rep + 1}/{repeat})")
+                try:
+                    runs[impl].append(run_http("http", impl, quick, work,
+                                               conns=conc, secs=secs))
+                except Exception as e:  # reported, not fatal
+                    log(f"http sweep: {impl}: failed: {e}")
+                    failed_runs.append(f"http-sweep/conc{conc}/{impl}: {e}")
+        point = {"conc": conc, "impls": {}}
+        for i, r in runs.items():
+            if not r:
+                continue
+            m = {k: median_of(r, k) for k in HTTP_SWEEP_KEYS}
+            m["path"] = r[-1].get("path")
+            m["repeats"] = len(r)
+            m["runs"] = [{k: x.get(k) for k in HTTP_SWEEP_KEYS} for x in r]
+            point["impls"][i] = m
+        points.append(point)
+    return {"threads": SCENARIOS["http"]["threads"], "seconds": secs,
+            "repeats": repeat, "conc": concs, "work": work.as_dict(),
+            "points": points}
+
+
 def run_one(scen, impl, quick, work):
     s = SCENARIOS[scen]
     extra = list(s.get("server", []))
@@ -783,9 +833,10 @@ class StallLoop(threading.Thread):
         self.join(10)  # a request in flight ends within its 5 s time-out
 
 
-def run_http(scen, impl, quick, work):
+def run_http(scen, impl, quick, work, conns=None, secs=None):
     s = SCENARIOS[scen]
-    secs = pick(s["seconds"], quick)
+    secs = secs or pick(s["seconds"], quick)
+    conns = conns or s.get("conns")
     tmp = tempfile.mkdtemp(prefix="evsteer-bench-http.")
     try:
         srv = HttpServer(impl, s["threads"], work, tmp)
@@ -802,8 +853,9 @@ def run_http(scen, impl, quick, work):
                      str(s["rate"]), "--seconds", str(secs), "--send"],
                     capture_output=True, text=True, timeout=secs + 60)
             else:
+                # wrk wants no more threads than connections
                 r = subprocess.run(
-                    ["wrk", "-t2", f"-c{s['conns']}", f"-d{secs}s",
+                    ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{secs}s",
                      "-H", "Connection: close", "--latency", "-s",
                      wrk_script(), f"http://127.0.0.1:{srv.port}/"],
                     capture_output=True, text=True, timeout=secs + 60)
@@ -1023,6 +1075,8 @@ def markdown(report):
         lines.append("")
     if report.get("sweep"):
         lines += sweep_markdown(report["sweep"])
+    if report.get("http_sweep"):
+        lines += http_sweep_markdown(report["http_sweep"])
     for scen, why in (report.get("skipped") or {}).items():
         lines += [f"## {scen}", "", f"Skipped: {why}.", ""]
     if report.get("profiles"):
@@ -1073,6 +1127,45 @@ def sweep_markdown(sw):
             lines.append("")
     paths = {}
     for p in sw["points"]:
+        for i, r in p["impls"].items():
+            paths.setdefault(i, path_name(r.get("path")))
+    lines += ["Paths: " + ", ".join(f"{i} `{v}`" for i, v in paths.items()),
+              ""]
+    return lines
+
+
+def http_sweep_markdown(hs):
+    """One table per figure: a row per concurrency, a column per
+    implementation, ratios against libevent at that point."""
+    lines = ["## http sweep", "",
+             f"evsteer-http-server --threads {hs['threads']} (libevent only; "
+             "plain = libevent, the others under evsteer-run), "
+             f"`wrk -cN -d{hs['seconds']}s -H 'Connection: close' --latency` "
+             "(-t1 at one connection, -t2 above): a new connection per "
+             f"request, --work-us {(hs.get('work') or {}).get('work_us', 0)} in "
+             f"the handler. Medians of {hs['repeats']} interleaved repeats "
+             "at each point; ratio = impl / libevent at the same point.", ""]
+    impls = []
+    for p in hs["points"]:
+        impls += [i for i in p["impls"] if i not in impls]
+    for key, title in HTTP_SWEEP_TABLES:
+        lines += [f"### {title}", "",
+                  "| connections | " + " | ".join(impls) + " |",
+                  "|---" * (len(impls) + 1) + "|"]
+        for p in hs["points"]:
+            base = (p["impls"].get("libevent") or {}).get(key)
+            cells = []
+            for i in impls:
+                v = (p["impls"].get(i) or {}).get(key)
+                cell = fmt(v)
+                if (i != "libevent" and isinstance(v, (int, float)) and
+                        isinstance(base, (int, float)) and base):
+                    cell += f" ({v / base:.2f}x)"
+                cells.append(cell)
+            lines.append(f"| {p['conc']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    paths = {}
+    for p in hs["points"]:
         for i, r in p["impls"].items():
             paths.setdefault(i, path_name(r.get("path")))
     lines += ["Paths: " + ", ".join(f"{i} `{v}`" for i, v in paths.items()),
@@ -1169,6 +1262,49 @@ def sweep_plots(sw, out, gp):
     return made
 
 
+def http_sweep_plots(hs, out, gp):
+    """Server CPU per request and wrk's p99 against the connections (log
+    2), one line per implementation."""
+    made = []
+    impls = []
+    for p in hs["points"]:
+        impls += [i for i in p["impls"] if i not in impls]
+    dat = os.path.join(out, "http_sweep.dat")
+    with open(dat, "w") as f:
+        f.write("# connections " + " ".join(
+            f"{i}_cpu_us {i}_p99_ms" for i in impls) + "\n")
+        for p in hs["points"]:
+            row = [str(p["conc"])]
+            for i in impls:
+                r = p["impls"].get(i) or {}
+                row += [fmt_dat(r.get("server_cpu_us_per_req")),
+                        fmt_dat(r.get("p99_ms"))]
+            f.write(" ".join(row) + "\n")
+    for col, key, ylabel, log_y in (
+            (0, "cpu", "server CPU per request (us)", False),
+            (1, "p99", "p99 latency (ms, log)", True)):
+        png = os.path.join(out, f"http_sweep_{key}.png")
+        cmds = [_terminal(gp), f"set output '{png}'",
+                f"set title 'evhttp server, {hs['threads']} threads, a new "
+                "connection per request'",
+                "set logscale x 2",
+                f"set xrange [{min(hs['conc']) / 1.3}:"
+                f"{max(hs['conc']) * 1.3}]",
+                "set xtics (" + ", ".join(
+                    f"'{c}' {c}" for c in hs["conc"]) + ")",
+                "set xlabel 'wrk connections'",
+                f"set ylabel '{ylabel}'",
+                "set key outside right", "set grid",
+                "set datafile missing 'nan'"]
+        cmds += (["set logscale y"] if log_y else ["set yrange [0:*]"])
+        cmds.append("plot " + ", ".join(
+            f"'{dat}' using 1:{2 + 2 * k + col} with linespoints lw 2 "
+            f"pt 7 title '{i}'" for k, i in enumerate(impls)))
+        if _gnuplot(gp, cmds):
+            made.append(png)
+    return made
+
+
 def fmt_dat(v):
     return "nan" if v is None else f"{v:.6g}"
 
@@ -1245,6 +1381,8 @@ def plots(report, out):
     made += tail_plots(report, out, gp)
     if report.get("sweep"):
         made += sweep_plots(report["sweep"], out, gp)
+    if report.get("http_sweep"):
+        made += http_sweep_plots(report["http_sweep"], out, gp)
     return made
 
 
@@ -1310,6 +1448,9 @@ def main():
     ap.add_argument("--sweep-conc", default=None, metavar="N,N,...",
                     help="the sweep's connections in flight (default "
                          + ",".join(map(str, SWEEP["conc"])) + "; 1-64)")
+    ap.add_argument("--sweep-http", action="store_true",
+                    help="run the real program's sweep: the evhttp server "
+                         "at each --sweep-conc (wrk connections)")
     ap.add_argument("--sweep-work", default=None, metavar="US,US,...",
                     help="the sweep's --work-us settings (default "
                          + ",".join(map(str, SWEEP["work_us"])) + ")")
@@ -1329,16 +1470,17 @@ def main():
     if a.work_us < 0:
         ap.error("--work-us must be >= 0")
     if a.conns is not None:
-        if a.conns < 2:  # wrk -t2 needs a connection per thread
-            ap.error("--conns must be >= 2")
+        if a.conns < 1:
+            ap.error("--conns must be >= 1")
         for s in SCENARIOS.values():
             if s.get("http") and "conns" in s:
                 s["conns"] = a.conns
     work = Work(a.work_us, a.work_mode, a.read_first, a.pin)
 
     if a.scenario is None:
-        a.scenario = "sweep" if a.sweep else "all"
-    scens = list(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
+        a.scenario = "sweep" if a.sweep else "" if a.sweep_http else "all"
+    scens = (list(SCENARIOS) if a.scenario == "all" else
+             [x for x in a.scenario.split(",") if x])
     sweep = a.sweep or "sweep" in scens
     scens = [s for s in scens if s != "sweep"]
     for s in scens:
@@ -1393,6 +1535,15 @@ def main():
                                      if i in SWEEP_IMPLS],
                                     concs, works_us, repeat, a.quick, work,
                                     failed_runs)
+    if a.sweep_http:
+        himpls = [i for i in (impls or HTTP_SWEEP["impls"]) if i in HTTP_ALL]
+        why = http_missing(himpls)
+        if why:
+            log(f"http sweep: skipped: {why}")
+            report.setdefault("skipped", {})["http-sweep"] = why
+        else:
+            report["http_sweep"] = run_http_sweep(himpls, concs, repeat,
+                                                  a.quick, work, failed_runs)
     if a.profile:
         report["profiles"] = {}
         for impl in [i for i in (impls or IMPLS) if i in IMPLS]:
