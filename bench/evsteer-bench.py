@@ -143,7 +143,7 @@ HTTP_IMPLS = {
 }
 # named with --impl only: the default path's engine asked for by name,
 # and the default path without the TCP_DEFER_ACCEPT evsteer-run sets on
-# evhttp's group sockets (--defer-accept 0)
+# evhttp's group sockets after a thread's block (--defer-accept 0)
 HTTP_OPT_IMPLS = {
     "evsteer-event": ["--accept", "event"],
     "evsteer-nodefer": ["--defer-accept", "0"],
