@@ -125,6 +125,10 @@ evst_listener_create_cb(struct event_base *base, struct evst_user_cb cb,
 			  "socket", fd);
 		return evst_fail_null(EINVAL);
 	}
+	if (defer && !member)
+		evst_info("listener fd %d: defer_accept_after_block: not in a "
+			  "worker group, where blocks are seen: it never defers",
+			  fd);
 
 	/* The accept loop drains until EAGAIN: a blocking socket would hang
 	 * the whole event loop on the last accept. */
