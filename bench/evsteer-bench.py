@@ -494,6 +494,21 @@ def run_sweep_point(impl, conc, seconds, work):
     return res
 
 
+def point_medians(runs, keys):
+    """A sweep point's figures: per implementation that ran, the medians
+    of keys over its runs, its path, and each run's figures."""
+    out = {}
+    for i, r in runs.items():
+        if not r:
+            continue
+        m = {k: median_of(r, k) for k in keys}
+        m["path"] = r[-1].get("path")
+        m["repeats"] = len(r)
+        m["runs"] = [{k: x.get(k) for k in keys} for x in r]
+        out[i] = m
+    return out
+
+
 def run_sweep(impls, concs, works_us, repeat, quick, base, failed_runs):
     """Issue 23's sweep: for each --work-us, for each concurrency, every
     implementation interleaved (A B A B ...) `repeat` times; medians."""
@@ -514,16 +529,8 @@ def run_sweep(impls, concs, works_us, repeat, quick, base, failed_runs):
                         log(f"sweep: {impl}: failed: {e}")
                         failed_runs.append(f"sweep/work{us}/conc{conc}/"
                                            f"{impl}: {e}")
-            point = {"work_us": us, "conc": conc, "impls": {}}
-            for i, r in runs.items():
-                if not r:
-                    continue
-                m = {k: median_of(r, k) for k in SWEEP_KEYS}
-                m["path"] = r[-1].get("path")
-                m["repeats"] = len(r)
-                m["runs"] = [{k: x.get(k) for k in SWEEP_KEYS} for x in r]
-                point["impls"][i] = m
-            points.append(point)
+            points.append({"work_us": us, "conc": conc,
+                           "impls": point_medians(runs, SWEEP_KEYS)})
     return {"workers": SWEEP["workers"], "seconds": secs, "repeats": repeat,
             "conc": concs, "work_us": works_us,
             "work_mode": base.mode, "read_first": base.read_first,
@@ -557,16 +564,8 @@ def run_http_sweep(impls, concs, repeat, quick, work, failed_runs):
                 except Exception as e:  # reported, not fatal
                     log(f"http sweep: {impl}: failed: {e}")
                     failed_runs.append(f"http-sweep/conc{conc}/{impl}: {e}")
-        point = {"conc": conc, "impls": {}}
-        for i, r in runs.items():
-            if not r:
-                continue
-            m = {k: median_of(r, k) for k in HTTP_SWEEP_KEYS}
-            m["path"] = r[-1].get("path")
-            m["repeats"] = len(r)
-            m["runs"] = [{k: x.get(k) for k in HTTP_SWEEP_KEYS} for x in r]
-            point["impls"][i] = m
-        points.append(point)
+        points.append({"conc": conc,
+                       "impls": point_medians(runs, HTTP_SWEEP_KEYS)})
     return {"threads": SCENARIOS["http"]["threads"], "seconds": secs,
             "repeats": repeat, "conc": concs, "work": work.as_dict(),
             "points": points}
@@ -1103,35 +1102,50 @@ def sweep_markdown(sw):
              + f", read the reply, close) for {sw['seconds']:g} s a run; "
              f"medians of {sw['repeats']} interleaved repeats at each point; "
              "ratio = impl / libevent at the same point.", ""]
-    impls = []
-    for p in sw["points"]:
-        impls += [i for i in p["impls"] if i not in impls]
+    impls = point_impls(sw["points"])
     for us in sw["work_us"]:
         pts = [p for p in sw["points"] if p["work_us"] == us]
         for key, title in SWEEP_TABLES:
             lines += [f"### --work-us {us} ({sw.get('work_mode', 'spin')}): "
-                      f"{title}", "",
-                      "| in flight | " + " | ".join(impls) + " |",
-                      "|---" * (len(impls) + 1) + "|"]
-            for p in pts:
-                base = (p["impls"].get("libevent") or {}).get(key)
-                cells = []
-                for i in impls:
-                    v = (p["impls"].get(i) or {}).get(key)
-                    cell = fmt(v)
-                    if (i != "libevent" and isinstance(v, (int, float)) and
-                            isinstance(base, (int, float)) and base):
-                        cell += f" ({v / base:.2f}x)"
-                    cells.append(cell)
-                lines.append(f"| {p['conc']} | " + " | ".join(cells) + " |")
-            lines.append("")
+                      f"{title}", ""]
+            lines += ratio_table(pts, impls, key, "in flight")
+    return lines + paths_line(sw["points"])
+
+
+def point_impls(points):
+    """The implementations of a sweep's points, in the order they ran."""
+    impls = []
+    for p in points:
+        impls += [i for i in p["impls"] if i not in impls]
+    return impls
+
+
+def ratio_table(points, impls, key, first):
+    """A row per point (its concurrency under `first`), a column per
+    implementation, each cell with its ratio to libevent's at that point."""
+    lines = [f"| {first} | " + " | ".join(impls) + " |",
+             "|---" * (len(impls) + 1) + "|"]
+    for p in points:
+        base = (p["impls"].get("libevent") or {}).get(key)
+        cells = []
+        for i in impls:
+            v = (p["impls"].get(i) or {}).get(key)
+            cell = fmt(v)
+            if (i != "libevent" and isinstance(v, (int, float)) and
+                    isinstance(base, (int, float)) and base):
+                cell += f" ({v / base:.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {p['conc']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def paths_line(points):
     paths = {}
-    for p in sw["points"]:
+    for p in points:
         for i, r in p["impls"].items():
             paths.setdefault(i, path_name(r.get("path")))
-    lines += ["Paths: " + ", ".join(f"{i} `{v}`" for i, v in paths.items()),
-              ""]
-    return lines
+    return ["Paths: " + ", ".join(f"{i} `{v}`" for i, v in paths.items()),
+            ""]
 
 
 def http_sweep_markdown(hs):
@@ -1145,32 +1159,11 @@ def http_sweep_markdown(hs):
              f"request, --work-us {(hs.get('work') or {}).get('work_us', 0)} in "
              f"the handler. Medians of {hs['repeats']} interleaved repeats "
              "at each point; ratio = impl / libevent at the same point.", ""]
-    impls = []
-    for p in hs["points"]:
-        impls += [i for i in p["impls"] if i not in impls]
+    impls = point_impls(hs["points"])
     for key, title in HTTP_SWEEP_TABLES:
-        lines += [f"### {title}", "",
-                  "| connections | " + " | ".join(impls) + " |",
-                  "|---" * (len(impls) + 1) + "|"]
-        for p in hs["points"]:
-            base = (p["impls"].get("libevent") or {}).get(key)
-            cells = []
-            for i in impls:
-                v = (p["impls"].get(i) or {}).get(key)
-                cell = fmt(v)
-                if (i != "libevent" and isinstance(v, (int, float)) and
-                        isinstance(base, (int, float)) and base):
-                    cell += f" ({v / base:.2f}x)"
-                cells.append(cell)
-            lines.append(f"| {p['conc']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    paths = {}
-    for p in hs["points"]:
-        for i, r in p["impls"].items():
-            paths.setdefault(i, path_name(r.get("path")))
-    lines += ["Paths: " + ", ".join(f"{i} `{v}`" for i, v in paths.items()),
-              ""]
-    return lines
+        lines += [f"### {title}", ""]
+        lines += ratio_table(hs["points"], impls, key, "connections")
+    return lines + paths_line(hs["points"])
 
 
 def _terminal(gp, size="900,540"):
@@ -1218,91 +1211,75 @@ def tail_plots(report, out, gp):
     return made
 
 
+def conc_plots(gp, points, impls, cols, dat, png, title, xlabel, cpu_label,
+               concs):
+    """Write dat (a row per point: its concurrency, then each
+    implementation's figures; cols: the first column's name, then (key,
+    name) pairs), and plot CPU (the first key) and p99 (the last) against
+    the concurrency (log 2), one line per implementation: the PNGs made,
+    png being the name with a {} for cpu / p99."""
+    first, cols = cols[0], cols[1:]
+    keys = [k for k, _ in cols]
+    with open(dat, "w") as f:
+        f.write(f"# {first} " + " ".join(
+            f"{i}_{n}" for i in impls for _, n in cols) + "\n")
+        for p in points:
+            row = [str(p["conc"])]
+            for i in impls:
+                r = p["impls"].get(i) or {}
+                row += [fmt_dat(r.get(k)) for k in keys]
+            f.write(" ".join(row) + "\n")
+    made = []
+    for col, key, ylabel, log_y in (
+            (0, "cpu", cpu_label, False),
+            (len(keys) - 1, "p99", "p99 latency (ms, log)", True)):
+        out = png.format(key)
+        cmds = [_terminal(gp), f"set output '{out}'", f"set title '{title}'",
+                "set logscale x 2",
+                f"set xrange [{min(concs) / 1.3}:{max(concs) * 1.3}]",
+                "set xtics (" + ", ".join(f"'{c}' {c}" for c in concs) + ")",
+                f"set xlabel '{xlabel}'", f"set ylabel '{ylabel}'",
+                "set key outside right", "set grid",
+                "set datafile missing 'nan'"]
+        cmds += (["set logscale y"] if log_y else ["set yrange [0:*]"])
+        cmds.append("plot " + ", ".join(
+            f"'{dat}' using 1:{2 + len(keys) * k + col} with linespoints "
+            f"lw 2 pt 7 title '{i}'" for k, i in enumerate(impls)))
+        if _gnuplot(gp, cmds):
+            made.append(out)
+    return made
+
+
 def sweep_plots(sw, out, gp):
     """Per work setting: server CPU per connection and p99 against the
     connections in flight (log 2), one line per implementation."""
     made = []
-    impls = []
-    for p in sw["points"]:
-        impls += [i for i in p["impls"] if i not in impls]
+    impls = point_impls(sw["points"])
     for us in sw["work_us"]:
-        pts = [p for p in sw["points"] if p["work_us"] == us]
-        dat = os.path.join(out, f"sweep_w{us}.dat")
-        with open(dat, "w") as f:
-            f.write("# in_flight " + " ".join(
-                f"{i}_cpu_us {i}_syscalls {i}_p99_ms" for i in impls) + "\n")
-            for p in pts:
-                row = [str(p["conc"])]
-                for i in impls:
-                    r = p["impls"].get(i) or {}
-                    row += [fmt_dat(r.get(k)) for k, _ in SWEEP_TABLES]
-                f.write(" ".join(row) + "\n")
-        for col, key, ylabel, log_y in (
-                (0, "cpu", "server CPU per connection (us)", False),
-                (2, "p99", "p99 latency (ms, log)", True)):
-            png = os.path.join(out, f"sweep_{key}_w{us}.png")
-            cmds = [_terminal(gp), f"set output '{png}'",
-                    f"set title 'sweep, --work-us {us}, "
-                    f"{sw['workers']} workers'",
-                    "set logscale x 2",
-                    f"set xrange [{min(sw['conc']) / 1.3}:"
-                    f"{max(sw['conc']) * 1.3}]",
-                    "set xtics (" + ", ".join(
-                        f"'{c}' {c}" for c in sw["conc"]) + ")",
-                    "set xlabel 'connections in flight (closed loop)'",
-                    f"set ylabel '{ylabel}'",
-                    "set key outside right", "set grid",
-                    "set datafile missing 'nan'"]
-            cmds += (["set logscale y"] if log_y else ["set yrange [0:*]"])
-            cmds.append("plot " + ", ".join(
-                f"'{dat}' using 1:{2 + 3 * k + col} with linespoints lw 2 "
-                f"pt 7 title '{i}'" for k, i in enumerate(impls)))
-            if _gnuplot(gp, cmds):
-                made.append(png)
+        made += conc_plots(
+            gp, [p for p in sw["points"] if p["work_us"] == us], impls,
+            ["in_flight", ("server_cpu_us_per_conn", "cpu_us"),
+             ("syscalls_per_conn", "syscalls"), ("p99_ms", "p99_ms")],
+            os.path.join(out, f"sweep_w{us}.dat"),
+            os.path.join(out, "sweep_{}_w%d.png" % us),
+            f"sweep, --work-us {us}, {sw['workers']} workers",
+            "connections in flight (closed loop)",
+            "server CPU per connection (us)", sw["conc"])
     return made
 
 
 def http_sweep_plots(hs, out, gp):
     """Server CPU per request and wrk's p99 against the connections (log
     2), one line per implementation."""
-    made = []
-    impls = []
-    for p in hs["points"]:
-        impls += [i for i in p["impls"] if i not in impls]
-    dat = os.path.join(out, "http_sweep.dat")
-    with open(dat, "w") as f:
-        f.write("# connections " + " ".join(
-            f"{i}_cpu_us {i}_p99_ms" for i in impls) + "\n")
-        for p in hs["points"]:
-            row = [str(p["conc"])]
-            for i in impls:
-                r = p["impls"].get(i) or {}
-                row += [fmt_dat(r.get("server_cpu_us_per_req")),
-                        fmt_dat(r.get("p99_ms"))]
-            f.write(" ".join(row) + "\n")
-    for col, key, ylabel, log_y in (
-            (0, "cpu", "server CPU per request (us)", False),
-            (1, "p99", "p99 latency (ms, log)", True)):
-        png = os.path.join(out, f"http_sweep_{key}.png")
-        cmds = [_terminal(gp), f"set output '{png}'",
-                f"set title 'evhttp server, {hs['threads']} threads, a new "
-                "connection per request'",
-                "set logscale x 2",
-                f"set xrange [{min(hs['conc']) / 1.3}:"
-                f"{max(hs['conc']) * 1.3}]",
-                "set xtics (" + ", ".join(
-                    f"'{c}' {c}" for c in hs["conc"]) + ")",
-                "set xlabel 'wrk connections'",
-                f"set ylabel '{ylabel}'",
-                "set key outside right", "set grid",
-                "set datafile missing 'nan'"]
-        cmds += (["set logscale y"] if log_y else ["set yrange [0:*]"])
-        cmds.append("plot " + ", ".join(
-            f"'{dat}' using 1:{2 + 2 * k + col} with linespoints lw 2 "
-            f"pt 7 title '{i}'" for k, i in enumerate(impls)))
-        if _gnuplot(gp, cmds):
-            made.append(png)
-    return made
+    return conc_plots(
+        gp, hs["points"], point_impls(hs["points"]),
+        ["connections", ("server_cpu_us_per_req", "cpu_us"),
+         ("p99_ms", "p99_ms")],
+        os.path.join(out, "http_sweep.dat"),
+        os.path.join(out, "http_sweep_{}.png"),
+        f"evhttp server, {hs['threads']} threads, a new connection per "
+        "request", "wrk connections", "server CPU per request (us)",
+        hs["conc"])
 
 
 def fmt_dat(v):
