@@ -886,6 +886,14 @@ static void test_alone_in_the_loop(void **state)
 	fx_close(&f);
 }
 
+/* Past the five seconds of one per pass after a block (member.c). */
+static void past_block_window(void)
+{
+	struct timespec ts = {5, 100 * 1000000L};
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
 /*
  * After its loop blocked (a pass of 10 ms or more, from which a sibling
  * took the queue), a member accepts one connection per pass for five
@@ -928,9 +936,7 @@ static void blocked_one_per_pass(enum evsteer_accept_mode engine)
 		assert_int_equal(got[i], 1);
 
 	/* five seconds on, a backlog batches again */
-	struct timespec ts = {5, 100 * 1000000L};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
+	past_block_window();
 	base = f.w[0].s.n;
 	n += until_worker0_has(&f, c + n, 12, wstats(&f, 0).steered + 4);
 	if (engine == EVSTEER_ACCEPT_EVENT) {
@@ -975,6 +981,19 @@ static int deferring(struct fx *f, int i)
 	return v;
 }
 
+/* A pass of worker 0 that delivers a connection steered to it, one that
+ * speaks first (its socket may defer accept): the clients it took into
+ * c, at most max. */
+static int pass_on_worker0(struct fx *f, int *c, int max)
+{
+	int before = f->w[0].s.n;
+	int m = until_worker0_has(f, c, max, wstats(f, 0).steered + 1);
+	for (int i = 0; i < m; i++)
+		assert_int_equal(write(c[i], "x", 1), 1);
+	assert_true(tl_loop_until(f->w[0].base, &f->w[0].s.n, before + 1));
+	return m;
+}
+
 static bool worker0_defers(void *arg)
 {
 	return deferring(arg, 0) > 0;
@@ -1016,24 +1035,12 @@ static void defer_after_block(enum evsteer_accept_mode engine)
 					      "TCP_DEFER_ACCEPT"), 1);
 
 	/* a pass within the five seconds keeps it */
-	int before = f.w[0].s.n;
-	int m = until_worker0_has(&f, c + n, 8, wstats(&f, 0).steered + 1);
-	for (int i = n; i < n + m; i++)
-		assert_int_equal(write(c[i], "x", 1), 1);
-	n += m;
-	assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, before + 1));
+	n += pass_on_worker0(&f, c + n, 8);
 	assert_true(deferring(&f, 0) > 0);
 
-	/* five seconds on, a connection (it speaks first) and its pass */
-	struct timespec ts = {5, 100 * 1000000L};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-	before = f.w[0].s.n;
-	m = until_worker0_has(&f, c + n, 8, wstats(&f, 0).steered + 1);
-	for (int i = n; i < n + m; i++)
-		assert_int_equal(write(c[i], "x", 1), 1);
-	n += m;
-	assert_true(tl_loop_until(f.w[0].base, &f.w[0].s.n, before + 1));
+	/* five seconds on, a pass clears it */
+	past_block_window();
+	n += pass_on_worker0(&f, c + n, 8);
 	print_message("%s: %llu ms later, TCP_DEFER_ACCEPT %d\n", name,
 		      (unsigned long long)(tl_now_ms() - t0), deferring(&f, 0));
 	assert_int_equal(deferring(&f, 0), 0);
