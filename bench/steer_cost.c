@@ -5,7 +5,7 @@
  *   evsteer-bench-steer [--workers 2,16,128,1024] [--conns 20000]
  *                       [--policy least-pending|hash|round-robin|cpu]
  *                       [--batch 64] [--stall-us US] [--accept event|auto]
- *                       [--repeat R]
+ *                       [--repeat R] [--floor select,clock,count|all]
  *
  * For each N (each in a fresh child process, so that one run's memory
  * and one-time costs do not show in the next; --repeat times, the sizes
@@ -26,10 +26,19 @@
  *   the run with BPF_ENABLE_STATS (needs CAP_SYS_ADMIN), else they must
  *   be on already (sysctl kernel.bpf_stats_enabled=1); else null.
  *
+ * --floor runs, beside each group and in the same rounds, N plain
+ * SO_REUSEPORT sockets (no library) under one of bpf/bench_floor.bpf.c's
+ * programs: a random select only (what any program pays here), with a
+ * clock read, with a count on a line the accepting thread writes too. The
+ * steering program's cost above them is its own; theirs is the machine's.
+ * The same JSON line per run, with "floor" in place of the group's fields.
+ *
  * At the end, a markdown table of the medians (the one in bench/JOURNAL.md).
  *
  * Only the public API: the same source builds against older versions of
- * the library (capped at their EVSTEER_MAX_WORKERS) for a before/after.
+ * the library (capped at their EVSTEER_MAX_WORKERS) for a before/after,
+ * without --floor unless EVSTEER_BENCH_FLOOR and the floor's skeleton are
+ * given. Exit 77 where no program loads (no privilege), as the tests.
  * A benchmark: nothing here fails on a figure.
  */
 #ifndef _GNU_SOURCE
@@ -67,6 +76,10 @@ static struct {
 	int batch;
 	atomic_int failed;
 } R;
+
+/* A run's exit when this machine cannot load a program (the tests'
+ * skip status; a failure when EVSTEER_TEST_REQUIRE names bpf). */
+#define BPF_MISSING 77
 
 /* What a run reports to the parent, for the medians. */
 struct result {
@@ -224,6 +237,49 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		event_base_loopexit(base, NULL);
 }
 
+/* Before a run: loopback, port 0 (the run's first socket says which),
+ * nothing delivered yet. */
+static void drive_reset(void)
+{
+	memset(&R.addr, 0, sizeof(R.addr));
+	R.addr.sin_family = AF_INET;
+	R.addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	atomic_store(&R.total, 0);
+	atomic_store(&R.failed, 0);
+}
+
+/* What one drive of R.conns connections measured. */
+struct drive {
+	double ns_per_syn; /* < 0: unknown */
+	unsigned long long runs;
+	double conn_per_s;
+};
+
+/*
+ * Drive R.conns connections at R.addr from a client thread while base
+ * (whose listeners count them in R.total) runs in this one; the steering
+ * program's cost per run over the drive, from its statistics.
+ */
+static void drive(struct event_base *base, bool have_stats, struct drive *dr)
+{
+	uint64_t ns0 = 0, c0 = 0, ns1 = 0, c1 = 0;
+	bool stats = have_stats && prog_stats(&ns0, &c0) == 0;
+	struct event *tick = event_new(base, -1, EV_PERSIST, on_tick, base);
+	struct timeval tv = {0, 10000};
+	event_add(tick, &tv);
+	pthread_t cl;
+	uint64_t d0 = now_ns();
+	pthread_create(&cl, NULL, client_main, NULL);
+	event_base_dispatch(base);
+	pthread_join(cl, NULL);
+	uint64_t d1 = now_ns();
+	stats = stats && prog_stats(&ns1, &c1) == 0 && c1 > c0;
+	event_free(tick);
+	dr->ns_per_syn = stats ? (double)(ns1 - ns0) / (double)(c1 - c0) : -1;
+	dr->runs = stats ? c1 - c0 : 0;
+	dr->conn_per_s = (double)atomic_load(&R.total) / ((double)(d1 - d0) / 1e9);
+}
+
 static enum evsteer_policy policy_of(const char *s)
 {
 	return !strcmp(s, "hash")	 ? EVSTEER_POLICY_HASH :
@@ -240,11 +296,7 @@ static int run(unsigned int n, enum evsteer_policy policy, int stall_us,
 	struct event_base *base = event_base_new();
 	if (!lev || !base)
 		return -1;
-	memset(&R.addr, 0, sizeof(R.addr));
-	R.addr.sin_family = AF_INET;
-	R.addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	atomic_store(&R.total, 0);
-	atomic_store(&R.failed, 0);
+	drive_reset();
 
 	long rss0 = status_kib("VmRSS:");
 	int fds0 = count_fds();
@@ -255,8 +307,13 @@ static int run(unsigned int n, enum evsteer_policy policy, int stall_us,
 						    sizeof(R.addr), n,
 						    EVSTEER_OPT_REUSEABLE, -1, &o);
 	if (!g) {
-		fprintf(stderr, "evsteer_group_new(%u): %s\n", n, strerror(errno));
-		return -1;
+		int err = errno;
+		fprintf(stderr, "evsteer_group_new(%u): %s\n", n, strerror(err));
+		/* no BPF here (no privilege, no program type): nothing to
+		 * measure, not a failure of the measurement */
+		return err == EPERM || err == EOPNOTSUPP || err == ENOSYS ||
+				       err == EINVAL ?
+			       BPF_MISSING : -1;
 	}
 	for (unsigned int i = 0; i < n; i++) {
 		lev[i] = evsteer_group_attach(g, i, base, accept_cb, NULL);
@@ -271,19 +328,8 @@ static int run(unsigned int n, enum evsteer_policy policy, int stall_us,
 	socklen_t al = sizeof(R.addr);
 	getsockname(evsteer_group_get_fd(g, 0), (struct sockaddr *)&R.addr, &al);
 
-	uint64_t ns0 = 0, c0 = 0, ns1 = 0, c1 = 0;
-	bool stats = have_stats && prog_stats(&ns0, &c0) == 0;
-	struct event *tick = event_new(base, -1, EV_PERSIST, on_tick, base);
-	struct timeval tv = {0, 10000};
-	event_add(tick, &tv);
-	pthread_t cl;
-	uint64_t d0 = now_ns();
-	pthread_create(&cl, NULL, client_main, NULL);
-	event_base_dispatch(base);
-	pthread_join(cl, NULL);
-	uint64_t d1 = now_ns();
-	stats = stats && prog_stats(&ns1, &c1) == 0 && c1 > c0;
-	event_free(tick);
+	struct drive dr;
+	drive(base, have_stats, &dr);
 
 	char path[64];
 	snprintf(path, sizeof(path), "%s", evsteer_listener_path_name(lev[0]));
@@ -296,9 +342,8 @@ static int run(unsigned int n, enum evsteer_policy policy, int stall_us,
 	free(lev);
 
 	char cost[64] = "null";
-	if (stats)
-		snprintf(cost, sizeof(cost), "%.1f",
-			 (double)(ns1 - ns0) / (double)(c1 - c0));
+	if (dr.ns_per_syn >= 0)
+		snprintf(cost, sizeof(cost), "%.1f", dr.ns_per_syn);
 	printf("{\"workers\": %u, \"policy\": \"%s\", \"stall_us\": %d, "
 	       "\"path\": \"%s\", \"conns\": %lu, \"failed\": %d, "
 	       "\"join_ms\": %.2f, \"join_us_per_worker\": %.1f, "
@@ -311,12 +356,11 @@ static int run(unsigned int n, enum evsteer_policy policy, int stall_us,
 	       (double)(t1 - t0) / 1e6, (double)(t1 - t0) / 1e3 / n,
 	       (double)(t3 - t2) / 1e6, (double)(rss1 - rss0) / n,
 	       (double)(fds1 - fds0) / n, cost,
-	       (unsigned long long)(stats ? c1 - c0 : 0),
-	       (double)atomic_load(&R.total) / ((double)(d1 - d0) / 1e9));
+	       (unsigned long long)dr.runs, dr.conn_per_s);
 	fflush(stdout);
 	*res = (struct result){
 		.workers = n, .ok = !atomic_load(&R.failed),
-		.ns_per_syn = stats ? (double)(ns1 - ns0) / (double)(c1 - c0) : -1,
+		.ns_per_syn = dr.ns_per_syn,
 		.join_ms = (double)(t1 - t0) / 1e6,
 		.rss_kib = (double)(rss1 - rss0),
 		.fds_per_worker = (double)(fds1 - fds0) / n,
@@ -324,10 +368,135 @@ static int run(unsigned int n, enum evsteer_policy policy, int stall_us,
 	return atomic_load(&R.failed) ? -1 : 0;
 }
 
+#ifdef EVSTEER_BENCH_FLOOR
+/*
+ * --floor: the same drive against N plain SO_REUSEPORT sockets (no
+ * library) under one of bpf/bench_floor.bpf.c's programs, which select a
+ * socket at random and do one more thing each: what any program pays on
+ * this machine, under what steer.bpf.c pays (issue 23's <= 200 ns).
+ */
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <sys/socket.h>
+#include "bench_floor.h"
+#include "bench_floor.skel.h"
+
+static const char *const floor_names[] = {"select", "clock", "count"};
+#define NFLOORS 3
+
+struct floor_sock {
+	int fd;
+	unsigned int k;
+	struct event *ev;
+	struct bench_floor_bpf *skel;
+	bool count;
+};
+
+/* Accept what is queued; under floor_count, as the library does: a take
+ * counted on the slot the program counts on, and a look at its count. */
+static void floor_accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct floor_sock *s = arg;
+	struct floor_slot *slot = &s->skel->bss->slots[s->k];
+	for (;;) {
+		int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			return;
+		close(c);
+		atomic_fetch_add(&R.total, 1);
+		if (s->count &&
+		    __atomic_add_fetch(&slot->taken, 1, __ATOMIC_RELAXED) ==
+			    __atomic_load_n(&slot->steered, __ATOMIC_RELAXED))
+			return; /* counted empty */
+	}
+}
+
+static int run_floor(unsigned int n, int kind, bool have_stats,
+		     struct result *res)
+{
+	struct floor_sock *socks = calloc(n, sizeof(*socks));
+	struct event_base *base = event_base_new();
+	struct bench_floor_bpf *skel = bench_floor_bpf__open();
+	if (!socks || !base || !skel)
+		return -1;
+	struct bpf_program *progs[NFLOORS] = {skel->progs.floor_select,
+					      skel->progs.floor_clock,
+					      skel->progs.floor_count};
+	for (int i = 0; i < NFLOORS; i++)
+		bpf_program__set_autoload(progs[i], i == kind);
+	skel->bss->nsocks = n;
+	if (bench_floor_bpf__load(skel)) {
+		int err = errno;
+		fprintf(stderr, "floor: load: %s\n", strerror(err));
+		/* (EACCES: the verifier refused it, a bug here) */
+		return err == EPERM ? BPF_MISSING : -1;
+	}
+	drive_reset();
+	int one = 1, map = bpf_map__fd(skel->maps.floor_socks);
+	for (unsigned int i = 0; i < n; i++) {
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		uint64_t v = (uint64_t)fd;
+		if (fd < 0 ||
+		    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) ||
+		    bind(fd, (struct sockaddr *)&R.addr, sizeof(R.addr)) ||
+		    listen(fd, 4096) || bpf_map_update_elem(map, &i, &v, BPF_ANY)) {
+			fprintf(stderr, "floor: socket %u: %s\n", i, strerror(errno));
+			return -1;
+		}
+		if (i == 0) { /* the port the others join */
+			socklen_t al = sizeof(R.addr);
+			getsockname(fd, (struct sockaddr *)&R.addr, &al);
+		}
+		socks[i] = (struct floor_sock){.fd = fd, .k = i, .skel = skel,
+					       .count = kind == 2};
+		socks[i].ev = event_new(base, fd, EV_READ | EV_PERSIST,
+					floor_accept_cb, &socks[i]);
+		event_add(socks[i].ev, NULL);
+	}
+	int pfd = bpf_program__fd(progs[kind]);
+	if (setsockopt(socks[0].fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, &pfd,
+		       sizeof(pfd))) {
+		fprintf(stderr, "floor: attach: %s\n", strerror(errno));
+		return -1;
+	}
+	struct drive dr;
+	drive(base, have_stats, &dr);
+	for (unsigned int i = 0; i < n; i++) {
+		event_free(socks[i].ev);
+		close(socks[i].fd);
+	}
+	bench_floor_bpf__destroy(skel);
+	event_base_free(base);
+	free(socks);
+	char cost[64] = "null";
+	if (dr.ns_per_syn >= 0)
+		snprintf(cost, sizeof(cost), "%.1f", dr.ns_per_syn);
+	printf("{\"workers\": %u, \"floor\": \"%s\", \"conns\": %lu, "
+	       "\"failed\": %d, \"ns_per_syn\": %s, \"runs\": %llu, "
+	       "\"conn_per_s\": %.0f}\n",
+	       n, floor_names[kind], atomic_load(&R.total),
+	       atomic_load(&R.failed), cost, dr.runs, dr.conn_per_s);
+	fflush(stdout);
+	*res = (struct result){.workers = n, .ok = !atomic_load(&R.failed),
+			       .ns_per_syn = dr.ns_per_syn};
+	return atomic_load(&R.failed) ? -1 : 0;
+}
+#else
+#define NFLOORS 0
+static const char *const floor_names[] = {NULL};
+static int run_floor(unsigned int n, int kind, bool have_stats,
+		     struct result *res)
+{
+	(void)n, (void)kind, (void)have_stats, (void)res;
+	return -1;
+}
+#endif
+
 /* One run in a child; its result through a pipe. */
 static int run_child(unsigned int n, enum evsteer_policy policy, int stall_us,
-		     enum evsteer_accept_mode accept, bool have_stats,
-		     struct result *res)
+		     enum evsteer_accept_mode accept, int floor,
+		     bool have_stats, struct result *res)
 {
 	int p[2];
 	if (pipe(p) < 0)
@@ -339,16 +508,19 @@ static int run_child(unsigned int n, enum evsteer_policy policy, int stall_us,
 	if (pid == 0) {
 		close(p[0]);
 		struct result r = {0};
-		int rc = run(n, policy, stall_us, accept, have_stats, &r);
+		int rc = floor >= 0 ? run_floor(n, floor, have_stats, &r) :
+				      run(n, policy, stall_us, accept, have_stats, &r);
 		if (write(p[1], &r, sizeof(r)) != (ssize_t)sizeof(r))
 			rc = -1;
-		_exit(rc < 0);
+		_exit(rc == BPF_MISSING ? BPF_MISSING : rc < 0);
 	}
 	close(p[1]);
 	ssize_t got = read(p[0], res, sizeof(*res));
 	close(p[0]);
 	int st = 0;
 	waitpid(pid, &st, 0);
+	if (WIFEXITED(st) && WEXITSTATUS(st) == BPF_MISSING)
+		return BPF_MISSING;
 	return got == (ssize_t)sizeof(*res) && WIFEXITED(st) &&
 			       !WEXITSTATUS(st) ? 0 : -1;
 }
@@ -375,6 +547,23 @@ static double median(const struct result *r, int k, size_t off)
 	return m % 2 ? v[m / 2] : (v[m / 2 - 1] + v[m / 2]) / 2;
 }
 
+/* No BPF on this machine: skipped (77), unless EVSTEER_TEST_REQUIRE
+ * names bpf (or all), as the tests do. */
+static int bpf_missing(const char *prog)
+{
+	const char *req = getenv("EVSTEER_TEST_REQUIRE");
+	bool required = false;
+	char *list = req ? strdup(req) : NULL;
+	for (char *save = NULL, *t = list ? strtok_r(list, ",", &save) : NULL;
+	     t; t = strtok_r(NULL, ",", &save))
+		required = required || !strcmp(t, "all") || !strcmp(t, "bpf");
+	free(list);
+	fprintf(stderr, "%s: no BPF steering here: %s\n", prog,
+		required ? "required (EVSTEER_TEST_REQUIRE), failed" :
+			   "nothing measured (exit 77)");
+	return required ? 1 : BPF_MISSING;
+}
+
 static const char *arg(int argc, char **argv, const char *name, const char *def)
 {
 	for (int i = 1; i + 1 < argc; i++)
@@ -389,7 +578,8 @@ int main(int argc, char **argv)
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			printf("usage: %s [--workers 2,16,128,1024] [--conns N] "
 			       "[--policy P] [--batch B] [--stall-us US] "
-			       "[--accept event|auto] [--repeat R]\n", argv[0]);
+			       "[--accept event|auto] [--repeat R] "
+			       "[--floor select,clock,count|all]\n", argv[0]);
 			return 0;
 		}
 	const char *workers = arg(argc, argv, "--workers", "2,16,128,1024");
@@ -429,6 +619,31 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: --repeat 1..64\n", argv[0]);
 		return 2;
 	}
+	/* --floor: which of bench_floor.bpf.c's programs run beside */
+	bool floors[NFLOORS + 1] = {false};
+	int nfl = 0;
+	bool bad = false;
+	const char *fl = arg(argc, argv, "--floor", NULL);
+	if (fl && !NFLOORS) {
+		fprintf(stderr, "%s: --floor: built without BPF\n", argv[0]);
+		return 2;
+	}
+	char *fls = fl ? strdup(fl) : NULL;
+	for (char *save = NULL, *t = fls ? strtok_r(fls, ",", &save) : NULL; t;
+	     t = strtok_r(NULL, ",", &save)) {
+		bool known = false;
+		for (int k = 0; k < NFLOORS; k++)
+			if (!strcmp(t, floor_names[k]) || !strcmp(t, "all"))
+				known = floors[k] = true;
+		bad = bad || !known;
+	}
+	free(fls);
+	for (int k = 0; k < NFLOORS; k++)
+		nfl += floors[k];
+	if (fl && (bad || !nfl)) {
+		fprintf(stderr, "%s: --floor select,clock,count or all\n", argv[0]);
+		return 2;
+	}
 	unsigned int sizes[32];
 	int ns = 0, rc = 0;
 	char *list = strdup(workers);
@@ -445,26 +660,49 @@ int main(int argc, char **argv)
 		sizes[ns++] = n;
 	}
 	free(list);
-	static struct result res[32][64];
+	/* [0]: the library's group; [1 + k]: floor k */
+	static struct result res[NFLOORS + 1][32][64];
 	for (int r = 0; r < repeat; r++)
 		for (int i = 0; i < ns; i++)
-			if (run_child(sizes[i], policy_of(pol), stall_us, accept,
-				      have_stats, &res[i][r]) < 0) {
-				res[i][r].ok = 0;
-				rc = 1;
+			for (int k = -1; k < NFLOORS; k++) {
+				if (k >= 0 && !floors[k])
+					continue;
+				struct result *x = &res[k + 1][i][r];
+				int got = run_child(sizes[i], policy_of(pol),
+						    stall_us, accept, k,
+						    have_stats, x);
+				if (got == BPF_MISSING)
+					return bpf_missing(argv[0]);
+				if (got < 0) {
+					x->ok = 0;
+					rc = 1;
+				}
 			}
-	printf("\n| workers | steering ns/SYN | join ms | join us/worker "
-	       "| RSS KiB the join added | fds/worker |\n|---|---|---|---|---|---|\n");
+	printf("\n| workers | steering ns/SYN |");
+	for (int k = 0; k < NFLOORS; k++)
+		if (floors[k])
+			printf(" floor: %s |", floor_names[k]);
+	printf(" join ms | join us/worker | RSS KiB the join added | "
+	       "fds/worker |\n|---|---|");
+	for (int k = 0; k < nfl; k++)
+		printf("---|");
+	printf("---|---|---|---|\n");
 	for (int i = 0; i < ns; i++) {
-		double c = median(res[i], repeat, offsetof(struct result, ns_per_syn));
-		double j = median(res[i], repeat, offsetof(struct result, join_ms));
-		char cs[32] = "n/a";
-		if (c >= 0)
-			snprintf(cs, sizeof(cs), "%.0f", c);
-		printf("| %u | %s | %.1f | %.0f | %.0f | %.2f |\n", sizes[i], cs, j,
-		       j * 1000 / sizes[i],
-		       median(res[i], repeat, offsetof(struct result, rss_kib)),
-		       median(res[i], repeat,
+		printf("| %u |", sizes[i]);
+		for (int k = -1; k < NFLOORS; k++) {
+			if (k >= 0 && !floors[k])
+				continue;
+			double c = median(res[k + 1][i], repeat,
+					  offsetof(struct result, ns_per_syn));
+			if (c >= 0)
+				printf(" %.0f |", c);
+			else
+				printf(" n/a |");
+		}
+		double j = median(res[0][i], repeat, offsetof(struct result, join_ms));
+		printf(" %.1f | %.0f | %.0f | %.2f |\n", j, j * 1000 / sizes[i],
+		       median(res[0][i], repeat, offsetof(struct result, rss_kib)),
+		       median(res[0][i], repeat,
 			      offsetof(struct result, fds_per_worker)));
 	}
 	if (sfd >= 0)
