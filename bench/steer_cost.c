@@ -280,6 +280,15 @@ static void drive(struct event_base *base, bool have_stats, struct drive *dr)
 	dr->conn_per_s = (double)atomic_load(&R.total) / ((double)(d1 - d0) / 1e9);
 }
 
+/* dr's cost per SYN as a JSON value: null where unknown. */
+static const char *ns_json(const struct drive *dr, char *buf, size_t len)
+{
+	if (dr->ns_per_syn < 0)
+		return "null";
+	snprintf(buf, len, "%.1f", dr->ns_per_syn);
+	return buf;
+}
+
 static enum evsteer_policy policy_of(const char *s)
 {
 	return !strcmp(s, "hash")	 ? EVSTEER_POLICY_HASH :
@@ -341,9 +350,7 @@ static int run(unsigned int n, enum evsteer_policy policy, int stall_us,
 	event_base_free(base);
 	free(lev);
 
-	char cost[64] = "null";
-	if (dr.ns_per_syn >= 0)
-		snprintf(cost, sizeof(cost), "%.1f", dr.ns_per_syn);
+	char cost[32];
 	printf("{\"workers\": %u, \"policy\": \"%s\", \"stall_us\": %d, "
 	       "\"path\": \"%s\", \"conns\": %lu, \"failed\": %d, "
 	       "\"join_ms\": %.2f, \"join_us_per_worker\": %.1f, "
@@ -355,7 +362,7 @@ static int run(unsigned int n, enum evsteer_policy policy, int stall_us,
 	       atomic_load(&R.total), atomic_load(&R.failed),
 	       (double)(t1 - t0) / 1e6, (double)(t1 - t0) / 1e3 / n,
 	       (double)(t3 - t2) / 1e6, (double)(rss1 - rss0) / n,
-	       (double)(fds1 - fds0) / n, cost,
+	       (double)(fds1 - fds0) / n, ns_json(&dr, cost, sizeof(cost)),
 	       (unsigned long long)dr.runs, dr.conn_per_s);
 	fflush(stdout);
 	*res = (struct result){
@@ -469,14 +476,13 @@ static int run_floor(unsigned int n, int kind, bool have_stats,
 	bench_floor_bpf__destroy(skel);
 	event_base_free(base);
 	free(socks);
-	char cost[64] = "null";
-	if (dr.ns_per_syn >= 0)
-		snprintf(cost, sizeof(cost), "%.1f", dr.ns_per_syn);
+	char cost[32];
 	printf("{\"workers\": %u, \"floor\": \"%s\", \"conns\": %lu, "
 	       "\"failed\": %d, \"ns_per_syn\": %s, \"runs\": %llu, "
 	       "\"conn_per_s\": %.0f}\n",
 	       n, floor_names[kind], atomic_load(&R.total),
-	       atomic_load(&R.failed), cost, dr.runs, dr.conn_per_s);
+	       atomic_load(&R.failed), ns_json(&dr, cost, sizeof(cost)), dr.runs,
+	       dr.conn_per_s);
 	fflush(stdout);
 	*res = (struct result){.workers = n, .ok = !atomic_load(&R.failed),
 			       .ns_per_syn = dr.ns_per_syn};
